@@ -1,0 +1,119 @@
+//! Context binding: the associated data of every AEAD call and the statements devices sign.
+//!
+//! Each is a domain string followed by length-prefixed fields (`u32` big-endian length, then
+//! the bytes), so no two different field lists ever encode to the same bytes and a value from
+//! one context can never be read as another's. The same domain strings are used as HKDF
+//! `info`, never for two purposes.
+
+use crate::dek_wrap::Recipient;
+use crate::ids::{DeviceId, EpochId, TokenId, VaultId};
+
+/// HKDF info deriving the token key from an epoch's DEK; also the token AD's domain.
+pub const TOKEN_DOMAIN: &[u8] = b"handoff/v1/token";
+/// HKDF info deriving a DEK-wrap key; also the wrap AD's domain.
+pub const DEK_WRAP_DOMAIN: &[u8] = b"handoff/v1/dek-wrap";
+/// Domain of the statement an admin signs for each DEK wrap.
+pub const DEK_WRAP_SIG_DOMAIN: &[u8] = b"handoff/v1/dek-wrap-sig";
+/// Domain of the AD that binds a passphrase-wrapped device key to its device.
+pub const DEVICE_KEY_DOMAIN: &[u8] = b"handoff/v1/device-key";
+
+/// Builds `domain || (len32 || field)*`.
+#[derive(Debug)]
+struct Transcript(Vec<u8>);
+
+impl Transcript {
+    fn new(domain: &[u8]) -> Self {
+        Self(domain.to_vec())
+    }
+
+    fn field(mut self, bytes: &[u8]) -> Self {
+        // Fields are ids, keys, hashes and service names: far below 4 GiB.
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// AD of a sealed token: moving the ciphertext to another vault, token, epoch or service
+/// makes it fail to open.
+pub fn token_ad(vault: &VaultId, token: &TokenId, epoch: &EpochId, service: &str) -> Vec<u8> {
+    Transcript::new(TOKEN_DOMAIN)
+        .field(vault.as_bytes())
+        .field(token.as_bytes())
+        .field(epoch.as_bytes())
+        .field(service.as_bytes())
+        .finish()
+}
+
+/// AD of a DEK wrap: vault, epoch and recipient.
+pub fn dek_wrap_ad(vault: &VaultId, epoch: &EpochId, recipient: &Recipient) -> Vec<u8> {
+    Transcript::new(DEK_WRAP_DOMAIN)
+        .field(vault.as_bytes())
+        .field(epoch.as_bytes())
+        .field(&recipient.binding_bytes())
+        .finish()
+}
+
+/// The statement an admin signs to vouch for one wrap (`wrap_hash` = SHA-256 of the encoded
+/// [`crate::DekWrap`]).
+pub fn dek_wrap_statement(
+    vault: &VaultId,
+    epoch: &EpochId,
+    generation: u64,
+    recipient: &Recipient,
+    wrap_hash: &[u8; 32],
+) -> Vec<u8> {
+    Transcript::new(DEK_WRAP_SIG_DOMAIN)
+        .field(vault.as_bytes())
+        .field(epoch.as_bytes())
+        .field(&generation.to_be_bytes())
+        .field(&recipient.binding_bytes())
+        .field(wrap_hash)
+        .finish()
+}
+
+/// AD of a device's passphrase-wrapped vault key.
+pub fn device_key_ad(device: &DeviceId) -> Vec<u8> {
+    Transcript::new(DEVICE_KEY_DOMAIN)
+        .field(device.as_bytes())
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V: VaultId = VaultId::from_bytes([1; 16]);
+    const T: TokenId = TokenId::from_bytes([2; 16]);
+    const E: EpochId = EpochId::from_bytes([3; 16]);
+
+    #[test]
+    fn token_ad_vector() {
+        let ad = token_ad(&V, &T, &E, "anthropic");
+        let mut want = b"handoff/v1/token".to_vec();
+        for field in [&[1u8; 16][..], &[2; 16], &[3; 16], b"anthropic"] {
+            want.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            want.extend_from_slice(field);
+        }
+        assert_eq!(ad, want);
+    }
+
+    #[test]
+    fn every_field_changes_the_binding() {
+        let base = token_ad(&V, &T, &E, "openai");
+        assert_ne!(base, token_ad(&VaultId::from_bytes([9; 16]), &T, &E, "openai"));
+        assert_ne!(base, token_ad(&V, &TokenId::from_bytes([9; 16]), &E, "openai"));
+        assert_ne!(base, token_ad(&V, &T, &EpochId::from_bytes([9; 16]), "openai"));
+        assert_ne!(base, token_ad(&V, &T, &E, "openai-codex"));
+        let device = Recipient::Device(DeviceId::from_bytes([4; 16]));
+        assert_ne!(
+            dek_wrap_ad(&V, &E, &device),
+            dek_wrap_ad(&V, &E, &Recipient::Recovery)
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! handoff-protocol: every byte format that crosses a machine boundary.
+//!
+//! This crate is pure: no I/O, no clocks, no randomness, no cryptography. It says how the
+//! things handoff stores in its synced document and sends between devices are laid out, so
+//! that a client in another language can be written from it (and from `README.md`, which
+//! gives each format in CDDL-like notation with test vectors).
+//!
+//! # Layout
+//! - [`ids`]: the 16-byte identifiers of vaults, devices, epochs and tokens.
+//! - [`binding`]: the associated data and signed statements that bind a ciphertext or a
+//!   signature to its context (vault, epoch, token, recipient, service).
+//! - [`sealed_token`]: a vendor token encrypted under an epoch's token key.
+//! - [`dek_wrap`]: an epoch's data-encryption key wrapped to one member.
+//! - [`DecodeError`]: how a decoder says no.
+#![forbid(unsafe_code)]
+
+pub mod binding;
+pub mod dek_wrap;
+mod error;
+pub mod ids;
+pub mod sealed_token;
+
+pub use dek_wrap::DekWrap;
+pub use error::DecodeError;
+pub use ids::{DeviceId, EpochId, TokenId, VaultId};
+pub use sealed_token::SealedToken;

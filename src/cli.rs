@@ -1,0 +1,248 @@
+//! The command line: clap definitions, dispatch, and the mapping of every error to one line
+//! and one exit code (DESIGN §8).
+//!
+//! Secrets never come from argv: passphrases come from `--passphrase-file` /
+//! `HANDOFF_PASSPHRASE_FILE` or the terminal, tokens from `--from-file`, the terminal (hidden)
+//! or stdin. See [`input`].
+//!
+//! # Layout
+//! - [`input`]: reading passphrases, tokens and recovery codes.
+//! - `vault_cmds`: `init`, `status`, `export`, `import`, `recover`.
+//! - `token_cmds`: `token add|list|show|rm|default`.
+//! - `demo`: the end-to-end demonstration on temporary homes.
+
+mod demo;
+pub mod input;
+mod token_cmds;
+mod vault_cmds;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::device::DeviceError;
+use crate::doc::DocError;
+use crate::home::HomeError;
+use crate::store::StoreError;
+use crate::vault::VaultError;
+
+/// handoff: your AI-agent credentials on your own devices, synced peer to peer.
+#[derive(Debug, Parser)]
+#[command(name = "handoff", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The home directory (default: $HANDOFF_HOME, else the platform data dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Read the passphrase from this file's first line instead of the terminal.
+    #[arg(long, global = true, value_name = "F", env = "HANDOFF_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a vault with this device as its first member; prints the recovery code once.
+    Init {
+        /// This device's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The vault's name.
+        #[arg(long, default_value = "personal")]
+        vault_name: String,
+    },
+    /// Show the vault, this device, lock state and counts.
+    Status,
+    /// Add, list, reveal and remove vendor tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Write the vault document (standard Automerge binary; holds no plaintext token).
+    Export {
+        /// Write to this file (default: stdout, when it is not a terminal).
+        #[arg(long, value_name = "F")]
+        out: Option<PathBuf>,
+    },
+    /// Merge a document export of this same vault.
+    Import {
+        /// The exported file.
+        file: PathBuf,
+    },
+    /// Regain the vault on an empty home from an export and the recovery code.
+    Recover {
+        /// A document export (from `handoff export`, a surviving device or a backup).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Read the recovery code from this file instead of the terminal.
+        #[arg(long, value_name = "F")]
+        code_file: Option<PathBuf>,
+        /// This device's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run the whole flow end to end on temporary homes, with built-in sample values.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Store a token for SERVICE (anthropic, claude-subscription, openai, openai-codex, gemini).
+    Add {
+        service: String,
+        /// A name for this credential, to keep several per service.
+        #[arg(long, default_value = "default")]
+        label: String,
+        /// Make it the service's default.
+        #[arg(long)]
+        default: bool,
+        /// Read the token from this file (default: hidden prompt, or stdin when piped).
+        #[arg(long, value_name = "F")]
+        from_file: Option<PathBuf>,
+        /// Change the secret of an existing SERVICE/LABEL.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List tokens: services, labels, defaults; never a secret.
+    List,
+    /// Show a token's details; with --reveal, print its secret.
+    Show {
+        /// Token id, id prefix, or SERVICE/LABEL.
+        id: String,
+        /// Decrypt and print the secret (asks for the passphrase).
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Delete a token.
+    Rm {
+        /// Token id, id prefix, or SERVICE/LABEL.
+        id: String,
+    },
+    /// Make a token its service's default.
+    Default {
+        /// Token id, id prefix, or SERVICE/LABEL.
+        id: String,
+    },
+}
+
+/// Process exit codes (DESIGN §8, plus 8 and 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Internal = 1,
+    Usage = 2,
+    Locked = 3,
+    WrongSecret = 4,
+    NotFound = 5,
+    Conflict = 6,
+    Network = 7,
+    /// Stored or imported data is damaged or tampered with.
+    Damaged = 8,
+    /// Another process owns the home.
+    Busy = 9,
+}
+
+/// A command's failure: one line for the user and an exit code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("the vault is locked: {0}")]
+    Locked(String),
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<VaultError> for CliError {
+    fn from(e: VaultError) -> Self {
+        CliError::Device(e.into())
+    }
+}
+
+impl CliError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            CliError::Device(e) => device_exit(e),
+            CliError::Usage(_) => Exit::Usage,
+            CliError::Locked(_) => Exit::Locked,
+            CliError::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Exit::NotFound,
+            CliError::File { .. } | CliError::Internal(_) => Exit::Internal,
+        }
+    }
+}
+
+fn device_exit(e: &DeviceError) -> Exit {
+    match e {
+        DeviceError::Home(HomeError::NoHome) => Exit::Usage,
+        DeviceError::Home(HomeError::Busy { .. }) => Exit::Busy,
+        DeviceError::Home(_) | DeviceError::Io { .. } => Exit::Internal,
+        DeviceError::Store(StoreError::NotInitialized) => Exit::NotFound,
+        DeviceError::Store(StoreError::Corrupt { .. } | StoreError::TooNew(_)) => Exit::Damaged,
+        DeviceError::Store(_) => Exit::Internal,
+        DeviceError::Doc(DocError::WrongVault { .. }) => Exit::Conflict,
+        DeviceError::Doc(DocError::Automerge(_)) => Exit::Internal,
+        DeviceError::Doc(_) => Exit::Damaged,
+        DeviceError::Vault(v) => match v {
+            VaultError::WrongPassphrase | VaultError::WrongRecoveryCode | VaultError::MalformedRecoveryCode(_) => {
+                Exit::WrongSecret
+            }
+            VaultError::TokenTooLarge { .. } => Exit::Usage,
+            VaultError::Random(_) | VaultError::Kdf(_) => Exit::Internal,
+            _ => Exit::Damaged,
+        },
+        DeviceError::AlreadyInitialized(_) | DeviceError::DuplicateLabel { .. } => Exit::Conflict,
+        DeviceError::TokenNotFound(_) => Exit::NotFound,
+        DeviceError::AmbiguousToken { .. } | DeviceError::InvalidInput(_) => Exit::Usage,
+        DeviceError::NoAccess(_) => Exit::Locked,
+        DeviceError::Inconsistent(_) => Exit::Damaged,
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let ctx = Context {
+        home: crate::home::Home::locate(cli.home).map_err(DeviceError::from)?,
+        json: cli.json,
+        passphrase_file: cli.passphrase_file,
+    };
+    match cli.command {
+        Command::Init { name, vault_name } => vault_cmds::init(&ctx, name, &vault_name),
+        Command::Status => vault_cmds::status(&ctx),
+        Command::Token(cmd) => token_cmds::run(&ctx, cmd),
+        Command::Export { out } => vault_cmds::export(&ctx, out),
+        Command::Import { file } => vault_cmds::import(&ctx, &file),
+        Command::Recover { from, code_file, name } => vault_cmds::recover(&ctx, &from, code_file, name),
+        Command::Demo => demo::run(ctx.json),
+    }
+}
+
+/// What every command needs besides its own arguments.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub home: crate::home::Home,
+    pub json: bool,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Formats Unix seconds for people.
+pub(crate) fn when(at: i64) -> String {
+    u64::try_from(at)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .map_or_else(|| "?".into(), |t| humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// Prints one JSON value on stdout.
+pub(crate) fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}

@@ -1,0 +1,109 @@
+//! Reading secrets: passphrases, tokens and recovery codes.
+//!
+//! A secret comes from a file named by a flag or environment variable, from the terminal with
+//! echo off, or (tokens only) from piped stdin, never from argv. Everything read is held in
+//! zeroizing buffers. A passphrase file that others can read is used, with a warning.
+
+use std::io::{IsTerminal, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use super::CliError;
+
+/// Shortest passphrase accepted for a new vault key.
+pub const MIN_PASSPHRASE_CHARS: usize = 8;
+
+fn read_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let file_err = |source| CliError::File { what, path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(file_err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        eprintln!(
+            "warning: {} is readable by other users; consider chmod 600",
+            path.display()
+        );
+    }
+    let mut buf = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(|source| CliError::File { what, path: path.to_path_buf(), source })?;
+    Ok(buf)
+}
+
+fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+    let end = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    let line = &bytes[..end];
+    Zeroizing::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+}
+
+fn prompt_hidden(prompt: &str) -> Result<Zeroizing<String>, CliError> {
+    rpassword::prompt_password(prompt)
+        .map(Zeroizing::new)
+        .map_err(|_| CliError::Locked("no terminal to ask for it: give --passphrase-file F or set HANDOFF_PASSPHRASE_FILE".into()))
+}
+
+/// The passphrase of an existing vault key.
+pub fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    match file {
+        Some(path) => Ok(first_line(&read_file(path, "cannot read passphrase file")?)),
+        None => Ok(Zeroizing::new(prompt_hidden("Passphrase: ")?.as_bytes().to_vec())),
+    }
+}
+
+/// A passphrase for a new vault key: asked twice on a terminal, checked for length.
+pub fn new_passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let pass = match file {
+        Some(path) => first_line(&read_file(path, "cannot read passphrase file")?),
+        None => {
+            let first = prompt_hidden("New passphrase: ")?;
+            let again = prompt_hidden("Repeat passphrase: ")?;
+            if first != again {
+                return Err(CliError::Usage("the two passphrases differ; nothing was changed".into()));
+            }
+            Zeroizing::new(first.as_bytes().to_vec())
+        }
+    };
+    let chars = String::from_utf8_lossy(&pass).chars().count();
+    if chars < MIN_PASSPHRASE_CHARS {
+        return Err(CliError::Usage(format!(
+            "the passphrase must have at least {MIN_PASSPHRASE_CHARS} characters"
+        )));
+    }
+    Ok(pass)
+}
+
+/// A token's secret: from `file`, a hidden prompt on a terminal, or all of piped stdin.
+/// Surrounding whitespace (such as the newline `echo` adds) is removed.
+pub fn token(file: Option<&Path>, service: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let raw = match file {
+        Some(path) => read_file(path, "cannot read token file")?,
+        None if std::io::stdin().is_terminal() => {
+            let typed = rpassword::prompt_password(format!("Token for {service} (hidden): "))
+                .map(Zeroizing::new)
+                .map_err(|e| CliError::Internal(format!("cannot read the token from the terminal: {e}")))?;
+            Zeroizing::new(typed.as_bytes().to_vec())
+        }
+        None => {
+            let mut buf = Zeroizing::new(Vec::new());
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::Internal(format!("cannot read the token from stdin: {e}")))?;
+            buf
+        }
+    };
+    Ok(Zeroizing::new(raw.trim_ascii().to_vec()))
+}
+
+/// The recovery code: from `file` or a hidden prompt.
+pub fn recovery_code(file: Option<&Path>) -> Result<Zeroizing<String>, CliError> {
+    match file {
+        Some(path) => {
+            let bytes = read_file(path, "cannot read recovery code file")?;
+            Ok(Zeroizing::new(String::from_utf8_lossy(&bytes).trim().to_string()))
+        }
+        None => rpassword::prompt_password("Recovery code: ")
+            .map(Zeroizing::new)
+            .map_err(|_| CliError::Usage("no terminal to ask for the recovery code: give --code-file F".into())),
+    }
+}

@@ -1,0 +1,186 @@
+//! `init`, `status`, `export`, `import` and `recover`: the vault as a whole.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{CliError, Context, input, print_json};
+use crate::device::{Device, NewDevice};
+use crate::vault::{KdfParams, RecoveryCode};
+
+/// This machine's host name, the default device name.
+fn host_name() -> String {
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    if name.is_empty() { "this-device".into() } else { name }
+}
+
+pub(super) fn init(ctx: &Context, name: Option<String>, vault_name: &str) -> Result<(), CliError> {
+    if ctx.home.is_initialized() {
+        return Err(crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into());
+    }
+    let passphrase = input::new_passphrase(ctx.passphrase_file.as_deref())?;
+    let name = name.unwrap_or_else(host_name);
+    let new = NewDevice {
+        name: &name,
+        passphrase: &passphrase,
+        kdf: KdfParams::DEFAULT,
+    };
+    if !ctx.json && std::io::stderr().is_terminal() {
+        eprintln!("Deriving keys (Argon2id, 64 MiB)...");
+    }
+    let (device, code) = Device::init(ctx.home.clone(), &new, vault_name)?;
+    let state = device.state()?;
+    let shown = code.reveal();
+    if ctx.json {
+        print_json(&json!({
+            "recovery_code": shown.as_str(),
+            "device_id": device.device_id().to_hex(),
+            "vault_id": state.info.id.to_hex(),
+        }));
+    } else {
+        println!("Created vault '{}' on device '{}' ({}).", state.info.name, name, device.device_id());
+        println!();
+        println!("Recovery code (shown only now; write it down and keep it offline):");
+        println!();
+        println!("    {}", shown.as_str());
+        println!();
+        println!("With this code and any copy of the vault document (`handoff export`),");
+        println!("`handoff recover` regains every token if all your devices are lost.");
+    }
+    Ok(())
+}
+
+pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
+    let device = Device::open(ctx.home.clone())?;
+    let state = device.state()?;
+    let me = device.device_id();
+    let role = state.members.get(&me).map_or("unknown", |m| m.role.as_str());
+    let active = state.members.values().filter(|m| m.is_active()).count();
+    let tokens = state.live_tokens().count();
+    let epoch = state.current_epoch().map(|e| e.generation).unwrap_or(0);
+    if ctx.json {
+        let members: Vec<_> = state
+            .members
+            .values()
+            .map(|m| json!({"device_id": m.device.to_hex(), "name": m.name, "role": m.role.as_str(), "active": m.is_active()}))
+            .collect();
+        print_json(&json!({
+            "vault": {"id": state.info.id.to_hex(), "name": state.info.name, "created_at": state.info.created_at},
+            "device": {"id": me.to_hex(), "name": device.device_name(), "role": role, "identity_pub": hex::encode(device.identity_public())},
+            "locked": true,
+            "daemon": "not running",
+            "tokens": tokens,
+            "epoch_generation": epoch,
+            "members": members,
+            "home": ctx.home.root().display().to_string(),
+        }));
+    } else {
+        println!("vault    {} ({})", state.info.name, state.info.id);
+        println!("device   {} ({}), {role}", device.device_name(), me);
+        println!("lock     locked: commands that read or add a token ask for the passphrase");
+        println!("daemon   not running");
+        println!("tokens   {tokens}");
+        println!("members  {active} active");
+        println!("epoch    generation {epoch}");
+        println!("home     {}", ctx.home.root().display());
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically, mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let file_err = |source| CliError::File {
+        what: "cannot write",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(file_err)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(file_err)?;
+    std::fs::rename(&tmp, path).map_err(file_err)
+}
+
+pub(super) fn export(ctx: &Context, out: Option<PathBuf>) -> Result<(), CliError> {
+    let mut device = Device::open(ctx.home.clone())?;
+    let bytes = device.export();
+    match out {
+        Some(path) => {
+            write_private(&path, &bytes)?;
+            if ctx.json {
+                print_json(&json!({"path": path.display().to_string(), "bytes": bytes.len()}));
+            } else {
+                eprintln!("Exported the vault document ({} bytes) to {}.", bytes.len(), path.display());
+            }
+        }
+        None if std::io::stdout().is_terminal() => {
+            return Err(CliError::Usage("refusing to write binary to a terminal: use --out F or redirect stdout".into()));
+        }
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .map_err(|e| CliError::Internal(format!("cannot write to stdout: {e}")))?,
+    }
+    Ok(())
+}
+
+fn read_export(path: &Path) -> Result<Vec<u8>, CliError> {
+    let len = std::fs::metadata(path)
+        .map_err(|source| CliError::File { what: "cannot read", path: path.to_path_buf(), source })?
+        .len();
+    let max = crate::doc::schema::limits::DOC_BYTES_MAX;
+    if len > max as u64 {
+        return Err(CliError::Usage(format!("{} is {len} bytes; a vault document is at most {max}", path.display())));
+    }
+    std::fs::read(path).map_err(|source| CliError::File { what: "cannot read", path: path.to_path_buf(), source })
+}
+
+pub(super) fn import(ctx: &Context, file: &Path) -> Result<(), CliError> {
+    let data = read_export(file)?;
+    let mut device = Device::open(ctx.home.clone())?;
+    let new = device.import(&data)?;
+    if ctx.json {
+        print_json(&json!({"new_changes": new}));
+    } else {
+        println!("Merged {new} new change(s) from {}.", file.display());
+    }
+    Ok(())
+}
+
+pub(super) fn recover(ctx: &Context, from: &Path, code_file: Option<PathBuf>, name: Option<String>) -> Result<(), CliError> {
+    if ctx.home.is_initialized() {
+        return Err(crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into());
+    }
+    let data = read_export(from)?;
+    // The checksum catches a typo here, before either slow key derivation.
+    let code = RecoveryCode::parse(&input::recovery_code(code_file.as_deref())?)?;
+    let passphrase = input::new_passphrase(ctx.passphrase_file.as_deref())?;
+    let name = name.unwrap_or_else(host_name);
+    let new = NewDevice {
+        name: &name,
+        passphrase: &passphrase,
+        kdf: KdfParams::DEFAULT,
+    };
+    let device = Device::recover(ctx.home.clone(), &new, &data, &code)?;
+    let state = device.state()?;
+    let tokens = state.live_tokens().count();
+    if ctx.json {
+        print_json(&json!({"device_id": device.device_id().to_hex(), "vault_id": state.info.id.to_hex(), "tokens": tokens}));
+    } else {
+        println!(
+            "Recovered vault '{}' on new device '{}' ({}); {tokens} token(s) readable.",
+            state.info.name,
+            name,
+            device.device_id()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,554 @@
+//! This device's view of its vault: the store, the document and the keys, and the operations
+//! the CLI (and later the daemon) run on them.
+//!
+//! A [`Device`] owns its home for as long as it lives (the one-owner lock), loads the document
+//! from the store, applies an operation as one document change, and persists that change
+//! before returning, so whatever a caller reports as done is on disk. Operations that read a
+//! token or seal one need an [`Unlocked`] vault key, made from the passphrase.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handoff_protocol::dek_wrap::Recipient;
+use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
+use secrecy::ExposeSecret;
+
+use crate::doc::schema::{Epoch, Member, Role, Service, Token, VaultInfo, VaultState, limits};
+use crate::doc::{DocError, VaultDoc, actor_for, unix_now};
+use crate::home::{Home, HomeError, OwnerLock};
+use crate::store::{DeviceRecord, Store, StoreError};
+use crate::vault::epoch::{TokenBinding, wrap_statement};
+use crate::vault::{
+    Dek, DeviceKeys, KdfParams, RecoveryCode, RecoveryMember, SecretBytes, SignedWrap, VaultError,
+    VaultSecret, WrappedVaultKey, random_array,
+};
+
+/// How long a command waits for another process that owns the home.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of device operations; each maps to one exit code in the CLI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{0} already holds a vault; use another --home or remove it first")]
+    AlreadyInitialized(PathBuf),
+    #[error("no token matches '{0}' (see `handoff token list`)")]
+    TokenNotFound(String),
+    #[error("'{query}' matches several tokens ({}); give more of the id", matches.join(", "))]
+    AmbiguousToken { query: String, matches: Vec<String> },
+    #[error("{service}/{label} already exists; pass --replace to change its secret, or pick another --label")]
+    DuplicateLabel { service: Service, label: String },
+    #[error("this device holds no key for epoch {0}; another admin must grant it access")]
+    NoAccess(EpochId),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("the device record and the vault document disagree: {0}")]
+    Inconsistent(&'static str),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The device's vault key, unwrapped by the passphrase; zeroized when dropped.
+#[derive(Debug)]
+pub struct Unlocked(VaultSecret);
+
+/// What `init` and `recover` need to know besides the home.
+#[derive(Debug)]
+pub struct NewDevice<'a> {
+    pub name: &'a str,
+    pub passphrase: &'a [u8],
+    pub kdf: KdfParams,
+}
+
+/// An opened device: owns its home until dropped.
+#[derive(Debug)]
+pub struct Device {
+    home: Home,
+    _lock: OwnerLock,
+    store: Store,
+    doc: VaultDoc,
+    record: DeviceRecord,
+    keys: DeviceKeys,
+}
+
+fn check_name(name: &str, what: &str) -> Result<(), DeviceError> {
+    if name.is_empty() || name.len() > limits::NAME_MAX || name.chars().any(char::is_control) {
+        return Err(DeviceError::InvalidInput(format!(
+            "{what} must be 1 to {} printable characters",
+            limits::NAME_MAX
+        )));
+    }
+    Ok(())
+}
+
+/// A label: 1–64 of letters, digits and `-_.@` (no `/`, which separates SERVICE/LABEL).
+pub fn check_label(label: &str) -> Result<(), DeviceError> {
+    let ok = !label.is_empty()
+        && label.len() <= limits::LABEL_MAX
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DeviceError::InvalidInput(format!(
+            "label '{label}' must be 1 to {} characters of letters, digits and - _ . @",
+            limits::LABEL_MAX
+        )))
+    }
+}
+
+impl Device {
+    /// Creates a new vault with this device as its founding admin. Returns the device and the
+    /// recovery code, which exists nowhere else: show it to the user once.
+    pub fn init(home: Home, new: &NewDevice<'_>, vault_name: &str) -> Result<(Self, RecoveryCode), DeviceError> {
+        check_name(vault_name, "the vault name")?;
+        check_name(new.name, "the device name")?;
+        let lock = home.lock(LOCK_WAIT)?;
+        if home.is_initialized() {
+            return Err(DeviceError::AlreadyInitialized(home.root().to_path_buf()));
+        }
+        let keys = DeviceKeys::generate()?;
+        let secret = VaultSecret::generate()?;
+        let me = keys.device_id();
+        let vault_id = VaultId::from_bytes(random_array()?);
+        let code = RecoveryCode::generate()?;
+        let recovery = RecoveryMember::derive(&code, &vault_id)?;
+        let now = unix_now();
+        let info = VaultInfo {
+            id: vault_id,
+            name: vault_name.to_string(),
+            created_at: now,
+            discovery_secret: random_array()?,
+            recovery_pub: recovery.public(),
+            recovery_sign_pub: recovery.signing_public(),
+        };
+        let founder = member_record(&keys, &secret, new.name, Role::Admin, &me.to_hex(), now);
+        let dek = Dek::generate()?;
+        let mut epoch = Epoch {
+            id: EpochId::from_bytes(random_array()?),
+            generation: 1,
+            created_by: me.to_hex(),
+            created_at: now,
+            wraps: BTreeMap::new(),
+        };
+        for (recipient, public) in [(Recipient::Device(me), secret.public()), (Recipient::Recovery, recovery.public())] {
+            let wrap = signed_wrap(&dek, &info.id, &epoch, recipient, &public, &me.to_hex(), |m| keys.sign(m))?;
+            epoch.wraps.insert(recipient, wrap);
+        }
+        let mut doc = VaultDoc::create(&info, &founder, &epoch)?;
+        doc.append_audit(&me, "vault.create", &info.name)?;
+        doc.commit("audit");
+        let device = Self::write_new(home, lock, doc, keys, &secret, new, vault_id)?;
+        Ok((device, code))
+    }
+
+    /// Regains a vault on an empty home from a copy of its document and the recovery code:
+    /// this device joins as an admin and is granted every epoch the recovery key can open.
+    pub fn recover(home: Home, new: &NewDevice<'_>, export: &[u8], code: &RecoveryCode) -> Result<Self, DeviceError> {
+        check_name(new.name, "the device name")?;
+        let lock = home.lock(LOCK_WAIT)?;
+        if home.is_initialized() {
+            return Err(DeviceError::AlreadyInitialized(home.root().to_path_buf()));
+        }
+        let keys = DeviceKeys::generate()?;
+        let secret = VaultSecret::generate()?;
+        let me = keys.device_id();
+        let mut doc = VaultDoc::load(export, &me)?;
+        let state = doc.state()?;
+        let recovery = RecoveryMember::derive(code, &state.info.id)?;
+        if recovery.public() != state.info.recovery_pub {
+            return Err(VaultError::WrongRecoveryCode.into());
+        }
+        let now = unix_now();
+        doc.put_member(&member_record(&keys, &secret, new.name, Role::Admin, Recipient::RECOVERY_NAME, now))?;
+        for epoch in state.epochs.values() {
+            let Some(wrap) = epoch.wraps.get(&Recipient::Recovery) else {
+                continue;
+            };
+            let dek = Dek::unwrap(&wrap.wrap, recovery.secret(), &state.info.id, &epoch.id, &Recipient::Recovery)?;
+            let mine = signed_wrap(
+                &dek,
+                &state.info.id,
+                epoch,
+                Recipient::Device(me),
+                &secret.public(),
+                Recipient::RECOVERY_NAME,
+                |m| recovery.sign(m),
+            )?;
+            doc.put_wrap(&epoch.id, &Recipient::Device(me), &mine)?;
+        }
+        doc.append_audit(&me, "device.recover", new.name)?;
+        doc.commit("recover device");
+        Self::write_new(home, lock, doc, keys, &secret, new, state.info.id)
+    }
+
+    /// Writes a new device's database to a temporary file and renames it into place, so a
+    /// failed `init` or `recover` leaves no half-made vault behind.
+    fn write_new(
+        home: Home,
+        lock: OwnerLock,
+        mut doc: VaultDoc,
+        keys: DeviceKeys,
+        secret: &VaultSecret,
+        new: &NewDevice<'_>,
+        vault_id: VaultId,
+    ) -> Result<Self, DeviceError> {
+        let me = keys.device_id();
+        let (identity_secret, mailbox_secret) = keys.secrets();
+        let record = DeviceRecord {
+            device_id: me,
+            vault_id,
+            name: new.name.to_string(),
+            identity_secret,
+            mailbox_secret,
+            wrapped_key: WrappedVaultKey::seal(secret, new.passphrase, &me, new.kdf)?,
+            created_at: unix_now(),
+        };
+        let final_path = home.db_path();
+        let tmp_path = home.root().join("handoff.db.new");
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| DeviceError::Io { path, source }
+        };
+        if tmp_path.exists() {
+            fs::remove_file(&tmp_path).map_err(io(&tmp_path))?;
+        }
+        {
+            let mut tmp = Store::open(&tmp_path, true)?;
+            tmp.initialize(&record, &doc.save())?;
+        } // closing checkpoints the WAL into the file and removes -wal and -shm
+        fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
+        fs::File::open(home.root())
+            .and_then(|d| d.sync_all())
+            .map_err(io(home.root()))?;
+        doc.mark_saved();
+        let store = Store::open(&final_path, false)?;
+        Ok(Self {
+            home,
+            _lock: lock,
+            store,
+            doc,
+            record,
+            keys,
+        })
+    }
+
+    /// Opens the device of an initialized home, taking its lock.
+    pub fn open(home: Home) -> Result<Self, DeviceError> {
+        if !home.is_initialized() {
+            return Err(StoreError::NotInitialized.into());
+        }
+        let lock = home.lock(LOCK_WAIT)?;
+        let store = Store::open(&home.db_path(), false)?;
+        let record = store.device()?;
+        let keys = DeviceKeys::from_secrets(&record.identity_secret, &record.mailbox_secret);
+        if keys.device_id() != record.device_id {
+            return Err(DeviceError::Inconsistent("the stored identity key does not match the device id"));
+        }
+        let (snapshot, changes) = store.doc_parts()?;
+        let doc = VaultDoc::load_parts(&snapshot, changes.iter().map(Vec::as_slice), &record.device_id)?;
+        let device = Self {
+            home,
+            _lock: lock,
+            store,
+            doc,
+            record,
+            keys,
+        };
+        if device.state()?.info.id != device.record.vault_id {
+            return Err(DeviceError::Inconsistent("the document belongs to another vault"));
+        }
+        Ok(device)
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    pub fn device_id(&self) -> DeviceId {
+        self.record.device_id
+    }
+
+    /// The Ed25519 identity public key (the future libp2p PeerId's key).
+    pub fn identity_public(&self) -> [u8; 32] {
+        self.keys.identity_public()
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.record.name
+    }
+
+    pub fn state(&self) -> Result<VaultState, DeviceError> {
+        Ok(self.doc.state()?)
+    }
+
+    /// Unwraps this device's vault key with the passphrase (runs Argon2id).
+    pub fn unlock(&self, passphrase: &[u8]) -> Result<Unlocked, DeviceError> {
+        Ok(Unlocked(self.record.wrapped_key.open(passphrase, &self.record.device_id)?))
+    }
+
+    /// Persists the document's new changes; compacts the log when it has grown.
+    fn persist(&mut self) -> Result<(), DeviceError> {
+        if let Some(chunk) = self.doc.take_unsaved()
+            && self.store.append_change(&chunk)?
+        {
+            let snapshot = self.doc.save();
+            self.store.compact(&snapshot)?;
+        }
+        Ok(())
+    }
+
+    fn dek(&self, state: &VaultState, epoch: &EpochId, key: &Unlocked) -> Result<Dek, DeviceError> {
+        let me = Recipient::Device(self.record.device_id);
+        let wrap = state
+            .epochs
+            .get(epoch)
+            .and_then(|e| e.wraps.get(&me))
+            .ok_or(DeviceError::NoAccess(*epoch))?;
+        Ok(Dek::unwrap(&wrap.wrap, &key.0, &state.info.id, epoch, &me)?)
+    }
+
+    /// Finds a live token by full id, unique id prefix (4+ hex digits) or `SERVICE/LABEL`.
+    pub fn find_token<'s>(&self, state: &'s VaultState, query: &str) -> Result<&'s Token, DeviceError> {
+        if let Some((service, label)) = query.split_once('/') {
+            return state
+                .live_tokens()
+                .find(|t| t.service.as_str() == service && t.label == label)
+                .ok_or_else(|| DeviceError::TokenNotFound(query.to_string()));
+        }
+        let q = query.to_ascii_lowercase();
+        if q.len() < 4 || !q.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(DeviceError::TokenNotFound(query.to_string()));
+        }
+        let matches: Vec<&Token> = state.live_tokens().filter(|t| t.id.to_hex().starts_with(&q)).collect();
+        match matches.as_slice() {
+            [one] => Ok(one),
+            [] => Err(DeviceError::TokenNotFound(query.to_string())),
+            many => Err(DeviceError::AmbiguousToken {
+                query: query.to_string(),
+                matches: many.iter().map(|t| t.id.to_hex()[..12].to_string()).collect(),
+            }),
+        }
+    }
+
+    /// Adds a token (or, with `replace`, changes the secret of an existing SERVICE/LABEL).
+    pub fn add_token(
+        &mut self,
+        key: &Unlocked,
+        service: Service,
+        label: &str,
+        secret: &[u8],
+        make_default: bool,
+        replace: bool,
+    ) -> Result<TokenId, DeviceError> {
+        check_label(label)?;
+        check_secret(service, secret)?;
+        let state = self.state()?;
+        let epoch = state
+            .current_epoch()
+            .ok_or(DeviceError::Inconsistent("the vault has no key epoch"))?;
+        let dek = self.dek(&state, &epoch.id, key)?;
+        let me = self.record.device_id.to_hex();
+        let now = unix_now();
+        let existing = state.live_tokens().find(|t| t.service == service && t.label == label);
+        let mut token = match existing {
+            Some(_) if !replace => {
+                return Err(DeviceError::DuplicateLabel {
+                    service,
+                    label: label.to_string(),
+                });
+            }
+            Some(t) => t.clone(),
+            None => Token {
+                id: TokenId::from_bytes(random_array()?),
+                service,
+                label: label.to_string(),
+                kind: service.kind_of(secret),
+                epoch: epoch.id,
+                ciphertext: None,
+                created_at: now,
+                created_by: me.clone(),
+                updated_at: now,
+                updated_by: me.clone(),
+                deleted: false,
+                conflicted: false,
+            },
+        };
+        let binding = TokenBinding {
+            vault: &state.info.id,
+            token: &token.id,
+            epoch: &epoch.id,
+            service: service.as_str(),
+        };
+        token.ciphertext = Some(dek.seal_token(binding, secret)?);
+        token.kind = service.kind_of(secret);
+        token.epoch = epoch.id;
+        token.updated_at = now;
+        token.updated_by = me;
+        let action = if existing.is_some() { "token.edit" } else { "token.add" };
+        self.doc.put_token(&token)?;
+        if make_default || !state.defaults.contains_key(&service) {
+            self.doc.set_default(service, Some(&token.id))?;
+        }
+        self.doc.append_audit(&self.record.device_id, action, &token.id.to_hex())?;
+        self.doc.commit(action);
+        self.persist()?;
+        Ok(token.id)
+    }
+
+    /// Decrypts a token.
+    pub fn reveal(&self, key: &Unlocked, query: &str) -> Result<(Token, SecretBytes), DeviceError> {
+        let state = self.state()?;
+        let token = self.find_token(&state, query)?.clone();
+        let sealed = token
+            .ciphertext
+            .as_deref()
+            .ok_or_else(|| DeviceError::TokenNotFound(query.to_string()))?;
+        let dek = self.dek(&state, &token.epoch, key)?;
+        let binding = TokenBinding {
+            vault: &state.info.id,
+            token: &token.id,
+            epoch: &token.epoch,
+            service: token.service.as_str(),
+        };
+        let secret = dek.open_token(binding, sealed)?;
+        Ok((token, secret))
+    }
+
+    /// Deletes a token: the record stays as a tombstone, its ciphertext is dropped. If it was
+    /// its service's default and exactly one other token of that service remains, that one
+    /// becomes the default.
+    pub fn remove_token(&mut self, query: &str) -> Result<Token, DeviceError> {
+        let state = self.state()?;
+        let mut token = self.find_token(&state, query)?.clone();
+        token.deleted = true;
+        token.ciphertext = None;
+        token.updated_at = unix_now();
+        token.updated_by = self.record.device_id.to_hex();
+        self.doc.put_token(&token)?;
+        if state.is_default(&token) {
+            let others: Vec<&Token> = state
+                .live_tokens()
+                .filter(|t| t.service == token.service && t.id != token.id)
+                .collect();
+            let next = match others.as_slice() {
+                [only] => Some(&only.id),
+                _ => None,
+            };
+            self.doc.set_default(token.service, next)?;
+        }
+        self.doc.append_audit(&self.record.device_id, "token.rm", &token.id.to_hex())?;
+        self.doc.commit("token.rm");
+        self.persist()?;
+        Ok(token)
+    }
+
+    /// Makes a token its service's default.
+    pub fn set_default(&mut self, query: &str) -> Result<Token, DeviceError> {
+        let state = self.state()?;
+        let token = self.find_token(&state, query)?.clone();
+        self.doc.set_default(token.service, Some(&token.id))?;
+        self.doc.append_audit(&self.record.device_id, "token.default", &token.id.to_hex())?;
+        self.doc.commit("token.default");
+        self.persist()?;
+        Ok(token)
+    }
+
+    /// The whole document in the standard Automerge format.
+    pub fn export(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Merges a document export of this same vault; returns how many changes were new.
+    pub fn import(&mut self, data: &[u8]) -> Result<usize, DeviceError> {
+        let theirs = VaultDoc::load(data, &self.record.device_id)?.state()?.info.id;
+        if theirs != self.record.vault_id {
+            return Err(DocError::WrongVault {
+                expected: self.record.vault_id,
+                found: theirs,
+            }
+            .into());
+        }
+        let new = self.doc.ingest(data)?;
+        self.persist()?;
+        Ok(new)
+    }
+}
+
+fn member_record(keys: &DeviceKeys, secret: &VaultSecret, name: &str, role: Role, added_by: &str, now: i64) -> Member {
+    let device = keys.device_id();
+    Member {
+        device,
+        name: name.to_string(),
+        role,
+        identity_pub: keys.identity_public(),
+        mailbox_pub: keys.mailbox_public(),
+        vault_pub: secret.public(),
+        actor: actor_for(&device).to_bytes().to_vec(),
+        added_by: added_by.to_string(),
+        added_at: now,
+        removed: None,
+    }
+}
+
+fn signed_wrap(
+    dek: &Dek,
+    vault: &VaultId,
+    epoch: &Epoch,
+    recipient: Recipient,
+    public: &[u8; 32],
+    signer: &str,
+    sign: impl Fn(&[u8]) -> [u8; 64],
+) -> Result<SignedWrap, DeviceError> {
+    let wrap = dek.wrap(vault, &epoch.id, &recipient, public)?.encode();
+    let sig = sign(&wrap_statement(vault, &epoch.id, epoch.generation, &recipient, &wrap));
+    Ok(SignedWrap {
+        wrap,
+        sig: sig.to_vec(),
+        signer: signer.to_string(),
+    })
+}
+
+/// Refuses secrets that cannot be what the service expects.
+fn check_secret(service: Service, secret: &[u8]) -> Result<(), DeviceError> {
+    use crate::doc::TokenKind;
+    if secret.is_empty() {
+        return Err(DeviceError::InvalidInput("the token is empty".into()));
+    }
+    let max = handoff_protocol::sealed_token::MAX_PLAINTEXT;
+    if secret.len() > max {
+        return Err(VaultError::TokenTooLarge { len: secret.len(), max }.into());
+    }
+    if service.kind_of(secret) == TokenKind::OauthJson {
+        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_slice(secret);
+        if parsed.is_err() {
+            return Err(DeviceError::InvalidInput(format!(
+                "a {service} OAuth credential must be a JSON object (the contents of its auth file)"
+            )));
+        }
+    } else if std::str::from_utf8(secret).is_err() || secret.iter().any(|b| b.is_ascii_control()) {
+        return Err(DeviceError::InvalidInput(format!(
+            "a {service} token is one line of printable text; this input has control characters or invalid UTF-8"
+        )));
+    }
+    Ok(())
+}
+
+/// Exposes a secret's bytes (kept here so callers need not import the trait).
+pub fn expose(secret: &SecretBytes) -> &[u8] {
+    secret.expose_secret()
+}

@@ -1,0 +1,361 @@
+//! The vault document: one Automerge document per vault, the single source of truth devices
+//! sync (DESIGN §3).
+//!
+//! [`VaultDoc`] is the only code that touches the Automerge API. Reads go through
+//! [`VaultDoc::state`], which validates the whole document into a typed [`VaultState`]; writes
+//! are typed methods followed by [`VaultDoc::commit`]. Changes from outside (an import, later a
+//! peer) go through [`VaultDoc::ingest`]: applied to a fork, validated, kept whole or rejected
+//! whole. The store persists what [`VaultDoc::take_unsaved`] hands it.
+//!
+//! # Layout
+//! - [`schema`]: the typed records and their closed value sets.
+//! - `read`: typed reads, which are also the validation.
+
+mod read;
+pub mod schema;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue};
+use handoff_protocol::dek_wrap::Recipient;
+use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
+
+pub use schema::{
+    AuditEntry, Epoch, Member, Role, Service, Token, TokenKind, VaultInfo, VaultState,
+};
+
+use crate::vault::SignedWrap;
+
+/// Errors of the document layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    #[error("the vault document is damaged: {0}")]
+    Damaged(String),
+    #[error("document field '{path}' {problem}")]
+    Schema { path: String, problem: &'static str },
+    #[error("the document uses schema version {0}, which this build of handoff does not know")]
+    UnsupportedSchema(u64),
+    #[error("the document is {len} bytes, over the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("that document belongs to vault {found}, not this vault ({expected})")]
+    WrongVault { expected: VaultId, found: VaultId },
+    #[error("a change was written by {actor}, which is not a member allowed to write")]
+    ForeignAuthor { actor: String },
+    #[error("document operation failed: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+/// The vault document and what of it has been persisted.
+#[derive(Debug)]
+pub struct VaultDoc {
+    doc: AutoCommit,
+    saved_heads: Vec<ChangeHash>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The Automerge actor a device writes with: its device id.
+pub fn actor_for(device: &DeviceId) -> ActorId {
+    ActorId::from(device.as_bytes().as_slice())
+}
+
+impl VaultDoc {
+    /// A new document holding the vault, its founding member and first epoch.
+    pub fn create(info: &VaultInfo, founder: &Member, epoch: &Epoch) -> Result<Self, DocError> {
+        let mut doc = AutoCommit::new().with_actor(actor_for(&founder.device));
+        doc.put(automerge::ROOT, "schema", schema::SCHEMA_VERSION)?;
+        let vault = doc.put_object(automerge::ROOT, "vault", ObjType::Map)?;
+        doc.put(&vault, "id", bytes(info.id.as_bytes()))?;
+        doc.put(&vault, "name", info.name.as_str())?;
+        doc.put(&vault, "created_at", info.created_at)?;
+        doc.put(&vault, "discovery_secret", bytes(&info.discovery_secret))?;
+        doc.put(&vault, "recovery_pub", bytes(&info.recovery_pub))?;
+        doc.put(&vault, "recovery_sign_pub", bytes(&info.recovery_sign_pub))?;
+        for key in ["members", "epochs", "tokens", "defaults", "relays"] {
+            doc.put_object(automerge::ROOT, key, ObjType::Map)?;
+        }
+        doc.put_object(automerge::ROOT, "audit", ObjType::List)?;
+        let mut this = Self {
+            doc,
+            saved_heads: Vec::new(),
+        };
+        this.put_member(founder)?;
+        this.put_epoch(epoch)?;
+        this.commit("create vault");
+        Ok(this)
+    }
+
+    /// Loads a saved document (or an export), writing as `device` from now on.
+    pub fn load(data: &[u8], device: &DeviceId) -> Result<Self, DocError> {
+        check_size(data.len())?;
+        let mut doc = AutoCommit::load(data)
+            .map_err(|e| DocError::Damaged(e.to_string()))?
+            .with_actor(actor_for(device));
+        read::read_state(&doc)?;
+        let saved_heads = doc.get_heads();
+        Ok(Self { doc, saved_heads })
+    }
+
+    /// Loads a snapshot plus incremental change chunks, as the store keeps them.
+    pub fn load_parts<'a>(
+        snapshot: &[u8],
+        changes: impl IntoIterator<Item = &'a [u8]>,
+        device: &DeviceId,
+    ) -> Result<Self, DocError> {
+        let mut this = Self::load(snapshot, device)?;
+        for chunk in changes {
+            this.doc
+                .load_incremental(chunk)
+                .map_err(|e| DocError::Damaged(e.to_string()))?;
+        }
+        read::read_state(&this.doc)?;
+        this.saved_heads = this.doc.get_heads();
+        Ok(this)
+    }
+
+    /// The whole document, typed and validated.
+    pub fn state(&self) -> Result<VaultState, DocError> {
+        read::read_state(&self.doc)
+    }
+
+    /// The full document in the standard Automerge binary format.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Changes made since the last call (or load), for the store to append; `None` if none.
+    pub fn take_unsaved(&mut self) -> Option<Vec<u8>> {
+        let heads = self.doc.get_heads();
+        if heads == self.saved_heads {
+            return None;
+        }
+        let chunk = self.doc.save_after(&self.saved_heads);
+        self.saved_heads = heads;
+        Some(chunk)
+    }
+
+    /// Marks everything as persisted (after the store wrote a full snapshot).
+    pub fn mark_saved(&mut self) {
+        self.saved_heads = self.doc.get_heads();
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Applies outside changes (a full document or change chunks) to a fork, validates the
+    /// fork, and keeps it only if the result is a valid document of this same vault whose new
+    /// changes were all written by members. Returns how many changes were new.
+    pub fn ingest(&mut self, data: &[u8]) -> Result<usize, DocError> {
+        check_size(data.len())?;
+        let our_vault = self.state()?.info.id;
+        let before = self.doc.get_heads();
+        let actor = self.doc.get_actor().clone();
+        let mut fork = self.doc.fork().with_actor(actor);
+        fork.load_incremental(data)
+            .map_err(|e| DocError::Damaged(e.to_string()))?;
+        if fork.get_all(automerge::ROOT, "vault")?.len() != 1 {
+            return Err(DocError::Schema {
+                path: "vault".into(),
+                problem: "was written by two different vaults",
+            });
+        }
+        let state = read::read_state(&fork)?;
+        if state.info.id != our_vault {
+            return Err(DocError::WrongVault {
+                expected: our_vault,
+                found: state.info.id,
+            });
+        }
+        let new_changes = fork.get_changes(&before);
+        for change in &new_changes {
+            let author = state
+                .members
+                .values()
+                .find(|m| m.actor == change.actor_id().to_bytes());
+            let allowed = match author {
+                Some(m) => m.removed.as_ref().is_none_or(|r| change.seq() <= r.after_seq),
+                None => false,
+            };
+            if !allowed {
+                return Err(DocError::ForeignAuthor {
+                    actor: change.actor_id().to_hex_string(),
+                });
+            }
+        }
+        let count = new_changes.len();
+        self.doc = fork;
+        Ok(count)
+    }
+
+    /// Commits pending writes as one change.
+    pub fn commit(&mut self, message: &str) {
+        self.doc.commit_with(
+            CommitOptions::default()
+                .with_message(message.to_string())
+                .with_time(now()),
+        );
+    }
+
+    fn map(&self, path: &[&str]) -> Result<ObjId, DocError> {
+        let mut obj = automerge::ROOT;
+        for key in path {
+            obj = match self.doc.get(&obj, *key)? {
+                Some((automerge::Value::Object(ObjType::Map), id)) => id,
+                _ => {
+                    return Err(DocError::Schema {
+                        path: path.join("."),
+                        problem: "is missing",
+                    });
+                }
+            };
+        }
+        Ok(obj)
+    }
+
+    fn child_map(&mut self, parent: &ObjId, key: &str) -> Result<ObjId, DocError> {
+        match self.doc.get(parent, key)? {
+            Some((automerge::Value::Object(ObjType::Map), id)) => Ok(id),
+            _ => Ok(self.doc.put_object(parent, key, ObjType::Map)?),
+        }
+    }
+
+    /// Writes `value` unless the field already holds exactly it, so re-saving a record does
+    /// not create needless concurrent-edit conflicts.
+    fn put_changed(&mut self, obj: &ObjId, key: &str, value: ScalarValue) -> Result<(), DocError> {
+        let current = self.doc.get_all(obj, key)?;
+        let same = current.len() == 1
+            && current[0].0.as_scalar().is_some_and(|v| *v == value);
+        if !same {
+            self.doc.put(obj, key, value)?;
+        }
+        Ok(())
+    }
+
+    pub fn put_member(&mut self, m: &Member) -> Result<(), DocError> {
+        let members = self.map(&["members"])?;
+        let obj = self.child_map(&members, &m.device.to_hex())?;
+        self.put_changed(&obj, "name", m.name.as_str().into())?;
+        self.put_changed(&obj, "role", m.role.as_str().into())?;
+        self.put_changed(&obj, "identity_pub", bytes(&m.identity_pub))?;
+        self.put_changed(&obj, "mailbox_pub", bytes(&m.mailbox_pub))?;
+        self.put_changed(&obj, "vault_pub", bytes(&m.vault_pub))?;
+        self.put_changed(&obj, "actor", bytes(&m.actor))?;
+        self.put_changed(&obj, "added_by", m.added_by.as_str().into())?;
+        self.put_changed(&obj, "added_at", m.added_at.into())?;
+        if let Some(r) = &m.removed {
+            self.put_changed(&obj, "removed_by", r.by.as_str().into())?;
+            self.put_changed(&obj, "removed_at", r.at.into())?;
+            self.put_changed(&obj, "removed_after_seq", r.after_seq.into())?;
+        }
+        Ok(())
+    }
+
+    pub fn put_epoch(&mut self, e: &Epoch) -> Result<(), DocError> {
+        let epochs = self.map(&["epochs"])?;
+        let obj = self.child_map(&epochs, &e.id.to_hex())?;
+        self.put_changed(&obj, "generation", e.generation.into())?;
+        self.put_changed(&obj, "created_by", e.created_by.as_str().into())?;
+        self.put_changed(&obj, "created_at", e.created_at.into())?;
+        self.child_map(&obj, "wraps")?;
+        for (recipient, wrap) in &e.wraps {
+            self.put_wrap(&e.id, recipient, wrap)?;
+        }
+        Ok(())
+    }
+
+    pub fn put_wrap(&mut self, epoch: &EpochId, to: &Recipient, w: &SignedWrap) -> Result<(), DocError> {
+        let wraps = self.map(&["epochs", &epoch.to_hex(), "wraps"])?;
+        let obj = self.child_map(&wraps, &to.to_string())?;
+        self.put_changed(&obj, "wrap", bytes(&w.wrap))?;
+        self.put_changed(&obj, "sig", bytes(&w.sig))?;
+        self.put_changed(&obj, "signer", w.signer.as_str().into())?;
+        Ok(())
+    }
+
+    /// Writes a token record (creating it or changing the fields that differ).
+    pub fn put_token(&mut self, t: &Token) -> Result<(), DocError> {
+        let tokens = self.map(&["tokens"])?;
+        let obj = self.child_map(&tokens, &t.id.to_hex())?;
+        self.put_changed(&obj, "service", t.service.as_str().into())?;
+        self.put_changed(&obj, "label", t.label.as_str().into())?;
+        self.put_changed(&obj, "kind", t.kind.as_str().into())?;
+        self.put_changed(&obj, "epoch", t.epoch.to_hex().into())?;
+        match &t.ciphertext {
+            Some(ct) => self.put_changed(&obj, "ciphertext", bytes(ct))?,
+            None => {
+                if self.doc.get(&obj, "ciphertext")?.is_some() {
+                    self.doc.delete(&obj, "ciphertext")?;
+                }
+            }
+        }
+        self.put_changed(&obj, "created_at", t.created_at.into())?;
+        self.put_changed(&obj, "created_by", t.created_by.as_str().into())?;
+        self.put_changed(&obj, "updated_at", t.updated_at.into())?;
+        self.put_changed(&obj, "updated_by", t.updated_by.as_str().into())?;
+        if t.deleted {
+            self.put_changed(&obj, "deleted", true.into())?;
+        }
+        Ok(())
+    }
+
+    /// Makes `token` the default of `service`, or clears the default.
+    pub fn set_default(&mut self, service: Service, token: Option<&TokenId>) -> Result<(), DocError> {
+        let defaults = self.map(&["defaults"])?;
+        match token {
+            Some(id) => self.put_changed(&defaults, service.as_str(), id.to_hex().into())?,
+            None => {
+                if self.doc.get(&defaults, service.as_str())?.is_some() {
+                    self.doc.delete(&defaults, service.as_str())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends an audit entry, dropping the oldest beyond the bound.
+    pub fn append_audit(&mut self, device: &DeviceId, action: &str, subject: &str) -> Result<(), DocError> {
+        let audit = match self.doc.get(automerge::ROOT, "audit")? {
+            Some((automerge::Value::Object(ObjType::List), id)) => id,
+            _ => {
+                return Err(DocError::Schema {
+                    path: "audit".into(),
+                    problem: "is missing",
+                });
+            }
+        };
+        let len = self.doc.length(&audit);
+        let entry = self.doc.insert_object(&audit, len, ObjType::Map)?;
+        self.doc.put(&entry, "at", now())?;
+        self.doc.put(&entry, "device", device.to_hex())?;
+        self.doc.put(&entry, "action", action)?;
+        self.doc.put(&entry, "subject", subject)?;
+        while self.doc.length(&audit) > schema::limits::AUDIT_MAX {
+            self.doc.delete(&audit, 0)?;
+        }
+        Ok(())
+    }
+}
+
+fn bytes(b: &[u8]) -> ScalarValue {
+    ScalarValue::Bytes(b.to_vec())
+}
+
+fn check_size(len: usize) -> Result<(), DocError> {
+    if len > schema::limits::DOC_BYTES_MAX {
+        return Err(DocError::TooLarge {
+            len,
+            max: schema::limits::DOC_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// The current time in Unix seconds, as records store it.
+pub fn unix_now() -> i64 {
+    now()
+}

@@ -1,0 +1,377 @@
+//! Typed reads of the document, which are also its validation.
+//!
+//! [`read_state`] walks the whole document and returns a [`VaultState`] or the first field that
+//! is missing, mistyped, oversized or dangling. Incoming changes are applied to a fork and this
+//! runs on the fork before anything is kept, so a document that passes here is the only kind
+//! the rest of handoff ever sees.
+
+use std::collections::BTreeMap;
+
+use automerge::{AutoCommit, ObjId, ObjType, ReadDoc, Value};
+use handoff_protocol::dek_wrap::Recipient;
+use handoff_protocol::sealed_token::MAX_ENCODED;
+use handoff_protocol::{DekWrap, DeviceId, EpochId, TokenId, VaultId};
+
+use super::DocError;
+use super::schema::{
+    AuditEntry, Epoch, Member, Removal, Role, SCHEMA_VERSION, Service, Token, TokenKind,
+    VaultInfo, VaultState, limits,
+};
+use crate::vault::SignedWrap;
+
+/// A field reader that names the path of whatever it rejects.
+pub(super) struct Fields<'a> {
+    doc: &'a AutoCommit,
+    obj: ObjId,
+    path: String,
+}
+
+fn schema(path: &str, problem: &'static str) -> DocError {
+    DocError::Schema {
+        path: path.to_string(),
+        problem,
+    }
+}
+
+impl<'a> Fields<'a> {
+    pub(super) fn root(doc: &'a AutoCommit) -> Self {
+        Self {
+            doc,
+            obj: automerge::ROOT,
+            path: String::new(),
+        }
+    }
+
+    fn sub(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn value(&self, key: &str) -> Result<Option<Value<'a>>, DocError> {
+        Ok(self.doc.get(&self.obj, key)?.map(|(v, _)| v))
+    }
+
+    /// A child object of the given type.
+    pub(super) fn object(&self, key: &str, ty: ObjType) -> Result<Fields<'a>, DocError> {
+        match self.doc.get(&self.obj, key)? {
+            Some((Value::Object(t), id)) if t == ty => Ok(Fields {
+                doc: self.doc,
+                obj: id,
+                path: self.sub(key),
+            }),
+            Some(_) => Err(schema(&self.sub(key), "has the wrong type")),
+            None => Err(schema(&self.sub(key), "is missing")),
+        }
+    }
+
+    pub(super) fn keys(&self) -> Vec<String> {
+        self.doc.keys(&self.obj).collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.doc.length(&self.obj)
+    }
+
+    /// Whether concurrent writes left several values in `key`.
+    pub(super) fn conflicted(&self, key: &str) -> Result<bool, DocError> {
+        Ok(self.doc.get_all(&self.obj, key)?.len() > 1)
+    }
+
+    pub(super) fn str(&self, key: &str, max: usize) -> Result<String, DocError> {
+        match self.value(key)? {
+            Some(v) => match v.as_str() {
+                Some(s) if s.len() <= max => Ok(s.to_string()),
+                Some(_) => Err(schema(&self.sub(key), "is too long")),
+                None => Err(schema(&self.sub(key), "is not a string")),
+            },
+            None => Err(schema(&self.sub(key), "is missing")),
+        }
+    }
+
+    fn opt_str(&self, key: &str, max: usize) -> Result<Option<String>, DocError> {
+        match self.value(key)? {
+            None => Ok(None),
+            Some(_) => self.str(key, max).map(Some),
+        }
+    }
+
+    pub(super) fn bytes(&self, key: &str, max: usize) -> Result<Vec<u8>, DocError> {
+        match self.value(key)? {
+            Some(v) => match v.as_bytes() {
+                Some(b) if b.len() <= max => Ok(b.to_vec()),
+                Some(_) => Err(schema(&self.sub(key), "is too long")),
+                None => Err(schema(&self.sub(key), "is not bytes")),
+            },
+            None => Err(schema(&self.sub(key), "is missing")),
+        }
+    }
+
+    fn opt_bytes(&self, key: &str, max: usize) -> Result<Option<Vec<u8>>, DocError> {
+        match self.value(key)? {
+            None => Ok(None),
+            Some(_) => self.bytes(key, max).map(Some),
+        }
+    }
+
+    fn bytes32(&self, key: &str) -> Result<[u8; 32], DocError> {
+        self.bytes(key, 32)?
+            .try_into()
+            .map_err(|_| schema(&self.sub(key), "is not 32 bytes"))
+    }
+
+    pub(super) fn u64(&self, key: &str) -> Result<u64, DocError> {
+        self.value(key)?
+            .ok_or_else(|| schema(&self.sub(key), "is missing"))?
+            .as_u64()
+            .ok_or_else(|| schema(&self.sub(key), "is not an unsigned integer"))
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>, DocError> {
+        match self.value(key)? {
+            None => Ok(None),
+            Some(_) => self.u64(key).map(Some),
+        }
+    }
+
+    fn i64(&self, key: &str) -> Result<i64, DocError> {
+        self.value(key)?
+            .ok_or_else(|| schema(&self.sub(key), "is missing"))?
+            .as_i64()
+            .ok_or_else(|| schema(&self.sub(key), "is not an integer"))
+    }
+
+    fn opt_i64(&self, key: &str) -> Result<Option<i64>, DocError> {
+        match self.value(key)? {
+            None => Ok(None),
+            Some(_) => self.i64(key).map(Some),
+        }
+    }
+
+    fn bool_or_false(&self, key: &str) -> Result<bool, DocError> {
+        match self.value(key)? {
+            None => Ok(false),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| schema(&self.sub(key), "is not a boolean")),
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, key: &str, max: usize) -> Result<T, DocError> {
+        self.str(key, max)?
+            .parse()
+            .map_err(|_| schema(&self.sub(key), "has an unknown value"))
+    }
+
+    fn key_as<T: std::str::FromStr>(&self, key: &str) -> Result<T, DocError> {
+        key.parse().map_err(|_| schema(&self.sub(key), "is not a valid id"))
+    }
+}
+
+/// Reads and validates the whole document.
+pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
+    let root = Fields::root(doc);
+    if root.u64("schema")? != SCHEMA_VERSION {
+        return Err(DocError::UnsupportedSchema(root.u64("schema")?));
+    }
+    let info = read_info(&root.object("vault", ObjType::Map)?)?;
+
+    let members_obj = root.object("members", ObjType::Map)?;
+    let member_keys = members_obj.keys();
+    if member_keys.len() > limits::MEMBERS_MAX {
+        return Err(schema("members", "has too many entries"));
+    }
+    let mut members = BTreeMap::new();
+    for key in member_keys {
+        let device: DeviceId = members_obj.key_as(&key)?;
+        let member = read_member(device, &members_obj.object(&key, ObjType::Map)?)?;
+        members.insert(device, member);
+    }
+
+    let signer_pub = |signer: &str| -> Option<[u8; 32]> {
+        if signer == Recipient::RECOVERY_NAME {
+            return Some(info.recovery_sign_pub);
+        }
+        let id: DeviceId = signer.parse().ok()?;
+        members
+            .get(&id)
+            .filter(|m| m.role == Role::Admin)
+            .map(|m| m.identity_pub)
+    };
+    let epochs_obj = root.object("epochs", ObjType::Map)?;
+    let epoch_keys = epochs_obj.keys();
+    if epoch_keys.len() > limits::EPOCHS_MAX {
+        return Err(schema("epochs", "has too many entries"));
+    }
+    let mut epochs = BTreeMap::new();
+    for key in epoch_keys {
+        let id: EpochId = epochs_obj.key_as(&key)?;
+        let epoch = read_epoch(&info.id, id, &epochs_obj.object(&key, ObjType::Map)?, &signer_pub)?;
+        epochs.insert(id, epoch);
+    }
+
+    let tokens_obj = root.object("tokens", ObjType::Map)?;
+    let token_keys = tokens_obj.keys();
+    if token_keys.len() > limits::TOKENS_MAX {
+        return Err(schema("tokens", "has too many entries"));
+    }
+    let mut tokens = BTreeMap::new();
+    for key in token_keys {
+        let id: TokenId = tokens_obj.key_as(&key)?;
+        let token = read_token(id, &tokens_obj.object(&key, ObjType::Map)?)?;
+        if !epochs.contains_key(&token.epoch) {
+            return Err(schema(&tokens_obj.sub(&key), "names an epoch that does not exist"));
+        }
+        tokens.insert(id, token);
+    }
+
+    let defaults_obj = root.object("defaults", ObjType::Map)?;
+    let mut defaults = BTreeMap::new();
+    for key in defaults_obj.keys() {
+        let Ok(service) = key.parse::<Service>() else {
+            continue; // a service from a newer version: keep it, do not use it
+        };
+        let id: TokenId = defaults_obj.parsed(&key, 32)?;
+        // A concurrent delete can leave a default pointing at a deleted token: not an error.
+        if tokens.get(&id).is_some_and(|t: &Token| !t.deleted && t.service == service) {
+            defaults.insert(service, id);
+        }
+    }
+
+    let audit_obj = root.object("audit", ObjType::List)?;
+    // Concurrent appends can briefly exceed the bound by what each side appended.
+    if audit_obj.len() > limits::AUDIT_MAX * 2 {
+        return Err(schema("audit", "has too many entries"));
+    }
+    let mut audit = Vec::with_capacity(audit_obj.len());
+    for i in 0..audit_obj.len() {
+        let entry = match doc.get(&audit_obj.obj, i)? {
+            Some((Value::Object(ObjType::Map), id)) => Fields {
+                doc,
+                obj: id,
+                path: format!("audit.{i}"),
+            },
+            _ => return Err(schema(&format!("audit.{i}"), "is not a map")),
+        };
+        audit.push(AuditEntry {
+            at: entry.i64("at")?,
+            device: entry.str("device", limits::NAME_MAX)?,
+            action: entry.str("action", limits::NAME_MAX)?,
+            subject: entry.str("subject", limits::NAME_MAX)?,
+        });
+    }
+
+    Ok(VaultState {
+        info,
+        members,
+        epochs,
+        tokens,
+        defaults,
+        audit,
+    })
+}
+
+fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {
+    Ok(VaultInfo {
+        id: VaultId::from_slice(&f.bytes("id", 16)?).map_err(|_| schema("vault.id", "is not 16 bytes"))?,
+        name: f.str("name", limits::NAME_MAX)?,
+        created_at: f.i64("created_at")?,
+        discovery_secret: f.bytes32("discovery_secret")?,
+        recovery_pub: f.bytes32("recovery_pub")?,
+        recovery_sign_pub: f.bytes32("recovery_sign_pub")?,
+    })
+}
+
+fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
+    let identity_pub = f.bytes32("identity_pub")?;
+    if crate::vault::device_id_for(&identity_pub) != device {
+        return Err(schema(&f.path, "has an identity key that does not match its device id"));
+    }
+    let removed = match (f.opt_str("removed_by", 64)?, f.opt_i64("removed_at")?, f.opt_u64("removed_after_seq")?) {
+        (None, None, None) => None,
+        (Some(by), Some(at), Some(after_seq)) => Some(Removal { by, at, after_seq }),
+        _ => return Err(schema(&f.path, "has a partial removal record")),
+    };
+    Ok(Member {
+        device,
+        name: f.str("name", limits::NAME_MAX)?,
+        role: f.parsed("role", 16)?,
+        identity_pub,
+        mailbox_pub: f.bytes32("mailbox_pub")?,
+        vault_pub: f.bytes32("vault_pub")?,
+        actor: f.bytes("actor", 64)?,
+        added_by: f.str("added_by", 64)?,
+        added_at: f.i64("added_at")?,
+        removed,
+    })
+}
+
+fn read_epoch(
+    vault: &VaultId,
+    id: EpochId,
+    f: &Fields<'_>,
+    signer_pub: &dyn Fn(&str) -> Option<[u8; 32]>,
+) -> Result<Epoch, DocError> {
+    let generation = f.u64("generation")?;
+    let wraps_obj = f.object("wraps", ObjType::Map)?;
+    let mut wraps = BTreeMap::new();
+    for key in wraps_obj.keys() {
+        let recipient = Recipient::parse(&key).map_err(|_| schema(&wraps_obj.sub(&key), "is not a device id or 'recovery'"))?;
+        let w = wraps_obj.object(&key, ObjType::Map)?;
+        let signed = SignedWrap {
+            wrap: w.bytes("wrap", handoff_protocol::dek_wrap::ENCODED_LEN)?,
+            sig: w.bytes("sig", 64)?,
+            signer: w.str("signer", 64)?,
+        };
+        if DekWrap::decode(&signed.wrap).is_err() {
+            return Err(schema(&w.path, "holds a malformed wrap"));
+        }
+        // A wrap whose signer is not an admin (or the recovery key) is ignored, not fatal: the
+        // signer may have been demoted concurrently. It simply cannot be used.
+        let statement = crate::vault::epoch::wrap_statement(vault, &id, generation, &recipient, &signed.wrap);
+        let trusted = signer_pub(&signed.signer)
+            .is_some_and(|public| crate::vault::keys::verify_signature(&public, &statement, &signed.sig));
+        if trusted {
+            wraps.insert(recipient, signed);
+        }
+    }
+    Ok(Epoch {
+        id,
+        generation,
+        created_by: f.str("created_by", 64)?,
+        created_at: f.i64("created_at")?,
+        wraps,
+    })
+}
+
+fn read_token(id: TokenId, f: &Fields<'_>) -> Result<Token, DocError> {
+    let service: Service = f.parsed("service", 32)?;
+    let label = f.str("label", limits::LABEL_MAX)?;
+    let deleted = f.bool_or_false("deleted")?;
+    let ciphertext = f.opt_bytes("ciphertext", MAX_ENCODED)?;
+    if !deleted && ciphertext.is_none() {
+        return Err(schema(&f.path, "has no ciphertext"));
+    }
+    let epoch_text = f.str("epoch", 32)?;
+    let epoch = epoch_text.parse().map_err(|_| schema(&f.sub("epoch"), "is not an epoch id"))?;
+    let mut conflicted = false;
+    for field in ["service", "label", "ciphertext", "epoch", "deleted"] {
+        conflicted |= f.conflicted(field)?;
+    }
+    Ok(Token {
+        id,
+        service,
+        label,
+        kind: f.parsed::<TokenKind>("kind", 16)?,
+        epoch,
+        ciphertext,
+        created_at: f.i64("created_at")?,
+        created_by: f.str("created_by", 64)?,
+        updated_at: f.i64("updated_at")?,
+        updated_by: f.str("updated_by", 64)?,
+        deleted,
+        conflicted,
+    })
+}

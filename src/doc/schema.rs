@@ -1,0 +1,268 @@
+//! The typed records of the vault document (DESIGN §3) and the closed sets their fields take.
+//!
+//! Records are plain data read out of, and written into, the Automerge document by
+//! [`super::VaultDoc`]; nothing here touches the document itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use handoff_protocol::dek_wrap::Recipient;
+use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
+
+use crate::vault::SignedWrap;
+
+/// The document schema version this build writes and reads.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Limits checked on every document read: a hostile peer or file cannot make us hold more.
+pub mod limits {
+    pub const NAME_MAX: usize = 128;
+    pub const LABEL_MAX: usize = 64;
+    pub const MEMBERS_MAX: usize = 256;
+    pub const EPOCHS_MAX: usize = 4096;
+    pub const TOKENS_MAX: usize = 10_000;
+    pub const AUDIT_MAX: usize = 512;
+    /// Largest document accepted from a file or a peer, in bytes.
+    pub const DOC_BYTES_MAX: usize = 64 * 1024 * 1024;
+}
+
+/// A vendor service whose credentials handoff stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    Anthropic,
+    ClaudeSubscription,
+    Openai,
+    OpenaiCodex,
+    Gemini,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [
+        Service::Anthropic,
+        Service::ClaudeSubscription,
+        Service::Openai,
+        Service::OpenaiCodex,
+        Service::Gemini,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Anthropic => "anthropic",
+            Service::ClaudeSubscription => "claude-subscription",
+            Service::Openai => "openai",
+            Service::OpenaiCodex => "openai-codex",
+            Service::Gemini => "gemini",
+        }
+    }
+
+    /// The kind of credential a secret for this service is, judged by its content.
+    pub fn kind_of(self, secret: &[u8]) -> TokenKind {
+        match self {
+            Service::Anthropic | Service::Openai => TokenKind::ApiKey,
+            Service::ClaudeSubscription => TokenKind::SetupToken,
+            Service::OpenaiCodex => TokenKind::OauthJson,
+            Service::Gemini => {
+                if secret.trim_ascii_start().first() == Some(&b'{') {
+                    TokenKind::OauthJson
+                } else {
+                    TokenKind::ApiKey
+                }
+            }
+        }
+    }
+
+    pub fn names() -> String {
+        Self::ALL.map(Service::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Service {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+    }
+}
+
+/// What form a stored credential takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    ApiKey,
+    SetupToken,
+    OauthJson,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::ApiKey => "api-key",
+            TokenKind::SetupToken => "setup-token",
+            TokenKind::OauthJson => "oauth-json",
+        }
+    }
+}
+
+impl FromStr for TokenKind {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [TokenKind::ApiKey, TokenKind::SetupToken, TokenKind::OauthJson]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or(())
+    }
+}
+
+/// A member's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Reads tokens and adds or removes devices.
+    Admin,
+    /// Reads and writes tokens.
+    Member,
+    /// Asks for sessions; never receives a DEK.
+    Remote,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Remote => "remote",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [Role::Admin, Role::Member, Role::Remote]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or(())
+    }
+}
+
+/// `vault`: the vault's own record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultInfo {
+    pub id: VaultId,
+    pub name: String,
+    pub created_at: i64,
+    pub discovery_secret: [u8; 32],
+    /// X25519 key every epoch's DEK is also wrapped to.
+    pub recovery_pub: [u8; 32],
+    /// Ed25519 key that verifies wraps signed by the recovery member.
+    pub recovery_sign_pub: [u8; 32],
+}
+
+/// `members.<device id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub device: DeviceId,
+    pub name: String,
+    pub role: Role,
+    pub identity_pub: [u8; 32],
+    pub mailbox_pub: [u8; 32],
+    pub vault_pub: [u8; 32],
+    /// The Automerge actor id this device writes with.
+    pub actor: Vec<u8>,
+    pub added_by: String,
+    pub added_at: i64,
+    pub removed: Option<Removal>,
+}
+
+/// When and by whom a member was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub by: String,
+    pub at: i64,
+    /// The last change sequence number of the removed device's actor that is accepted.
+    pub after_seq: u64,
+}
+
+impl Member {
+    pub fn is_active(&self) -> bool {
+        self.removed.is_none()
+    }
+
+    /// Active members other than `remote` devices receive DEKs.
+    pub fn receives_dek(&self) -> bool {
+        self.is_active() && self.role != Role::Remote
+    }
+}
+
+/// `epochs.<epoch id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Epoch {
+    pub id: EpochId,
+    pub generation: u64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub wraps: BTreeMap<Recipient, SignedWrap>,
+}
+
+/// `tokens.<token id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: TokenId,
+    pub service: Service,
+    pub label: String,
+    pub kind: TokenKind,
+    pub epoch: EpochId,
+    /// Encoded `SealedToken`; `None` once deleted.
+    pub ciphertext: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+    pub deleted: bool,
+    /// Concurrent writes left more than one value in a field; the user should pick.
+    pub conflicted: bool,
+}
+
+/// One `audit` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub device: String,
+    pub action: String,
+    pub subject: String,
+}
+
+/// Everything in the document, typed and validated.
+#[derive(Debug, Clone)]
+pub struct VaultState {
+    pub info: VaultInfo,
+    pub members: BTreeMap<DeviceId, Member>,
+    pub epochs: BTreeMap<EpochId, Epoch>,
+    pub tokens: BTreeMap<TokenId, Token>,
+    pub defaults: BTreeMap<Service, TokenId>,
+    pub audit: Vec<AuditEntry>,
+}
+
+impl VaultState {
+    /// The current epoch: highest (generation, epoch id), the same on every device.
+    pub fn current_epoch(&self) -> Option<&Epoch> {
+        self.epochs.values().max_by_key(|e| (e.generation, e.id))
+    }
+
+    /// Live (not deleted) tokens.
+    pub fn live_tokens(&self) -> impl Iterator<Item = &Token> {
+        self.tokens.values().filter(|t| !t.deleted)
+    }
+
+    /// Whether `token` is its service's default.
+    pub fn is_default(&self, token: &Token) -> bool {
+        self.defaults.get(&token.service) == Some(&token.id)
+    }
+}

@@ -1,0 +1,21 @@
+//! handoff keeps AI-vendor credentials on a person's own devices, syncs them peer to peer, and
+//! materializes them only in the agent processes it starts. See `../shared/DESIGN.md` in the
+//! project and the README for the whole picture.
+//!
+//! # Layout
+//! - [`vault`]: keys, passphrase and recovery, DEK epochs, token sealing (crypto only).
+//! - [`doc`]: the Automerge vault document: schema, typed reads and writes, validation.
+//! - [`store`]: SQLite persistence of device keys and the document.
+//! - [`home`]: the home directory, its permissions, the one-owner lock, process hardening.
+//! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon.
+//! - [`cli`]: the command line.
+//!
+//! Byte formats that cross machines live in the `handoff-protocol` crate.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod device;
+pub mod doc;
+pub mod home;
+pub mod store;
+pub mod vault;

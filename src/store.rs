@@ -1,0 +1,282 @@
+//! SQLite storage of one device: its keys, and the vault document as a snapshot plus the
+//! incremental changes written since (DESIGN §4).
+//!
+//! One file, `handoff.db`, in WAL mode with `synchronous = FULL`: a write this module returns
+//! from is durable, so anything acknowledged to the user survives `kill -9` or power loss.
+//! `secure_delete` overwrites freed pages, so old ciphertexts do not linger in free space.
+//! The schema is versioned with `PRAGMA user_version`; migrations run in a transaction.
+
+use std::path::Path;
+
+use handoff_protocol::{DeviceId, VaultId};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use zeroize::Zeroizing;
+
+use crate::vault::{KdfParams, WrappedVaultKey};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("the database at {path} is damaged ({detail}); restore it from a backup or recover with `handoff recover`")]
+    Corrupt { path: String, detail: String },
+    #[error("the database was written by a newer handoff (schema {0}); upgrade handoff")]
+    TooNew(u32),
+    #[error("this home holds no vault yet: run `handoff init` (or `handoff recover`)")]
+    NotInitialized,
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+/// Compact the change log into a new snapshot once it holds this many rows.
+const COMPACT_AFTER: i64 = 256;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: device keys, document snapshot and change log.
+    "CREATE TABLE device (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        device_id BLOB NOT NULL,
+        vault_id BLOB NOT NULL,
+        name TEXT NOT NULL,
+        identity_secret BLOB NOT NULL,
+        mailbox_secret BLOB NOT NULL,
+        kdf_m_kib INTEGER NOT NULL,
+        kdf_t INTEGER NOT NULL,
+        kdf_p INTEGER NOT NULL,
+        kdf_salt BLOB NOT NULL,
+        key_nonce BLOB NOT NULL,
+        key_ciphertext BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE doc_snapshot (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        bytes BLOB NOT NULL
+    );
+    CREATE TABLE doc_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        bytes BLOB NOT NULL
+    );",
+];
+
+/// What the store keeps about this device.
+#[derive(Debug)]
+pub struct DeviceRecord {
+    pub device_id: DeviceId,
+    pub vault_id: VaultId,
+    pub name: String,
+    pub identity_secret: Zeroizing<[u8; 32]>,
+    pub mailbox_secret: Zeroizing<[u8; 32]>,
+    pub wrapped_key: WrappedVaultKey,
+    pub created_at: i64,
+}
+
+/// An open handoff database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+impl Store {
+    /// Opens (creating if `create`) the database and brings its schema up to date. An existing
+    /// file is integrity-checked before anything is written to it.
+    pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        let display = path.display().to_string();
+        if !create && !path.exists() {
+            return Err(StoreError::NotInitialized);
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(&display, e))?;
+        let store = Self { conn, path: display };
+        store.check_integrity()?;
+        store
+            .conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA secure_delete = ON;
+                 PRAGMA foreign_keys = ON;",
+            )
+            .map_err(|e| store.err(e))?;
+        store.conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| store.err(e))?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        classify(&self.path, e)
+    }
+
+    fn check_integrity(&self) -> Result<(), StoreError> {
+        let result: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if result != "ok" {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: result.lines().next().unwrap_or("integrity check failed").to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let version: u32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let known = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
+        if version > known {
+            return Err(StoreError::TooNew(version));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+            tx.execute_batch(sql).map_err(|e| self.err(e))?;
+            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX)).map_err(|e| self.err(e))?;
+            tx.commit().map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the device record and the first document snapshot in one transaction.
+    pub fn initialize(&mut self, device: &DeviceRecord, snapshot: &[u8]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| classify(&self.path, e))?;
+        let w = &device.wrapped_key;
+        tx.execute(
+            "INSERT INTO device (id, device_id, vault_id, name, identity_secret, mailbox_secret,
+                kdf_m_kib, kdf_t, kdf_p, kdf_salt, key_nonce, key_ciphertext, created_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                &device.device_id.as_bytes()[..],
+                &device.vault_id.as_bytes()[..],
+                device.name,
+                &device.identity_secret[..],
+                &device.mailbox_secret[..],
+                w.params.m_kib,
+                w.params.t,
+                w.params.p,
+                &w.salt[..],
+                &w.nonce[..],
+                w.ciphertext,
+                device.created_at,
+            ],
+        )
+        .map_err(|e| classify(&self.path, e))?;
+        tx.execute("INSERT INTO doc_snapshot (id, bytes) VALUES (1, ?1)", [snapshot])
+            .map_err(|e| classify(&self.path, e))?;
+        tx.commit().map_err(|e| classify(&self.path, e))
+    }
+
+    /// This device's record.
+    pub fn device(&self) -> Result<DeviceRecord, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT device_id, vault_id, name, identity_secret, mailbox_secret, kdf_m_kib,
+                        kdf_t, kdf_p, kdf_salt, key_nonce, key_ciphertext, created_at
+                 FROM device WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, String>(2)?,
+                        Zeroizing::new(r.get::<_, Vec<u8>>(3)?),
+                        Zeroizing::new(r.get::<_, Vec<u8>>(4)?),
+                        (r.get::<_, u32>(5)?, r.get::<_, u32>(6)?, r.get::<_, u32>(7)?),
+                        r.get::<_, Vec<u8>>(8)?,
+                        r.get::<_, Vec<u8>>(9)?,
+                        r.get::<_, Vec<u8>>(10)?,
+                        r.get::<_, i64>(11)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::NotInitialized)?;
+        let (device_id, vault_id, name, identity, mailbox, (m_kib, t, p), salt, nonce, ciphertext, created_at) = row;
+        let corrupt = |what: &str| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("the device record's {what} has the wrong length"),
+        };
+        let fixed32 = |v: &[u8], what: &str| -> Result<Zeroizing<[u8; 32]>, StoreError> {
+            let mut out = Zeroizing::new([0u8; 32]);
+            if v.len() != 32 {
+                return Err(corrupt(what));
+            }
+            out.copy_from_slice(v);
+            Ok(out)
+        };
+        Ok(DeviceRecord {
+            device_id: DeviceId::from_slice(&device_id).map_err(|_| corrupt("device id"))?,
+            vault_id: VaultId::from_slice(&vault_id).map_err(|_| corrupt("vault id"))?,
+            name,
+            identity_secret: fixed32(&identity, "identity key")?,
+            mailbox_secret: fixed32(&mailbox, "mailbox key")?,
+            wrapped_key: WrappedVaultKey {
+                params: KdfParams { m_kib, t, p },
+                salt: salt.try_into().map_err(|_| corrupt("salt"))?,
+                nonce: nonce.try_into().map_err(|_| corrupt("nonce"))?,
+                ciphertext,
+            },
+            created_at,
+        })
+    }
+
+    /// The saved snapshot and the change chunks after it, in order.
+    pub fn doc_parts(&self) -> Result<(Vec<u8>, Vec<Vec<u8>>), StoreError> {
+        let snapshot: Vec<u8> = self
+            .conn
+            .query_row("SELECT bytes FROM doc_snapshot WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::NotInitialized)?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT bytes FROM doc_changes ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let changes = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok((snapshot, changes))
+    }
+
+    /// Appends a change chunk. Returns whether the log is now long enough to compact.
+    pub fn append_change(&self, chunk: &[u8]) -> Result<bool, StoreError> {
+        self.conn
+            .execute("INSERT INTO doc_changes (bytes) VALUES (?1)", [chunk])
+            .map_err(|e| self.err(e))?;
+        let rows: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM doc_changes", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(rows >= COMPACT_AFTER)
+    }
+
+    /// Replaces snapshot and change log with one new snapshot, atomically.
+    pub fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| classify(&self.path, e))?;
+        tx.execute("UPDATE doc_snapshot SET bytes = ?1 WHERE id = 1", [snapshot])
+            .map_err(|e| classify(&self.path, e))?;
+        tx.execute("DELETE FROM doc_changes", [])
+            .map_err(|e| classify(&self.path, e))?;
+        tx.commit().map_err(|e| classify(&self.path, e))
+    }
+}
+
+fn classify(path: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+            path: path.to_string(),
+            detail: e.to_string(),
+        },
+        _ => StoreError::Sqlite(e),
+    }
+}
