@@ -175,7 +175,9 @@ impl CliError {
             CliError::Device(e) => device_exit(e),
             CliError::Usage(_) => Exit::Usage,
             CliError::Locked(_) => Exit::Locked,
-            CliError::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Exit::NotFound,
+            CliError::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Exit::NotFound
+            }
             CliError::File { .. } | CliError::Internal(_) => Exit::Internal,
         }
     }
@@ -193,9 +195,9 @@ fn device_exit(e: &DeviceError) -> Exit {
         DeviceError::Doc(DocError::Automerge(_)) => Exit::Internal,
         DeviceError::Doc(_) => Exit::Damaged,
         DeviceError::Vault(v) => match v {
-            VaultError::WrongPassphrase | VaultError::WrongRecoveryCode | VaultError::MalformedRecoveryCode(_) => {
-                Exit::WrongSecret
-            }
+            VaultError::WrongPassphrase
+            | VaultError::WrongRecoveryCode
+            | VaultError::MalformedRecoveryCode(_) => Exit::WrongSecret,
             VaultError::TokenTooLarge { .. } => Exit::Usage,
             VaultError::Random(_) | VaultError::Kdf(_) => Exit::Internal,
             _ => Exit::Damaged,
@@ -221,7 +223,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token(cmd) => token_cmds::run(&ctx, cmd),
         Command::Export { out } => vault_cmds::export(&ctx, out),
         Command::Import { file } => vault_cmds::import(&ctx, &file),
-        Command::Recover { from, code_file, name } => vault_cmds::recover(&ctx, &from, code_file, name),
+        Command::Recover {
+            from,
+            code_file,
+            name,
+        } => vault_cmds::recover(&ctx, &from, code_file, name),
         Command::Demo => demo::run(ctx.json),
     }
 }
@@ -239,7 +245,10 @@ pub(crate) fn when(at: i64) -> String {
     u64::try_from(at)
         .ok()
         .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
-        .map_or_else(|| "?".into(), |t| humantime::format_rfc3339_seconds(t).to_string())
+        .map_or_else(
+            || "?".into(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
 }
 
 /// Prints one JSON value on stdout.

@@ -46,7 +46,9 @@ pub enum DeviceError {
     TokenNotFound(String),
     #[error("'{query}' matches several tokens ({}); give more of the id", matches.join(", "))]
     AmbiguousToken { query: String, matches: Vec<String> },
-    #[error("{service}/{label} already exists; pass --replace to change its secret, or pick another --label")]
+    #[error(
+        "{service}/{label} already exists; pass --replace to change its secret, or pick another --label"
+    )]
     DuplicateLabel { service: Service, label: String },
     #[error("this device holds no key for epoch {0}; another admin must grant it access")]
     NoAccess(EpochId),
@@ -114,7 +116,11 @@ pub fn check_label(label: &str) -> Result<(), DeviceError> {
 impl Device {
     /// Creates a new vault with this device as its founding admin. Returns the device and the
     /// recovery code, which exists nowhere else: show it to the user once.
-    pub fn init(home: Home, new: &NewDevice<'_>, vault_name: &str) -> Result<(Self, RecoveryCode), DeviceError> {
+    pub fn init(
+        home: Home,
+        new: &NewDevice<'_>,
+        vault_name: &str,
+    ) -> Result<(Self, RecoveryCode), DeviceError> {
         check_name(vault_name, "the vault name")?;
         check_name(new.name, "the device name")?;
         let lock = home.lock(LOCK_WAIT)?;
@@ -144,9 +150,21 @@ impl Device {
             created_by: me.to_hex(),
             created_at: now,
             wraps: BTreeMap::new(),
+            untrusted: Vec::new(),
         };
-        for (recipient, public) in [(Recipient::Device(me), secret.public()), (Recipient::Recovery, recovery.public())] {
-            let wrap = signed_wrap(&dek, &info.id, &epoch, recipient, &public, &me.to_hex(), |m| keys.sign(m))?;
+        for (recipient, public) in [
+            (Recipient::Device(me), secret.public()),
+            (Recipient::Recovery, recovery.public()),
+        ] {
+            let wrap = signed_wrap(
+                &dek,
+                &info.id,
+                &epoch,
+                recipient,
+                &public,
+                &me.to_hex(),
+                |m| keys.sign(m),
+            )?;
             epoch.wraps.insert(recipient, wrap);
         }
         let mut doc = VaultDoc::create(&info, &founder, &epoch)?;
@@ -158,7 +176,12 @@ impl Device {
 
     /// Regains a vault on an empty home from a copy of its document and the recovery code:
     /// this device joins as an admin and is granted every epoch the recovery key can open.
-    pub fn recover(home: Home, new: &NewDevice<'_>, export: &[u8], code: &RecoveryCode) -> Result<Self, DeviceError> {
+    pub fn recover(
+        home: Home,
+        new: &NewDevice<'_>,
+        export: &[u8],
+        code: &RecoveryCode,
+    ) -> Result<Self, DeviceError> {
         check_name(new.name, "the device name")?;
         let lock = home.lock(LOCK_WAIT)?;
         if home.is_initialized() {
@@ -174,12 +197,25 @@ impl Device {
             return Err(VaultError::WrongRecoveryCode.into());
         }
         let now = unix_now();
-        doc.put_member(&member_record(&keys, &secret, new.name, Role::Admin, Recipient::RECOVERY_NAME, now))?;
+        doc.put_member(&member_record(
+            &keys,
+            &secret,
+            new.name,
+            Role::Admin,
+            Recipient::RECOVERY_NAME,
+            now,
+        ))?;
         for epoch in state.epochs.values() {
             let Some(wrap) = epoch.wraps.get(&Recipient::Recovery) else {
                 continue;
             };
-            let dek = Dek::unwrap(&wrap.wrap, recovery.secret(), &state.info.id, &epoch.id, &Recipient::Recovery)?;
+            let dek = Dek::unwrap(
+                &wrap.wrap,
+                recovery.secret(),
+                &state.info.id,
+                &epoch.id,
+                &Recipient::Recovery,
+            )?;
             let mine = signed_wrap(
                 &dek,
                 &state.info.id,
@@ -257,10 +293,16 @@ impl Device {
         let record = store.device()?;
         let keys = DeviceKeys::from_secrets(&record.identity_secret, &record.mailbox_secret);
         if keys.device_id() != record.device_id {
-            return Err(DeviceError::Inconsistent("the stored identity key does not match the device id"));
+            return Err(DeviceError::Inconsistent(
+                "the stored identity key does not match the device id",
+            ));
         }
         let (snapshot, changes) = store.doc_parts()?;
-        let doc = VaultDoc::load_parts(&snapshot, changes.iter().map(Vec::as_slice), &record.device_id)?;
+        let doc = VaultDoc::load_parts(
+            &snapshot,
+            changes.iter().map(Vec::as_slice),
+            &record.device_id,
+        )?;
         let device = Self {
             home,
             _lock: lock,
@@ -270,7 +312,9 @@ impl Device {
             keys,
         };
         if device.state()?.info.id != device.record.vault_id {
-            return Err(DeviceError::Inconsistent("the document belongs to another vault"));
+            return Err(DeviceError::Inconsistent(
+                "the document belongs to another vault",
+            ));
         }
         Ok(device)
     }
@@ -298,7 +342,11 @@ impl Device {
 
     /// Unwraps this device's vault key with the passphrase (runs Argon2id).
     pub fn unlock(&self, passphrase: &[u8]) -> Result<Unlocked, DeviceError> {
-        Ok(Unlocked(self.record.wrapped_key.open(passphrase, &self.record.device_id)?))
+        Ok(Unlocked(
+            self.record
+                .wrapped_key
+                .open(passphrase, &self.record.device_id)?,
+        ))
     }
 
     /// Persists the document's new changes; compacts the log when it has grown.
@@ -314,16 +362,25 @@ impl Device {
 
     fn dek(&self, state: &VaultState, epoch: &EpochId, key: &Unlocked) -> Result<Dek, DeviceError> {
         let me = Recipient::Device(self.record.device_id);
-        let wrap = state
-            .epochs
-            .get(epoch)
-            .and_then(|e| e.wraps.get(&me))
-            .ok_or(DeviceError::NoAccess(*epoch))?;
+        let record = state.epochs.get(epoch).ok_or(DeviceError::NoAccess(*epoch))?;
+        let Some(wrap) = record.wraps.get(&me) else {
+            if record.untrusted.contains(&me) {
+                return Err(VaultError::BadSignature {
+                    what: "this device's DEK wrap",
+                }
+                .into());
+            }
+            return Err(DeviceError::NoAccess(*epoch));
+        };
         Ok(Dek::unwrap(&wrap.wrap, &key.0, &state.info.id, epoch, &me)?)
     }
 
     /// Finds a live token by full id, unique id prefix (4+ hex digits) or `SERVICE/LABEL`.
-    pub fn find_token<'s>(&self, state: &'s VaultState, query: &str) -> Result<&'s Token, DeviceError> {
+    pub fn find_token<'s>(
+        &self,
+        state: &'s VaultState,
+        query: &str,
+    ) -> Result<&'s Token, DeviceError> {
         if let Some((service, label)) = query.split_once('/') {
             return state
                 .live_tokens()
@@ -334,13 +391,19 @@ impl Device {
         if q.len() < 4 || !q.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(DeviceError::TokenNotFound(query.to_string()));
         }
-        let matches: Vec<&Token> = state.live_tokens().filter(|t| t.id.to_hex().starts_with(&q)).collect();
+        let matches: Vec<&Token> = state
+            .live_tokens()
+            .filter(|t| t.id.to_hex().starts_with(&q))
+            .collect();
         match matches.as_slice() {
             [one] => Ok(one),
             [] => Err(DeviceError::TokenNotFound(query.to_string())),
             many => Err(DeviceError::AmbiguousToken {
                 query: query.to_string(),
-                matches: many.iter().map(|t| t.id.to_hex()[..12].to_string()).collect(),
+                matches: many
+                    .iter()
+                    .map(|t| t.id.to_hex()[..12].to_string())
+                    .collect(),
             }),
         }
     }
@@ -364,7 +427,9 @@ impl Device {
         let dek = self.dek(&state, &epoch.id, key)?;
         let me = self.record.device_id.to_hex();
         let now = unix_now();
-        let existing = state.live_tokens().find(|t| t.service == service && t.label == label);
+        let existing = state
+            .live_tokens()
+            .find(|t| t.service == service && t.label == label);
         let mut token = match existing {
             Some(_) if !replace => {
                 return Err(DeviceError::DuplicateLabel {
@@ -399,12 +464,17 @@ impl Device {
         token.epoch = epoch.id;
         token.updated_at = now;
         token.updated_by = me;
-        let action = if existing.is_some() { "token.edit" } else { "token.add" };
+        let action = if existing.is_some() {
+            "token.edit"
+        } else {
+            "token.add"
+        };
         self.doc.put_token(&token)?;
         if make_default || !state.defaults.contains_key(&service) {
             self.doc.set_default(service, Some(&token.id))?;
         }
-        self.doc.append_audit(&self.record.device_id, action, &token.id.to_hex())?;
+        self.doc
+            .append_audit(&self.record.device_id, action, &token.id.to_hex())?;
         self.doc.commit(action);
         self.persist()?;
         Ok(token.id)
@@ -451,7 +521,8 @@ impl Device {
             };
             self.doc.set_default(token.service, next)?;
         }
-        self.doc.append_audit(&self.record.device_id, "token.rm", &token.id.to_hex())?;
+        self.doc
+            .append_audit(&self.record.device_id, "token.rm", &token.id.to_hex())?;
         self.doc.commit("token.rm");
         self.persist()?;
         Ok(token)
@@ -462,7 +533,8 @@ impl Device {
         let state = self.state()?;
         let token = self.find_token(&state, query)?.clone();
         self.doc.set_default(token.service, Some(&token.id))?;
-        self.doc.append_audit(&self.record.device_id, "token.default", &token.id.to_hex())?;
+        self.doc
+            .append_audit(&self.record.device_id, "token.default", &token.id.to_hex())?;
         self.doc.commit("token.default");
         self.persist()?;
         Ok(token)
@@ -475,7 +547,10 @@ impl Device {
 
     /// Merges a document export of this same vault; returns how many changes were new.
     pub fn import(&mut self, data: &[u8]) -> Result<usize, DeviceError> {
-        let theirs = VaultDoc::load(data, &self.record.device_id)?.state()?.info.id;
+        let theirs = VaultDoc::load(data, &self.record.device_id)?
+            .state()?
+            .info
+            .id;
         if theirs != self.record.vault_id {
             return Err(DocError::WrongVault {
                 expected: self.record.vault_id,
@@ -489,7 +564,14 @@ impl Device {
     }
 }
 
-fn member_record(keys: &DeviceKeys, secret: &VaultSecret, name: &str, role: Role, added_by: &str, now: i64) -> Member {
+fn member_record(
+    keys: &DeviceKeys,
+    secret: &VaultSecret,
+    name: &str,
+    role: Role,
+    added_by: &str,
+    now: i64,
+) -> Member {
     let device = keys.device_id();
     Member {
         device,
@@ -515,7 +597,13 @@ fn signed_wrap(
     sign: impl Fn(&[u8]) -> [u8; 64],
 ) -> Result<SignedWrap, DeviceError> {
     let wrap = dek.wrap(vault, &epoch.id, &recipient, public)?.encode();
-    let sig = sign(&wrap_statement(vault, &epoch.id, epoch.generation, &recipient, &wrap));
+    let sig = sign(&wrap_statement(
+        vault,
+        &epoch.id,
+        epoch.generation,
+        &recipient,
+        &wrap,
+    ));
     Ok(SignedWrap {
         wrap,
         sig: sig.to_vec(),
@@ -531,10 +619,15 @@ fn check_secret(service: Service, secret: &[u8]) -> Result<(), DeviceError> {
     }
     let max = handoff_protocol::sealed_token::MAX_PLAINTEXT;
     if secret.len() > max {
-        return Err(VaultError::TokenTooLarge { len: secret.len(), max }.into());
+        return Err(VaultError::TokenTooLarge {
+            len: secret.len(),
+            max,
+        }
+        .into());
     }
     if service.kind_of(secret) == TokenKind::OauthJson {
-        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_slice(secret);
+        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
+            serde_json::from_slice(secret);
         if parsed.is_err() {
             return Err(DeviceError::InvalidInput(format!(
                 "a {service} OAuth credential must be a JSON object (the contents of its auth file)"

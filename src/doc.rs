@@ -178,7 +178,10 @@ impl VaultDoc {
                 .values()
                 .find(|m| m.actor == change.actor_id().to_bytes());
             let allowed = match author {
-                Some(m) => m.removed.as_ref().is_none_or(|r| change.seq() <= r.after_seq),
+                Some(m) => m
+                    .removed
+                    .as_ref()
+                    .is_none_or(|r| change.seq() <= r.after_seq),
                 None => false,
             };
             if !allowed {
@@ -228,8 +231,7 @@ impl VaultDoc {
     /// not create needless concurrent-edit conflicts.
     fn put_changed(&mut self, obj: &ObjId, key: &str, value: ScalarValue) -> Result<(), DocError> {
         let current = self.doc.get_all(obj, key)?;
-        let same = current.len() == 1
-            && current[0].0.as_scalar().is_some_and(|v| *v == value);
+        let same = current.len() == 1 && current[0].0.as_scalar().is_some_and(|v| *v == value);
         if !same {
             self.doc.put(obj, key, value)?;
         }
@@ -268,7 +270,12 @@ impl VaultDoc {
         Ok(())
     }
 
-    pub fn put_wrap(&mut self, epoch: &EpochId, to: &Recipient, w: &SignedWrap) -> Result<(), DocError> {
+    pub fn put_wrap(
+        &mut self,
+        epoch: &EpochId,
+        to: &Recipient,
+        w: &SignedWrap,
+    ) -> Result<(), DocError> {
         let wraps = self.map(&["epochs", &epoch.to_hex(), "wraps"])?;
         let obj = self.child_map(&wraps, &to.to_string())?;
         self.put_changed(&obj, "wrap", bytes(&w.wrap))?;
@@ -304,7 +311,11 @@ impl VaultDoc {
     }
 
     /// Makes `token` the default of `service`, or clears the default.
-    pub fn set_default(&mut self, service: Service, token: Option<&TokenId>) -> Result<(), DocError> {
+    pub fn set_default(
+        &mut self,
+        service: Service,
+        token: Option<&TokenId>,
+    ) -> Result<(), DocError> {
         let defaults = self.map(&["defaults"])?;
         match token {
             Some(id) => self.put_changed(&defaults, service.as_str(), id.to_hex().into())?,
@@ -318,7 +329,12 @@ impl VaultDoc {
     }
 
     /// Appends an audit entry, dropping the oldest beyond the bound.
-    pub fn append_audit(&mut self, device: &DeviceId, action: &str, subject: &str) -> Result<(), DocError> {
+    pub fn append_audit(
+        &mut self,
+        device: &DeviceId,
+        action: &str,
+        subject: &str,
+    ) -> Result<(), DocError> {
         let audit = match self.doc.get(automerge::ROOT, "audit")? {
             Some((automerge::Value::Object(ObjType::List), id)) => id,
             _ => {

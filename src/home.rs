@@ -7,7 +7,6 @@
 //! lock never needs cleaning up).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,7 +22,9 @@ pub enum HomeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is owned by another handoff process (the daemon or another command); stop it or retry")]
+    #[error(
+        "{path} is owned by another handoff process (the daemon or another command); stop it or retry"
+    )]
     Busy { path: PathBuf },
 }
 
@@ -40,7 +41,13 @@ pub fn harden_process() {
     use rustix::process::{Resource, Rlimit, setrlimit, umask};
     umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Failure is not fatal (e.g. an unusual sandbox); the other defences still hold.
-    let _ = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+    let _ = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
     #[cfg(target_os = "linux")]
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
 }
@@ -54,7 +61,8 @@ pub struct Home {
 impl Home {
     /// `--home`, else `HANDOFF_HOME`, else the platform data directory.
     pub fn locate(explicit: Option<PathBuf>) -> Result<Self, HomeError> {
-        if let Some(root) = explicit.or_else(|| std::env::var_os("HANDOFF_HOME").map(PathBuf::from)) {
+        if let Some(root) = explicit.or_else(|| std::env::var_os("HANDOFF_HOME").map(PathBuf::from))
+        {
             return Ok(Self { root });
         }
         let data = if cfg!(target_os = "macos") {
@@ -64,7 +72,10 @@ impl Home {
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         };
-        data.map(|d| Self { root: d.join("handoff") }).ok_or(HomeError::NoHome)
+        data.map(|d| Self {
+            root: d.join("handoff"),
+        })
+        .ok_or(HomeError::NoHome)
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Self {
@@ -89,7 +100,8 @@ impl Home {
         fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let meta = fs::metadata(&self.root).map_err(io(&self.root))?;
         if meta.permissions().mode() & 0o777 != 0o700 {
-            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io(&self.root))?;
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+                .map_err(io(&self.root))?;
         }
         Ok(())
     }
@@ -98,7 +110,7 @@ impl Home {
     pub fn lock(&self, wait: Duration) -> Result<OwnerLock, HomeError> {
         self.ensure_dir()?;
         let path = self.root.join("handoff.lock");
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
@@ -112,13 +124,14 @@ impl Home {
                 Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(25));
                 }
-                Err(std::fs::TryLockError::WouldBlock) => return Err(HomeError::Busy { path: self.root.clone() }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(HomeError::Busy {
+                        path: self.root.clone(),
+                    });
+                }
                 Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
             }
         }
-        // The pid is informational (for `status`); the lock itself is what excludes.
-        let _ = file.set_len(0);
-        let _ = writeln!(file, "{}", std::process::id());
         Ok(OwnerLock { _file: file })
     }
 }

@@ -7,14 +7,17 @@ use clap::Parser;
 fn main() -> ExitCode {
     handoff::home::harden_process();
     let cli = handoff::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(match std::env::var("HANDOFF_LOG").as_deref() {
-            Ok("debug") => tracing::Level::DEBUG,
-            Ok("info") => tracing::Level::INFO,
-            _ => tracing::Level::WARN,
-        })
-        .init();
+    // Logs are opt-in: a command's own output is its result and its one-line error.
+    if let Ok(level) = std::env::var("HANDOFF_LOG") {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(match level.as_str() {
+                "debug" => tracing::Level::DEBUG,
+                "info" => tracing::Level::INFO,
+                _ => tracing::Level::WARN,
+            })
+            .init();
+    }
     match handoff::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -18,7 +18,9 @@ use crate::vault::{KdfParams, WrappedVaultKey};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("the database at {path} is damaged ({detail}); restore it from a backup or recover with `handoff recover`")]
+    #[error(
+        "the database at {path} is damaged ({detail}); restore it from a backup or recover with `handoff recover`"
+    )]
     Corrupt { path: String, detail: String },
     #[error("the database was written by a newer handoff (schema {0}); upgrade handoff")]
     TooNew(u32),
@@ -90,7 +92,10 @@ impl Store {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(&display, e))?;
-        let store = Self { conn, path: display };
+        let store = Self {
+            conn,
+            path: display,
+        };
         store.check_integrity()?;
         store
             .conn
@@ -101,7 +106,10 @@ impl Store {
                  PRAGMA foreign_keys = ON;",
             )
             .map_err(|e| store.err(e))?;
-        store.conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| store.err(e))?;
+        store
+            .conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| store.err(e))?;
         store.migrate()?;
         Ok(store)
     }
@@ -118,7 +126,11 @@ impl Store {
         if result != "ok" {
             return Err(StoreError::Corrupt {
                 path: self.path.clone(),
-                detail: result.lines().next().unwrap_or("integrity check failed").to_string(),
+                detail: result
+                    .lines()
+                    .next()
+                    .unwrap_or("integrity check failed")
+                    .to_string(),
             });
         }
         Ok(())
@@ -136,7 +148,12 @@ impl Store {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
             tx.execute_batch(sql).map_err(|e| self.err(e))?;
-            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX)).map_err(|e| self.err(e))?;
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(i + 1).unwrap_or(i64::MAX),
+            )
+            .map_err(|e| self.err(e))?;
             tx.commit().map_err(|e| self.err(e))?;
         }
         Ok(())
@@ -144,7 +161,10 @@ impl Store {
 
     /// Writes the device record and the first document snapshot in one transaction.
     pub fn initialize(&mut self, device: &DeviceRecord, snapshot: &[u8]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| classify(&self.path, e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| classify(&self.path, e))?;
         let w = &device.wrapped_key;
         tx.execute(
             "INSERT INTO device (id, device_id, vault_id, name, identity_secret, mailbox_secret,
@@ -166,8 +186,11 @@ impl Store {
             ],
         )
         .map_err(|e| classify(&self.path, e))?;
-        tx.execute("INSERT INTO doc_snapshot (id, bytes) VALUES (1, ?1)", [snapshot])
-            .map_err(|e| classify(&self.path, e))?;
+        tx.execute(
+            "INSERT INTO doc_snapshot (id, bytes) VALUES (1, ?1)",
+            [snapshot],
+        )
+        .map_err(|e| classify(&self.path, e))?;
         tx.commit().map_err(|e| classify(&self.path, e))
     }
 
@@ -187,7 +210,11 @@ impl Store {
                         r.get::<_, String>(2)?,
                         Zeroizing::new(r.get::<_, Vec<u8>>(3)?),
                         Zeroizing::new(r.get::<_, Vec<u8>>(4)?),
-                        (r.get::<_, u32>(5)?, r.get::<_, u32>(6)?, r.get::<_, u32>(7)?),
+                        (
+                            r.get::<_, u32>(5)?,
+                            r.get::<_, u32>(6)?,
+                            r.get::<_, u32>(7)?,
+                        ),
                         r.get::<_, Vec<u8>>(8)?,
                         r.get::<_, Vec<u8>>(9)?,
                         r.get::<_, Vec<u8>>(10)?,
@@ -198,7 +225,18 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))?
             .ok_or(StoreError::NotInitialized)?;
-        let (device_id, vault_id, name, identity, mailbox, (m_kib, t, p), salt, nonce, ciphertext, created_at) = row;
+        let (
+            device_id,
+            vault_id,
+            name,
+            identity,
+            mailbox,
+            (m_kib, t, p),
+            salt,
+            nonce,
+            ciphertext,
+            created_at,
+        ) = row;
         let corrupt = |what: &str| StoreError::Corrupt {
             path: self.path.clone(),
             detail: format!("the device record's {what} has the wrong length"),
@@ -231,7 +269,9 @@ impl Store {
     pub fn doc_parts(&self) -> Result<(Vec<u8>, Vec<Vec<u8>>), StoreError> {
         let snapshot: Vec<u8> = self
             .conn
-            .query_row("SELECT bytes FROM doc_snapshot WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT bytes FROM doc_snapshot WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))?
             .ok_or(StoreError::NotInitialized)?;
@@ -261,9 +301,15 @@ impl Store {
 
     /// Replaces snapshot and change log with one new snapshot, atomically.
     pub fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| classify(&self.path, e))?;
-        tx.execute("UPDATE doc_snapshot SET bytes = ?1 WHERE id = 1", [snapshot])
+        let tx = self
+            .conn
+            .transaction()
             .map_err(|e| classify(&self.path, e))?;
+        tx.execute(
+            "UPDATE doc_snapshot SET bytes = ?1 WHERE id = 1",
+            [snapshot],
+        )
+        .map_err(|e| classify(&self.path, e))?;
         tx.execute("DELETE FROM doc_changes", [])
             .map_err(|e| classify(&self.path, e))?;
         tx.commit().map_err(|e| classify(&self.path, e))

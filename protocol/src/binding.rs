@@ -106,9 +106,18 @@ mod tests {
     #[test]
     fn every_field_changes_the_binding() {
         let base = token_ad(&V, &T, &E, "openai");
-        assert_ne!(base, token_ad(&VaultId::from_bytes([9; 16]), &T, &E, "openai"));
-        assert_ne!(base, token_ad(&V, &TokenId::from_bytes([9; 16]), &E, "openai"));
-        assert_ne!(base, token_ad(&V, &T, &EpochId::from_bytes([9; 16]), "openai"));
+        assert_ne!(
+            base,
+            token_ad(&VaultId::from_bytes([9; 16]), &T, &E, "openai")
+        );
+        assert_ne!(
+            base,
+            token_ad(&V, &TokenId::from_bytes([9; 16]), &E, "openai")
+        );
+        assert_ne!(
+            base,
+            token_ad(&V, &T, &EpochId::from_bytes([9; 16]), "openai")
+        );
         assert_ne!(base, token_ad(&V, &T, &E, "openai-codex"));
         let device = Recipient::Device(DeviceId::from_bytes([4; 16]));
         assert_ne!(

@@ -99,7 +99,10 @@ impl DekWrap {
             });
         };
         if version != VERSION {
-            return Err(DecodeError::UnsupportedVersion { what: WHAT, version });
+            return Err(DecodeError::UnsupportedVersion {
+                what: WHAT,
+                version,
+            });
         }
         if bytes.len() < ENCODED_LEN {
             return Err(DecodeError::Incomplete {

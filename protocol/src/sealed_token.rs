@@ -60,7 +60,10 @@ impl SealedToken {
             });
         };
         if version != VERSION {
-            return Err(DecodeError::UnsupportedVersion { what: WHAT, version });
+            return Err(DecodeError::UnsupportedVersion {
+                what: WHAT,
+                version,
+            });
         }
         if bytes.len() > MAX_ENCODED {
             return Err(DecodeError::TooLarge {
@@ -115,7 +118,11 @@ mod tests {
 
     #[test]
     fn rejects_unknown_version_and_oversize() {
-        let mut bytes = SealedToken { nonce: [0; NONCE_LEN], ciphertext: vec![0; TAG_LEN] }.encode();
+        let mut bytes = SealedToken {
+            nonce: [0; NONCE_LEN],
+            ciphertext: vec![0; TAG_LEN],
+        }
+        .encode();
         bytes[0] = 2;
         assert!(matches!(
             SealedToken::decode(&bytes),
@@ -123,6 +130,9 @@ mod tests {
         ));
         let mut big = vec![VERSION];
         big.resize(MAX_ENCODED + 1, 0);
-        assert!(matches!(SealedToken::decode(&big), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            SealedToken::decode(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 }

@@ -16,7 +16,11 @@ use super::CliError;
 pub const MIN_PASSPHRASE_CHARS: usize = 8;
 
 fn read_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, CliError> {
-    let file_err = |source| CliError::File { what, path: path.to_path_buf(), source };
+    let file_err = |source| CliError::File {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(file_err)?;
     if meta.permissions().mode() & 0o077 != 0 {
         eprintln!(
@@ -27,12 +31,19 @@ fn read_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, CliE
     let mut buf = Zeroizing::new(Vec::new());
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|source| CliError::File { what, path: path.to_path_buf(), source })?;
+        .map_err(|source| CliError::File {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(buf)
 }
 
 fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
-    let end = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
     let line = &bytes[..end];
     Zeroizing::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
 }
@@ -47,7 +58,9 @@ fn prompt_hidden(prompt: &str) -> Result<Zeroizing<String>, CliError> {
 pub fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
     match file {
         Some(path) => Ok(first_line(&read_file(path, "cannot read passphrase file")?)),
-        None => Ok(Zeroizing::new(prompt_hidden("Passphrase: ")?.as_bytes().to_vec())),
+        None => Ok(Zeroizing::new(
+            prompt_hidden("Passphrase: ")?.as_bytes().to_vec(),
+        )),
     }
 }
 
@@ -59,7 +72,9 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliErro
             let first = prompt_hidden("New passphrase: ")?;
             let again = prompt_hidden("Repeat passphrase: ")?;
             if first != again {
-                return Err(CliError::Usage("the two passphrases differ; nothing was changed".into()));
+                return Err(CliError::Usage(
+                    "the two passphrases differ; nothing was changed".into(),
+                ));
             }
             Zeroizing::new(first.as_bytes().to_vec())
         }
@@ -81,14 +96,16 @@ pub fn token(file: Option<&Path>, service: &str) -> Result<Zeroizing<Vec<u8>>, C
         None if std::io::stdin().is_terminal() => {
             let typed = rpassword::prompt_password(format!("Token for {service} (hidden): "))
                 .map(Zeroizing::new)
-                .map_err(|e| CliError::Internal(format!("cannot read the token from the terminal: {e}")))?;
+                .map_err(|e| {
+                    CliError::Internal(format!("cannot read the token from the terminal: {e}"))
+                })?;
             Zeroizing::new(typed.as_bytes().to_vec())
         }
         None => {
             let mut buf = Zeroizing::new(Vec::new());
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| CliError::Internal(format!("cannot read the token from stdin: {e}")))?;
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+                CliError::Internal(format!("cannot read the token from stdin: {e}"))
+            })?;
             buf
         }
     };
@@ -100,10 +117,16 @@ pub fn recovery_code(file: Option<&Path>) -> Result<Zeroizing<String>, CliError>
     match file {
         Some(path) => {
             let bytes = read_file(path, "cannot read recovery code file")?;
-            Ok(Zeroizing::new(String::from_utf8_lossy(&bytes).trim().to_string()))
+            Ok(Zeroizing::new(
+                String::from_utf8_lossy(&bytes).trim().to_string(),
+            ))
         }
         None => rpassword::prompt_password("Recovery code: ")
             .map(Zeroizing::new)
-            .map_err(|_| CliError::Usage("no terminal to ask for the recovery code: give --code-file F".into())),
+            .map_err(|_| {
+                CliError::Usage(
+                    "no terminal to ask for the recovery code: give --code-file F".into(),
+                )
+            }),
     }
 }

@@ -10,10 +10,19 @@ use crate::doc::{Service, Token, VaultState};
 
 pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
     match cmd {
-        TokenCommand::Add { service, label, default, from_file, replace } => {
-            let service: Service = service
-                .parse()
-                .map_err(|()| CliError::Usage(format!("unknown service '{service}'; known: {}", Service::names())))?;
+        TokenCommand::Add {
+            service,
+            label,
+            default,
+            from_file,
+            replace,
+        } => {
+            let service: Service = service.parse().map_err(|()| {
+                CliError::Usage(format!(
+                    "unknown service '{service}'; known: {}",
+                    Service::names()
+                ))
+            })?;
             crate::device::check_label(&label)?;
             // Read everything before taking the home, so a slow typist holds no lock.
             let secret = input::token(from_file.as_deref(), service.as_str())?;
@@ -22,7 +31,9 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             let key = device.unlock(&passphrase)?;
             let id = device.add_token(&key, service, &label, &secret, default, replace)?;
             if ctx.json {
-                print_json(&json!({"id": id.to_hex(), "service": service.as_str(), "label": label}));
+                print_json(
+                    &json!({"id": id.to_hex(), "service": service.as_str(), "label": label}),
+                );
             } else {
                 let verb = if replace { "Saved" } else { "Added" };
                 println!("{verb} {service}/{label} ({}).", &id.to_hex()[..8]);
@@ -33,7 +44,11 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             list(ctx, &device.state()?);
         }
         TokenCommand::Show { id, reveal } => {
-            let passphrase = if reveal { Some(input::passphrase(ctx.passphrase_file.as_deref())?) } else { None };
+            let passphrase = if reveal {
+                Some(input::passphrase(ctx.passphrase_file.as_deref())?)
+            } else {
+                None
+            };
             let device = Device::open(ctx.home.clone())?;
             let state = device.state()?;
             match passphrase {
@@ -44,11 +59,14 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                     let text = String::from_utf8_lossy(expose(&secret)).into_owned();
                     let text = zeroize::Zeroizing::new(text);
                     if ctx.json {
-                        print_json(&json!({"id": token.id.to_hex(), "service": token.service.as_str(), "label": token.label, "secret": text.as_str()}));
+                        print_json(
+                            &json!({"id": token.id.to_hex(), "service": token.service.as_str(), "label": token.label, "secret": text.as_str()}),
+                        );
                     } else {
                         let mut out = std::io::stdout().lock();
-                        writeln!(out, "{}", text.as_str())
-                            .map_err(|e| CliError::Internal(format!("cannot write to stdout: {e}")))?;
+                        writeln!(out, "{}", text.as_str()).map_err(|e| {
+                            CliError::Internal(format!("cannot write to stdout: {e}"))
+                        })?;
                     }
                 }
             }
@@ -59,17 +77,29 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             if ctx.json {
                 print_json(&json!({"removed": token.id.to_hex()}));
             } else {
-                println!("Removed {}/{} ({}).", token.service, token.label, &token.id.to_hex()[..8]);
-                println!("Devices that had it may still know it: rotate it at the vendor if in doubt.");
+                println!(
+                    "Removed {}/{} ({}).",
+                    token.service,
+                    token.label,
+                    &token.id.to_hex()[..8]
+                );
+                println!(
+                    "Devices that had it may still know it: rotate it at the vendor if in doubt."
+                );
             }
         }
         TokenCommand::Default { id } => {
             let mut device = Device::open(ctx.home.clone())?;
             let token = device.set_default(&id)?;
             if ctx.json {
-                print_json(&json!({"default": token.id.to_hex(), "service": token.service.as_str()}));
+                print_json(
+                    &json!({"default": token.id.to_hex(), "service": token.service.as_str()}),
+                );
             } else {
-                println!("{}/{} is now the default for {}.", token.service, token.label, token.service);
+                println!(
+                    "{}/{} is now the default for {}.",
+                    token.service, token.label, token.service
+                );
             }
         }
     }
@@ -93,16 +123,25 @@ fn list(ctx: &Context, state: &VaultState) {
     let mut tokens: Vec<&Token> = state.live_tokens().collect();
     tokens.sort_by(|a, b| (a.service, &a.label).cmp(&(b.service, &b.label)));
     if ctx.json {
-        print_json(&serde_json::Value::Array(tokens.iter().map(|t| token_json(state, t)).collect()));
+        print_json(&serde_json::Value::Array(
+            tokens.iter().map(|t| token_json(state, t)).collect(),
+        ));
         return;
     }
     if tokens.is_empty() {
         println!("No tokens yet. Add one with `handoff token add SERVICE`.");
         return;
     }
-    println!("{:<10} {:<20} {:<20} {:<12} {:<8} UPDATED", "ID", "SERVICE", "LABEL", "KIND", "DEFAULT");
+    println!(
+        "{:<10} {:<20} {:<20} {:<12} {:<8} UPDATED",
+        "ID", "SERVICE", "LABEL", "KIND", "DEFAULT"
+    );
     for t in tokens {
-        let label = if t.conflicted { format!("{} (conflict)", t.label) } else { t.label.clone() };
+        let label = if t.conflicted {
+            format!("{} (conflict)", t.label)
+        } else {
+            t.label.clone()
+        };
         println!(
             "{:<10} {:<20} {:<20} {:<12} {:<8} {}",
             &t.id.to_hex()[..8],
@@ -124,7 +163,10 @@ fn show(ctx: &Context, state: &VaultState, t: &Token) {
     println!("service  {}", t.service);
     println!("label    {}", t.label);
     println!("kind     {}", t.kind.as_str());
-    println!("default  {}", if state.is_default(t) { "yes" } else { "no" });
+    println!(
+        "default  {}",
+        if state.is_default(t) { "yes" } else { "no" }
+    );
     if t.conflicted {
         println!("conflict concurrent edits left several values; the newest is shown");
     }

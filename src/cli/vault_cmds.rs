@@ -12,13 +12,22 @@ use crate::vault::{KdfParams, RecoveryCode};
 
 /// This machine's host name, the default device name.
 fn host_name() -> String {
-    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
-    if name.is_empty() { "this-device".into() } else { name }
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if name.is_empty() {
+        "this-device".into()
+    } else {
+        name
+    }
 }
 
 pub(super) fn init(ctx: &Context, name: Option<String>, vault_name: &str) -> Result<(), CliError> {
     if ctx.home.is_initialized() {
-        return Err(crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into());
+        return Err(
+            crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into(),
+        );
     }
     let passphrase = input::new_passphrase(ctx.passphrase_file.as_deref())?;
     let name = name.unwrap_or_else(host_name);
@@ -40,7 +49,12 @@ pub(super) fn init(ctx: &Context, name: Option<String>, vault_name: &str) -> Res
             "vault_id": state.info.id.to_hex(),
         }));
     } else {
-        println!("Created vault '{}' on device '{}' ({}).", state.info.name, name, device.device_id());
+        println!(
+            "Created vault '{}' on device '{}' ({}).",
+            state.info.name,
+            name,
+            device.device_id()
+        );
         println!();
         println!("Recovery code (shown only now; write it down and keep it offline):");
         println!();
@@ -56,7 +70,10 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
     let device = Device::open(ctx.home.clone())?;
     let state = device.state()?;
     let me = device.device_id();
-    let role = state.members.get(&me).map_or("unknown", |m| m.role.as_str());
+    let role = state
+        .members
+        .get(&me)
+        .map_or("unknown", |m| m.role.as_str());
     let active = state.members.values().filter(|m| m.is_active()).count();
     let tokens = state.live_tokens().count();
     let epoch = state.current_epoch().map(|e| e.generation).unwrap_or(0);
@@ -106,7 +123,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(file_err)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(file_err)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(file_err)?;
     std::fs::rename(&tmp, path).map_err(file_err)
 }
 
@@ -119,11 +138,17 @@ pub(super) fn export(ctx: &Context, out: Option<PathBuf>) -> Result<(), CliError
             if ctx.json {
                 print_json(&json!({"path": path.display().to_string(), "bytes": bytes.len()}));
             } else {
-                eprintln!("Exported the vault document ({} bytes) to {}.", bytes.len(), path.display());
+                eprintln!(
+                    "Exported the vault document ({} bytes) to {}.",
+                    bytes.len(),
+                    path.display()
+                );
             }
         }
         None if std::io::stdout().is_terminal() => {
-            return Err(CliError::Usage("refusing to write binary to a terminal: use --out F or redirect stdout".into()));
+            return Err(CliError::Usage(
+                "refusing to write binary to a terminal: use --out F or redirect stdout".into(),
+            ));
         }
         None => std::io::stdout()
             .write_all(&bytes)
@@ -134,13 +159,24 @@ pub(super) fn export(ctx: &Context, out: Option<PathBuf>) -> Result<(), CliError
 
 fn read_export(path: &Path) -> Result<Vec<u8>, CliError> {
     let len = std::fs::metadata(path)
-        .map_err(|source| CliError::File { what: "cannot read", path: path.to_path_buf(), source })?
+        .map_err(|source| CliError::File {
+            what: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
     let max = crate::doc::schema::limits::DOC_BYTES_MAX;
     if len > max as u64 {
-        return Err(CliError::Usage(format!("{} is {len} bytes; a vault document is at most {max}", path.display())));
+        return Err(CliError::Usage(format!(
+            "{} is {len} bytes; a vault document is at most {max}",
+            path.display()
+        )));
     }
-    std::fs::read(path).map_err(|source| CliError::File { what: "cannot read", path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| CliError::File {
+        what: "cannot read",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub(super) fn import(ctx: &Context, file: &Path) -> Result<(), CliError> {
@@ -155,9 +191,16 @@ pub(super) fn import(ctx: &Context, file: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-pub(super) fn recover(ctx: &Context, from: &Path, code_file: Option<PathBuf>, name: Option<String>) -> Result<(), CliError> {
+pub(super) fn recover(
+    ctx: &Context,
+    from: &Path,
+    code_file: Option<PathBuf>,
+    name: Option<String>,
+) -> Result<(), CliError> {
     if ctx.home.is_initialized() {
-        return Err(crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into());
+        return Err(
+            crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into(),
+        );
     }
     let data = read_export(from)?;
     // The checksum catches a typo here, before either slow key derivation.
@@ -173,7 +216,9 @@ pub(super) fn recover(ctx: &Context, from: &Path, code_file: Option<PathBuf>, na
     let state = device.state()?;
     let tokens = state.live_tokens().count();
     if ctx.json {
-        print_json(&json!({"device_id": device.device_id().to_hex(), "vault_id": state.info.id.to_hex(), "tokens": tokens}));
+        print_json(
+            &json!({"device_id": device.device_id().to_hex(), "vault_id": state.info.id.to_hex(), "tokens": tokens}),
+        );
     } else {
         println!(
             "Recovered vault '{}' on new device '{}' ({}); {tokens} token(s) readable.",

@@ -14,8 +14,8 @@ use handoff_protocol::{DekWrap, DeviceId, EpochId, TokenId, VaultId};
 
 use super::DocError;
 use super::schema::{
-    AuditEntry, Epoch, Member, Removal, Role, SCHEMA_VERSION, Service, Token, TokenKind,
-    VaultInfo, VaultState, limits,
+    AuditEntry, Epoch, Member, Removal, Role, SCHEMA_VERSION, Service, Token, TokenKind, VaultInfo,
+    VaultState, limits,
 };
 use crate::vault::SignedWrap;
 
@@ -166,7 +166,8 @@ impl<'a> Fields<'a> {
     }
 
     fn key_as<T: std::str::FromStr>(&self, key: &str) -> Result<T, DocError> {
-        key.parse().map_err(|_| schema(&self.sub(key), "is not a valid id"))
+        key.parse()
+            .map_err(|_| schema(&self.sub(key), "is not a valid id"))
     }
 }
 
@@ -208,7 +209,12 @@ pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
     let mut epochs = BTreeMap::new();
     for key in epoch_keys {
         let id: EpochId = epochs_obj.key_as(&key)?;
-        let epoch = read_epoch(&info.id, id, &epochs_obj.object(&key, ObjType::Map)?, &signer_pub)?;
+        let epoch = read_epoch(
+            &info.id,
+            id,
+            &epochs_obj.object(&key, ObjType::Map)?,
+            &signer_pub,
+        )?;
         epochs.insert(id, epoch);
     }
 
@@ -222,7 +228,10 @@ pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
         let id: TokenId = tokens_obj.key_as(&key)?;
         let token = read_token(id, &tokens_obj.object(&key, ObjType::Map)?)?;
         if !epochs.contains_key(&token.epoch) {
-            return Err(schema(&tokens_obj.sub(&key), "names an epoch that does not exist"));
+            return Err(schema(
+                &tokens_obj.sub(&key),
+                "names an epoch that does not exist",
+            ));
         }
         tokens.insert(id, token);
     }
@@ -235,7 +244,10 @@ pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
         };
         let id: TokenId = defaults_obj.parsed(&key, 32)?;
         // A concurrent delete can leave a default pointing at a deleted token: not an error.
-        if tokens.get(&id).is_some_and(|t: &Token| !t.deleted && t.service == service) {
+        if tokens
+            .get(&id)
+            .is_some_and(|t: &Token| !t.deleted && t.service == service)
+        {
             defaults.insert(service, id);
         }
     }
@@ -275,7 +287,8 @@ pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
 
 fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {
     Ok(VaultInfo {
-        id: VaultId::from_slice(&f.bytes("id", 16)?).map_err(|_| schema("vault.id", "is not 16 bytes"))?,
+        id: VaultId::from_slice(&f.bytes("id", 16)?)
+            .map_err(|_| schema("vault.id", "is not 16 bytes"))?,
         name: f.str("name", limits::NAME_MAX)?,
         created_at: f.i64("created_at")?,
         discovery_secret: f.bytes32("discovery_secret")?,
@@ -287,9 +300,16 @@ fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {
 fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
     let identity_pub = f.bytes32("identity_pub")?;
     if crate::vault::device_id_for(&identity_pub) != device {
-        return Err(schema(&f.path, "has an identity key that does not match its device id"));
+        return Err(schema(
+            &f.path,
+            "has an identity key that does not match its device id",
+        ));
     }
-    let removed = match (f.opt_str("removed_by", 64)?, f.opt_i64("removed_at")?, f.opt_u64("removed_after_seq")?) {
+    let removed = match (
+        f.opt_str("removed_by", 64)?,
+        f.opt_i64("removed_at")?,
+        f.opt_u64("removed_after_seq")?,
+    ) {
         (None, None, None) => None,
         (Some(by), Some(at), Some(after_seq)) => Some(Removal { by, at, after_seq }),
         _ => return Err(schema(&f.path, "has a partial removal record")),
@@ -317,8 +337,10 @@ fn read_epoch(
     let generation = f.u64("generation")?;
     let wraps_obj = f.object("wraps", ObjType::Map)?;
     let mut wraps = BTreeMap::new();
+    let mut untrusted = Vec::new();
     for key in wraps_obj.keys() {
-        let recipient = Recipient::parse(&key).map_err(|_| schema(&wraps_obj.sub(&key), "is not a device id or 'recovery'"))?;
+        let recipient = Recipient::parse(&key)
+            .map_err(|_| schema(&wraps_obj.sub(&key), "is not a device id or 'recovery'"))?;
         let w = wraps_obj.object(&key, ObjType::Map)?;
         let signed = SignedWrap {
             wrap: w.bytes("wrap", handoff_protocol::dek_wrap::ENCODED_LEN)?,
@@ -330,11 +352,15 @@ fn read_epoch(
         }
         // A wrap whose signer is not an admin (or the recovery key) is ignored, not fatal: the
         // signer may have been demoted concurrently. It simply cannot be used.
-        let statement = crate::vault::epoch::wrap_statement(vault, &id, generation, &recipient, &signed.wrap);
-        let trusted = signer_pub(&signed.signer)
-            .is_some_and(|public| crate::vault::keys::verify_signature(&public, &statement, &signed.sig));
+        let statement =
+            crate::vault::epoch::wrap_statement(vault, &id, generation, &recipient, &signed.wrap);
+        let trusted = signer_pub(&signed.signer).is_some_and(|public| {
+            crate::vault::keys::verify_signature(&public, &statement, &signed.sig)
+        });
         if trusted {
             wraps.insert(recipient, signed);
+        } else {
+            untrusted.push(recipient);
         }
     }
     Ok(Epoch {
@@ -343,6 +369,7 @@ fn read_epoch(
         created_by: f.str("created_by", 64)?,
         created_at: f.i64("created_at")?,
         wraps,
+        untrusted,
     })
 }
 
@@ -355,7 +382,9 @@ fn read_token(id: TokenId, f: &Fields<'_>) -> Result<Token, DocError> {
         return Err(schema(&f.path, "has no ciphertext"));
     }
     let epoch_text = f.str("epoch", 32)?;
-    let epoch = epoch_text.parse().map_err(|_| schema(&f.sub("epoch"), "is not an epoch id"))?;
+    let epoch = epoch_text
+        .parse()
+        .map_err(|_| schema(&f.sub("epoch"), "is not an epoch id"))?;
     let mut conflicted = false;
     for field in ["service", "label", "ciphertext", "epoch", "deleted"] {
         conflicted |= f.conflicted(field)?;

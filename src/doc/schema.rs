@@ -113,10 +113,14 @@ impl FromStr for TokenKind {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
-        [TokenKind::ApiKey, TokenKind::SetupToken, TokenKind::OauthJson]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or(())
+        [
+            TokenKind::ApiKey,
+            TokenKind::SetupToken,
+            TokenKind::OauthJson,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or(())
     }
 }
 
@@ -208,7 +212,10 @@ pub struct Epoch {
     pub generation: u64,
     pub created_by: String,
     pub created_at: i64,
+    /// Wraps signed by an admin (or the recovery key) of this vault.
     pub wraps: BTreeMap<Recipient, SignedWrap>,
+    /// Recipients whose wrap is present but not validly signed: unusable, and worth reporting.
+    pub untrusted: Vec<Recipient>,
 }
 
 /// `tokens.<token id>`.

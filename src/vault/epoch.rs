@@ -17,7 +17,9 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::keys::VaultSecret;
-use super::primitives::{chacha_open, chacha_seal, hkdf32, x25519_agree, xchacha_open, xchacha_seal};
+use super::primitives::{
+    chacha_open, chacha_seal, hkdf32, x25519_agree, xchacha_open, xchacha_seal,
+};
 use super::{Key32, SecretBytes, VaultError, random_array, random_key};
 
 /// One epoch's data-encryption key.
@@ -49,7 +51,11 @@ impl Dek {
     }
 
     /// Seals a token's plaintext; returns the encoded [`SealedToken`].
-    pub fn seal_token(&self, at: TokenBinding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+    pub fn seal_token(
+        &self,
+        at: TokenBinding<'_>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(VaultError::TokenTooLarge {
                 len: plaintext.len(),
@@ -62,13 +68,22 @@ impl Dek {
     }
 
     /// Opens an encoded [`SealedToken`] that must belong exactly at `at`.
-    pub fn open_token(&self, at: TokenBinding<'_>, sealed: &[u8]) -> Result<SecretBytes, VaultError> {
+    pub fn open_token(
+        &self,
+        at: TokenBinding<'_>,
+        sealed: &[u8],
+    ) -> Result<SecretBytes, VaultError> {
         let sealed = SealedToken::decode(sealed)?;
-        xchacha_open(&self.token_key(), &sealed.nonce, &at.ad(), &sealed.ciphertext)
-            .map(SecretBytes::from)
-            .map_err(|_| VaultError::Tampered {
-                what: "the token ciphertext",
-            })
+        xchacha_open(
+            &self.token_key(),
+            &sealed.nonce,
+            &at.ad(),
+            &sealed.ciphertext,
+        )
+        .map(SecretBytes::from)
+        .map_err(|_| VaultError::Tampered {
+            what: "the token ciphertext",
+        })
     }
 
     /// Wraps this DEK to `recipient_pub` (an X25519 vault or recovery key).
@@ -81,7 +96,8 @@ impl Dek {
     ) -> Result<DekWrap, VaultError> {
         let ephemeral = StaticSecret::from(*Zeroizing::new(random_array::<32>()?));
         let ephemeral_pub = PublicKey::from(&ephemeral).to_bytes();
-        let shared = x25519_agree(&ephemeral, recipient_pub).map_err(|_| VaultError::NonContributory)?;
+        let shared =
+            x25519_agree(&ephemeral, recipient_pub).map_err(|_| VaultError::NonContributory)?;
         let key = wrap_key(shared.as_bytes(), &ephemeral_pub, recipient_pub);
         let sealed = chacha_seal(
             &key,
@@ -91,7 +107,9 @@ impl Dek {
         );
         let mut ciphertext = [0u8; CIPHERTEXT_LEN];
         if sealed.len() != CIPHERTEXT_LEN {
-            return Err(VaultError::Tampered { what: "a new DEK wrap" });
+            return Err(VaultError::Tampered {
+                what: "a new DEK wrap",
+            });
         }
         ciphertext.copy_from_slice(&sealed);
         Ok(DekWrap {
@@ -114,8 +132,15 @@ impl Dek {
             .map_err(|_| VaultError::NonContributory)?;
         let key = wrap_key(shared.as_bytes(), &wrap.ephemeral, &secret.public());
         let plain = Zeroizing::new(
-            chacha_open(&key, &[0u8; 12], &dek_wrap_ad(vault, epoch, recipient), &wrap.ciphertext)
-                .map_err(|_| VaultError::Tampered { what: "the DEK wrap" })?,
+            chacha_open(
+                &key,
+                &[0u8; 12],
+                &dek_wrap_ad(vault, epoch, recipient),
+                &wrap.ciphertext,
+            )
+            .map_err(|_| VaultError::Tampered {
+                what: "the DEK wrap",
+            })?,
         );
         let mut dek = SecretBox::new(Box::new([0u8; 32]));
         secrecy::ExposeSecretMut::expose_secret_mut(&mut dek).copy_from_slice(&plain);
@@ -123,7 +148,11 @@ impl Dek {
     }
 }
 
-fn wrap_key(shared: &[u8; 32], ephemeral_pub: &[u8; 32], recipient_pub: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+fn wrap_key(
+    shared: &[u8; 32],
+    ephemeral_pub: &[u8; 32],
+    recipient_pub: &[u8; 32],
+) -> Zeroizing<[u8; 32]> {
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral_pub);
     salt[32..].copy_from_slice(recipient_pub);
@@ -213,7 +242,10 @@ mod tests {
         let member = VaultSecret::generate().unwrap();
         let (vault, _, epoch) = ids(3);
         let who = Recipient::Device(handoff_protocol::DeviceId::from_bytes([9; 16]));
-        let wrap = dek.wrap(&vault, &epoch, &who, &member.public()).unwrap().encode();
+        let wrap = dek
+            .wrap(&vault, &epoch, &who, &member.public())
+            .unwrap()
+            .encode();
         let opened = Dek::unwrap(&wrap, &member, &vault, &epoch, &who).unwrap();
         assert_eq!(opened.0.expose_secret(), dek.0.expose_secret());
 
@@ -233,7 +265,8 @@ mod tests {
             if let Some(b) = bytes.first_mut() {
                 *b = 1;
             }
-            let err = Dek::unwrap(&bytes, &member, &vault, &epoch, &Recipient::Recovery).unwrap_err();
+            let err =
+                Dek::unwrap(&bytes, &member, &vault, &epoch, &Recipient::Recovery).unwrap_err();
             assert!(matches!(err, VaultError::Decode(_)), "len {len}: {err}");
         }
     }

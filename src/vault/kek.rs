@@ -115,7 +115,11 @@ impl WrappedVaultKey {
 mod tests {
     use super::*;
 
-    const CHEAP: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+    const CHEAP: KdfParams = KdfParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
 
     #[test]
     fn wrong_passphrase_is_refused_and_right_one_opens() {
@@ -129,16 +133,36 @@ mod tests {
         let opened = wrapped.open(b"correct horse", &device).unwrap();
         assert_eq!(opened.public(), secret.public());
         // Bound to the device: another device id does not open it.
-        assert!(wrapped.open(b"correct horse", &DeviceId::from_bytes([6; 16])).is_err());
+        assert!(
+            wrapped
+                .open(b"correct horse", &DeviceId::from_bytes([6; 16]))
+                .is_err()
+        );
     }
 
     #[test]
     fn caps_are_enforced_before_deriving() {
         for params in [
-            KdfParams { m_kib: KdfParams::MAX_M_KIB + 1, t: 1, p: 1 },
-            KdfParams { m_kib: 64, t: KdfParams::MAX_T + 1, p: 1 },
-            KdfParams { m_kib: 1024, t: 1, p: KdfParams::MAX_P + 1 },
-            KdfParams { m_kib: 1, t: 1, p: 1 },
+            KdfParams {
+                m_kib: KdfParams::MAX_M_KIB + 1,
+                t: 1,
+                p: 1,
+            },
+            KdfParams {
+                m_kib: 64,
+                t: KdfParams::MAX_T + 1,
+                p: 1,
+            },
+            KdfParams {
+                m_kib: 1024,
+                t: 1,
+                p: KdfParams::MAX_P + 1,
+            },
+            KdfParams {
+                m_kib: 1,
+                t: 1,
+                p: 1,
+            },
         ] {
             assert!(matches!(
                 params.derive(b"x", &[0; 16]),

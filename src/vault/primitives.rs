@@ -22,7 +22,13 @@ pub struct NonContributory;
 /// XChaCha20-Poly1305 encrypt; output is ciphertext || tag.
 pub fn xchacha_seal(key: &[u8; 32], nonce: &[u8; 24], ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     XChaCha20Poly1305::new(&(*key).into())
-        .encrypt(&(*nonce).into(), Payload { msg: plaintext, aad: ad })
+        .encrypt(
+            &(*nonce).into(),
+            Payload {
+                msg: plaintext,
+                aad: ad,
+            },
+        )
         // Only fails for inputs beyond 2^38 bytes; callers cap plaintexts far below that.
         .unwrap_or_default()
 }
@@ -35,14 +41,26 @@ pub fn xchacha_open(
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, AeadFailure> {
     XChaCha20Poly1305::new(&(*key).into())
-        .decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad: ad })
+        .decrypt(
+            &(*nonce).into(),
+            Payload {
+                msg: ciphertext,
+                aad: ad,
+            },
+        )
         .map_err(|_| AeadFailure)
 }
 
 /// ChaCha20-Poly1305 (IETF, 12-byte nonce) encrypt; output is ciphertext || tag.
 pub fn chacha_seal(key: &[u8; 32], nonce: &[u8; 12], ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     ChaCha20Poly1305::new(&(*key).into())
-        .encrypt(&(*nonce).into(), Payload { msg: plaintext, aad: ad })
+        .encrypt(
+            &(*nonce).into(),
+            Payload {
+                msg: plaintext,
+                aad: ad,
+            },
+        )
         .unwrap_or_default()
 }
 
@@ -54,7 +72,13 @@ pub fn chacha_open(
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, AeadFailure> {
     ChaCha20Poly1305::new(&(*key).into())
-        .decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad: ad })
+        .decrypt(
+            &(*nonce).into(),
+            Payload {
+                msg: ciphertext,
+                aad: ad,
+            },
+        )
         .map_err(|_| AeadFailure)
 }
 

@@ -1,0 +1,137 @@
+//! Damaged or tampered state gives one clear line, exit 8, and changes nothing on disk.
+
+use handoff::doc::{VaultDoc, VaultState};
+use handoff::store::Store;
+use handoff_protocol::dek_wrap::Recipient;
+
+use crate::support::TestHome;
+
+/// A home with two tokens, ready to be damaged.
+fn seeded() -> TestHome {
+    let home = TestHome::new();
+    home.init();
+    home.add("anthropic", "work", "sk-ant-api03-first", &[]);
+    home.add("openai", "default", "sk-proj-second", &[]);
+    home
+}
+
+/// Rewrites the document the way someone with write access to the database could.
+fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState)) {
+    let store = Store::open(&home.db(), false).unwrap();
+    let device = store.device().unwrap();
+    let (snapshot, changes) = store.doc_parts().unwrap();
+    let mut doc = VaultDoc::load_parts(&snapshot, changes.iter().map(Vec::as_slice), &device.device_id).unwrap();
+    let state = doc.state().unwrap();
+    edit(&mut doc, &state);
+    doc.commit("tamper");
+    store.append_change(&doc.take_unsaved().unwrap()).unwrap();
+}
+
+/// Runs a reveal that must fail with exit 8 and leave every file as it was.
+fn reveal_fails_cleanly(home: &TestHome, query: &str) -> String {
+    let before = home.files();
+    let out = home.run(&["token", "show", query, "--reveal"]);
+    let line = out.fails_with(8).to_string();
+    assert!(!out.stdout.contains("sk-"), "{out:?}");
+    assert_eq!(home.files(), before, "a failed command changed the home");
+    line
+}
+
+#[test]
+fn tampered_ciphertext_is_refused() {
+    let home = seeded();
+    tamper(&home, |doc, state| {
+        let mut token = state.live_tokens().find(|t| t.label == "work").unwrap().clone();
+        let ct = token.ciphertext.as_mut().unwrap();
+        *ct.last_mut().unwrap() ^= 0x01;
+        doc.put_token(&token).unwrap();
+    });
+    let line = reveal_fails_cleanly(&home, "anthropic/work");
+    assert!(line.contains("token ciphertext failed authentication"), "{line}");
+    // The untouched token still opens.
+    assert_eq!(home.reveal("openai/default"), "sk-proj-second");
+}
+
+#[test]
+fn ciphertext_moved_to_another_token_is_refused() {
+    let home = seeded();
+    tamper(&home, |doc, state| {
+        let work = state.live_tokens().find(|t| t.label == "work").unwrap();
+        let mut other = state.live_tokens().find(|t| t.label == "default").unwrap().clone();
+        other.ciphertext = work.ciphertext.clone();
+        doc.put_token(&other).unwrap();
+    });
+    reveal_fails_cleanly(&home, "openai/default");
+}
+
+#[test]
+fn tampered_wrap_is_refused() {
+    let home = seeded();
+    tamper(&home, |doc, state| {
+        let epoch = state.current_epoch().unwrap();
+        let (recipient, wrap) = epoch
+            .wraps
+            .iter()
+            .find(|(r, _)| matches!(r, Recipient::Device(_)))
+            .unwrap();
+        let mut bad = wrap.clone();
+        bad.wrap[40] ^= 0x80;
+        doc.put_wrap(&epoch.id, recipient, &bad).unwrap();
+    });
+    let line = reveal_fails_cleanly(&home, "anthropic/work");
+    assert!(line.contains("wrap"), "{line}");
+}
+
+#[test]
+fn argon2_parameters_above_the_caps_are_refused() {
+    for (column, value) in [("kdf_m_kib", 4 * 1024 * 1024), ("kdf_t", 1000), ("kdf_p", 64)] {
+        let home = seeded();
+        let conn = rusqlite::Connection::open(home.db()).unwrap();
+        conn.execute(&format!("UPDATE device SET {column} = ?1"), [value]).unwrap();
+        drop(conn);
+        let line = reveal_fails_cleanly(&home, "anthropic/work");
+        assert!(line.contains("out of bounds"), "{column}: {line}");
+    }
+}
+
+#[test]
+fn corrupt_database_header_is_refused() {
+    let home = seeded();
+    let mut bytes = std::fs::read(home.db()).unwrap();
+    bytes[..100].fill(0xA5);
+    std::fs::write(home.db(), &bytes).unwrap();
+    let before = home.files();
+    for args in [&["token", "list"][..], &["status"], &["token", "show", "anthropic/work", "--reveal"]] {
+        let line = home.run(args).fails_with(8).to_string();
+        assert!(line.contains("damaged"), "{line}");
+    }
+    assert_eq!(home.files(), before);
+}
+
+#[test]
+fn truncated_database_is_refused() {
+    let home = seeded();
+    let bytes = std::fs::read(home.db()).unwrap();
+    std::fs::write(home.db(), &bytes[..bytes.len() / 2]).unwrap();
+    let before = home.files();
+    let line = home.run(&["token", "list"]).fails_with(8).to_string();
+    assert!(line.contains("damaged"), "{line}");
+    home.run_with_stdin(&["token", "add", "gemini"], Some(b"AIza-x")).fails_with(8);
+    assert_eq!(home.files(), before);
+}
+
+#[test]
+fn corrupt_document_bytes_are_refused() {
+    let home = seeded();
+    // Flip a byte inside the stored document snapshot (its checksum no longer matches).
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    let mut snapshot: Vec<u8> = conn.query_row("SELECT bytes FROM doc_snapshot", [], |r| r.get(0)).unwrap();
+    let middle = snapshot.len() / 2;
+    snapshot[middle] ^= 0xFF;
+    conn.execute("UPDATE doc_snapshot SET bytes = ?1", [&snapshot]).unwrap();
+    drop(conn);
+    let before = home.files();
+    let line = home.run(&["token", "list"]).fails_with(8).to_string();
+    assert!(line.contains("damaged") || line.contains("document"), "{line}");
+    assert_eq!(home.files(), before);
+}

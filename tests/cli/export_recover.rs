@@ -1,0 +1,114 @@
+//! `export` writes a standard Automerge document without plaintext; `recover` on an empty home
+//! regains every token with that export and the recovery code; `import` merges exports.
+
+use automerge::{AutoCommit, ReadDoc};
+
+use crate::support::{TestHome, contains, write_private};
+
+#[test]
+fn export_is_plain_automerge_without_plaintext() {
+    let home = TestHome::new();
+    home.init();
+    let id = home.add("anthropic", "work", "sk-ant-api03-EXPORTED-SECRET", &[]);
+    let path = home.scratch("vault.automerge");
+    home.ok(&["export", "--out", path.to_str().unwrap()]);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!contains(&bytes, b"EXPORTED-SECRET"));
+
+    // Loaded by the Automerge library alone, without handoff's own reader.
+    let doc = AutoCommit::load(&bytes).unwrap();
+    let (_, tokens) = doc.get(automerge::ROOT, "tokens").unwrap().unwrap();
+    let (_, token) = doc.get(&tokens, id.as_str()).unwrap().unwrap();
+    let (service, _) = doc.get(&token, "service").unwrap().unwrap();
+    assert_eq!(service.to_string(), "\"anthropic\"");
+    let (schema, _) = doc.get(automerge::ROOT, "schema").unwrap().unwrap();
+    assert_eq!(schema.to_string(), "1");
+}
+
+#[test]
+fn recover_on_an_empty_home_reveals_every_token() {
+    let lost = TestHome::new();
+    let code = lost.init();
+    lost.add("anthropic", "work", "sk-ant-api03-RECOVER-ONE", &[]);
+    lost.add("openai-codex", "default", r#"{"tokens":{"access_token":"RECOVER-TWO"}}"#, &[]);
+    lost.add("gemini", "default", "AIza-RECOVER-THREE", &[]);
+    lost.ok(&["token", "rm", "gemini/default"]);
+    let export = lost.scratch("backup.automerge");
+    lost.ok(&["export", "--out", export.to_str().unwrap()]);
+    let export = export.to_str().unwrap().to_string();
+
+    let fresh = TestHome::with_passphrase("a brand new passphrase");
+    let code_file = fresh.scratch("code");
+
+    // A mistyped code is caught by its checksum, before any key derivation, and creates nothing.
+    let mut typo = code.clone().into_bytes();
+    typo[0] = if typo[0] == b'A' { b'B' } else { b'A' };
+    write_private(&code_file, &typo);
+    let line = fresh
+        .run(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap()])
+        .fails_with(4)
+        .to_string();
+    assert!(line.contains("checksum"), "{line}");
+    assert!(!fresh.db().exists());
+
+    // A well-formed code of another vault does not open this one.
+    let other = TestHome::new();
+    let other_code = other.init();
+    write_private(&code_file, other_code.as_bytes());
+    let line = fresh
+        .run(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap()])
+        .fails_with(4)
+        .to_string();
+    assert!(line.contains("does not open"), "{line}");
+    assert!(!fresh.db().exists());
+
+    // The right code, typed loosely (lower case, spaces), recovers.
+    write_private(&code_file, code.to_lowercase().replace('-', " ").as_bytes());
+    fresh.ok(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap(), "--name", "new-laptop"]);
+    assert_eq!(fresh.reveal("anthropic/work"), "sk-ant-api03-RECOVER-ONE");
+    assert_eq!(fresh.reveal("openai-codex/default"), r#"{"tokens":{"access_token":"RECOVER-TWO"}}"#);
+    assert_eq!(fresh.list_json().len(), 2, "the deleted token stays deleted");
+    let status: serde_json::Value = serde_json::from_str(&fresh.ok(&["--json", "status"])).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 2);
+
+    // The recovered device keeps working: new tokens, and recover refuses a used home.
+    fresh.add("openai", "default", "sk-proj-AFTER-RECOVERY", &[]);
+    assert_eq!(fresh.reveal("openai/default"), "sk-proj-AFTER-RECOVERY");
+    fresh
+        .run(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap()])
+        .fails_with(6);
+}
+
+#[test]
+fn import_merges_an_export_of_the_same_vault_only() {
+    let a = TestHome::new();
+    let code = a.init();
+    a.add("anthropic", "work", "sk-ant-FROM-A", &[]);
+    let a_export = a.scratch("a.automerge");
+    a.ok(&["export", "--out", a_export.to_str().unwrap()]);
+
+    let b = TestHome::new();
+    let code_file = b.scratch("code");
+    write_private(&code_file, code.as_bytes());
+    b.ok(&["recover", "--from", a_export.to_str().unwrap(), "--code-file", code_file.to_str().unwrap()]);
+    b.add("openai", "default", "sk-proj-FROM-B", &[]);
+    let b_export = b.scratch("b.automerge");
+    b.ok(&["export", "--out", b_export.to_str().unwrap()]);
+
+    a.ok(&["import", b_export.to_str().unwrap()]);
+    assert_eq!(a.reveal("openai/default"), "sk-proj-FROM-B");
+    assert_eq!(a.list_json().len(), 2);
+
+    // Another vault's export is refused and changes nothing.
+    let stranger = TestHome::new();
+    stranger.init();
+    let s_export = stranger.scratch("s.automerge");
+    stranger.ok(&["export", "--out", s_export.to_str().unwrap()]);
+    let before = a.files();
+    a.run(&["import", s_export.to_str().unwrap()]).fails_with(6);
+    // Garbage is refused as damaged.
+    let junk = a.scratch("junk");
+    std::fs::write(&junk, b"\x85\x6f\x4a\x83 not an automerge document").unwrap();
+    a.run(&["import", junk.to_str().unwrap()]).fails_with(8);
+    assert_eq!(a.files(), before);
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests of the `handoff` binary: real processes, real SQLite files in temp dirs,
+//! the real Argon2 parameters. Each submodule is one user-visible behaviour.
+
+mod support;
+
+mod damage;
+mod durability;
+mod export_recover;
+mod round_trip;
+mod secrecy_on_disk;

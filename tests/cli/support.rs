@@ -1,0 +1,189 @@
+//! Helpers to run the real binary against a temporary home.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one command may take before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// What a finished command left.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts a failure with `code` and exactly one line on stderr; returns that line.
+    pub fn fails_with(&self, code: i32) -> &str {
+        assert_eq!(self.code, Some(code), "expected exit {code}; got {self:?}");
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.starts_with("warning:")).collect();
+        assert_eq!(lines.len(), 1, "expected one error line; got {:?}", self.stderr);
+        assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
+        lines[0]
+    }
+}
+
+/// A temporary home plus a passphrase file kept outside it.
+pub struct TestHome {
+    dir: tempfile::TempDir,
+    pub passphrase_file: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_handoff")
+}
+
+impl TestHome {
+    pub fn new() -> Self {
+        Self::with_passphrase(PASSPHRASE)
+    }
+
+    pub fn with_passphrase(passphrase: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let passphrase_file = dir.path().join("passphrase");
+        write_private(&passphrase_file, passphrase.as_bytes());
+        Self { dir, passphrase_file }
+    }
+
+    /// The handoff home (inside the temp dir, created by the binary).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path().join("handoff.db")
+    }
+
+    /// A command with this home and passphrase file, and nothing inherited that could point
+    /// it elsewhere.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--home")
+            .arg(self.path())
+            .args(args)
+            .env_remove("HANDOFF_HOME")
+            .env("HANDOFF_PASSPHRASE_FILE", &self.passphrase_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = self.command(args);
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().unwrap();
+        if let Some(bytes) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(bytes).unwrap();
+        }
+        finish(child, COMMAND_TIMEOUT)
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(out.code, Some(0), "handoff {args:?} failed: {out:?}");
+        out.stdout
+    }
+
+    /// `init --json`; returns the recovery code.
+    pub fn init(&self) -> String {
+        let out = self.ok(&["--json", "init", "--name", "test-device"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["recovery_code"].as_str().unwrap().to_string()
+    }
+
+    /// `token add` with the secret on stdin; returns the token id.
+    pub fn add(&self, service: &str, label: &str, secret: &str, extra: &[&str]) -> String {
+        let mut args = vec!["--json", "token", "add", service, "--label", label];
+        args.extend_from_slice(extra);
+        let out = self.run_with_stdin(&args, Some(secret.as_bytes()));
+        assert_eq!(out.code, Some(0), "token add failed: {out:?}");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn reveal(&self, query: &str) -> String {
+        let out = self.ok(&["token", "show", query, "--reveal"]);
+        out.strip_suffix('\n').unwrap_or(&out).to_string()
+    }
+
+    pub fn list_json(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&self.ok(&["--json", "token", "list"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Every file under the home with its contents, to prove a failed command changed nothing.
+    pub fn files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for entry in std::fs::read_dir(self.path()).unwrap() {
+            let path = entry.unwrap().path();
+            out.insert(path.clone(), std::fs::read(&path).unwrap());
+        }
+        out
+    }
+}
+
+/// Waits for a child with a deadline; kills it and fails the test past the deadline.
+pub fn finish(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).ok();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).ok();
+        s
+    });
+    let status: ExitStatus = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("command did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        code: status.code(),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
