@@ -1,1 +1,183 @@
-fn main() {}
+//! Vault benchmarks. Each group measures a `baseline` (the bare primitive underneath) beside
+//! handoff's construction, so `benches/ratios.py` can report cost as a ratio measured in the
+//! same run, which holds across noisy machines better than absolute times.
+//!
+//! Run: `cargo bench --bench vault && python3 benches/ratios.py`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use argon2::{Algorithm, Argon2, Version};
+use automerge::AutoCommit;
+use criterion::{Criterion, criterion_group, criterion_main};
+use handoff::doc::schema::{Epoch, Member, Role, Service, Token, TokenKind, VaultInfo};
+use handoff::doc::{VaultDoc, actor_for};
+use handoff::vault::epoch::TokenBinding;
+use handoff::vault::primitives::{x25519_agree, xchacha_seal};
+use handoff::vault::{Dek, DeviceKeys, KdfParams, VaultSecret, WrappedVaultKey, random_array};
+use handoff_protocol::dek_wrap::Recipient;
+use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
+use x25519_dalek::StaticSecret;
+
+const API_KEY: &[u8] = b"sk-ant-api03-0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
+
+fn token_seal_open(c: &mut Criterion) {
+    let dek = Dek::generate().unwrap();
+    let (vault, token, epoch) = (
+        VaultId::from_bytes([1; 16]),
+        TokenId::from_bytes([2; 16]),
+        EpochId::from_bytes([3; 16]),
+    );
+    let at = TokenBinding {
+        vault: &vault,
+        token: &token,
+        epoch: &epoch,
+        service: "anthropic",
+    };
+    let sealed = dek.seal_token(at, API_KEY).unwrap();
+    let mut g = c.benchmark_group("token_seal_open");
+    g.bench_function("baseline", |b| {
+        b.iter(|| xchacha_seal(&[7; 32], &[9; 24], b"ad", black_box(API_KEY)))
+    });
+    g.bench_function("seal", |b| {
+        b.iter(|| dek.seal_token(at, black_box(API_KEY)).unwrap())
+    });
+    g.bench_function("open", |b| {
+        b.iter(|| dek.open_token(at, black_box(&sealed)).unwrap())
+    });
+    g.finish();
+}
+
+fn dek_wrap(c: &mut Criterion) {
+    let dek = Dek::generate().unwrap();
+    let member = VaultSecret::generate().unwrap();
+    let public = member.public();
+    let (vault, epoch) = (VaultId::from_bytes([1; 16]), EpochId::from_bytes([3; 16]));
+    let to = Recipient::Device(DeviceId::from_bytes([4; 16]));
+    let wrap = dek.wrap(&vault, &epoch, &to, &public).unwrap().encode();
+    let ephemeral = StaticSecret::from([5u8; 32]);
+    let mut g = c.benchmark_group("dek_wrap");
+    g.bench_function("baseline", |b| {
+        b.iter(|| x25519_agree(&ephemeral, black_box(&public)).unwrap())
+    });
+    g.bench_function("wrap", |b| {
+        b.iter(|| dek.wrap(&vault, &epoch, &to, black_box(&public)).unwrap())
+    });
+    g.bench_function("unwrap", |b| {
+        b.iter(|| Dek::unwrap(black_box(&wrap), &member, &vault, &epoch, &to).unwrap())
+    });
+    g.finish();
+}
+
+/// A vault document with `n` sealed tokens, built through the same typed writes as the CLI.
+fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
+    let keys = DeviceKeys::generate().unwrap();
+    let secret = VaultSecret::generate().unwrap();
+    let me = keys.device_id();
+    let info = VaultInfo {
+        id: VaultId::from_bytes(random_array().unwrap()),
+        name: "bench".into(),
+        created_at: 0,
+        discovery_secret: [0; 32],
+        recovery_pub: VaultSecret::generate().unwrap().public(),
+        recovery_sign_pub: keys.identity_public(),
+    };
+    let founder = Member {
+        device: me,
+        name: "bench".into(),
+        role: Role::Admin,
+        identity_pub: keys.identity_public(),
+        mailbox_pub: keys.mailbox_public(),
+        vault_pub: secret.public(),
+        actor: actor_for(&me).to_bytes().to_vec(),
+        added_by: me.to_hex(),
+        added_at: 0,
+        removed: None,
+    };
+    let epoch = Epoch {
+        id: EpochId::from_bytes(random_array().unwrap()),
+        generation: 1,
+        created_by: me.to_hex(),
+        created_at: 0,
+        wraps: BTreeMap::new(),
+        untrusted: Vec::new(),
+    };
+    let dek = Dek::generate().unwrap();
+    let mut doc = VaultDoc::create(&info, &founder, &epoch).unwrap();
+    for i in 0..n {
+        let id = TokenId::from_bytes(random_array().unwrap());
+        let service = Service::ALL[i % Service::ALL.len()];
+        let at = TokenBinding {
+            vault: &info.id,
+            token: &id,
+            epoch: &epoch.id,
+            service: service.as_str(),
+        };
+        doc.put_token(&Token {
+            id,
+            service,
+            label: format!("label-{i}"),
+            kind: TokenKind::ApiKey,
+            epoch: epoch.id,
+            ciphertext: Some(dek.seal_token(at, API_KEY).unwrap()),
+            created_at: 0,
+            created_by: me.to_hex(),
+            updated_at: 0,
+            updated_by: me.to_hex(),
+            deleted: false,
+            conflicted: false,
+        })
+        .unwrap();
+        doc.commit("token.add"); // one change per add, as the CLI writes them
+    }
+    (doc.save(), me)
+}
+
+fn document_1000(c: &mut Criterion) {
+    let (bytes, me) = document_with_tokens(1000);
+    eprintln!("document with 1000 tokens: {} bytes saved", bytes.len());
+    let mut g = c.benchmark_group("document_1000_tokens");
+    g.sample_size(20);
+    g.bench_function("baseline", |b| {
+        b.iter(|| AutoCommit::load(black_box(&bytes)).unwrap())
+    });
+    g.bench_function("load", |b| {
+        b.iter(|| VaultDoc::load(black_box(&bytes), &me).unwrap())
+    });
+    let mut doc = VaultDoc::load(&bytes, &me).unwrap();
+    g.bench_function("save", |b| b.iter(|| doc.save()));
+    g.bench_function("read_state", |b| b.iter(|| doc.state().unwrap()));
+    g.finish();
+}
+
+fn unlock(c: &mut Criterion) {
+    let device = DeviceId::from_bytes([6; 16]);
+    let secret = VaultSecret::generate().unwrap();
+    let wrapped =
+        WrappedVaultKey::seal(&secret, b"bench passphrase", &device, KdfParams::DEFAULT).unwrap();
+    let p = KdfParams::DEFAULT;
+    let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32)).unwrap();
+    let mut g = c.benchmark_group("unlock_default_argon2");
+    g.sample_size(10);
+    g.bench_function("baseline", |b| {
+        b.iter(|| {
+            let mut out = [0u8; 32];
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+                .hash_password_into(b"bench passphrase", &[1; 16], &mut out)
+                .unwrap();
+            out
+        })
+    });
+    g.bench_function("unlock", |b| {
+        b.iter(|| {
+            wrapped
+                .open(black_box(b"bench passphrase"), &device)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, token_seal_open, dek_wrap, document_1000, unlock);
+criterion_main!(benches);

@@ -362,7 +362,10 @@ impl Device {
 
     fn dek(&self, state: &VaultState, epoch: &EpochId, key: &Unlocked) -> Result<Dek, DeviceError> {
         let me = Recipient::Device(self.record.device_id);
-        let record = state.epochs.get(epoch).ok_or(DeviceError::NoAccess(*epoch))?;
+        let record = state
+            .epochs
+            .get(epoch)
+            .ok_or(DeviceError::NoAccess(*epoch))?;
         let Some(wrap) = record.wraps.get(&me) else {
             if record.untrusted.contains(&me) {
                 return Err(VaultError::BadSignature {

@@ -19,11 +19,18 @@ use super::schema::{
 };
 use crate::vault::SignedWrap;
 
-/// A field reader that names the path of whatever it rejects.
+/// One field of a map: its winning value, its object id, and whether writes conflict there.
+struct Entry {
+    value: Value<'static>,
+    id: ObjId,
+    conflict: bool,
+}
+
+/// A map's fields, read in one pass; names the path of whatever it rejects.
 pub(super) struct Fields<'a> {
     doc: &'a AutoCommit,
-    obj: ObjId,
     path: String,
+    entries: BTreeMap<String, Entry>,
 }
 
 fn schema(path: &str, problem: &'static str) -> DocError {
@@ -34,12 +41,24 @@ fn schema(path: &str, problem: &'static str) -> DocError {
 }
 
 impl<'a> Fields<'a> {
+    fn new(doc: &'a AutoCommit, obj: ObjId, path: String) -> Self {
+        let entries = doc
+            .map_range(&obj, ..)
+            .map(|item| {
+                let id = item.id();
+                let entry = Entry {
+                    value: item.value.into_value(),
+                    id,
+                    conflict: item.conflict,
+                };
+                (item.key.into_owned(), entry)
+            })
+            .collect();
+        Self { doc, path, entries }
+    }
+
     pub(super) fn root(doc: &'a AutoCommit) -> Self {
-        Self {
-            doc,
-            obj: automerge::ROOT,
-            path: String::new(),
-        }
+        Self::new(doc, automerge::ROOT, String::new())
     }
 
     fn sub(&self, key: &str) -> String {
@@ -50,34 +69,43 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn value(&self, key: &str) -> Result<Option<Value<'a>>, DocError> {
-        Ok(self.doc.get(&self.obj, key)?.map(|(v, _)| v))
+    fn value(&self, key: &str) -> Result<Option<&Value<'static>>, DocError> {
+        Ok(self.entries.get(key).map(|e| &e.value))
     }
 
     /// A child object of the given type.
     pub(super) fn object(&self, key: &str, ty: ObjType) -> Result<Fields<'a>, DocError> {
-        match self.doc.get(&self.obj, key)? {
-            Some((Value::Object(t), id)) if t == ty => Ok(Fields {
-                doc: self.doc,
-                obj: id,
-                path: self.sub(key),
-            }),
+        match self.entries.get(key) {
+            Some(Entry {
+                value: Value::Object(t),
+                id,
+                ..
+            }) if *t == ty => Ok(Fields::new(self.doc, id.clone(), self.sub(key))),
+            Some(_) => Err(schema(&self.sub(key), "has the wrong type")),
+            None => Err(schema(&self.sub(key), "is missing")),
+        }
+    }
+
+    /// The id of a child object of the given type, without reading its fields.
+    fn object_id(&self, key: &str, ty: ObjType) -> Result<ObjId, DocError> {
+        match self.entries.get(key) {
+            Some(Entry {
+                value: Value::Object(t),
+                id,
+                ..
+            }) if *t == ty => Ok(id.clone()),
             Some(_) => Err(schema(&self.sub(key), "has the wrong type")),
             None => Err(schema(&self.sub(key), "is missing")),
         }
     }
 
     pub(super) fn keys(&self) -> Vec<String> {
-        self.doc.keys(&self.obj).collect()
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.doc.length(&self.obj)
+        self.entries.keys().cloned().collect()
     }
 
     /// Whether concurrent writes left several values in `key`.
     pub(super) fn conflicted(&self, key: &str) -> Result<bool, DocError> {
-        Ok(self.doc.get_all(&self.obj, key)?.len() > 1)
+        Ok(self.entries.get(key).is_some_and(|e| e.conflict))
     }
 
     pub(super) fn str(&self, key: &str, max: usize) -> Result<String, DocError> {
@@ -252,19 +280,16 @@ pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
         }
     }
 
-    let audit_obj = root.object("audit", ObjType::List)?;
+    let audit_obj = root.object_id("audit", ObjType::List)?;
+    let audit_len = doc.length(&audit_obj);
     // Concurrent appends can briefly exceed the bound by what each side appended.
-    if audit_obj.len() > limits::AUDIT_MAX * 2 {
+    if audit_len > limits::AUDIT_MAX * 2 {
         return Err(schema("audit", "has too many entries"));
     }
-    let mut audit = Vec::with_capacity(audit_obj.len());
-    for i in 0..audit_obj.len() {
-        let entry = match doc.get(&audit_obj.obj, i)? {
-            Some((Value::Object(ObjType::Map), id)) => Fields {
-                doc,
-                obj: id,
-                path: format!("audit.{i}"),
-            },
+    let mut audit = Vec::with_capacity(audit_len);
+    for i in 0..audit_len {
+        let entry = match doc.get(&audit_obj, i)? {
+            Some((Value::Object(ObjType::Map), id)) => Fields::new(doc, id, format!("audit.{i}")),
             _ => return Err(schema(&format!("audit.{i}"), "is not a map")),
         };
         audit.push(AuditEntry {

@@ -20,7 +20,12 @@ fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState)) {
     let store = Store::open(&home.db(), false).unwrap();
     let device = store.device().unwrap();
     let (snapshot, changes) = store.doc_parts().unwrap();
-    let mut doc = VaultDoc::load_parts(&snapshot, changes.iter().map(Vec::as_slice), &device.device_id).unwrap();
+    let mut doc = VaultDoc::load_parts(
+        &snapshot,
+        changes.iter().map(Vec::as_slice),
+        &device.device_id,
+    )
+    .unwrap();
     let state = doc.state().unwrap();
     edit(&mut doc, &state);
     doc.commit("tamper");
@@ -41,13 +46,20 @@ fn reveal_fails_cleanly(home: &TestHome, query: &str) -> String {
 fn tampered_ciphertext_is_refused() {
     let home = seeded();
     tamper(&home, |doc, state| {
-        let mut token = state.live_tokens().find(|t| t.label == "work").unwrap().clone();
+        let mut token = state
+            .live_tokens()
+            .find(|t| t.label == "work")
+            .unwrap()
+            .clone();
         let ct = token.ciphertext.as_mut().unwrap();
         *ct.last_mut().unwrap() ^= 0x01;
         doc.put_token(&token).unwrap();
     });
     let line = reveal_fails_cleanly(&home, "anthropic/work");
-    assert!(line.contains("token ciphertext failed authentication"), "{line}");
+    assert!(
+        line.contains("token ciphertext failed authentication"),
+        "{line}"
+    );
     // The untouched token still opens.
     assert_eq!(home.reveal("openai/default"), "sk-proj-second");
 }
@@ -57,7 +69,11 @@ fn ciphertext_moved_to_another_token_is_refused() {
     let home = seeded();
     tamper(&home, |doc, state| {
         let work = state.live_tokens().find(|t| t.label == "work").unwrap();
-        let mut other = state.live_tokens().find(|t| t.label == "default").unwrap().clone();
+        let mut other = state
+            .live_tokens()
+            .find(|t| t.label == "default")
+            .unwrap()
+            .clone();
         other.ciphertext = work.ciphertext.clone();
         doc.put_token(&other).unwrap();
     });
@@ -84,10 +100,15 @@ fn tampered_wrap_is_refused() {
 
 #[test]
 fn argon2_parameters_above_the_caps_are_refused() {
-    for (column, value) in [("kdf_m_kib", 4 * 1024 * 1024), ("kdf_t", 1000), ("kdf_p", 64)] {
+    for (column, value) in [
+        ("kdf_m_kib", 4 * 1024 * 1024),
+        ("kdf_t", 1000),
+        ("kdf_p", 64),
+    ] {
         let home = seeded();
         let conn = rusqlite::Connection::open(home.db()).unwrap();
-        conn.execute(&format!("UPDATE device SET {column} = ?1"), [value]).unwrap();
+        conn.execute(&format!("UPDATE device SET {column} = ?1"), [value])
+            .unwrap();
         drop(conn);
         let line = reveal_fails_cleanly(&home, "anthropic/work");
         assert!(line.contains("out of bounds"), "{column}: {line}");
@@ -101,7 +122,11 @@ fn corrupt_database_header_is_refused() {
     bytes[..100].fill(0xA5);
     std::fs::write(home.db(), &bytes).unwrap();
     let before = home.files();
-    for args in [&["token", "list"][..], &["status"], &["token", "show", "anthropic/work", "--reveal"]] {
+    for args in [
+        &["token", "list"][..],
+        &["status"],
+        &["token", "show", "anthropic/work", "--reveal"],
+    ] {
         let line = home.run(args).fails_with(8).to_string();
         assert!(line.contains("damaged"), "{line}");
     }
@@ -116,7 +141,8 @@ fn truncated_database_is_refused() {
     let before = home.files();
     let line = home.run(&["token", "list"]).fails_with(8).to_string();
     assert!(line.contains("damaged"), "{line}");
-    home.run_with_stdin(&["token", "add", "gemini"], Some(b"AIza-x")).fails_with(8);
+    home.run_with_stdin(&["token", "add", "gemini"], Some(b"AIza-x"))
+        .fails_with(8);
     assert_eq!(home.files(), before);
 }
 
@@ -125,13 +151,19 @@ fn corrupt_document_bytes_are_refused() {
     let home = seeded();
     // Flip a byte inside the stored document snapshot (its checksum no longer matches).
     let conn = rusqlite::Connection::open(home.db()).unwrap();
-    let mut snapshot: Vec<u8> = conn.query_row("SELECT bytes FROM doc_snapshot", [], |r| r.get(0)).unwrap();
+    let mut snapshot: Vec<u8> = conn
+        .query_row("SELECT bytes FROM doc_snapshot", [], |r| r.get(0))
+        .unwrap();
     let middle = snapshot.len() / 2;
     snapshot[middle] ^= 0xFF;
-    conn.execute("UPDATE doc_snapshot SET bytes = ?1", [&snapshot]).unwrap();
+    conn.execute("UPDATE doc_snapshot SET bytes = ?1", [&snapshot])
+        .unwrap();
     drop(conn);
     let before = home.files();
     let line = home.run(&["token", "list"]).fails_with(8).to_string();
-    assert!(line.contains("damaged") || line.contains("document"), "{line}");
+    assert!(
+        line.contains("damaged") || line.contains("document"),
+        "{line}"
+    );
     assert_eq!(home.files(), before);
 }

@@ -59,11 +59,16 @@ fn sigkill_loses_no_acknowledged_add() {
             killed += 1;
         }
     }
-    eprintln!("seed {seed}: {} acknowledged, {killed} killed", acknowledged.len());
+    eprintln!(
+        "seed {seed}: {} acknowledged, {killed} killed",
+        acknowledged.len()
+    );
 
     // The store opens cleanly and passes SQLite's full integrity check.
     let conn = rusqlite::Connection::open(home.db()).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok", "seed {seed}");
     drop(conn);
 
@@ -78,7 +83,10 @@ fn sigkill_loses_no_acknowledged_add() {
     for t in &list {
         let label = t["label"].as_str().unwrap();
         let i = &label[1..];
-        assert_eq!(home.reveal(&format!("anthropic/{label}")), format!("sk-ant-kill-{i}"));
+        assert_eq!(
+            home.reveal(&format!("anthropic/{label}")),
+            format!("sk-ant-kill-{i}")
+        );
     }
     home.add("openai", "after", "sk-proj-after-kills", &[]);
 }

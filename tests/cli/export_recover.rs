@@ -30,7 +30,12 @@ fn recover_on_an_empty_home_reveals_every_token() {
     let lost = TestHome::new();
     let code = lost.init();
     lost.add("anthropic", "work", "sk-ant-api03-RECOVER-ONE", &[]);
-    lost.add("openai-codex", "default", r#"{"tokens":{"access_token":"RECOVER-TWO"}}"#, &[]);
+    lost.add(
+        "openai-codex",
+        "default",
+        r#"{"tokens":{"access_token":"RECOVER-TWO"}}"#,
+        &[],
+    );
     lost.add("gemini", "default", "AIza-RECOVER-THREE", &[]);
     lost.ok(&["token", "rm", "gemini/default"]);
     let export = lost.scratch("backup.automerge");
@@ -45,7 +50,13 @@ fn recover_on_an_empty_home_reveals_every_token() {
     typo[0] = if typo[0] == b'A' { b'B' } else { b'A' };
     write_private(&code_file, &typo);
     let line = fresh
-        .run(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap()])
+        .run(&[
+            "recover",
+            "--from",
+            &export,
+            "--code-file",
+            code_file.to_str().unwrap(),
+        ])
         .fails_with(4)
         .to_string();
     assert!(line.contains("checksum"), "{line}");
@@ -56,7 +67,13 @@ fn recover_on_an_empty_home_reveals_every_token() {
     let other_code = other.init();
     write_private(&code_file, other_code.as_bytes());
     let line = fresh
-        .run(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap()])
+        .run(&[
+            "recover",
+            "--from",
+            &export,
+            "--code-file",
+            code_file.to_str().unwrap(),
+        ])
         .fails_with(4)
         .to_string();
     assert!(line.contains("does not open"), "{line}");
@@ -64,10 +81,25 @@ fn recover_on_an_empty_home_reveals_every_token() {
 
     // The right code, typed loosely (lower case, spaces), recovers.
     write_private(&code_file, code.to_lowercase().replace('-', " ").as_bytes());
-    fresh.ok(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap(), "--name", "new-laptop"]);
+    fresh.ok(&[
+        "recover",
+        "--from",
+        &export,
+        "--code-file",
+        code_file.to_str().unwrap(),
+        "--name",
+        "new-laptop",
+    ]);
     assert_eq!(fresh.reveal("anthropic/work"), "sk-ant-api03-RECOVER-ONE");
-    assert_eq!(fresh.reveal("openai-codex/default"), r#"{"tokens":{"access_token":"RECOVER-TWO"}}"#);
-    assert_eq!(fresh.list_json().len(), 2, "the deleted token stays deleted");
+    assert_eq!(
+        fresh.reveal("openai-codex/default"),
+        r#"{"tokens":{"access_token":"RECOVER-TWO"}}"#
+    );
+    assert_eq!(
+        fresh.list_json().len(),
+        2,
+        "the deleted token stays deleted"
+    );
     let status: serde_json::Value = serde_json::from_str(&fresh.ok(&["--json", "status"])).unwrap();
     assert_eq!(status["members"].as_array().unwrap().len(), 2);
 
@@ -75,7 +107,13 @@ fn recover_on_an_empty_home_reveals_every_token() {
     fresh.add("openai", "default", "sk-proj-AFTER-RECOVERY", &[]);
     assert_eq!(fresh.reveal("openai/default"), "sk-proj-AFTER-RECOVERY");
     fresh
-        .run(&["recover", "--from", &export, "--code-file", code_file.to_str().unwrap()])
+        .run(&[
+            "recover",
+            "--from",
+            &export,
+            "--code-file",
+            code_file.to_str().unwrap(),
+        ])
         .fails_with(6);
 }
 
@@ -90,7 +128,13 @@ fn import_merges_an_export_of_the_same_vault_only() {
     let b = TestHome::new();
     let code_file = b.scratch("code");
     write_private(&code_file, code.as_bytes());
-    b.ok(&["recover", "--from", a_export.to_str().unwrap(), "--code-file", code_file.to_str().unwrap()]);
+    b.ok(&[
+        "recover",
+        "--from",
+        a_export.to_str().unwrap(),
+        "--code-file",
+        code_file.to_str().unwrap(),
+    ]);
     b.add("openai", "default", "sk-proj-FROM-B", &[]);
     let b_export = b.scratch("b.automerge");
     b.ok(&["export", "--out", b_export.to_str().unwrap()]);

@@ -11,7 +11,11 @@ fn no_plaintext_on_disk_and_private_modes() {
     home.init();
     // Hold a connection open so SQLite keeps the -wal and -shm files for inspection.
     let observer = rusqlite::Connection::open(home.db()).unwrap();
-    observer.query_row("SELECT count(*) FROM doc_changes", [], |r| r.get::<_, i64>(0)).unwrap();
+    observer
+        .query_row("SELECT count(*) FROM doc_changes", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
 
     let secrets = [
         "sk-ant-api03-PLAINTEXT-ALPHA-0001",
@@ -33,8 +37,14 @@ fn no_plaintext_on_disk_and_private_modes() {
     home.ok(&["export", "--out", export.to_str().unwrap()]);
 
     let files = home.files();
-    let names: Vec<String> = files.keys().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().any(|n| n == "handoff.db-wal"), "expected a live WAL: {names:?}");
+    let names: Vec<String> = files
+        .keys()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "handoff.db-wal"),
+        "expected a live WAL: {names:?}"
+    );
     let mut needles: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
     needles.extend([oauth.as_bytes(), b"PLAINTEXT", PASSPHRASE.as_bytes()]);
     let mut scanned = files.clone();

@@ -24,8 +24,17 @@ impl Output {
     /// Asserts a failure with `code` and exactly one line on stderr; returns that line.
     pub fn fails_with(&self, code: i32) -> &str {
         assert_eq!(self.code, Some(code), "expected exit {code}; got {self:?}");
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.starts_with("warning:")).collect();
-        assert_eq!(lines.len(), 1, "expected one error line; got {:?}", self.stderr);
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("warning:"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line; got {:?}",
+            self.stderr
+        );
         assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
         lines[0]
     }
@@ -50,7 +59,10 @@ impl TestHome {
         let dir = tempfile::tempdir().unwrap();
         let passphrase_file = dir.path().join("passphrase");
         write_private(&passphrase_file, passphrase.as_bytes());
-        Self { dir, passphrase_file }
+        Self {
+            dir,
+            passphrase_file,
+        }
     }
 
     /// The handoff home (inside the temp dir, created by the binary).
