@@ -1,6 +1,8 @@
 //! Wycheproof vectors for X25519, ChaCha20-Poly1305 and XChaCha20-Poly1305, run through the
 //! wrappers in `handoff::vault::primitives` that every vault construction uses.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 use handoff::vault::primitives::{
     AeadFailure, chacha_open, chacha_seal, x25519_agree, xchacha_open, xchacha_seal,
 };
