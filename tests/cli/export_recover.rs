@@ -156,3 +156,56 @@ fn import_merges_an_export_of_the_same_vault_only() {
     a.run(&["import", junk.to_str().unwrap()]).fails_with(8);
     assert_eq!(a.files(), before);
 }
+
+/// The JavaScript Automerge implementation (`@automerge/automerge`, installed by `.ci/run`
+/// under `target/interop`) loads an export and sees the schema, without any plaintext.
+#[test]
+fn export_loads_in_automerge_js() {
+    let modules = std::env::var_os("HANDOFF_INTEROP_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop"));
+    let package = modules.join("node_modules/@automerge/automerge/package.json");
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !package.is_file() || node.is_err() {
+        let why = format!(
+            "SKIPPED export_loads_in_automerge_js: needs node and {} (bash .ci/run installs them)",
+            package.display()
+        );
+        assert!(std::env::var_os("HANDOFF_REQUIRE_INTEROP").is_none(), "{why}");
+        eprintln!("{why}");
+        return;
+    }
+    let home = TestHome::new();
+    home.init();
+    let id = home.add("gemini", "work", "AIza-JS-INTEROP-SECRET", &[]);
+    let export = home.scratch("vault.automerge");
+    home.ok(&["export", "--out", export.to_str().unwrap()]);
+
+    let script = modules.join("check-export.mjs");
+    std::fs::write(
+        &script,
+        r#"import * as A from "@automerge/automerge";
+import { readFileSync } from "node:fs";
+const doc = A.load(new Uint8Array(readFileSync(process.argv[2])));
+const tokens = Object.entries(doc.tokens).map(([id, t]) =>
+  ({ id, service: t.service, label: t.label, ciphertext_len: t.ciphertext.length }));
+console.log(JSON.stringify({ schema: Number(doc.schema), vault: doc.vault.name, tokens }));
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .arg(&export)
+        .current_dir(&modules)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("JS-INTEROP-SECRET"));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["schema"], 1);
+    assert_eq!(v["vault"], "personal");
+    let token = &v["tokens"][0];
+    assert_eq!((token["id"].as_str(), token["service"].as_str(), token["label"].as_str()), (Some(id.as_str()), Some("gemini"), Some("work")));
+    assert!(token["ciphertext_len"].as_u64().unwrap() > 40);
+}
