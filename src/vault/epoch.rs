@@ -46,6 +46,11 @@ impl Dek {
         random_key().map(Self)
     }
 
+    /// A DEK from known bytes (test vectors, and a DEK received over a channel).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(SecretBox::new(Box::new(bytes)))
+    }
+
     fn token_key(&self) -> Zeroizing<[u8; 32]> {
         hkdf32(&[], self.0.expose_secret(), TOKEN_DOMAIN)
     }

@@ -171,7 +171,10 @@ fn export_loads_in_automerge_js() {
             "SKIPPED export_loads_in_automerge_js: needs node and {} (bash .ci/run installs them)",
             package.display()
         );
-        assert!(std::env::var_os("HANDOFF_REQUIRE_INTEROP").is_none(), "{why}");
+        assert!(
+            std::env::var_os("HANDOFF_REQUIRE_INTEROP").is_none(),
+            "{why}"
+        );
         eprintln!("{why}");
         return;
     }
@@ -199,13 +202,24 @@ console.log(JSON.stringify({ schema: Number(doc.schema), vault: doc.vault.name, 
         .current_dir(&modules)
         .output()
         .unwrap();
-    assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!stdout.contains("JS-INTEROP-SECRET"));
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["schema"], 1);
     assert_eq!(v["vault"], "personal");
     let token = &v["tokens"][0];
-    assert_eq!((token["id"].as_str(), token["service"].as_str(), token["label"].as_str()), (Some(id.as_str()), Some("gemini"), Some("work")));
+    assert_eq!(
+        (
+            token["id"].as_str(),
+            token["service"].as_str(),
+            token["label"].as_str()
+        ),
+        (Some(id.as_str()), Some("gemini"), Some("work"))
+    );
     assert!(token["ciphertext_len"].as_u64().unwrap() > 40);
 }
