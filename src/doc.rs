@@ -91,30 +91,27 @@ impl VaultDoc {
 
     /// Loads a saved document (or an export), writing as `device` from now on.
     pub fn load(data: &[u8], device: &DeviceId) -> Result<Self, DocError> {
-        check_size(data.len())?;
-        let mut doc = AutoCommit::load(data)
-            .map_err(|e| DocError::Damaged(e.to_string()))?
-            .with_actor(actor_for(device));
-        read::read_state(&doc)?;
-        let saved_heads = doc.get_heads();
-        Ok(Self { doc, saved_heads })
+        Self::load_parts(data, [], device)
     }
 
-    /// Loads a snapshot plus incremental change chunks, as the store keeps them.
+    /// Loads a snapshot plus incremental change chunks, as the store keeps them, and validates
+    /// the result once.
     pub fn load_parts<'a>(
         snapshot: &[u8],
         changes: impl IntoIterator<Item = &'a [u8]>,
         device: &DeviceId,
     ) -> Result<Self, DocError> {
-        let mut this = Self::load(snapshot, device)?;
+        check_size(snapshot.len())?;
+        let mut doc = AutoCommit::load(snapshot)
+            .map_err(|e| DocError::Damaged(e.to_string()))?
+            .with_actor(actor_for(device));
         for chunk in changes {
-            this.doc
-                .load_incremental(chunk)
+            doc.load_incremental(chunk)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
         }
-        read::read_state(&this.doc)?;
-        this.saved_heads = this.doc.get_heads();
-        Ok(this)
+        read::read_state(&doc)?;
+        let saved_heads = doc.get_heads();
+        Ok(Self { doc, saved_heads })
     }
 
     /// The whole document, typed and validated.

@@ -60,8 +60,7 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// What the store keeps about this device.
-#[derive(Debug)]
+/// What the store keeps about this device. `Debug` leaves the secret keys out.
 pub struct DeviceRecord {
     pub device_id: DeviceId,
     pub vault_id: VaultId,
@@ -70,6 +69,17 @@ pub struct DeviceRecord {
     pub mailbox_secret: Zeroizing<[u8; 32]>,
     pub wrapped_key: WrappedVaultKey,
     pub created_at: i64,
+}
+
+impl std::fmt::Debug for DeviceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceRecord")
+            .field("device_id", &self.device_id)
+            .field("vault_id", &self.vault_id)
+            .field("name", &self.name)
+            .field("kdf", &self.wrapped_key.params)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An open handoff database.

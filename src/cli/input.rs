@@ -48,10 +48,15 @@ fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
 }
 
-fn prompt_hidden(prompt: &str) -> Result<Zeroizing<String>, CliError> {
+const NO_TERMINAL: &str = "no terminal to ask for the passphrase: give --passphrase-file F or set HANDOFF_PASSPHRASE_FILE";
+
+fn prompt_hidden(
+    prompt: &str,
+    missing: fn(String) -> CliError,
+) -> Result<Zeroizing<String>, CliError> {
     rpassword::prompt_password(prompt)
         .map(Zeroizing::new)
-        .map_err(|_| CliError::Locked("no terminal to ask for it: give --passphrase-file F or set HANDOFF_PASSPHRASE_FILE".into()))
+        .map_err(|_| missing(NO_TERMINAL.into()))
 }
 
 /// The passphrase of an existing vault key.
@@ -59,7 +64,9 @@ pub fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
     match file {
         Some(path) => Ok(first_line(&read_file(path, "cannot read passphrase file")?)),
         None => Ok(Zeroizing::new(
-            prompt_hidden("Passphrase: ")?.as_bytes().to_vec(),
+            prompt_hidden("Passphrase: ", CliError::Locked)?
+                .as_bytes()
+                .to_vec(),
         )),
     }
 }
@@ -69,8 +76,8 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliErro
     let pass = match file {
         Some(path) => first_line(&read_file(path, "cannot read passphrase file")?),
         None => {
-            let first = prompt_hidden("New passphrase: ")?;
-            let again = prompt_hidden("Repeat passphrase: ")?;
+            let first = prompt_hidden("New passphrase: ", CliError::Usage)?;
+            let again = prompt_hidden("Repeat passphrase: ", CliError::Usage)?;
             if first != again {
                 return Err(CliError::Usage(
                     "the two passphrases differ; nothing was changed".into(),

@@ -223,3 +223,40 @@ console.log(JSON.stringify({ schema: Number(doc.schema), vault: doc.vault.name, 
     );
     assert!(token["ciphertext_len"].as_u64().unwrap() > 40);
 }
+
+/// Concurrent edits of one token on two devices both survive a merge, and the list shows the
+/// conflict instead of silently dropping one.
+#[test]
+fn concurrent_edits_show_as_a_conflict_after_import() {
+    let a = TestHome::new();
+    let code = a.init();
+    a.add("anthropic", "work", "sk-ant-ORIGINAL", &[]);
+    let a_export = a.scratch("a.automerge");
+    a.ok(&["export", "--out", a_export.to_str().unwrap()]);
+    let b = TestHome::new();
+    let code_file = b.scratch("code");
+    write_private(&code_file, code.as_bytes());
+    b.ok(&[
+        "recover",
+        "--from",
+        a_export.to_str().unwrap(),
+        "--code-file",
+        code_file.to_str().unwrap(),
+    ]);
+
+    a.add("anthropic", "work", "sk-ant-EDITED-ON-A", &["--replace"]);
+    b.add("anthropic", "work", "sk-ant-EDITED-ON-B", &["--replace"]);
+    let b_export = b.scratch("b.automerge");
+    b.ok(&["export", "--out", b_export.to_str().unwrap()]);
+    a.ok(&["import", b_export.to_str().unwrap()]);
+
+    let list = a.list_json();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["conflict"], true, "{list:?}");
+    assert!(a.ok(&["token", "list"]).contains("(conflict)"));
+    let shown = a.reveal("anthropic/work");
+    assert!(
+        shown == "sk-ant-EDITED-ON-A" || shown == "sk-ant-EDITED-ON-B",
+        "{shown}"
+    );
+}

@@ -8,5 +8,6 @@ mod support;
 mod damage;
 mod durability;
 mod export_recover;
+mod hardening;
 mod round_trip;
 mod secrecy_on_disk;

@@ -1,0 +1,60 @@
+//! The process protects itself before touching a secret; one process owns a home at a time.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::TestHome;
+
+/// Reads a field of /proc/PID/status, e.g. `Umask`.
+fn proc_status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+#[test]
+fn a_running_command_has_no_core_dumps_and_a_private_umask() {
+    let home = TestHome::new();
+    home.init();
+    // `token add` blocks reading the token from stdin: a live process to inspect.
+    let mut child = home
+        .command(&["token", "add", "anthropic"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Wait for the exec'd binary to have run its first lines (bounded).
+    while proc_status_field(pid, "Umask").as_deref() != Some("0077") {
+        assert!(
+            Instant::now() < deadline,
+            "umask never became 0077: {:?}",
+            proc_status_field(pid, "Umask")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_second_owner_of_the_home_is_refused_with_busy() {
+    let home = TestHome::new();
+    home.init();
+    let lock = handoff::home::Home::at(home.path())
+        .lock(Duration::ZERO)
+        .unwrap();
+    let line = home.run(&["token", "list"]).fails_with(9).to_string();
+    assert!(line.contains("owned by another handoff process"), "{line}");
+    drop(lock);
+    home.ok(&["token", "list"]);
+}
