@@ -79,11 +79,12 @@ fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
         id: VaultId::from_bytes(random_array().unwrap()),
         name: "bench".into(),
         created_at: 0,
+        founder: me,
         discovery_secret: [0; 32],
         recovery_pub: VaultSecret::generate().unwrap().public(),
         recovery_sign_pub: keys.identity_public(),
     };
-    let founder = Member {
+    let mut founder = Member {
         device: me,
         name: "bench".into(),
         role: Role::Admin,
@@ -93,8 +94,11 @@ fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
         actor: actor_for(&me).to_bytes().to_vec(),
         added_by: me.to_hex(),
         added_at: 0,
+        sig: Vec::new(),
+        signer: String::new(),
         removed: None,
     };
+    handoff::device::sign_member(&mut founder, &info.id, &me.to_hex(), |m| keys.sign(m));
     let epoch = Epoch {
         id: EpochId::from_bytes(random_array().unwrap()),
         generation: 1,
@@ -143,9 +147,9 @@ fn document_1000(c: &mut Criterion) {
         b.iter(|| AutoCommit::load(black_box(&bytes)).unwrap())
     });
     g.bench_function("load", |b| {
-        b.iter(|| VaultDoc::load(black_box(&bytes), &me).unwrap())
+        b.iter(|| VaultDoc::load_trusted(black_box(&bytes), &me).unwrap())
     });
-    let mut doc = VaultDoc::load(&bytes, &me).unwrap();
+    let mut doc = VaultDoc::load_trusted(&bytes, &me).unwrap();
     g.bench_function("save", |b| b.iter(|| doc.save()));
     g.bench_function("read_state", |b| b.iter(|| doc.state().unwrap()));
     g.finish();

@@ -138,11 +138,13 @@ impl Device {
             id: vault_id,
             name: vault_name.to_string(),
             created_at: now,
+            founder: me,
             discovery_secret: random_array()?,
             recovery_pub: recovery.public(),
             recovery_sign_pub: recovery.signing_public(),
         };
-        let founder = member_record(&keys, &secret, new.name, Role::Admin, &me.to_hex(), now);
+        let mut founder = member_record(&keys, &secret, new.name, Role::Admin, &me.to_hex(), now);
+        sign_member(&mut founder, &vault_id, &me.to_hex(), |m| keys.sign(m));
         let dek = Dek::generate()?;
         let mut epoch = Epoch {
             id: EpochId::from_bytes(random_array()?),
@@ -170,7 +172,7 @@ impl Device {
         let mut doc = VaultDoc::create(&info, &founder, &epoch)?;
         doc.append_audit(&me, "vault.create", &info.name)?;
         doc.commit("audit");
-        let device = Self::write_new(home, lock, doc, keys, &secret, new, vault_id)?;
+        let device = Self::write_new(home, lock, doc, keys, &secret, new)?;
         Ok((device, code))
     }
 
@@ -190,21 +192,26 @@ impl Device {
         let keys = DeviceKeys::generate()?;
         let secret = VaultSecret::generate()?;
         let me = keys.device_id();
-        let mut doc = VaultDoc::load(export, &me)?;
+        // The user chose this export to recover from: its own anchors are the ones to pin.
+        let mut doc = VaultDoc::load_trusted(export, &me)?;
         let state = doc.state()?;
         let recovery = RecoveryMember::derive(code, &state.info.id)?;
         if recovery.public() != state.info.recovery_pub {
             return Err(VaultError::WrongRecoveryCode.into());
         }
         let now = unix_now();
-        doc.put_member(&member_record(
+        let mut member = member_record(
             &keys,
             &secret,
             new.name,
             Role::Admin,
             Recipient::RECOVERY_NAME,
             now,
-        ))?;
+        );
+        sign_member(&mut member, &state.info.id, Recipient::RECOVERY_NAME, |m| {
+            recovery.sign(m)
+        });
+        doc.put_member(&member)?;
         for epoch in state.epochs.values() {
             let Some(wrap) = epoch.wraps.get(&Recipient::Recovery) else {
                 continue;
@@ -229,7 +236,7 @@ impl Device {
         }
         doc.append_audit(&me, "device.recover", new.name)?;
         doc.commit("recover device");
-        Self::write_new(home, lock, doc, keys, &secret, new, state.info.id)
+        Self::write_new(home, lock, doc, keys, &secret, new)
     }
 
     /// Writes a new device's database to a temporary file and renames it into place, so a
@@ -241,17 +248,16 @@ impl Device {
         keys: DeviceKeys,
         secret: &VaultSecret,
         new: &NewDevice<'_>,
-        vault_id: VaultId,
     ) -> Result<Self, DeviceError> {
         let me = keys.device_id();
         let (identity_secret, mailbox_secret) = keys.secrets();
         let record = DeviceRecord {
             device_id: me,
-            vault_id,
             name: new.name.to_string(),
             identity_secret,
             mailbox_secret,
             wrapped_key: WrappedVaultKey::seal(secret, new.passphrase, &me, new.kdf)?,
+            anchors: doc.anchors().clone(),
             created_at: unix_now(),
         };
         let final_path = home.db_path();
@@ -302,6 +308,7 @@ impl Device {
             &snapshot,
             changes.iter().map(Vec::as_slice),
             &record.device_id,
+            Some(&record.anchors),
         )?;
         let device = Self {
             home,
@@ -311,11 +318,6 @@ impl Device {
             record,
             keys,
         };
-        if device.state()?.info.id != device.record.vault_id {
-            return Err(DeviceError::Inconsistent(
-                "the document belongs to another vault",
-            ));
-        }
         Ok(device)
     }
 
@@ -550,13 +552,13 @@ impl Device {
 
     /// Merges a document export of this same vault; returns how many changes were new.
     pub fn import(&mut self, data: &[u8]) -> Result<usize, DeviceError> {
-        let theirs = VaultDoc::load(data, &self.record.device_id)?
-            .state()?
-            .info
-            .id;
-        if theirs != self.record.vault_id {
+        let theirs = VaultDoc::load_trusted(data, &self.record.device_id)?
+            .anchors()
+            .vault;
+        let ours = self.record.anchors.vault;
+        if theirs != ours {
             return Err(DocError::WrongVault {
-                expected: self.record.vault_id,
+                expected: ours,
                 found: theirs,
             }
             .into());
@@ -586,8 +588,23 @@ fn member_record(
         actor: actor_for(&device).to_bytes().to_vec(),
         added_by: added_by.to_string(),
         added_at: now,
+        sig: Vec::new(),
+        signer: String::new(),
         removed: None,
     }
+}
+
+/// Signs a member record's fields as `signer` (an admin's device id, `recovery`, or the
+/// founder itself).
+pub fn sign_member(
+    member: &mut Member,
+    vault: &VaultId,
+    signer: &str,
+    sign: impl Fn(&[u8]) -> [u8; 64],
+) {
+    let statement = handoff_protocol::binding::member_statement(vault, &member.signed_fields());
+    member.sig = sign(&statement).to_vec();
+    member.signer = signer.to_string();
 }
 
 fn signed_wrap(

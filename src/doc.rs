@@ -20,7 +20,7 @@ use handoff_protocol::dek_wrap::Recipient;
 use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 
 pub use schema::{
-    AuditEntry, Epoch, Member, Role, Service, Token, TokenKind, VaultInfo, VaultState,
+    AuditEntry, Epoch, Member, Role, Service, Token, TokenKind, TrustAnchors, VaultInfo, VaultState,
 };
 
 use crate::vault::SignedWrap;
@@ -39,16 +39,21 @@ pub enum DocError {
     TooLarge { len: usize, max: usize },
     #[error("that document belongs to vault {found}, not this vault ({expected})")]
     WrongVault { expected: VaultId, found: VaultId },
+    #[error(
+        "the document changes the vault's founder or recovery key, which never change: refusing it"
+    )]
+    AnchorsMoved,
     #[error("a change was written by {actor}, which is not a member allowed to write")]
     ForeignAuthor { actor: String },
     #[error("document operation failed: {0}")]
     Automerge(#[from] automerge::AutomergeError),
 }
 
-/// The vault document and what of it has been persisted.
+/// The vault document, the anchors it is checked against, and what of it has been persisted.
 #[derive(Debug)]
 pub struct VaultDoc {
     doc: AutoCommit,
+    anchors: TrustAnchors,
     saved_heads: Vec<ChangeHash>,
 }
 
@@ -72,6 +77,7 @@ impl VaultDoc {
         doc.put(&vault, "id", bytes(info.id.as_bytes()))?;
         doc.put(&vault, "name", info.name.as_str())?;
         doc.put(&vault, "created_at", info.created_at)?;
+        doc.put(&vault, "founder", info.founder.to_hex())?;
         doc.put(&vault, "discovery_secret", bytes(&info.discovery_secret))?;
         doc.put(&vault, "recovery_pub", bytes(&info.recovery_pub))?;
         doc.put(&vault, "recovery_sign_pub", bytes(&info.recovery_sign_pub))?;
@@ -81,6 +87,7 @@ impl VaultDoc {
         doc.put_object(automerge::ROOT, "audit", ObjType::List)?;
         let mut this = Self {
             doc,
+            anchors: TrustAnchors::of(info),
             saved_heads: Vec::new(),
         };
         this.put_member(founder)?;
@@ -89,17 +96,19 @@ impl VaultDoc {
         Ok(this)
     }
 
-    /// Loads a saved document (or an export), writing as `device` from now on.
-    pub fn load(data: &[u8], device: &DeviceId) -> Result<Self, DocError> {
-        Self::load_parts(data, [], device)
+    /// Loads a document the user chose to trust (an export to recover from), taking its trust
+    /// anchors from the document itself; writes as `device` from now on.
+    pub fn load_trusted(data: &[u8], device: &DeviceId) -> Result<Self, DocError> {
+        Self::load_parts(data, [], device, None)
     }
 
-    /// Loads a snapshot plus incremental change chunks, as the store keeps them, and validates
-    /// the result once.
+    /// Loads a snapshot plus incremental change chunks, as the store keeps them, checked
+    /// against the pinned `anchors` (or the document's own, if `None`), validated once.
     pub fn load_parts<'a>(
         snapshot: &[u8],
         changes: impl IntoIterator<Item = &'a [u8]>,
         device: &DeviceId,
+        anchors: Option<&TrustAnchors>,
     ) -> Result<Self, DocError> {
         check_size(snapshot.len())?;
         let mut doc = AutoCommit::load(snapshot)
@@ -109,14 +118,23 @@ impl VaultDoc {
             doc.load_incremental(chunk)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
         }
-        read::read_state(&doc)?;
+        let state = read::read_state(&doc, anchors)?;
         let saved_heads = doc.get_heads();
-        Ok(Self { doc, saved_heads })
+        Ok(Self {
+            doc,
+            anchors: TrustAnchors::of(&state.info),
+            saved_heads,
+        })
+    }
+
+    /// The anchors this document is checked against.
+    pub fn anchors(&self) -> &TrustAnchors {
+        &self.anchors
     }
 
     /// The whole document, typed and validated.
     pub fn state(&self) -> Result<VaultState, DocError> {
-        read::read_state(&self.doc)
+        read::read_state(&self.doc, Some(&self.anchors))
     }
 
     /// The full document in the standard Automerge binary format.
@@ -145,11 +163,14 @@ impl VaultDoc {
     }
 
     /// Applies outside changes (a full document or change chunks) to a fork, validates the
-    /// fork, and keeps it only if the result is a valid document of this same vault whose new
-    /// changes were all written by members. Returns how many changes were new.
+    /// fork against this device's pinned anchors, and keeps it only if the result is a valid
+    /// document of this same vault whose new changes all name verified members as authors
+    /// (within a removed member's last accepted sequence number). Returns how many changes were
+    /// new. Actor ids are claims, not signatures: what an injected change cannot do is make a
+    /// member, a wrap or an anchor trusted, because those are checked by signature.
     pub fn ingest(&mut self, data: &[u8]) -> Result<usize, DocError> {
         check_size(data.len())?;
-        let our_vault = self.state()?.info.id;
+        let our_vault = self.anchors.vault;
         let before = self.doc.get_heads();
         let actor = self.doc.get_actor().clone();
         let mut fork = self.doc.fork().with_actor(actor);
@@ -161,7 +182,15 @@ impl VaultDoc {
                 problem: "was written by two different vaults",
             });
         }
-        let state = read::read_state(&fork)?;
+        let state = read::read_state(&fork, Some(&self.anchors)).map_err(|e| match e {
+            DocError::AnchorsMoved if fork_vault_id(&fork) != Some(our_vault) => {
+                DocError::WrongVault {
+                    expected: our_vault,
+                    found: fork_vault_id(&fork).unwrap_or(our_vault),
+                }
+            }
+            other => other,
+        })?;
         if state.info.id != our_vault {
             return Err(DocError::WrongVault {
                 expected: our_vault,
@@ -246,6 +275,8 @@ impl VaultDoc {
         self.put_changed(&obj, "actor", bytes(&m.actor))?;
         self.put_changed(&obj, "added_by", m.added_by.as_str().into())?;
         self.put_changed(&obj, "added_at", m.added_at.into())?;
+        self.put_changed(&obj, "sig", bytes(&m.sig))?;
+        self.put_changed(&obj, "signer", m.signer.as_str().into())?;
         if let Some(r) = &m.removed {
             self.put_changed(&obj, "removed_by", r.by.as_str().into())?;
             self.put_changed(&obj, "removed_at", r.at.into())?;
@@ -352,6 +383,12 @@ impl VaultDoc {
         }
         Ok(())
     }
+}
+
+fn fork_vault_id(doc: &AutoCommit) -> Option<VaultId> {
+    let (_, vault) = doc.get(automerge::ROOT, "vault").ok()??;
+    let (id, _) = doc.get(&vault, "id").ok()??;
+    VaultId::from_slice(id.as_bytes()?).ok()
 }
 
 fn bytes(b: &[u8]) -> ScalarValue {

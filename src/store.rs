@@ -12,6 +12,7 @@ use handoff_protocol::{DeviceId, VaultId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use zeroize::Zeroizing;
 
+use crate::doc::TrustAnchors;
 use crate::vault::{KdfParams, WrappedVaultKey};
 
 /// Errors of the store.
@@ -48,6 +49,9 @@ const MIGRATIONS: &[&str] = &[
         kdf_salt BLOB NOT NULL,
         key_nonce BLOB NOT NULL,
         key_ciphertext BLOB NOT NULL,
+        founder BLOB NOT NULL,
+        recovery_pub BLOB NOT NULL,
+        recovery_sign_pub BLOB NOT NULL,
         created_at INTEGER NOT NULL
     );
     CREATE TABLE doc_snapshot (
@@ -63,11 +67,12 @@ const MIGRATIONS: &[&str] = &[
 /// What the store keeps about this device. `Debug` leaves the secret keys out.
 pub struct DeviceRecord {
     pub device_id: DeviceId,
-    pub vault_id: VaultId,
     pub name: String,
     pub identity_secret: Zeroizing<[u8; 32]>,
     pub mailbox_secret: Zeroizing<[u8; 32]>,
     pub wrapped_key: WrappedVaultKey,
+    /// Pinned when this device joined the vault; every document is checked against them.
+    pub anchors: TrustAnchors,
     pub created_at: i64,
 }
 
@@ -75,7 +80,7 @@ impl std::fmt::Debug for DeviceRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceRecord")
             .field("device_id", &self.device_id)
-            .field("vault_id", &self.vault_id)
+            .field("vault_id", &self.anchors.vault)
             .field("name", &self.name)
             .field("kdf", &self.wrapped_key.params)
             .finish_non_exhaustive()
@@ -178,11 +183,12 @@ impl Store {
         let w = &device.wrapped_key;
         tx.execute(
             "INSERT INTO device (id, device_id, vault_id, name, identity_secret, mailbox_secret,
-                kdf_m_kib, kdf_t, kdf_p, kdf_salt, key_nonce, key_ciphertext, created_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                kdf_m_kib, kdf_t, kdf_p, kdf_salt, key_nonce, key_ciphertext, founder,
+                recovery_pub, recovery_sign_pub, created_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 &device.device_id.as_bytes()[..],
-                &device.vault_id.as_bytes()[..],
+                &device.anchors.vault.as_bytes()[..],
                 device.name,
                 &device.identity_secret[..],
                 &device.mailbox_secret[..],
@@ -192,6 +198,9 @@ impl Store {
                 &w.salt[..],
                 &w.nonce[..],
                 w.ciphertext,
+                &device.anchors.founder.as_bytes()[..],
+                &device.anchors.recovery_pub[..],
+                &device.anchors.recovery_sign_pub[..],
                 device.created_at,
             ],
         )
@@ -210,7 +219,8 @@ impl Store {
             .conn
             .query_row(
                 "SELECT device_id, vault_id, name, identity_secret, mailbox_secret, kdf_m_kib,
-                        kdf_t, kdf_p, kdf_salt, key_nonce, key_ciphertext, created_at
+                        kdf_t, kdf_p, kdf_salt, key_nonce, key_ciphertext, created_at,
+                        founder, recovery_pub, recovery_sign_pub
                  FROM device WHERE id = 1",
                 [],
                 |r| {
@@ -229,6 +239,11 @@ impl Store {
                         r.get::<_, Vec<u8>>(9)?,
                         r.get::<_, Vec<u8>>(10)?,
                         r.get::<_, i64>(11)?,
+                        (
+                            r.get::<_, Vec<u8>>(12)?,
+                            r.get::<_, Vec<u8>>(13)?,
+                            r.get::<_, Vec<u8>>(14)?,
+                        ),
                     ))
                 },
             )
@@ -246,6 +261,7 @@ impl Store {
             nonce,
             ciphertext,
             created_at,
+            (founder, recovery_pub, recovery_sign_pub),
         ) = row;
         let corrupt = |what: &str| StoreError::Corrupt {
             path: self.path.clone(),
@@ -261,7 +277,6 @@ impl Store {
         };
         Ok(DeviceRecord {
             device_id: DeviceId::from_slice(&device_id).map_err(|_| corrupt("device id"))?,
-            vault_id: VaultId::from_slice(&vault_id).map_err(|_| corrupt("vault id"))?,
             name,
             identity_secret: fixed32(&identity, "identity key")?,
             mailbox_secret: fixed32(&mailbox, "mailbox key")?,
@@ -270,6 +285,12 @@ impl Store {
                 salt: salt.try_into().map_err(|_| corrupt("salt"))?,
                 nonce: nonce.try_into().map_err(|_| corrupt("nonce"))?,
                 ciphertext,
+            },
+            anchors: TrustAnchors {
+                vault: VaultId::from_slice(&vault_id).map_err(|_| corrupt("vault id"))?,
+                founder: DeviceId::from_slice(&founder).map_err(|_| corrupt("founder"))?,
+                recovery_pub: *fixed32(&recovery_pub, "recovery key")?,
+                recovery_sign_pub: *fixed32(&recovery_sign_pub, "recovery signing key")?,
             },
             created_at,
         })

@@ -14,6 +14,8 @@ pub const TOKEN_DOMAIN: &[u8] = b"handoff/v1/token";
 pub const DEK_WRAP_DOMAIN: &[u8] = b"handoff/v1/dek-wrap";
 /// Domain of the statement an admin signs for each DEK wrap.
 pub const DEK_WRAP_SIG_DOMAIN: &[u8] = b"handoff/v1/dek-wrap-sig";
+/// Domain of the statement that vouches for a member record.
+pub const MEMBER_DOMAIN: &[u8] = b"handoff/v1/member";
 /// Domain of the AD that binds a passphrase-wrapped device key to its device.
 pub const DEVICE_KEY_DOMAIN: &[u8] = b"handoff/v1/device-key";
 
@@ -74,6 +76,35 @@ pub fn dek_wrap_statement(
         .field(&generation.to_be_bytes())
         .field(&recipient.binding_bytes())
         .field(wrap_hash)
+        .finish()
+}
+
+/// The fields of a member record that its signer vouches for.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberFields<'a> {
+    pub device: &'a DeviceId,
+    pub role: &'a str,
+    pub identity_pub: &'a [u8; 32],
+    pub mailbox_pub: &'a [u8; 32],
+    pub vault_pub: &'a [u8; 32],
+    pub actor: &'a [u8],
+    pub added_by: &'a str,
+    pub added_at: i64,
+}
+
+/// The statement an admin (or the recovery key, or the founder for itself) signs to admit a
+/// member: binds its keys, role and Automerge actor to the vault.
+pub fn member_statement(vault: &VaultId, m: &MemberFields<'_>) -> Vec<u8> {
+    Transcript::new(MEMBER_DOMAIN)
+        .field(vault.as_bytes())
+        .field(m.device.as_bytes())
+        .field(m.role.as_bytes())
+        .field(m.identity_pub)
+        .field(m.mailbox_pub)
+        .field(m.vault_pub)
+        .field(m.actor)
+        .field(m.added_by.as_bytes())
+        .field(&m.added_at.to_be_bytes())
         .finish()
 }
 

@@ -14,10 +14,12 @@ use handoff_protocol::{DekWrap, DeviceId, EpochId, TokenId, VaultId};
 
 use super::DocError;
 use super::schema::{
-    AuditEntry, Epoch, Member, Removal, Role, SCHEMA_VERSION, Service, Token, TokenKind, VaultInfo,
-    VaultState, limits,
+    AuditEntry, Epoch, Member, Removal, Role, SCHEMA_VERSION, Service, Token, TokenKind,
+    TrustAnchors, VaultInfo, VaultState, limits,
 };
 use crate::vault::SignedWrap;
+use crate::vault::keys::verify_signature;
+use handoff_protocol::binding::member_statement;
 
 /// One field of a map: its winning value, its object id, and whether writes conflict there.
 struct Entry {
@@ -199,25 +201,35 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Reads and validates the whole document.
-pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
+/// Reads and validates the whole document against `anchors` (or, if `None`, against the
+/// anchors the document states about itself).
+pub(super) fn read_state(
+    doc: &AutoCommit,
+    anchors: Option<&TrustAnchors>,
+) -> Result<VaultState, DocError> {
     let root = Fields::root(doc);
     if root.u64("schema")? != SCHEMA_VERSION {
         return Err(DocError::UnsupportedSchema(root.u64("schema")?));
     }
     let info = read_info(&root.object("vault", ObjType::Map)?)?;
+    let own = TrustAnchors::of(&info);
+    let anchors = anchors.unwrap_or(&own);
+    if *anchors != own {
+        return Err(DocError::AnchorsMoved);
+    }
 
     let members_obj = root.object("members", ObjType::Map)?;
     let member_keys = members_obj.keys();
     if member_keys.len() > limits::MEMBERS_MAX {
         return Err(schema("members", "has too many entries"));
     }
-    let mut members = BTreeMap::new();
+    let mut records = BTreeMap::new();
     for key in member_keys {
         let device: DeviceId = members_obj.key_as(&key)?;
         let member = read_member(device, &members_obj.object(&key, ObjType::Map)?)?;
-        members.insert(device, member);
+        records.insert(device, member);
     }
+    let (members, unverified) = verify_members(&info.id, anchors, records);
 
     let signer_pub = |signer: &str| -> Option<[u8; 32]> {
         if signer == Recipient::RECOVERY_NAME {
@@ -303,11 +315,54 @@ pub(super) fn read_state(doc: &AutoCommit) -> Result<VaultState, DocError> {
     Ok(VaultState {
         info,
         members,
+        unverified,
         epochs,
         tokens,
         defaults,
         audit,
     })
+}
+
+/// Keeps the members whose record is signed along a chain from the anchors: the founder's
+/// self-signed record, records signed by the recovery key, and records signed by an already
+/// verified admin. Runs to a fixpoint (at most one pass per member).
+fn verify_members(
+    vault: &VaultId,
+    anchors: &TrustAnchors,
+    mut pending: BTreeMap<DeviceId, Member>,
+) -> (BTreeMap<DeviceId, Member>, Vec<DeviceId>) {
+    let mut verified: BTreeMap<DeviceId, Member> = BTreeMap::new();
+    loop {
+        let admitted: Vec<DeviceId> = pending
+            .values()
+            .filter(|m| {
+                let signer_pub = if m.signer == Recipient::RECOVERY_NAME {
+                    Some(anchors.recovery_sign_pub)
+                } else if m.device == anchors.founder && m.signer == m.device.to_hex() {
+                    Some(m.identity_pub)
+                } else {
+                    m.signer
+                        .parse::<DeviceId>()
+                        .ok()
+                        .and_then(|id| verified.get(&id))
+                        .filter(|admin| admin.role == Role::Admin && admin.is_active())
+                        .map(|admin| admin.identity_pub)
+                };
+                let statement = member_statement(vault, &m.signed_fields());
+                signer_pub.is_some_and(|public| verify_signature(&public, &statement, &m.sig))
+            })
+            .map(|m| m.device)
+            .collect();
+        if admitted.is_empty() {
+            break;
+        }
+        for id in admitted {
+            if let Some(m) = pending.remove(&id) {
+                verified.insert(id, m);
+            }
+        }
+    }
+    (verified, pending.into_keys().collect())
 }
 
 fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {
@@ -316,6 +371,7 @@ fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {
             .map_err(|_| schema("vault.id", "is not 16 bytes"))?,
         name: f.str("name", limits::NAME_MAX)?,
         created_at: f.i64("created_at")?,
+        founder: f.parsed("founder", 32)?,
         discovery_secret: f.bytes32("discovery_secret")?,
         recovery_pub: f.bytes32("recovery_pub")?,
         recovery_sign_pub: f.bytes32("recovery_sign_pub")?,
@@ -349,6 +405,8 @@ fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
         actor: f.bytes("actor", 64)?,
         added_by: f.str("added_by", 64)?,
         added_at: f.i64("added_at")?,
+        sig: f.bytes("sig", 64)?,
+        signer: f.str("signer", 64)?,
         removed,
     })
 }

@@ -162,6 +162,9 @@ pub struct VaultInfo {
     pub id: VaultId,
     pub name: String,
     pub created_at: i64,
+    /// The device that created the vault; its self-signed member record roots the chain of
+    /// member signatures.
+    pub founder: DeviceId,
     pub discovery_secret: [u8; 32],
     /// X25519 key every epoch's DEK is also wrapped to.
     pub recovery_pub: [u8; 32],
@@ -182,6 +185,10 @@ pub struct Member {
     pub actor: Vec<u8>,
     pub added_by: String,
     pub added_at: i64,
+    /// Signature over [`handoff_protocol::binding::member_statement`] by `signer`.
+    pub sig: Vec<u8>,
+    /// Device id (hex) of the admin who admitted this member, `recovery`, or the founder itself.
+    pub signer: String,
     pub removed: Option<Removal>,
 }
 
@@ -195,6 +202,20 @@ pub struct Removal {
 }
 
 impl Member {
+    /// The fields the signer vouches for.
+    pub fn signed_fields(&self) -> handoff_protocol::binding::MemberFields<'_> {
+        handoff_protocol::binding::MemberFields {
+            device: &self.device,
+            role: self.role.as_str(),
+            identity_pub: &self.identity_pub,
+            mailbox_pub: &self.mailbox_pub,
+            vault_pub: &self.vault_pub,
+            actor: &self.actor,
+            added_by: &self.added_by,
+            added_at: self.added_at,
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         self.removed.is_none()
     }
@@ -246,11 +267,38 @@ pub struct AuditEntry {
     pub subject: String,
 }
 
+/// What a device pins locally when it joins a vault and checks every document against: no
+/// change in the document can move these, so no injected change can make a member or a wrap
+/// trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustAnchors {
+    pub vault: VaultId,
+    pub founder: DeviceId,
+    pub recovery_pub: [u8; 32],
+    pub recovery_sign_pub: [u8; 32],
+}
+
+impl TrustAnchors {
+    /// The anchors a document states about itself (trusted when the document is, e.g. the
+    /// export a user recovers from).
+    pub fn of(info: &VaultInfo) -> Self {
+        Self {
+            vault: info.id,
+            founder: info.founder,
+            recovery_pub: info.recovery_pub,
+            recovery_sign_pub: info.recovery_sign_pub,
+        }
+    }
+}
+
 /// Everything in the document, typed and validated.
 #[derive(Debug, Clone)]
 pub struct VaultState {
     pub info: VaultInfo,
+    /// Members whose record is signed along a chain from the trust anchors.
     pub members: BTreeMap<DeviceId, Member>,
+    /// Member records present but not validly signed: ignored, and worth reporting.
+    pub unverified: Vec<DeviceId>,
     pub epochs: BTreeMap<EpochId, Epoch>,
     pub tokens: BTreeMap<TokenId, Token>,
     pub defaults: BTreeMap<Service, TokenId>,
@@ -258,9 +306,14 @@ pub struct VaultState {
 }
 
 impl VaultState {
-    /// The current epoch: highest (generation, epoch id), the same on every device.
+    /// The current epoch: highest (generation, epoch id) among epochs that hold at least one
+    /// wrap signed by a verified admin (or the recovery key), the same on every device. An
+    /// epoch nobody trusted wrapped is ignored, so an injected epoch cannot take over.
     pub fn current_epoch(&self) -> Option<&Epoch> {
-        self.epochs.values().max_by_key(|e| (e.generation, e.id))
+        self.epochs
+            .values()
+            .filter(|e| !e.wraps.is_empty())
+            .max_by_key(|e| (e.generation, e.id))
     }
 
     /// Live (not deleted) tokens.

@@ -24,6 +24,7 @@ fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState)) {
         &snapshot,
         changes.iter().map(Vec::as_slice),
         &device.device_id,
+        Some(&device.anchors),
     )
     .unwrap();
     let state = doc.state().unwrap();

@@ -1,0 +1,191 @@
+//! Crafted documents cannot make an outsider a member, inject a DEK, or move the vault's trust
+//! anchors. These run the library directly: the attacker writes Automerge changes by hand.
+#![allow(clippy::unwrap_used)] // a panic is the failure report
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ReadDoc, ScalarValue};
+use handoff::device::{Device, DeviceError, NewDevice, expose, sign_member};
+use handoff::doc::schema::{Epoch, Member, Role, Service};
+use handoff::doc::{DocError, VaultDoc, actor_for};
+use handoff::home::Home;
+use handoff::vault::epoch::{TokenBinding, wrap_statement};
+use handoff::vault::{Dek, DeviceKeys, KdfParams, SignedWrap, VaultSecret, random_array};
+use handoff_protocol::dek_wrap::Recipient;
+use handoff_protocol::{DeviceId, EpochId};
+
+const PASS: &[u8] = b"trust test passphrase";
+
+fn device(dir: &tempfile::TempDir) -> Device {
+    let new = NewDevice {
+        name: "victim",
+        passphrase: PASS,
+        kdf: KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        },
+    };
+    Device::init(Home::at(dir.path().join("home")), &new, "v")
+        .unwrap()
+        .0
+}
+
+/// Writes, as `actor`, a self-signed admin record for the attacker and a newer epoch whose DEK
+/// (known to the attacker) is wrapped to the victim and signed by the attacker.
+fn forge(export: &[u8], actor: &DeviceId, victim: DeviceId) -> (Vec<u8>, Dek, EpochId) {
+    let attacker = DeviceKeys::generate().unwrap();
+    let attacker_vault_key = VaultSecret::generate().unwrap();
+    let me = attacker.device_id();
+    let mut doc = VaultDoc::load_trusted(export, actor).unwrap();
+    let state = doc.state().unwrap();
+    let vault = state.info.id;
+    let mut fake = Member {
+        device: me,
+        name: "attacker".into(),
+        role: Role::Admin,
+        identity_pub: attacker.identity_public(),
+        mailbox_pub: attacker.mailbox_public(),
+        vault_pub: attacker_vault_key.public(),
+        actor: actor_for(&me).to_bytes().to_vec(),
+        added_by: me.to_hex(),
+        added_at: 0,
+        sig: Vec::new(),
+        signer: String::new(),
+        removed: None,
+    };
+    sign_member(&mut fake, &vault, &me.to_hex(), |m| attacker.sign(m));
+    doc.put_member(&fake).unwrap();
+
+    let dek = Dek::generate().unwrap();
+    let epoch_id = EpochId::from_bytes(random_array().unwrap());
+    let to = Recipient::Device(victim);
+    let victim_pub = state.members[&victim].vault_pub;
+    let wrap = dek
+        .wrap(&vault, &epoch_id, &to, &victim_pub)
+        .unwrap()
+        .encode();
+    let sig = attacker
+        .sign(&wrap_statement(&vault, &epoch_id, 99, &to, &wrap))
+        .to_vec();
+    let mut wraps = BTreeMap::new();
+    wraps.insert(
+        to,
+        SignedWrap {
+            wrap,
+            sig,
+            signer: me.to_hex(),
+        },
+    );
+    let epoch = Epoch {
+        id: epoch_id,
+        generation: 99,
+        created_by: me.to_hex(),
+        created_at: 0,
+        wraps,
+        untrusted: Vec::new(),
+    };
+    doc.put_epoch(&epoch).unwrap();
+    doc.commit("forged");
+    (doc.save(), dek, epoch_id)
+}
+
+#[test]
+fn changes_by_an_outsider_actor_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut victim = device(&dir);
+    let export = victim.export();
+    let outsider = DeviceKeys::generate().unwrap().device_id();
+    let (forged, _, _) = forge(&export, &outsider, victim.device_id());
+    let before = victim.export();
+    let err = victim.import(&forged).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Doc(DocError::ForeignAuthor { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        victim.export(),
+        before,
+        "a refused import changed the document"
+    );
+}
+
+#[test]
+fn a_forged_member_and_epoch_are_ignored_even_under_a_members_actor_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut victim = device(&dir);
+    let export = victim.export();
+    // Actor ids are claims: the attacker writes as the victim's own actor.
+    let (forged, attacker_dek, forged_epoch) =
+        forge(&export, &victim.device_id(), victim.device_id());
+    victim.import(&forged).unwrap();
+
+    let state = victim.state().unwrap();
+    assert_eq!(
+        state.unverified.len(),
+        1,
+        "the self-signed outsider is not a member"
+    );
+    assert_eq!(state.members.len(), 1);
+    let current = state.current_epoch().unwrap();
+    assert_eq!(
+        current.generation, 1,
+        "the forged epoch must not become current"
+    );
+    assert!(state.epochs[&forged_epoch].wraps.is_empty());
+
+    // New tokens are still sealed under the real epoch, which the attacker's DEK cannot open.
+    let key = victim.unlock(PASS).unwrap();
+    victim
+        .add_token(
+            &key,
+            Service::Openai,
+            "new",
+            b"sk-proj-AFTER-ATTACK",
+            true,
+            false,
+        )
+        .unwrap();
+    let (token, secret) = victim.reveal(&key, "openai/new").unwrap();
+    assert_eq!(expose(&secret), b"sk-proj-AFTER-ATTACK");
+    assert_ne!(token.epoch, forged_epoch);
+    let vault = state.info.id;
+    let binding = TokenBinding {
+        vault: &vault,
+        token: &token.id,
+        epoch: &token.epoch,
+        service: "openai",
+    };
+    assert!(
+        attacker_dek
+            .open_token(binding, token.ciphertext.as_deref().unwrap())
+            .is_err()
+    );
+}
+
+#[test]
+fn moving_the_recovery_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut victim = device(&dir);
+    let export = victim.export();
+    let mut doc = AutoCommit::load(&export)
+        .unwrap()
+        .with_actor(actor_for(&victim.device_id()));
+    let (_, vault) = doc.get(automerge::ROOT, "vault").unwrap().unwrap();
+    let attacker_recovery = VaultSecret::generate().unwrap().public();
+    doc.put(
+        &vault,
+        "recovery_pub",
+        ScalarValue::Bytes(attacker_recovery.to_vec()),
+    )
+    .unwrap();
+    doc.commit();
+    let before = victim.export();
+    let err = victim.import(&doc.save()).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Doc(DocError::AnchorsMoved)),
+        "{err}"
+    );
+    assert_eq!(victim.export(), before);
+}
