@@ -21,7 +21,10 @@ fn main() -> ExitCode {
     match handoff::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line whatever the source said (an SQL error can quote a multi-line query).
+            let message = e.to_string();
+            let line: Vec<&str> = message.split_whitespace().collect();
+            eprintln!("error: {}", line.join(" "));
             ExitCode::from(e.exit() as u8)
         }
     }

@@ -56,18 +56,28 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                 Some(passphrase) => {
                     let key = device.unlock(&passphrase)?;
                     let (token, secret) = device.reveal(&key, &id)?;
-                    let text = String::from_utf8_lossy(expose(&secret)).into_owned();
-                    let text = zeroize::Zeroizing::new(text);
-                    if ctx.json {
-                        print_json(
-                            &json!({"id": token.id.to_hex(), "service": token.service.as_str(), "label": token.label, "secret": text.as_str()}),
-                        );
+                    let text = zeroize::Zeroizing::new(
+                        String::from_utf8_lossy(expose(&secret)).into_owned(),
+                    );
+                    // Built straight into a zeroizing buffer: no copy of the secret outlives it.
+                    let line = if ctx.json {
+                        let revealed = Revealed {
+                            id: token.id.to_hex(),
+                            service: token.service.as_str(),
+                            label: &token.label,
+                            secret: text.as_str(),
+                        };
+                        let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(256));
+                        serde_json::to_writer(&mut *buf, &revealed)
+                            .map_err(|e| CliError::Internal(format!("cannot encode JSON: {e}")))?;
+                        buf
                     } else {
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "{}", text.as_str()).map_err(|e| {
-                            CliError::Internal(format!("cannot write to stdout: {e}"))
-                        })?;
-                    }
+                        zeroize::Zeroizing::new(text.as_bytes().to_vec())
+                    };
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&line)
+                        .and_then(|()| out.write_all(b"\n"))
+                        .map_err(|e| CliError::Internal(format!("cannot write to stdout: {e}")))?;
                 }
             }
         }
@@ -104,6 +114,15 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `token show --reveal --json` output.
+#[derive(serde::Serialize)]
+struct Revealed<'a> {
+    id: String,
+    service: &'a str,
+    label: &'a str,
+    secret: &'a str,
 }
 
 fn token_json(state: &VaultState, t: &Token) -> serde_json::Value {
