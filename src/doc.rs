@@ -11,6 +11,7 @@
 //! - [`schema`]: the typed records and their closed value sets.
 //! - `read`: typed reads, which are also the validation.
 
+mod contain;
 mod read;
 pub mod schema;
 
@@ -111,14 +112,17 @@ impl VaultDoc {
         anchors: Option<&TrustAnchors>,
     ) -> Result<Self, DocError> {
         check_size(snapshot.len())?;
-        let mut doc = AutoCommit::load(snapshot)
-            .map_err(|e| DocError::Damaged(e.to_string()))?
-            .with_actor(actor_for(device));
-        for chunk in changes {
-            doc.load_incremental(chunk)
-                .map_err(|e| DocError::Damaged(e.to_string()))?;
-        }
-        let state = read::read_state(&doc, anchors)?;
+        let (mut doc, state) = contain::contained(|| {
+            let mut doc = AutoCommit::load(snapshot)
+                .map_err(|e| DocError::Damaged(e.to_string()))?
+                .with_actor(actor_for(device));
+            for chunk in changes {
+                doc.load_incremental(chunk)
+                    .map_err(|e| DocError::Damaged(e.to_string()))?;
+            }
+            let state = read::read_state(&doc, anchors)?;
+            Ok((doc, state))
+        })?;
         let saved_heads = doc.get_heads();
         Ok(Self {
             doc,
@@ -170,53 +174,17 @@ impl VaultDoc {
     /// member, a wrap or an anchor trusted, because those are checked by signature.
     pub fn ingest(&mut self, data: &[u8]) -> Result<usize, DocError> {
         check_size(data.len())?;
-        let our_vault = self.anchors.vault;
         let before = self.doc.get_heads();
         let actor = self.doc.get_actor().clone();
         let mut fork = self.doc.fork().with_actor(actor);
-        fork.load_incremental(data)
-            .map_err(|e| DocError::Damaged(e.to_string()))?;
-        if fork.get_all(automerge::ROOT, "vault")?.len() != 1 {
-            return Err(DocError::Schema {
-                path: "vault".into(),
-                problem: "was written by two different vaults",
-            });
-        }
-        let state = read::read_state(&fork, Some(&self.anchors)).map_err(|e| match e {
-            DocError::AnchorsMoved if fork_vault_id(&fork) != Some(our_vault) => {
-                DocError::WrongVault {
-                    expected: our_vault,
-                    found: fork_vault_id(&fork).unwrap_or(our_vault),
-                }
-            }
-            other => other,
+        let anchors = &self.anchors;
+        // Parse and validate inside the containment; the fork is dropped on any failure.
+        let (fork, count) = contain::contained(move || {
+            fork.load_incremental(data)
+                .map_err(|e| DocError::Damaged(e.to_string()))?;
+            let count = check_fork(&mut fork, anchors, &before)?;
+            Ok((fork, count))
         })?;
-        if state.info.id != our_vault {
-            return Err(DocError::WrongVault {
-                expected: our_vault,
-                found: state.info.id,
-            });
-        }
-        let new_changes = fork.get_changes(&before);
-        for change in &new_changes {
-            let author = state
-                .members
-                .values()
-                .find(|m| m.actor == change.actor_id().to_bytes());
-            let allowed = match author {
-                Some(m) => m
-                    .removed
-                    .as_ref()
-                    .is_none_or(|r| change.seq() <= r.after_seq),
-                None => false,
-            };
-            if !allowed {
-                return Err(DocError::ForeignAuthor {
-                    actor: change.actor_id().to_hex_string(),
-                });
-            }
-        }
-        let count = new_changes.len();
         self.doc = fork;
         Ok(count)
     }
@@ -383,6 +351,49 @@ impl VaultDoc {
         }
         Ok(())
     }
+}
+
+/// Validates a fork that outside changes were applied to: one vault record, this vault, valid
+/// against the pinned anchors, every new change named as written by a verified member (within a
+/// removed member's bound). Returns how many changes are new since `before`.
+fn check_fork(
+    fork: &mut AutoCommit,
+    anchors: &TrustAnchors,
+    before: &[ChangeHash],
+) -> Result<usize, DocError> {
+    let ours = anchors.vault;
+    if fork.get_all(automerge::ROOT, "vault")?.len() != 1 {
+        return Err(DocError::Schema {
+            path: "vault".into(),
+            problem: "was written by two different vaults",
+        });
+    }
+    let state =
+        read::read_state(fork, Some(anchors)).map_err(|e| match (e, fork_vault_id(fork)) {
+            (DocError::AnchorsMoved, Some(found)) if found != ours => DocError::WrongVault {
+                expected: ours,
+                found,
+            },
+            (other, _) => other,
+        })?;
+    let new_changes = fork.get_changes(before);
+    for change in &new_changes {
+        let author = state
+            .members
+            .values()
+            .find(|m| m.actor == change.actor_id().to_bytes());
+        let allowed = author.is_some_and(|m| {
+            m.removed
+                .as_ref()
+                .is_none_or(|r| change.seq() <= r.after_seq)
+        });
+        if !allowed {
+            return Err(DocError::ForeignAuthor {
+                actor: change.actor_id().to_hex_string(),
+            });
+        }
+    }
+    Ok(new_changes.len())
 }
 
 fn fork_vault_id(doc: &AutoCommit) -> Option<VaultId> {

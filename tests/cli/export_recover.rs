@@ -260,3 +260,26 @@ fn concurrent_edits_show_as_a_conflict_after_import() {
         "{shown}"
     );
 }
+
+/// Bytes that make the Automerge engine itself panic (found by `fuzz/vault_doc`) give one line
+/// and exit 8 from `import` and `recover`, and change nothing.
+#[test]
+fn bytes_that_panic_the_document_engine_are_refused_cleanly() {
+    let crash = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/automerge-hexane-panic.bin");
+    let home = TestHome::new();
+    let code = home.init();
+    let before = home.files();
+    let out = home.run(&["import", crash]);
+    let line = out.fails_with(8).to_string();
+    assert!(line.contains("damaged"), "{line}");
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+    assert_eq!(home.files(), before);
+
+    let fresh = TestHome::new();
+    let code_file = fresh.scratch("code");
+    write_private(&code_file, code.as_bytes());
+    fresh
+        .run(&["recover", "--from", crash, "--code-file", code_file.to_str().unwrap()])
+        .fails_with(8);
+    assert!(!fresh.db().exists());
+}
