@@ -11,11 +11,12 @@ use std::hint::black_box;
 use argon2::{Algorithm, Argon2, Version};
 use automerge::AutoCommit;
 use criterion::{Criterion, criterion_group, criterion_main};
+use handoff::doc::VaultDoc;
 use handoff::doc::schema::{Epoch, Member, Role, Service, Token, TokenKind, VaultInfo};
-use handoff::doc::{VaultDoc, actor_for};
 use handoff::vault::epoch::TokenBinding;
 use handoff::vault::primitives::{x25519_agree, xchacha_seal};
 use handoff::vault::{Dek, DeviceKeys, KdfParams, VaultSecret, WrappedVaultKey, random_array};
+use handoff_protocol::binding::genesis_statement;
 use handoff_protocol::dek_wrap::Recipient;
 use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 use x25519_dalek::StaticSecret;
@@ -75,29 +76,28 @@ fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
     let keys = DeviceKeys::generate().unwrap();
     let secret = VaultSecret::generate().unwrap();
     let me = keys.device_id();
+    let vault_id = VaultId::from_bytes(random_array().unwrap());
+    // The bench's identity key doubles as the recovery signer; only the cost matters here.
     let info = VaultInfo {
-        id: VaultId::from_bytes(random_array().unwrap()),
+        id: vault_id,
         name: "bench".into(),
         created_at: 0,
         founder: me,
         discovery_secret: [0; 32],
         recovery_pub: VaultSecret::generate().unwrap().public(),
         recovery_sign_pub: keys.identity_public(),
+        genesis_sig: keys
+            .sign(&genesis_statement(&vault_id, &me, &keys.identity_public()))
+            .to_vec(),
     };
-    let mut founder = Member {
-        device: me,
-        name: "bench".into(),
-        role: Role::Admin,
-        identity_pub: keys.identity_public(),
-        mailbox_pub: keys.mailbox_public(),
-        vault_pub: secret.public(),
-        actor: actor_for(&me).to_bytes().to_vec(),
-        added_by: me.to_hex(),
-        added_at: 0,
-        sig: Vec::new(),
-        signer: String::new(),
-        removed: None,
-    };
+    let mut founder = Member::new(
+        &keys,
+        secret.public(),
+        "bench",
+        Role::Admin,
+        &me.to_hex(),
+        0,
+    );
     handoff::device::sign_member(&mut founder, &info.id, &me.to_hex(), |m| keys.sign(m));
     let epoch = Epoch {
         id: EpochId::from_bytes(random_array().unwrap()),
@@ -106,6 +106,7 @@ fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
         created_at: 0,
         wraps: BTreeMap::new(),
         untrusted: Vec::new(),
+        current_eligible: true,
     };
     let dek = Dek::generate().unwrap();
     let mut doc = VaultDoc::create(&info, &founder, &epoch).unwrap();

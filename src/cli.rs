@@ -245,10 +245,16 @@ pub(crate) fn when(at: i64) -> String {
     u64::try_from(at)
         .ok()
         .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
-        .map_or_else(
-            || "?".into(),
-            |t| humantime::format_rfc3339_seconds(t).to_string(),
-        )
+        .and_then(|t| {
+            let mut out = String::new();
+            std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!("{}", humantime::format_rfc3339_seconds(t)),
+            )
+            .ok()
+            .map(|()| out)
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Prints one JSON value on stdout.

@@ -11,12 +11,13 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use handoff_protocol::binding::genesis_statement;
 use handoff_protocol::dek_wrap::Recipient;
 use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 use secrecy::ExposeSecret;
 
 use crate::doc::schema::{Epoch, Member, Role, Service, Token, VaultInfo, VaultState, limits};
-use crate::doc::{DocError, VaultDoc, actor_for, unix_now};
+use crate::doc::{DocError, VaultDoc, unix_now};
 use crate::home::{Home, HomeError, OwnerLock};
 use crate::store::{DeviceRecord, Store, StoreError};
 use crate::vault::epoch::{TokenBinding, wrap_statement};
@@ -122,13 +123,7 @@ impl Device {
         vault_name: &str,
     ) -> Result<(Self, RecoveryCode), DeviceError> {
         check_name(vault_name, "the vault name")?;
-        check_name(new.name, "the device name")?;
-        let lock = home.lock(LOCK_WAIT)?;
-        if home.is_initialized() {
-            return Err(DeviceError::AlreadyInitialized(home.root().to_path_buf()));
-        }
-        let keys = DeviceKeys::generate()?;
-        let secret = VaultSecret::generate()?;
+        let (lock, keys, secret) = claim_empty(&home, new)?;
         let me = keys.device_id();
         let vault_id = VaultId::from_bytes(random_array()?);
         let code = RecoveryCode::generate()?;
@@ -142,8 +137,18 @@ impl Device {
             discovery_secret: random_array()?,
             recovery_pub: recovery.public(),
             recovery_sign_pub: recovery.signing_public(),
+            genesis_sig: recovery
+                .sign(&genesis_statement(&vault_id, &me, &keys.identity_public()))
+                .to_vec(),
         };
-        let mut founder = member_record(&keys, &secret, new.name, Role::Admin, &me.to_hex(), now);
+        let mut founder = Member::new(
+            &keys,
+            secret.public(),
+            new.name,
+            Role::Admin,
+            &me.to_hex(),
+            now,
+        );
         sign_member(&mut founder, &vault_id, &me.to_hex(), |m| keys.sign(m));
         let dek = Dek::generate()?;
         let mut epoch = Epoch {
@@ -153,6 +158,7 @@ impl Device {
             created_at: now,
             wraps: BTreeMap::new(),
             untrusted: Vec::new(),
+            current_eligible: true,
         };
         for (recipient, public) in [
             (Recipient::Device(me), secret.public()),
@@ -184,25 +190,23 @@ impl Device {
         export: &[u8],
         code: &RecoveryCode,
     ) -> Result<Self, DeviceError> {
-        check_name(new.name, "the device name")?;
-        let lock = home.lock(LOCK_WAIT)?;
-        if home.is_initialized() {
-            return Err(DeviceError::AlreadyInitialized(home.root().to_path_buf()));
-        }
-        let keys = DeviceKeys::generate()?;
-        let secret = VaultSecret::generate()?;
+        let (lock, keys, secret) = claim_empty(&home, new)?;
         let me = keys.device_id();
         // The user chose this export to recover from: its own anchors are the ones to pin.
         let mut doc = VaultDoc::load_trusted(export, &me)?;
         let state = doc.state()?;
         let recovery = RecoveryMember::derive(code, &state.info.id)?;
-        if recovery.public() != state.info.recovery_pub {
+        // The document was checked against its own anchors; binding them to the keys the code
+        // derives is what makes its founder (and so every member) trustworthy.
+        if recovery.public() != state.info.recovery_pub
+            || recovery.signing_public() != state.info.recovery_sign_pub
+        {
             return Err(VaultError::WrongRecoveryCode.into());
         }
         let now = unix_now();
-        let mut member = member_record(
+        let mut member = Member::new(
             &keys,
-            &secret,
+            secret.public(),
             new.name,
             Role::Admin,
             Recipient::RECOVERY_NAME,
@@ -569,29 +573,18 @@ impl Device {
     }
 }
 
-fn member_record(
-    keys: &DeviceKeys,
-    secret: &VaultSecret,
-    name: &str,
-    role: Role,
-    added_by: &str,
-    now: i64,
-) -> Member {
-    let device = keys.device_id();
-    Member {
-        device,
-        name: name.to_string(),
-        role,
-        identity_pub: keys.identity_public(),
-        mailbox_pub: keys.mailbox_public(),
-        vault_pub: secret.public(),
-        actor: actor_for(&device).to_bytes().to_vec(),
-        added_by: added_by.to_string(),
-        added_at: now,
-        sig: Vec::new(),
-        signer: String::new(),
-        removed: None,
+/// Takes an empty home for a new device: checks the name, takes the lock, refuses a home that
+/// already holds a vault, and makes the new device's keys.
+fn claim_empty(
+    home: &Home,
+    new: &NewDevice<'_>,
+) -> Result<(OwnerLock, DeviceKeys, VaultSecret), DeviceError> {
+    check_name(new.name, "the device name")?;
+    let lock = home.lock(LOCK_WAIT)?;
+    if home.is_initialized() {
+        return Err(DeviceError::AlreadyInitialized(home.root().to_path_buf()));
     }
+    Ok((lock, DeviceKeys::generate()?, VaultSecret::generate()?))
 }
 
 /// Signs a member record's fields as `signer` (an admin's device id, `recovery`, or the

@@ -44,6 +44,10 @@ pub enum DocError {
         "the document changes the vault's founder or recovery key, which never change: refusing it"
     )]
     AnchorsMoved,
+    #[error("the vault's founder is not vouched for by its recovery key: the document was altered")]
+    UnvouchedFounder,
+    #[error("the document would undo trusted state ({0}): refusing it")]
+    Regression(&'static str),
     #[error("a change was written by {actor}, which is not a member allowed to write")]
     ForeignAuthor { actor: String },
     #[error("document operation failed: {0}")]
@@ -82,6 +86,7 @@ impl VaultDoc {
         doc.put(&vault, "discovery_secret", bytes(&info.discovery_secret))?;
         doc.put(&vault, "recovery_pub", bytes(&info.recovery_pub))?;
         doc.put(&vault, "recovery_sign_pub", bytes(&info.recovery_sign_pub))?;
+        doc.put(&vault, "genesis_sig", bytes(&info.genesis_sig))?;
         for key in ["members", "epochs", "tokens", "defaults", "relays"] {
             doc.put_object(automerge::ROOT, key, ObjType::Map)?;
         }
@@ -174,7 +179,8 @@ impl VaultDoc {
     /// member, a wrap or an anchor trusted, because those are checked by signature.
     pub fn ingest(&mut self, data: &[u8]) -> Result<usize, DocError> {
         check_size(data.len())?;
-        let before = self.doc.get_heads();
+        let before = self.state()?;
+        let heads = self.doc.get_heads();
         let actor = self.doc.get_actor().clone();
         let mut fork = self.doc.fork().with_actor(actor);
         let anchors = &self.anchors;
@@ -182,7 +188,7 @@ impl VaultDoc {
         let (fork, count) = contain::contained(move || {
             fork.load_incremental(data)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
-            let count = check_fork(&mut fork, anchors, &before)?;
+            let count = check_fork(&mut fork, anchors, &heads, &before)?;
             Ok((fork, count))
         })?;
         self.doc = fork;
@@ -359,7 +365,8 @@ impl VaultDoc {
 fn check_fork(
     fork: &mut AutoCommit,
     anchors: &TrustAnchors,
-    before: &[ChangeHash],
+    heads: &[ChangeHash],
+    before: &VaultState,
 ) -> Result<usize, DocError> {
     let ours = anchors.vault;
     if fork.get_all(automerge::ROOT, "vault")?.len() != 1 {
@@ -376,15 +383,22 @@ fn check_fork(
             },
             (other, _) => other,
         })?;
-    let new_changes = fork.get_changes(before);
+    check_no_regression(before, &state)?;
+    let new_changes = fork.get_changes(heads);
     for change in &new_changes {
         let author = state
             .members
             .values()
             .find(|m| m.actor == change.actor_id().to_bytes());
+        // A removal known before this ingest bounds the author, whatever the fork now says.
         let allowed = author.is_some_and(|m| {
-            m.removed
+            let removal = before
+                .members
+                .get(&m.device)
+                .map_or(&m.removed, |b| &b.removed);
+            removal
                 .as_ref()
+                .or(m.removed.as_ref())
                 .is_none_or(|r| change.seq() <= r.after_seq)
         });
         if !allowed {
@@ -394,6 +408,37 @@ fn check_fork(
         }
     }
     Ok(new_changes.len())
+}
+
+/// Outside changes may add to trusted state but never take from it: every verified member
+/// stays verified, a removal stays, every epoch keeps its generation and its trusted wraps, and
+/// the current epoch never moves back. Otherwise one crafted change could make every token
+/// unreadable or bring back an epoch a removed device knows.
+fn check_no_regression(before: &VaultState, after: &VaultState) -> Result<(), DocError> {
+    for (id, member) in &before.members {
+        let Some(now) = after.members.get(id) else {
+            return Err(DocError::Regression("a verified member lost its standing"));
+        };
+        if member.removed.is_some() && now.removed != member.removed {
+            return Err(DocError::Regression("a removal was undone or changed"));
+        }
+    }
+    for (id, epoch) in &before.epochs {
+        let Some(now) = after.epochs.get(id) else {
+            return Err(DocError::Regression("a key epoch vanished"));
+        };
+        if now.generation != epoch.generation {
+            return Err(DocError::Regression("a key epoch's generation changed"));
+        }
+        if epoch.wraps.keys().any(|r| !now.wraps.contains_key(r)) {
+            return Err(DocError::Regression("a trusted key wrap was broken"));
+        }
+    }
+    let current = |s: &VaultState| s.current_epoch().map(|e| (e.generation, e.id));
+    if current(after) < current(before) {
+        return Err(DocError::Regression("the current key epoch moved back"));
+    }
+    Ok(())
 }
 
 fn fork_vault_id(doc: &AutoCommit) -> Option<VaultId> {

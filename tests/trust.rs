@@ -41,20 +41,14 @@ fn forge(export: &[u8], actor: &DeviceId, victim: DeviceId) -> (Vec<u8>, Dek, Ep
     let mut doc = VaultDoc::load_trusted(export, actor).unwrap();
     let state = doc.state().unwrap();
     let vault = state.info.id;
-    let mut fake = Member {
-        device: me,
-        name: "attacker".into(),
-        role: Role::Admin,
-        identity_pub: attacker.identity_public(),
-        mailbox_pub: attacker.mailbox_public(),
-        vault_pub: attacker_vault_key.public(),
-        actor: actor_for(&me).to_bytes().to_vec(),
-        added_by: me.to_hex(),
-        added_at: 0,
-        sig: Vec::new(),
-        signer: String::new(),
-        removed: None,
-    };
+    let mut fake = Member::new(
+        &attacker,
+        attacker_vault_key.public(),
+        "attacker",
+        Role::Admin,
+        &me.to_hex(),
+        0,
+    );
     sign_member(&mut fake, &vault, &me.to_hex(), |m| attacker.sign(m));
     doc.put_member(&fake).unwrap();
 
@@ -85,6 +79,7 @@ fn forge(export: &[u8], actor: &DeviceId, victim: DeviceId) -> (Vec<u8>, Dek, Ep
         created_at: 0,
         wraps,
         untrusted: Vec::new(),
+        current_eligible: true,
     };
     doc.put_epoch(&epoch).unwrap();
     doc.commit("forged");
@@ -188,4 +183,159 @@ fn moving_the_recovery_key_is_refused() {
         "{err}"
     );
     assert_eq!(victim.export(), before);
+}
+
+/// Creates a vault with the real recovery code (so `recover` can be tried) and one token.
+fn vault_with_code(dir: &tempfile::TempDir) -> (Device, handoff::vault::RecoveryCode) {
+    let new = NewDevice {
+        name: "founder",
+        passphrase: PASS,
+        kdf: KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        },
+    };
+    let (mut device, code) = Device::init(Home::at(dir.path().join("founder")), &new, "v").unwrap();
+    let key = device.unlock(PASS).unwrap();
+    device
+        .add_token(
+            &key,
+            Service::Anthropic,
+            "work",
+            b"sk-ant-REAL",
+            true,
+            false,
+        )
+        .unwrap();
+    (device, code)
+}
+
+fn try_recover(
+    dir: &tempfile::TempDir,
+    export: &[u8],
+    code: &handoff::vault::RecoveryCode,
+) -> Result<Device, DeviceError> {
+    let new = NewDevice {
+        name: "new",
+        passphrase: PASS,
+        kdf: KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        },
+    };
+    Device::recover(Home::at(dir.path().join("recovered")), &new, export, code)
+}
+
+/// Rewrites `vault.<field>` as the given actor, the way a crafted backup would.
+fn rewrite_vault_field(
+    export: &[u8],
+    actor: &DeviceId,
+    field: &str,
+    value: ScalarValue,
+) -> Vec<u8> {
+    let mut doc = AutoCommit::load(export)
+        .unwrap()
+        .with_actor(actor_for(actor));
+    let (_, vault) = doc.get(automerge::ROOT, "vault").unwrap().unwrap();
+    doc.put(&vault, field, value).unwrap();
+    doc.commit();
+    doc.save()
+}
+
+#[test]
+fn a_crafted_backup_cannot_name_another_founder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut founder, code) = vault_with_code(&dir);
+    let export = founder.export();
+    let (forged, _, _) = forge(&export, &founder.device_id(), founder.device_id());
+    let attacker = handoff::doc::VaultDoc::load_trusted(&forged, &founder.device_id())
+        .unwrap()
+        .state()
+        .unwrap()
+        .unverified[0];
+    let crafted = rewrite_vault_field(
+        &forged,
+        &founder.device_id(),
+        "founder",
+        ScalarValue::Str(attacker.to_hex().into()),
+    );
+    let err = try_recover(&dir, &crafted, &code).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Doc(DocError::UnvouchedFounder)),
+        "{err}"
+    );
+
+    // Replacing the recovery signing key too (and re-signing genesis with it) is caught because
+    // the code derives the real key.
+    let fake_recovery = DeviceKeys::generate().unwrap();
+    let crafted = rewrite_vault_field(
+        &crafted,
+        &founder.device_id(),
+        "recovery_sign_pub",
+        ScalarValue::Bytes(fake_recovery.identity_public().to_vec()),
+    );
+    let vault = founder.state().unwrap().info.id;
+    let attacker_identity: [u8; 32] = {
+        let doc = AutoCommit::load(&forged).unwrap();
+        let (_, members) = doc.get(automerge::ROOT, "members").unwrap().unwrap();
+        let (_, record) = doc
+            .get(&members, attacker.to_hex().as_str())
+            .unwrap()
+            .unwrap();
+        let (value, _) = doc.get(&record, "identity_pub").unwrap().unwrap();
+        value.as_bytes().unwrap().try_into().unwrap()
+    };
+    let genesis = fake_recovery.sign(&handoff_protocol::binding::genesis_statement(
+        &vault,
+        &attacker,
+        &attacker_identity,
+    ));
+    let crafted = rewrite_vault_field(
+        &crafted,
+        &founder.device_id(),
+        "genesis_sig",
+        ScalarValue::Bytes(genesis.to_vec()),
+    );
+    // The crafted document is self-consistent...
+    assert!(handoff::doc::VaultDoc::load_trusted(&crafted, &founder.device_id()).is_ok());
+    // ...but not with the keys the recovery code derives.
+    let err = try_recover(&dir, &crafted, &code).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeviceError::Vault(handoff::vault::VaultError::WrongRecoveryCode)
+        ),
+        "{err}"
+    );
+    assert!(!dir.path().join("recovered/handoff.db").exists());
+}
+
+#[test]
+fn an_import_that_breaks_the_current_epoch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, _) = vault_with_code(&dir);
+    let export = victim.export();
+    let state = victim.state().unwrap();
+    let epoch = state.current_epoch().unwrap().id;
+    // As the victim's own actor: bump the current epoch's generation, breaking every wrap
+    // signature of it.
+    let mut doc = AutoCommit::load(&export)
+        .unwrap()
+        .with_actor(actor_for(&victim.device_id()));
+    let (_, epochs) = doc.get(automerge::ROOT, "epochs").unwrap().unwrap();
+    let (_, record) = doc.get(&epochs, epoch.to_hex().as_str()).unwrap().unwrap();
+    doc.put(&record, "generation", 2u64).unwrap();
+    doc.commit();
+    let before = victim.export();
+    let err = victim.import(&doc.save()).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Doc(DocError::Regression(_))),
+        "{err}"
+    );
+    assert_eq!(victim.export(), before);
+    let key = victim.unlock(PASS).unwrap();
+    let (_, secret) = victim.reveal(&key, "anthropic/work").unwrap();
+    assert_eq!(expose(&secret), b"sk-ant-REAL");
 }

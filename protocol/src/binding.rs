@@ -14,6 +14,8 @@ pub const TOKEN_DOMAIN: &[u8] = b"handoff/v1/token";
 pub const DEK_WRAP_DOMAIN: &[u8] = b"handoff/v1/dek-wrap";
 /// Domain of the statement an admin signs for each DEK wrap.
 pub const DEK_WRAP_SIG_DOMAIN: &[u8] = b"handoff/v1/dek-wrap-sig";
+/// Domain of the statement by which the recovery key vouches for the vault's founder.
+pub const GENESIS_DOMAIN: &[u8] = b"handoff/v1/genesis";
 /// Domain of the statement that vouches for a member record.
 pub const MEMBER_DOMAIN: &[u8] = b"handoff/v1/member";
 /// Domain of the AD that binds a passphrase-wrapped device key to its device.
@@ -76,6 +78,21 @@ pub fn dek_wrap_statement(
         .field(&generation.to_be_bytes())
         .field(&recipient.binding_bytes())
         .field(wrap_hash)
+        .finish()
+}
+
+/// The statement the recovery key signs at `init`: this vault was founded by this device with
+/// this identity key. It roots the member chain in something only the recovery code (and the
+/// founder at creation) could produce, so a document cannot name another founder.
+pub fn genesis_statement(
+    vault: &VaultId,
+    founder: &DeviceId,
+    founder_identity: &[u8; 32],
+) -> Vec<u8> {
+    Transcript::new(GENESIS_DOMAIN)
+        .field(vault.as_bytes())
+        .field(founder.as_bytes())
+        .field(founder_identity)
         .finish()
 }
 

@@ -19,7 +19,7 @@ use super::schema::{
 };
 use crate::vault::SignedWrap;
 use crate::vault::keys::verify_signature;
-use handoff_protocol::binding::member_statement;
+use handoff_protocol::binding::{genesis_statement, member_statement};
 
 /// One field of a map: its winning value, its object id, and whether writes conflict there.
 struct Entry {
@@ -166,17 +166,27 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn i64(&self, key: &str) -> Result<i64, DocError> {
-        self.value(key)?
+    /// A Unix time in seconds, from 1970 to the end of year 9999 (what people can read).
+    fn time(&self, key: &str) -> Result<i64, DocError> {
+        const LAST_SECOND_OF_9999: i64 = 253_402_300_799;
+        let at = self
+            .value(key)?
             .ok_or_else(|| schema(&self.sub(key), "is missing"))?
             .as_i64()
-            .ok_or_else(|| schema(&self.sub(key), "is not an integer"))
+            .ok_or_else(|| schema(&self.sub(key), "is not an integer"))?;
+        if !(0..=LAST_SECOND_OF_9999).contains(&at) {
+            return Err(schema(
+                &self.sub(key),
+                "is not a time between 1970 and 9999",
+            ));
+        }
+        Ok(at)
     }
 
-    fn opt_i64(&self, key: &str) -> Result<Option<i64>, DocError> {
+    fn opt_time(&self, key: &str) -> Result<Option<i64>, DocError> {
         match self.value(key)? {
             None => Ok(None),
-            Some(_) => self.i64(key).map(Some),
+            Some(_) => self.time(key).map(Some),
         }
     }
 
@@ -229,17 +239,33 @@ pub(super) fn read_state(
         let member = read_member(device, &members_obj.object(&key, ObjType::Map)?)?;
         records.insert(device, member);
     }
+    let founder_key = records
+        .get(&anchors.founder)
+        .map(|m| m.identity_pub)
+        .ok_or(DocError::UnvouchedFounder)?;
+    let genesis = genesis_statement(&anchors.vault, &anchors.founder, &founder_key);
+    if !verify_signature(&anchors.recovery_sign_pub, &genesis, &info.genesis_sig) {
+        return Err(DocError::UnvouchedFounder);
+    }
     let (members, unverified) = verify_members(&info.id, anchors, records);
 
-    let signer_pub = |signer: &str| -> Option<[u8; 32]> {
+    // A wrap signer's key, and whether it may still make an epoch current: the recovery key
+    // always, an admin only while active (its older wraps still open their epochs).
+    let signer_pub = |signer: &str| -> Option<WrapSigner> {
         if signer == Recipient::RECOVERY_NAME {
-            return Some(info.recovery_sign_pub);
+            return Some(WrapSigner {
+                key: info.recovery_sign_pub,
+                may_make_current: true,
+            });
         }
         let id: DeviceId = signer.parse().ok()?;
         members
             .get(&id)
             .filter(|m| m.role == Role::Admin)
-            .map(|m| m.identity_pub)
+            .map(|m| WrapSigner {
+                key: m.identity_pub,
+                may_make_current: m.is_active(),
+            })
     };
     let epochs_obj = root.object("epochs", ObjType::Map)?;
     let epoch_keys = epochs_obj.keys();
@@ -305,7 +331,7 @@ pub(super) fn read_state(
             _ => return Err(schema(&format!("audit.{i}"), "is not a map")),
         };
         audit.push(AuditEntry {
-            at: entry.i64("at")?,
+            at: entry.time("at")?,
             device: entry.str("device", limits::NAME_MAX)?,
             action: entry.str("action", limits::NAME_MAX)?,
             subject: entry.str("subject", limits::NAME_MAX)?,
@@ -345,7 +371,9 @@ fn verify_members(
                         .parse::<DeviceId>()
                         .ok()
                         .and_then(|id| verified.get(&id))
-                        .filter(|admin| admin.role == Role::Admin && admin.is_active())
+                        // A since-removed admin's admissions stay valid history. (Bounding
+                        // them by its removal point comes with `peer remove`.)
+                        .filter(|admin| admin.role == Role::Admin)
                         .map(|admin| admin.identity_pub)
                 };
                 let statement = member_statement(vault, &m.signed_fields());
@@ -370,11 +398,12 @@ fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {
         id: VaultId::from_slice(&f.bytes("id", 16)?)
             .map_err(|_| schema("vault.id", "is not 16 bytes"))?,
         name: f.str("name", limits::NAME_MAX)?,
-        created_at: f.i64("created_at")?,
+        created_at: f.time("created_at")?,
         founder: f.parsed("founder", 32)?,
         discovery_secret: f.bytes32("discovery_secret")?,
         recovery_pub: f.bytes32("recovery_pub")?,
         recovery_sign_pub: f.bytes32("recovery_sign_pub")?,
+        genesis_sig: f.bytes("genesis_sig", 64)?,
     })
 }
 
@@ -388,7 +417,7 @@ fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
     }
     let removed = match (
         f.opt_str("removed_by", 64)?,
-        f.opt_i64("removed_at")?,
+        f.opt_time("removed_at")?,
         f.opt_u64("removed_after_seq")?,
     ) {
         (None, None, None) => None,
@@ -404,23 +433,31 @@ fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
         vault_pub: f.bytes32("vault_pub")?,
         actor: f.bytes("actor", 64)?,
         added_by: f.str("added_by", 64)?,
-        added_at: f.i64("added_at")?,
+        added_at: f.time("added_at")?,
         sig: f.bytes("sig", 64)?,
         signer: f.str("signer", 64)?,
         removed,
     })
 }
 
+/// Who may sign a DEK wrap: the key to verify with, and whether its wraps can make an epoch
+/// current (the recovery key always; an admin only while active).
+struct WrapSigner {
+    key: [u8; 32],
+    may_make_current: bool,
+}
+
 fn read_epoch(
     vault: &VaultId,
     id: EpochId,
     f: &Fields<'_>,
-    signer_pub: &dyn Fn(&str) -> Option<[u8; 32]>,
+    signer_pub: &dyn Fn(&str) -> Option<WrapSigner>,
 ) -> Result<Epoch, DocError> {
     let generation = f.u64("generation")?;
     let wraps_obj = f.object("wraps", ObjType::Map)?;
     let mut wraps = BTreeMap::new();
     let mut untrusted = Vec::new();
+    let mut current_eligible = false;
     for key in wraps_obj.keys() {
         let recipient = Recipient::parse(&key)
             .map_err(|_| schema(&wraps_obj.sub(&key), "is not a device id or 'recovery'"))?;
@@ -437,10 +474,11 @@ fn read_epoch(
         // signer may have been demoted concurrently. It simply cannot be used.
         let statement =
             crate::vault::epoch::wrap_statement(vault, &id, generation, &recipient, &signed.wrap);
-        let trusted = signer_pub(&signed.signer).is_some_and(|public| {
-            crate::vault::keys::verify_signature(&public, &statement, &signed.sig)
+        let verdict = signer_pub(&signed.signer).filter(|signer| {
+            crate::vault::keys::verify_signature(&signer.key, &statement, &signed.sig)
         });
-        if trusted {
+        if let Some(signer) = verdict {
+            current_eligible |= signer.may_make_current;
             wraps.insert(recipient, signed);
         } else {
             untrusted.push(recipient);
@@ -450,9 +488,10 @@ fn read_epoch(
         id,
         generation,
         created_by: f.str("created_by", 64)?,
-        created_at: f.i64("created_at")?,
+        created_at: f.time("created_at")?,
         wraps,
         untrusted,
+        current_eligible,
     })
 }
 
@@ -479,9 +518,9 @@ fn read_token(id: TokenId, f: &Fields<'_>) -> Result<Token, DocError> {
         kind: f.parsed::<TokenKind>("kind", 16)?,
         epoch,
         ciphertext,
-        created_at: f.i64("created_at")?,
+        created_at: f.time("created_at")?,
         created_by: f.str("created_by", 64)?,
-        updated_at: f.i64("updated_at")?,
+        updated_at: f.time("updated_at")?,
         updated_by: f.str("updated_by", 64)?,
         deleted,
         conflicted,

@@ -170,6 +170,8 @@ pub struct VaultInfo {
     pub recovery_pub: [u8; 32],
     /// Ed25519 key that verifies wraps signed by the recovery member.
     pub recovery_sign_pub: [u8; 32],
+    /// The recovery key's signature over the genesis statement (vault, founder, founder key).
+    pub genesis_sig: Vec<u8>,
 }
 
 /// `members.<device id>`.
@@ -202,6 +204,32 @@ pub struct Removal {
 }
 
 impl Member {
+    /// An unsigned record for the device holding `keys` (sign it before writing it).
+    pub fn new(
+        keys: &crate::vault::DeviceKeys,
+        vault_pub: [u8; 32],
+        name: &str,
+        role: Role,
+        added_by: &str,
+        added_at: i64,
+    ) -> Self {
+        let device = keys.device_id();
+        Self {
+            device,
+            name: name.to_string(),
+            role,
+            identity_pub: keys.identity_public(),
+            mailbox_pub: keys.mailbox_public(),
+            vault_pub,
+            actor: crate::doc::actor_for(&device).to_bytes().to_vec(),
+            added_by: added_by.to_string(),
+            added_at,
+            sig: Vec::new(),
+            signer: String::new(),
+            removed: None,
+        }
+    }
+
     /// The fields the signer vouches for.
     pub fn signed_fields(&self) -> handoff_protocol::binding::MemberFields<'_> {
         handoff_protocol::binding::MemberFields {
@@ -237,6 +265,9 @@ pub struct Epoch {
     pub wraps: BTreeMap<Recipient, SignedWrap>,
     /// Recipients whose wrap is present but not validly signed: unusable, and worth reporting.
     pub untrusted: Vec<Recipient>,
+    /// Holds a trusted wrap signed by an active admin or the recovery key: only such an epoch
+    /// can be current.
+    pub current_eligible: bool,
 }
 
 /// `tokens.<token id>`.
@@ -312,7 +343,7 @@ impl VaultState {
     pub fn current_epoch(&self) -> Option<&Epoch> {
         self.epochs
             .values()
-            .filter(|e| !e.wraps.is_empty())
+            .filter(|e| e.current_eligible)
             .max_by_key(|e| (e.generation, e.id))
     }
 

@@ -265,7 +265,10 @@ fn concurrent_edits_show_as_a_conflict_after_import() {
 /// and exit 8 from `import` and `recover`, and change nothing.
 #[test]
 fn bytes_that_panic_the_document_engine_are_refused_cleanly() {
-    let crash = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/automerge-hexane-panic.bin");
+    let crash = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/automerge-hexane-panic.bin"
+    );
     let home = TestHome::new();
     let code = home.init();
     let before = home.files();
@@ -279,7 +282,13 @@ fn bytes_that_panic_the_document_engine_are_refused_cleanly() {
     let code_file = fresh.scratch("code");
     write_private(&code_file, code.as_bytes());
     fresh
-        .run(&["recover", "--from", crash, "--code-file", code_file.to_str().unwrap()])
+        .run(&[
+            "recover",
+            "--from",
+            crash,
+            "--code-file",
+            code_file.to_str().unwrap(),
+        ])
         .fails_with(8);
     assert!(!fresh.db().exists());
 }
