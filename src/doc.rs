@@ -11,6 +11,7 @@
 //! - [`schema`]: the typed records and their closed value sets.
 //! - `read`: typed reads, which are also the validation.
 
+mod chunks;
 mod contain;
 mod read;
 pub mod schema;
@@ -117,6 +118,11 @@ impl VaultDoc {
         anchors: Option<&TrustAnchors>,
     ) -> Result<Self, DocError> {
         check_size(snapshot.len())?;
+        let changes: Vec<&[u8]> = changes.into_iter().collect();
+        chunks::check_framing(snapshot)?;
+        for chunk in &changes {
+            chunks::check_framing(chunk)?;
+        }
         let (mut doc, state) = contain::contained(|| {
             let mut doc = AutoCommit::load(snapshot)
                 .map_err(|e| DocError::Damaged(e.to_string()))?
@@ -179,6 +185,7 @@ impl VaultDoc {
     /// member, a wrap or an anchor trusted, because those are checked by signature.
     pub fn ingest(&mut self, data: &[u8]) -> Result<usize, DocError> {
         check_size(data.len())?;
+        chunks::check_framing(data)?;
         let before = self.state()?;
         let heads = self.doc.get_heads();
         let actor = self.doc.get_actor().clone();
