@@ -261,14 +261,16 @@ fn concurrent_edits_show_as_a_conflict_after_import() {
     );
 }
 
-/// Bytes that make the Automerge engine itself panic (found by `fuzz/vault_doc`) give one line
-/// and exit 8 from `import` and `recover`, and change nothing.
+/// Bytes that make the Automerge engine itself panic or ask for gigabytes (found by
+/// `fuzz/vault_doc`) give one line and exit 8 from `import` and `recover`, and change nothing.
 #[test]
-fn bytes_that_panic_the_document_engine_are_refused_cleanly() {
-    let crash = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/automerge-hexane-panic.bin"
-    );
+fn bytes_that_break_the_document_engine_are_refused_cleanly() {
+    for name in ["automerge-hexane-panic.bin", "automerge-bundle-oom.bin"] {
+        refused_cleanly(&format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR")));
+    }
+}
+
+fn refused_cleanly(crash: &str) {
     let home = TestHome::new();
     let code = home.init();
     let before = home.files();
