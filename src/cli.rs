@@ -257,6 +257,27 @@ pub(crate) fn when(at: i64) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Serializes output that holds a secret straight into a zeroizing buffer, sized so it does not
+/// reallocate (and leave copies) for a secret of `secret_len` bytes, escapes included.
+pub(crate) fn secret_json<T: serde::Serialize>(
+    value: &T,
+    secret_len: usize,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(secret_len * 6 + 512));
+    serde_json::to_writer(&mut *buf, value)
+        .map_err(|e| CliError::Internal(format!("cannot encode JSON: {e}")))?;
+    Ok(buf)
+}
+
+/// Writes bytes and a newline to stdout and flushes, reporting failure instead of panicking.
+pub(crate) fn write_stdout_line(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
 /// Prints one JSON value on stdout.
 pub(crate) fn print_json(value: &serde_json::Value) {
     println!("{value}");

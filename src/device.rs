@@ -639,7 +639,8 @@ fn check_secret(service: Service, secret: &[u8]) -> Result<(), DeviceError> {
         .into());
     }
     if service.kind_of(secret) == TokenKind::OauthJson {
-        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
+        // Checks the shape without copying any value into a non-zeroizing String.
+        let parsed: Result<BTreeMap<String, serde::de::IgnoredAny>, _> =
             serde_json::from_slice(secret);
         if parsed.is_err() {
             return Err(DeviceError::InvalidInput(format!(

@@ -15,7 +15,12 @@ use super::CliError;
 /// Shortest passphrase accepted for a new vault key.
 pub const MIN_PASSPHRASE_CHARS: usize = 8;
 
-fn read_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+/// Largest passphrase or recovery-code file read.
+const SMALL_SECRET_MAX: usize = 4096;
+/// Largest token input read (the sealer's own limit is checked after trimming).
+const TOKEN_INPUT_MAX: usize = 2 * handoff_protocol::sealed_token::MAX_PLAINTEXT;
+
+fn read_file(path: &Path, what: &'static str, max: usize) -> Result<Zeroizing<Vec<u8>>, CliError> {
     let file_err = |source| CliError::File {
         what,
         path: path.to_path_buf(),
@@ -28,14 +33,36 @@ fn read_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, CliE
             path.display()
         );
     }
-    let mut buf = Zeroizing::new(Vec::new());
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|source| CliError::File {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let file = std::fs::File::open(path).map_err(file_err)?;
+    read_bounded(file, max).map_err(|source| CliError::File {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads everything into one zeroizing buffer allocated once (growing a buffer would leave
+/// copies of the secret behind in freed memory); more than `max` bytes is refused.
+fn read_bounded(mut reader: impl Read, max: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(vec![0u8; max + 1]);
+    let mut filled = 0;
+    loop {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled > max {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("more than {max} bytes"),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
     Ok(buf)
 }
 
@@ -62,7 +89,11 @@ fn prompt_hidden(
 /// The passphrase of an existing vault key.
 pub fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
     match file {
-        Some(path) => Ok(first_line(&read_file(path, "cannot read passphrase file")?)),
+        Some(path) => Ok(first_line(&read_file(
+            path,
+            "cannot read passphrase file",
+            SMALL_SECRET_MAX,
+        )?)),
         None => Ok(Zeroizing::new(
             prompt_hidden("Passphrase: ", CliError::Locked)?
                 .as_bytes()
@@ -74,7 +105,11 @@ pub fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
 /// A passphrase for a new vault key: asked twice on a terminal, checked for length.
 pub fn new_passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
     let pass = match file {
-        Some(path) => first_line(&read_file(path, "cannot read passphrase file")?),
+        Some(path) => first_line(&read_file(
+            path,
+            "cannot read passphrase file",
+            SMALL_SECRET_MAX,
+        )?),
         None => {
             let first = prompt_hidden("New passphrase: ", CliError::Usage)?;
             let again = prompt_hidden("Repeat passphrase: ", CliError::Usage)?;
@@ -99,7 +134,7 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliErro
 /// Surrounding whitespace (such as the newline `echo` adds) is removed.
 pub fn token(file: Option<&Path>, service: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
     let raw = match file {
-        Some(path) => read_file(path, "cannot read token file")?,
+        Some(path) => read_file(path, "cannot read token file", TOKEN_INPUT_MAX)?,
         None if std::io::stdin().is_terminal() => {
             let typed = rpassword::prompt_password(format!("Token for {service} (hidden): "))
                 .map(Zeroizing::new)
@@ -108,13 +143,8 @@ pub fn token(file: Option<&Path>, service: &str) -> Result<Zeroizing<Vec<u8>>, C
                 })?;
             Zeroizing::new(typed.as_bytes().to_vec())
         }
-        None => {
-            let mut buf = Zeroizing::new(Vec::new());
-            std::io::stdin().read_to_end(&mut buf).map_err(|e| {
-                CliError::Internal(format!("cannot read the token from stdin: {e}"))
-            })?;
-            buf
-        }
+        None => read_bounded(std::io::stdin().lock(), TOKEN_INPUT_MAX)
+            .map_err(|e| CliError::Usage(format!("cannot read the token from stdin: {e}")))?,
     };
     Ok(Zeroizing::new(raw.trim_ascii().to_vec()))
 }
@@ -123,7 +153,7 @@ pub fn token(file: Option<&Path>, service: &str) -> Result<Zeroizing<Vec<u8>>, C
 pub fn recovery_code(file: Option<&Path>) -> Result<Zeroizing<String>, CliError> {
     match file {
         Some(path) => {
-            let bytes = read_file(path, "cannot read recovery code file")?;
+            let bytes = read_file(path, "cannot read recovery code file", SMALL_SECRET_MAX)?;
             Ok(Zeroizing::new(
                 String::from_utf8_lossy(&bytes).trim().to_string(),
             ))

@@ -1,10 +1,10 @@
 //! `token add|list|show|rm|default`.
 
-use std::io::Write;
-
 use serde_json::json;
 
-use super::{CliError, Context, TokenCommand, input, print_json, when};
+use super::{
+    CliError, Context, TokenCommand, input, print_json, secret_json, when, write_stdout_line,
+};
 use crate::device::{Device, expose};
 use crate::doc::{Service, Token, VaultState};
 
@@ -59,7 +59,6 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                     let text = zeroize::Zeroizing::new(
                         String::from_utf8_lossy(expose(&secret)).into_owned(),
                     );
-                    // Built straight into a zeroizing buffer: no copy of the secret outlives it.
                     let line = if ctx.json {
                         let revealed = Revealed {
                             id: token.id.to_hex(),
@@ -67,16 +66,11 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                             label: &token.label,
                             secret: text.as_str(),
                         };
-                        let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(256));
-                        serde_json::to_writer(&mut *buf, &revealed)
-                            .map_err(|e| CliError::Internal(format!("cannot encode JSON: {e}")))?;
-                        buf
+                        secret_json(&revealed, text.len())?
                     } else {
                         zeroize::Zeroizing::new(text.as_bytes().to_vec())
                     };
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&line)
-                        .and_then(|()| out.write_all(b"\n"))
+                    write_stdout_line(&line)
                         .map_err(|e| CliError::Internal(format!("cannot write to stdout: {e}")))?;
                 }
             }

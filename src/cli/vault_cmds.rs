@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{CliError, Context, input, print_json};
+use super::{CliError, Context, input, print_json, secret_json, write_stdout_line};
 use crate::device::{Device, NewDevice};
 use crate::vault::{KdfParams, RecoveryCode};
 
@@ -42,28 +42,53 @@ pub(super) fn init(ctx: &Context, name: Option<String>, vault_name: &str) -> Res
     let (device, code) = Device::init(ctx.home.clone(), &new, vault_name)?;
     let state = device.state()?;
     let shown = code.reveal();
-    if ctx.json {
-        print_json(&json!({
-            "recovery_code": shown.as_str(),
-            "device_id": device.device_id().to_hex(),
-            "vault_id": state.info.id.to_hex(),
-        }));
+    let output = if ctx.json {
+        let out = InitOutput {
+            recovery_code: shown.as_str(),
+            device_id: device.device_id().to_hex(),
+            vault_id: state.info.id.to_hex(),
+        };
+        secret_json(&out, 256)?
     } else {
-        println!(
-            "Created vault '{}' on device '{}' ({}).",
+        let mut text = zeroize::Zeroizing::new(String::with_capacity(512));
+        text.push_str(&format!(
+            "Created vault '{}' on device '{}' ({}).\n\n",
             state.info.name,
             name,
             device.device_id()
+        ));
+        text.push_str("Recovery code (shown only now; write it down and keep it offline):\n\n    ");
+        text.push_str(shown.as_str());
+        text.push_str(
+            "\n\nWith this code and any copy of the vault document (`handoff export`),\n",
         );
-        println!();
-        println!("Recovery code (shown only now; write it down and keep it offline):");
-        println!();
-        println!("    {}", shown.as_str());
-        println!();
-        println!("With this code and any copy of the vault document (`handoff export`),");
-        println!("`handoff recover` regains every token if all your devices are lost.");
+        text.push_str("`handoff recover` regains every token if all your devices are lost.");
+        zeroize::Zeroizing::new(text.as_bytes().to_vec())
+    };
+    // The code exists nowhere else: if it cannot be shown, the vault must not stay behind.
+    if let Err(e) = write_stdout_line(&output) {
+        let db = device.home().db_path();
+        drop(device);
+        for path in [
+            db.clone(),
+            db.with_extension("db-wal"),
+            db.with_extension("db-shm"),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(CliError::Internal(format!(
+            "could not show the recovery code ({e}); the new vault was removed: run init again"
+        )));
     }
     Ok(())
+}
+
+/// `init --json` output.
+#[derive(serde::Serialize)]
+struct InitOutput<'a> {
+    recovery_code: &'a str,
+    device_id: String,
+    vault_id: String,
 }
 
 pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
@@ -116,17 +141,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    // create_new: never follow or reuse whatever already sits at the temporary name.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(file_err)?;
-    f.write_all(bytes)
+        .map_err(|source| CliError::File {
+            what: "cannot create (remove it if an earlier export was interrupted)",
+            path: tmp.clone(),
+            source,
+        })?;
+    let written = f
+        .write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(file_err)?;
-    std::fs::rename(&tmp, path).map_err(file_err)
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(file_err(source));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(file_err)
 }
 
 pub(super) fn export(ctx: &Context, out: Option<PathBuf>) -> Result<(), CliError> {
@@ -214,7 +254,17 @@ pub(super) fn recover(
     };
     let device = Device::recover(ctx.home.clone(), &new, &data, &code)?;
     let state = device.state()?;
-    let tokens = state.live_tokens().count();
+    // Count what this device can open: tokens under an epoch it now holds a wrap for.
+    let me = handoff_protocol::dek_wrap::Recipient::Device(device.device_id());
+    let tokens = state
+        .live_tokens()
+        .filter(|t| {
+            state
+                .epochs
+                .get(&t.epoch)
+                .is_some_and(|e| e.wraps.contains_key(&me))
+        })
+        .count();
     if ctx.json {
         print_json(
             &json!({"device_id": device.device_id().to_hex(), "vault_id": state.info.id.to_hex(), "tokens": tokens}),

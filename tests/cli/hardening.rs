@@ -58,3 +58,35 @@ fn a_second_owner_of_the_home_is_refused_with_busy() {
     drop(lock);
     home.ok(&["token", "list"]);
 }
+
+#[test]
+fn init_that_cannot_show_its_recovery_code_leaves_no_vault() {
+    let home = TestHome::new();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let child = home.command(&["init"]).stdout(full).spawn().unwrap();
+    let out = crate::support::finish(child, Duration::from_secs(60));
+    let line = out.fails_with(1).to_string();
+    assert!(line.contains("recovery code"), "{line}");
+    assert!(
+        !home.db().exists(),
+        "a vault whose code was never shown was left behind"
+    );
+    home.init(); // and the home is usable
+}
+
+#[test]
+fn export_never_writes_through_an_existing_temporary_file() {
+    let home = TestHome::new();
+    home.init();
+    let victim = home.scratch("elsewhere");
+    std::fs::write(&victim, b"untouched").unwrap();
+    let out_path = home.scratch("vault.automerge");
+    std::os::unix::fs::symlink(&victim, home.scratch("vault.automerge.tmp")).unwrap();
+    home.run(&["export", "--out", out_path.to_str().unwrap()])
+        .fails_with(1);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    assert!(!out_path.exists());
+}

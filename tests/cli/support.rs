@@ -161,18 +161,18 @@ impl TestHome {
 /// Waits for a child with a deadline; kills it and fails the test past the deadline.
 pub fn finish(mut child: Child, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).ok();
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).ok();
-        s
-    });
+    // Either stream may be redirected elsewhere by the test; read what is piped.
+    fn drain(stream: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut stream) = stream {
+                stream.read_to_string(&mut s).ok();
+            }
+            s
+        })
+    }
+    let out_reader = drain(child.stdout.take());
+    let err_reader = drain(child.stderr.take());
     let status: ExitStatus = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
