@@ -39,7 +39,7 @@ fn token_seal_open(c: &mut Criterion) {
     let sealed = dek.seal_token(at, API_KEY).unwrap();
     let mut g = c.benchmark_group("token_seal_open");
     g.bench_function("baseline", |b| {
-        b.iter(|| xchacha_seal(&[7; 32], &[9; 24], b"ad", black_box(API_KEY)))
+        b.iter(|| xchacha_seal(&[7; 32], &[9; 24], b"ad", black_box(API_KEY)).unwrap())
     });
     g.bench_function("seal", |b| {
         b.iter(|| dek.seal_token(at, black_box(API_KEY)).unwrap())

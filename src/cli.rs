@@ -199,7 +199,7 @@ fn device_exit(e: &DeviceError) -> Exit {
             | VaultError::WrongRecoveryCode
             | VaultError::MalformedRecoveryCode(_) => Exit::WrongSecret,
             VaultError::TokenTooLarge { .. } => Exit::Usage,
-            VaultError::Random(_) | VaultError::Kdf(_) => Exit::Internal,
+            VaultError::Random(_) | VaultError::Kdf(_) | VaultError::SealFailed => Exit::Internal,
             _ => Exit::Damaged,
         },
         DeviceError::AlreadyInitialized(_) | DeviceError::DuplicateLabel { .. } => Exit::Conflict,

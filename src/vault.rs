@@ -61,6 +61,8 @@ pub enum VaultError {
     Random(String),
     #[error("key derivation failed: {0}")]
     Kdf(String),
+    #[error("encryption failed: the input is beyond the cipher's limit")]
+    SealFailed,
 }
 
 /// Fills a fresh array from the OS random generator.

@@ -68,7 +68,8 @@ impl Dek {
             });
         }
         let nonce = random_array::<24>()?;
-        let ciphertext = xchacha_seal(&self.token_key(), &nonce, &at.ad(), plaintext);
+        let ciphertext = xchacha_seal(&self.token_key(), &nonce, &at.ad(), plaintext)
+            .map_err(|_| VaultError::SealFailed)?;
         Ok(SealedToken { nonce, ciphertext }.encode())
     }
 
@@ -109,14 +110,10 @@ impl Dek {
             &[0u8; 12],
             &dek_wrap_ad(vault, epoch, recipient),
             self.0.expose_secret(),
-        );
-        let mut ciphertext = [0u8; CIPHERTEXT_LEN];
-        if sealed.len() != CIPHERTEXT_LEN {
-            return Err(VaultError::Tampered {
-                what: "a new DEK wrap",
-            });
-        }
-        ciphertext.copy_from_slice(&sealed);
+        )
+        .map_err(|_| VaultError::SealFailed)?;
+        let ciphertext: [u8; CIPHERTEXT_LEN] =
+            sealed.try_into().map_err(|_| VaultError::SealFailed)?;
         Ok(DekWrap {
             ephemeral: ephemeral_pub,
             ciphertext,

@@ -83,7 +83,8 @@ impl WrappedVaultKey {
         let salt = random_array::<16>()?;
         let nonce = random_array::<24>()?;
         let kek = params.derive(passphrase, &salt)?;
-        let ciphertext = xchacha_seal(&kek, &nonce, &device_key_ad(device), &secret.to_bytes()[..]);
+        let ciphertext = xchacha_seal(&kek, &nonce, &device_key_ad(device), &secret.to_bytes()[..])
+            .map_err(|_| VaultError::SealFailed)?;
         Ok(Self {
             params,
             salt,

@@ -4,12 +4,13 @@
 //! Keeping them in one small place means the Wycheproof vectors in `tests/wycheproof.rs` test
 //! exactly the code paths the vault uses, not the crates beneath it.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{self, Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 
-/// The AEAD refused: wrong key, nonce, AD or a modified ciphertext.
+/// The AEAD refused: wrong key, nonce, AD or a modified ciphertext (or, sealing, an input past
+/// the cipher's limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("AEAD authentication failed")]
 pub struct AeadFailure;
@@ -19,18 +20,53 @@ pub struct AeadFailure;
 #[error("non-contributory X25519 result")]
 pub struct NonContributory;
 
-/// XChaCha20-Poly1305 encrypt; output is ciphertext || tag.
-pub fn xchacha_seal(key: &[u8; 32], nonce: &[u8; 24], ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    XChaCha20Poly1305::new(&(*key).into())
+/// Encrypts with AEAD `C`; output is ciphertext || tag.
+fn seal<C: Aead + KeyInit>(
+    key: &[u8; 32],
+    nonce: &aead::Nonce<C>,
+    ad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, AeadFailure> {
+    // Fails only for inputs beyond the cipher's limit (2^38 bytes); callers cap far below.
+    C::new_from_slice(key)
+        .map_err(|_| AeadFailure)?
         .encrypt(
-            &(*nonce).into(),
+            nonce,
             Payload {
                 msg: plaintext,
                 aad: ad,
             },
         )
-        // Only fails for inputs beyond 2^38 bytes; callers cap plaintexts far below that.
-        .unwrap_or_default()
+        .map_err(|_| AeadFailure)
+}
+
+/// Decrypts ciphertext || tag with AEAD `C`.
+fn open<C: Aead + KeyInit>(
+    key: &[u8; 32],
+    nonce: &aead::Nonce<C>,
+    ad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, AeadFailure> {
+    C::new_from_slice(key)
+        .map_err(|_| AeadFailure)?
+        .decrypt(
+            nonce,
+            Payload {
+                msg: ciphertext,
+                aad: ad,
+            },
+        )
+        .map_err(|_| AeadFailure)
+}
+
+/// XChaCha20-Poly1305 encrypt; output is ciphertext || tag.
+pub fn xchacha_seal(
+    key: &[u8; 32],
+    nonce: &[u8; 24],
+    ad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, AeadFailure> {
+    seal::<XChaCha20Poly1305>(key, &(*nonce).into(), ad, plaintext)
 }
 
 /// XChaCha20-Poly1305 decrypt of ciphertext || tag.
@@ -40,28 +76,17 @@ pub fn xchacha_open(
     ad: &[u8],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, AeadFailure> {
-    XChaCha20Poly1305::new(&(*key).into())
-        .decrypt(
-            &(*nonce).into(),
-            Payload {
-                msg: ciphertext,
-                aad: ad,
-            },
-        )
-        .map_err(|_| AeadFailure)
+    open::<XChaCha20Poly1305>(key, &(*nonce).into(), ad, ciphertext)
 }
 
 /// ChaCha20-Poly1305 (IETF, 12-byte nonce) encrypt; output is ciphertext || tag.
-pub fn chacha_seal(key: &[u8; 32], nonce: &[u8; 12], ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    ChaCha20Poly1305::new(&(*key).into())
-        .encrypt(
-            &(*nonce).into(),
-            Payload {
-                msg: plaintext,
-                aad: ad,
-            },
-        )
-        .unwrap_or_default()
+pub fn chacha_seal(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    ad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, AeadFailure> {
+    seal::<ChaCha20Poly1305>(key, &(*nonce).into(), ad, plaintext)
 }
 
 /// ChaCha20-Poly1305 decrypt of ciphertext || tag.
@@ -71,15 +96,7 @@ pub fn chacha_open(
     ad: &[u8],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, AeadFailure> {
-    ChaCha20Poly1305::new(&(*key).into())
-        .decrypt(
-            &(*nonce).into(),
-            Payload {
-                msg: ciphertext,
-                aad: ad,
-            },
-        )
-        .map_err(|_| AeadFailure)
+    open::<ChaCha20Poly1305>(key, &(*nonce).into(), ad, ciphertext)
 }
 
 /// X25519 agreement that refuses a low-order peer key (all-zero shared secret).
