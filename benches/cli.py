@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""End-to-end CLI timings of the release binary on a temporary home, as ratios to a baseline
+measured in the same run: `handoff --version` (process start, nothing opened).
+
+Usage: cargo build --release && python3 benches/cli.py [runs]
+Bounded: `runs` (default 20) invocations per command, each under a 60 s timeout.
+"""
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+BIN = pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "handoff"
+if not BIN.is_file():
+    sys.exit(f"{BIN} not found: run `cargo build --release` first")
+
+with tempfile.TemporaryDirectory() as tmp:
+    passphrase = pathlib.Path(tmp, "passphrase")
+    passphrase.write_text("benchmark passphrase\n")
+    os.chmod(passphrase, 0o600)
+    home = ["--home", str(pathlib.Path(tmp, "home")), "--passphrase-file", str(passphrase)]
+
+    def run(args, stdin=None):
+        subprocess.run([str(BIN)] + args, input=stdin, capture_output=True, check=True, timeout=60)
+
+    def median_ms(args, stdin=None, with_home=True):
+        samples = []
+        for i in range(RUNS):
+            argv = [a.replace("{i}", str(i)) for a in args]
+            start = time.perf_counter()
+            run((home if with_home else []) + argv, stdin)
+            samples.append((time.perf_counter() - start) * 1000)
+        return statistics.median(samples)
+
+    run(home + ["init", "--name", "bench"])
+    base = median_ms(["--version"], with_home=False)
+    rows = [
+        ("token add", median_ms(["token", "add", "anthropic", "--label", "l{i}"], b"sk-ant-api03-" + b"x" * 90)),
+        ("token list", median_ms(["token", "list"])),
+        ("token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
+        ("status", median_ms(["status"])),
+    ]
+    print(f"baseline `handoff --version`: {base:.1f} ms (median of {RUNS})")
+    for name, ms in rows:
+        print(f"  {name:<22} {ms:8.1f} ms   x{ms / base:.1f} of baseline")
