@@ -314,15 +314,14 @@ impl Device {
             &record.device_id,
             Some(&record.anchors),
         )?;
-        let device = Self {
+        Ok(Self {
             home,
             _lock: lock,
             store,
             doc,
             record,
             keys,
-        };
-        Ok(device)
+        })
     }
 
     pub fn home(&self) -> &Home {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::{CliError, Context, input, print_json, secret_json, write_stdout_line};
-use crate::device::{Device, NewDevice};
+use crate::device::{Device, DeviceError, NewDevice};
 use crate::vault::{KdfParams, RecoveryCode};
 
 /// This machine's host name, the default device name.
@@ -23,14 +23,26 @@ fn host_name() -> String {
     }
 }
 
-pub(super) fn init(ctx: &Context, name: Option<String>, vault_name: &str) -> Result<(), CliError> {
+/// `init` and `recover` need an empty home: say so before asking for anything.
+fn refuse_initialized(ctx: &Context) -> Result<(), CliError> {
     if ctx.home.is_initialized() {
-        return Err(
-            crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into(),
-        );
+        return Err(DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into());
     }
+    Ok(())
+}
+
+/// A new device's passphrase (asked twice on a terminal) and name (default: the host name).
+fn new_device_inputs(
+    ctx: &Context,
+    name: Option<String>,
+) -> Result<(zeroize::Zeroizing<Vec<u8>>, String), CliError> {
     let passphrase = input::new_passphrase(ctx.passphrase_file.as_deref())?;
-    let name = name.unwrap_or_else(host_name);
+    Ok((passphrase, name.unwrap_or_else(host_name)))
+}
+
+pub(super) fn init(ctx: &Context, name: Option<String>, vault_name: &str) -> Result<(), CliError> {
+    refuse_initialized(ctx)?;
+    let (passphrase, name) = new_device_inputs(ctx, name)?;
     let new = NewDevice {
         name: &name,
         passphrase: &passphrase,
@@ -237,16 +249,11 @@ pub(super) fn recover(
     code_file: Option<PathBuf>,
     name: Option<String>,
 ) -> Result<(), CliError> {
-    if ctx.home.is_initialized() {
-        return Err(
-            crate::device::DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into(),
-        );
-    }
+    refuse_initialized(ctx)?;
     let data = read_export(from)?;
     // The checksum catches a typo here, before either slow key derivation.
     let code = RecoveryCode::parse(&input::recovery_code(code_file.as_deref())?)?;
-    let passphrase = input::new_passphrase(ctx.passphrase_file.as_deref())?;
-    let name = name.unwrap_or_else(host_name);
+    let (passphrase, name) = new_device_inputs(ctx, name)?;
     let new = NewDevice {
         name: &name,
         passphrase: &passphrase,

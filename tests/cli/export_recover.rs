@@ -122,34 +122,20 @@ fn import_merges_an_export_of_the_same_vault_only() {
     let a = TestHome::new();
     let code = a.init();
     a.add("anthropic", "work", "sk-ant-FROM-A", &[]);
-    let a_export = a.scratch("a.automerge");
-    a.ok(&["export", "--out", a_export.to_str().unwrap()]);
-
-    let b = TestHome::new();
-    let code_file = b.scratch("code");
-    write_private(&code_file, code.as_bytes());
-    b.ok(&[
-        "recover",
-        "--from",
-        a_export.to_str().unwrap(),
-        "--code-file",
-        code_file.to_str().unwrap(),
-    ]);
+    let b = a.second_device(&code);
     b.add("openai", "default", "sk-proj-FROM-B", &[]);
-    let b_export = b.scratch("b.automerge");
-    b.ok(&["export", "--out", b_export.to_str().unwrap()]);
+    let b_export = b.export("b.automerge");
 
-    a.ok(&["import", b_export.to_str().unwrap()]);
+    a.ok(&["import", &b_export]);
     assert_eq!(a.reveal("openai/default"), "sk-proj-FROM-B");
     assert_eq!(a.list_json().len(), 2);
 
     // Another vault's export is refused and changes nothing.
     let stranger = TestHome::new();
     stranger.init();
-    let s_export = stranger.scratch("s.automerge");
-    stranger.ok(&["export", "--out", s_export.to_str().unwrap()]);
+    let s_export = stranger.export("s.automerge");
     let before = a.files();
-    a.run(&["import", s_export.to_str().unwrap()]).fails_with(6);
+    a.run(&["import", &s_export]).fails_with(6);
     // Garbage is refused as damaged.
     let junk = a.scratch("junk");
     std::fs::write(&junk, b"\x85\x6f\x4a\x83 not an automerge document").unwrap();
@@ -231,24 +217,11 @@ fn concurrent_edits_show_as_a_conflict_after_import() {
     let a = TestHome::new();
     let code = a.init();
     a.add("anthropic", "work", "sk-ant-ORIGINAL", &[]);
-    let a_export = a.scratch("a.automerge");
-    a.ok(&["export", "--out", a_export.to_str().unwrap()]);
-    let b = TestHome::new();
-    let code_file = b.scratch("code");
-    write_private(&code_file, code.as_bytes());
-    b.ok(&[
-        "recover",
-        "--from",
-        a_export.to_str().unwrap(),
-        "--code-file",
-        code_file.to_str().unwrap(),
-    ]);
+    let b = a.second_device(&code);
 
     a.add("anthropic", "work", "sk-ant-EDITED-ON-A", &["--replace"]);
     b.add("anthropic", "work", "sk-ant-EDITED-ON-B", &["--replace"]);
-    let b_export = b.scratch("b.automerge");
-    b.ok(&["export", "--out", b_export.to_str().unwrap()]);
-    a.ok(&["import", b_export.to_str().unwrap()]);
+    a.ok(&["import", &b.export("b.automerge")]);
 
     let list = a.list_json();
     assert_eq!(list.len(), 1);

@@ -147,6 +147,29 @@ impl TestHome {
             .clone()
     }
 
+    /// `export --out` into this test's scratch dir; returns the path.
+    pub fn export(&self, name: &str) -> String {
+        let path = self.scratch(name).to_str().unwrap().to_string();
+        self.ok(&["export", "--out", &path]);
+        path
+    }
+
+    /// A second device of this vault: a new home recovered from this one's export with `code`.
+    pub fn second_device(&self, code: &str) -> TestHome {
+        let export = self.export("for-second-device.automerge");
+        let other = TestHome::new();
+        let code_file = other.scratch("code");
+        write_private(&code_file, code.as_bytes());
+        other.ok(&[
+            "recover",
+            "--from",
+            &export,
+            "--code-file",
+            code_file.to_str().unwrap(),
+        ]);
+        other
+    }
+
     /// Every file under the home with its contents, to prove a failed command changed nothing.
     pub fn files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let mut out = BTreeMap::new();
