@@ -13,6 +13,7 @@
 
 mod demo;
 pub mod input;
+mod spawn_cmd;
 mod token_cmds;
 mod vault_cmds;
 
@@ -82,6 +83,26 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Start an agent here with its credential in its own environment or private files only.
+    Spawn {
+        /// claude, codex, gemini, opencode, or a custom agent from config.toml.
+        agent: String,
+        /// The directory to start it in (default: the current one).
+        #[arg(long, value_name = "D")]
+        dir: Option<PathBuf>,
+        /// Use the token with this label.
+        #[arg(long, value_name = "LABEL")]
+        profile: Option<String>,
+        /// Use a token of this service (one the agent accepts).
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// `native`: pass no credential; the agent uses its own login.
+        #[arg(long, value_name = "MODE", value_parser = ["handoff", "native"], default_value = "handoff")]
+        service_auth: String,
+        /// Arguments for the agent, after `--`.
+        #[arg(last = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the whole flow end to end on temporary homes, with built-in sample values.
     Demo,
 }
@@ -149,6 +170,8 @@ pub enum Exit {
 pub enum CliError {
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
     #[error("{0}")]
     Usage(String),
     #[error("the vault is locked: {0}")]
@@ -173,6 +196,7 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         match self {
             CliError::Device(e) => device_exit(e),
+            CliError::Spawn(e) => spawn_exit(e),
             CliError::Usage(_) => Exit::Usage,
             CliError::Locked(_) => Exit::Locked,
             CliError::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -180,6 +204,20 @@ impl CliError {
             }
             CliError::File { .. } | CliError::Internal(_) => Exit::Internal,
         }
+    }
+}
+
+fn spawn_exit(e: &crate::spawn::SpawnError) -> Exit {
+    use crate::spawn::SpawnError;
+    match e {
+        SpawnError::UnknownAgent { .. }
+        | SpawnError::ServiceNotAccepted { .. }
+        | SpawnError::Config(_) => Exit::Usage,
+        SpawnError::NotInstalled { .. }
+        | SpawnError::NoCredential { .. }
+        | SpawnError::NoProfile { .. } => Exit::NotFound,
+        SpawnError::Device(d) => device_exit(d),
+        _ => Exit::Internal,
     }
 }
 
@@ -210,8 +248,8 @@ fn device_exit(e: &DeviceError) -> Exit {
     }
 }
 
-/// Runs one parsed command.
-pub fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs one parsed command; returns the exit code on success (0, or a spawned agent's own).
+pub fn run(cli: Cli) -> Result<i32, CliError> {
     let ctx = Context {
         home: crate::home::Home::locate(cli.home).map_err(DeviceError::from)?,
         json: cli.json,
@@ -228,8 +266,27 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             code_file,
             name,
         } => vault_cmds::recover(&ctx, &from, code_file, name),
+        Command::Spawn {
+            agent,
+            dir,
+            profile,
+            service,
+            service_auth,
+            args,
+        } => {
+            let req = spawn_cmd::SpawnArgs {
+                agent,
+                dir,
+                profile,
+                service,
+                native: service_auth == "native",
+                args,
+            };
+            return spawn_cmd::spawn(&ctx, req);
+        }
         Command::Demo => demo::run(ctx.json),
     }
+    .map(|()| 0)
 }
 
 /// What every command needs besides its own arguments.

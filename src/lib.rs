@@ -8,14 +8,18 @@
 //! - [`store`]: SQLite persistence of device keys and the document.
 //! - [`home`]: the home directory, its permissions, the one-owner lock, process hardening.
 //! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon.
+//! - [`spawn`]: starting agents with a credential materialized only in the child.
+//! - [`config`]: local settings (`config.toml`): custom agents, environment allowlist.
 //! - [`cli`]: the command line.
 //!
 //! Byte formats that cross machines live in the `handoff-protocol` crate.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod device;
 pub mod doc;
 pub mod home;
+pub mod spawn;
 pub mod store;
 pub mod vault;

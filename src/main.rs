@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             .init();
     }
     match handoff::cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             // One line whatever the source said (an SQL error can quote a multi-line query).
             let message = e.to_string();

@@ -1,0 +1,89 @@
+//! `spawn AGENT`: start an agent here, in the foreground, with its credential materialized in
+//! the child only.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::{CliError, Context, input};
+use crate::config::Config;
+use crate::device::{Device, expose};
+use crate::doc::Service;
+use crate::spawn::{
+    Agent, Materialized, allowed_env, choose_token, materialize, resolve_command, run_foreground,
+};
+
+/// What `spawn` was asked for.
+#[derive(Debug)]
+pub(super) struct SpawnArgs {
+    pub agent: String,
+    pub dir: Option<PathBuf>,
+    pub profile: Option<String>,
+    pub service: Option<String>,
+    pub native: bool,
+    pub args: Vec<OsString>,
+}
+
+/// Runs the agent; returns the exit code to leave with (the agent's own).
+pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
+    // Everything that can fail without the vault fails before the passphrase is asked for.
+    let config = Config::load(ctx.home.root()).map_err(|e| CliError::Usage(e.to_string()))?;
+    let agent = Agent::find(&req.agent, &config)?;
+    let program = resolve_command(
+        &agent.name,
+        &agent.command,
+        std::env::var_os("PATH").as_deref(),
+    )?;
+    let dir = match req.dir {
+        Some(d) => d,
+        None => std::env::current_dir()
+            .map_err(|e| CliError::Usage(format!("no working directory: {e}")))?,
+    };
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let service = req
+        .service
+        .map(|s| {
+            s.parse::<Service>().map_err(|()| {
+                CliError::Usage(format!(
+                    "unknown service '{s}'; known: {}",
+                    Service::names()
+                ))
+            })
+        })
+        .transpose()?;
+
+    let credential = if req.native {
+        Materialized {
+            env: Vec::new(),
+            dir: None,
+        }
+    } else {
+        // Pick the token without the passphrase, then unlock only for the reveal; the home is
+        // not held while the user types, nor while the agent runs.
+        let (token_id, delivery) = {
+            let device = Device::open(ctx.home.clone())?;
+            let state = device.state()?;
+            let token = choose_token(&state, &agent, service, req.profile.as_deref())?;
+            let delivery = agent.delivery(token.service, token.kind).ok_or_else(|| {
+                CliError::Internal(format!(
+                    "{} has no way to receive {}",
+                    agent.name, token.service
+                ))
+            })?;
+            (token.id.to_hex(), delivery)
+        };
+        let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
+        let secret = {
+            let device = Device::open(ctx.home.clone())?;
+            let key = device.unlock(&passphrase)?;
+            device.reveal(&key, &token_id)?.1
+        };
+        materialize(&delivery, expose(&secret))?
+    };
+    let env = allowed_env(std::env::vars_os(), &config.env.allow);
+    Ok(run_foreground(&program, &req.args, &dir, env, credential)?)
+}

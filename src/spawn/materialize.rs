@@ -1,0 +1,221 @@
+//! Materialization: the environment and private files a spawned agent gets, and nothing else.
+//!
+//! The child starts from an empty environment plus an allowlist of the parent's (PATH, HOME,
+//! USER, SHELL, TERM, LANG, LC_*, TMPDIR, TZ and what `config.toml` adds), then the credential:
+//! in variables, or in files 0600 inside a fresh 0700 directory whose path the agent is given.
+//! The directory is created with a random name (so nothing can be planted there first) in
+//! `$XDG_RUNTIME_DIR` when there is one (memory-backed), else the temp dir, and removed, its
+//! files overwritten first, when the [`PrivateDir`] is dropped.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::SpawnError;
+use super::agents::Delivery;
+use crate::vault::random_array;
+
+/// Parent variables every agent may inherit.
+const BASE_ALLOW: &[&str] = &[
+    "PATH", "HOME", "USER", "SHELL", "TERM", "LANG", "LC_*", "TMPDIR", "TZ",
+];
+
+/// The parent environment filtered through the allowlist (`NAME` or `PREFIX*` patterns).
+pub fn allowed_env(
+    parent: impl IntoIterator<Item = (OsString, OsString)>,
+    extra: &[String],
+) -> Vec<(OsString, OsString)> {
+    let allowed = |name: &str| {
+        BASE_ALLOW
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            })
+    };
+    parent
+        .into_iter()
+        .filter(|(k, _)| k.to_str().is_some_and(allowed))
+        .collect()
+}
+
+/// A private directory for credential files, removed on drop.
+#[derive(Debug)]
+pub struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    /// Creates `handoff-session-<random>` (0700) under the runtime or temp dir.
+    pub fn create() -> Result<Self, SpawnError> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let name: String = random_array::<12>()
+            .map_err(|e| SpawnError::Io(e.to_string()))?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let path = base.join(format!("handoff-session-{name}"));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| SpawnError::Io(format!("cannot create {}: {e}", path.display())))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `bytes` to `relative` (creating 0700 parents), mode 0600, refusing to follow
+    /// or reuse anything already there.
+    pub fn write(&self, relative: &str, bytes: &[u8]) -> Result<PathBuf, SpawnError> {
+        let path = self.path.join(relative);
+        if let Some(parent) = path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| SpawnError::Io(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| SpawnError::Io(format!("cannot create {}: {e}", path.display())))?;
+        file.write_all(bytes)
+            .map_err(|e| SpawnError::Io(format!("cannot write {}: {e}", path.display())))?;
+        Ok(path)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        overwrite_files(&self.path);
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Best effort: zero every regular file below `dir` before it is unlinked.
+fn overwrite_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => overwrite_files(&path),
+            Ok(t) if t.is_file() => {
+                if let Ok(len) = entry.metadata().map(|m| m.len())
+                    && let Ok(mut f) = fs::OpenOptions::new().write(true).open(&path)
+                {
+                    let zeros = vec![0u8; usize::try_from(len).unwrap_or(0).min(1 << 20)];
+                    let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the child gets for its credential: variables to set, and the directory (if any) that
+/// must live as long as the child.
+#[derive(Debug)]
+pub struct Materialized {
+    pub env: Vec<(String, Zeroizing<String>)>,
+    pub dir: Option<PrivateDir>,
+}
+
+/// Turns a credential into what `delivery` says the agent expects.
+pub fn materialize(delivery: &Delivery, secret: &[u8]) -> Result<Materialized, SpawnError> {
+    match delivery {
+        Delivery::Env(names) => {
+            let value = std::str::from_utf8(secret).map_err(|_| {
+                SpawnError::Io("the stored token is not text; it cannot go in a variable".into())
+            })?;
+            let env = names
+                .iter()
+                .map(|n| (n.clone(), Zeroizing::new(value.to_string())))
+                .collect();
+            Ok(Materialized { env, dir: None })
+        }
+        Delivery::CodexHome => {
+            let dir = PrivateDir::create()?;
+            dir.write("auth.json", secret)?;
+            let home = Zeroizing::new(dir.path().to_string_lossy().into_owned());
+            Ok(Materialized {
+                env: vec![("CODEX_HOME".into(), home)],
+                dir: Some(dir),
+            })
+        }
+        Delivery::GeminiHome => {
+            let dir = PrivateDir::create()?;
+            dir.write(".gemini/oauth_creds.json", secret)?;
+            let home = Zeroizing::new(dir.path().to_string_lossy().into_owned());
+            Ok(Materialized {
+                env: vec![("HOME".into(), home)],
+                dir: Some(dir),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn allowlist_keeps_only_named_and_prefixed_variables() {
+        let parent = [
+            ("PATH", "/bin"),
+            ("LC_ALL", "C"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("EDITOR", "vi"),
+            ("GIT_DIR", "g"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let kept: Vec<String> = allowed_env(parent.clone(), &[])
+            .into_iter()
+            .map(|(k, _)| k.into_string().unwrap())
+            .collect();
+        assert_eq!(kept, ["PATH", "LC_ALL"]);
+        let kept = allowed_env(parent, &["EDITOR".into(), "GIT_*".into()]);
+        assert_eq!(kept.len(), 4);
+    }
+
+    #[test]
+    fn private_files_are_0600_in_0700_and_removed_on_drop() {
+        let m = materialize(&Delivery::GeminiHome, b"{\"refresh_token\":\"r\"}").unwrap();
+        let dir = m.dir.as_ref().unwrap().path().to_path_buf();
+        let file = dir.join(".gemini/oauth_creds.json");
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(dir.join(".gemini"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(m.env[0].0, "HOME");
+        drop(m);
+        assert!(!dir.exists());
+    }
+}
