@@ -11,3 +11,4 @@ mod export_recover;
 mod hardening;
 mod round_trip;
 mod secrecy_on_disk;
+mod spawn;

@@ -1,0 +1,369 @@
+//! `handoff spawn` with stand-in agents: scripts named like the real agents that record their
+//! argv, environment, and the modes and contents of the credential files they are given.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::{TestHome, contains, finish};
+
+const STAND_IN: &str = r#"#!/bin/sh
+# Records what this process was given, next to itself, then exits as asked.
+out="$(dirname "$0")/record.$(basename "$0")"
+{
+  for a in "$@"; do echo "ARG:$a"; done
+  env | sort | sed 's/^/ENV:/'
+  for f in "$CODEX_HOME" "$CODEX_HOME/auth.json" "$HOME/.gemini" "$HOME/.gemini/oauth_creds.json"; do
+    [ -e "$f" ] && echo "MODE:$(stat -c %a "$f"):$f"
+  done
+  [ -e "$HOME/.gemini" ] && echo "MODE:$(stat -c %a "$HOME"):$HOME"
+  [ -f "$CODEX_HOME/auth.json" ] && echo "FILE:$(cat "$CODEX_HOME/auth.json")"
+  [ -f "$HOME/.gemini/oauth_creds.json" ] && echo "FILE:$(cat "$HOME/.gemini/oauth_creds.json")"
+  echo "PWD:$(pwd)"
+} > "$out"
+case "$1" in
+  --fail) exit 42 ;;
+  --crash) kill -KILL $$ ;;
+esac
+exit 0
+"#;
+
+/// A home with stand-in agents in its own bin directory.
+struct Bench {
+    home: TestHome,
+    bin: PathBuf,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let home = TestHome::new();
+        home.init();
+        let bin = home.scratch("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for name in ["claude", "codex", "gemini", "opencode", "aider"] {
+            let path = bin.join(name);
+            std::fs::write(&path, STAND_IN).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Self { home, bin }
+    }
+
+    /// Runs `handoff spawn ARGS` with the stand-ins first on PATH and some parent variables
+    /// that must not reach the agent.
+    fn spawn(&self, args: &[&str]) -> crate::support::Output {
+        let mut full = vec!["spawn"];
+        full.extend_from_slice(args);
+        let mut cmd = self.home.command(&full);
+        cmd.env("PATH", format!("{}:/usr/bin:/bin", self.bin.display()))
+            .env("AWS_SECRET_ACCESS_KEY", "parent-secret-must-not-leak")
+            .env("GITHUB_TOKEN", "parent-token-must-not-leak")
+            .env("LC_TIME", "C");
+        finish(cmd.spawn().unwrap(), Duration::from_secs(60))
+    }
+
+    fn record(&self, agent: &str) -> Record {
+        let text = std::fs::read_to_string(self.bin.join(format!("record.{agent}"))).unwrap();
+        Record::parse(&text)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    modes: Vec<(String, PathBuf)>,
+    files: Vec<String>,
+    pwd: String,
+}
+
+impl Record {
+    fn parse(text: &str) -> Self {
+        let mut r = Record::default();
+        for line in text.lines() {
+            if let Some(a) = line.strip_prefix("ARG:") {
+                r.args.push(a.to_string());
+            } else if let Some(kv) = line.strip_prefix("ENV:") {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                r.env.insert(k.to_string(), v.to_string());
+            } else if let Some(m) = line.strip_prefix("MODE:") {
+                let (mode, path) = m.split_once(':').unwrap();
+                r.modes.push((mode.to_string(), PathBuf::from(path)));
+            } else if let Some(f) = line.strip_prefix("FILE:") {
+                r.files.push(f.to_string());
+            } else if let Some(p) = line.strip_prefix("PWD:") {
+                r.pwd = p.to_string();
+            }
+        }
+        r
+    }
+
+    /// Variable names, minus those the shell sets for itself.
+    fn names(&self) -> Vec<&str> {
+        self.env
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !matches!(*k, "PWD" | "SHLVL" | "_" | "OLDPWD"))
+            .collect()
+    }
+}
+
+const ALLOWED: &[&str] = &[
+    "PATH", "HOME", "USER", "SHELL", "TERM", "LANG", "TMPDIR", "TZ",
+];
+
+fn only_allowed_plus(record: &Record, credential_vars: &[&str]) {
+    for name in record.names() {
+        assert!(
+            ALLOWED.contains(&name) || name.starts_with("LC_") || credential_vars.contains(&name),
+            "unexpected variable {name} reached the agent: {record:?}"
+        );
+    }
+    assert!(!record.env.contains_key("AWS_SECRET_ACCESS_KEY"));
+    assert!(!record.env.contains_key("HANDOFF_PASSPHRASE_FILE"));
+    assert_eq!(
+        record.env.get("LC_TIME").map(String::as_str),
+        Some("C"),
+        "LC_* is allowed"
+    );
+}
+
+/// The secret appears in exactly the expected variables and nowhere else in what the agent saw.
+fn secret_only_in(record: &Record, secret: &str, vars: &[&str]) {
+    for (k, v) in &record.env {
+        assert_eq!(
+            v.contains(secret),
+            vars.contains(&k.as_str()),
+            "variable {k}"
+        );
+    }
+    assert!(
+        record.args.iter().all(|a| !a.contains(secret)),
+        "secret in argv"
+    );
+}
+
+fn no_plaintext_under_home(home: &TestHome, secret: &str) {
+    for (path, bytes) in home.files() {
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "{} holds the plaintext",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn claude_gets_its_api_key_in_exactly_one_variable() {
+    let b = Bench::new();
+    b.home
+        .add("anthropic", "work", "sk-ant-api03-SPAWN-CLAUDE", &[]);
+    let workdir = b.home.scratch("project");
+    std::fs::create_dir(&workdir).unwrap();
+    let out = b.spawn(&[
+        "claude",
+        "--dir",
+        workdir.to_str().unwrap(),
+        "--",
+        "--model",
+        "opus",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let r = b.record("claude");
+    assert_eq!(r.args, ["--model", "opus"]);
+    assert_eq!(r.pwd, workdir.to_str().unwrap());
+    assert_eq!(r.env["ANTHROPIC_API_KEY"], "sk-ant-api03-SPAWN-CLAUDE");
+    secret_only_in(&r, "sk-ant-api03-SPAWN-CLAUDE", &["ANTHROPIC_API_KEY"]);
+    only_allowed_plus(&r, &["ANTHROPIC_API_KEY"]);
+    assert!(!out.stdout.contains("SPAWN-CLAUDE") && !out.stderr.contains("SPAWN-CLAUDE"));
+    no_plaintext_under_home(&b.home, "SPAWN-CLAUDE");
+}
+
+#[test]
+fn profiles_and_services_select_the_token() {
+    let b = Bench::new();
+    b.home.add("anthropic", "work", "sk-ant-WORK", &[]);
+    b.home.add("anthropic", "personal", "sk-ant-PERSONAL", &[]);
+    b.home.add(
+        "claude-subscription",
+        "default",
+        "sk-ant-oat01-SUBSCRIPTION",
+        &[],
+    );
+    // Default of the first accepted service.
+    b.spawn(&["claude"]);
+    assert_eq!(b.record("claude").env["ANTHROPIC_API_KEY"], "sk-ant-WORK");
+    b.spawn(&["claude", "--profile", "personal"]);
+    assert_eq!(
+        b.record("claude").env["ANTHROPIC_API_KEY"],
+        "sk-ant-PERSONAL"
+    );
+    b.spawn(&["claude", "--service", "claude-subscription"]);
+    let r = b.record("claude");
+    assert_eq!(
+        r.env["CLAUDE_CODE_OAUTH_TOKEN"],
+        "sk-ant-oat01-SUBSCRIPTION"
+    );
+    assert!(!r.env.contains_key("ANTHROPIC_API_KEY"));
+    // Unknown label, refused service, unknown agent, missing binary: one line each.
+    let line = b
+        .spawn(&["claude", "--profile", "nope"])
+        .fails_with(5)
+        .to_string();
+    assert!(
+        line.contains("nope") && line.contains("anthropic, claude-subscription"),
+        "{line}"
+    );
+    let line = b
+        .spawn(&["claude", "--service", "gemini"])
+        .fails_with(2)
+        .to_string();
+    assert!(
+        line.contains("accepts: anthropic, claude-subscription"),
+        "{line}"
+    );
+    b.spawn(&["vim"]).fails_with(2);
+    std::fs::remove_file(b.bin.join("claude")).unwrap();
+    let line = b.spawn(&["claude"]).fails_with(5).to_string();
+    assert!(line.contains("not installed"), "{line}");
+}
+
+/// Returns the private directory the agent was given (the outermost 0700 one), after checking
+/// its, its subdirectories' and its files' modes.
+fn private_dir(r: &Record, expect_files: usize) -> PathBuf {
+    let mut dirs: Vec<&(String, PathBuf)> = r.modes.iter().filter(|(m, _)| m == "700").collect();
+    dirs.sort_by_key(|(_, p)| p.as_os_str().len());
+    let files: Vec<&(String, PathBuf)> = r.modes.iter().filter(|(m, _)| m == "600").collect();
+    assert_eq!(files.len(), expect_files, "{r:?}");
+    assert!(
+        r.modes.len() == dirs.len() + files.len(),
+        "a credential path is not 0700/0600: {r:?}"
+    );
+    dirs[0].1.clone()
+}
+
+#[test]
+fn codex_oauth_goes_in_a_private_codex_home_that_is_removed() {
+    let b = Bench::new();
+    let bundle = r#"{"tokens":{"access_token":"CODEX-ACCESS","refresh_token":"CODEX-REFRESH"}}"#;
+    b.home.add("openai-codex", "default", bundle, &[]);
+    let out = b.spawn(&["codex", "--service", "openai-codex"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let r = b.record("codex");
+    assert_eq!(r.files, [bundle]);
+    let dir = private_dir(&r, 1);
+    assert_eq!(r.env["CODEX_HOME"], dir.to_str().unwrap());
+    secret_only_in(&r, "CODEX-ACCESS", &[]);
+    only_allowed_plus(&r, &["CODEX_HOME"]);
+    assert!(!dir.exists(), "CODEX_HOME survived the session");
+    no_plaintext_under_home(&b.home, "CODEX-REFRESH");
+}
+
+#[test]
+fn gemini_oauth_gets_a_private_home_and_api_keys_two_variables() {
+    let b = Bench::new();
+    let creds = r#"{"access_token":"ya29.GEMINI","refresh_token":"1//GEMINI-REFRESH"}"#;
+    b.home.add("gemini", "oauth", creds, &[]);
+    b.home.add("gemini", "key", "AIza-GEMINI-KEY", &[]);
+    b.spawn(&["gemini", "--profile", "oauth"]);
+    let r = b.record("gemini");
+    assert_eq!(r.files, [creds]);
+    let dir = private_dir(&r, 1);
+    assert_eq!(r.env["HOME"], dir.to_str().unwrap());
+    assert!(!dir.exists());
+
+    b.spawn(&["gemini", "--profile", "key"]);
+    let r = b.record("gemini");
+    assert_eq!(r.env["GEMINI_API_KEY"], "AIza-GEMINI-KEY");
+    secret_only_in(&r, "AIza-GEMINI-KEY", &["GEMINI_API_KEY", "GOOGLE_API_KEY"]);
+    only_allowed_plus(&r, &["GEMINI_API_KEY", "GOOGLE_API_KEY"]);
+}
+
+#[test]
+fn private_files_are_removed_after_failure_and_after_a_kill() {
+    let b = Bench::new();
+    b.home.add(
+        "openai-codex",
+        "default",
+        r#"{"tokens":{"access_token":"X"}}"#,
+        &[],
+    );
+    let out = b.spawn(&["opencode", "--service", "openai-codex", "--", "--fail"]);
+    assert_eq!(
+        out.code,
+        Some(42),
+        "the agent's own exit code comes back: {out:?}"
+    );
+    let dir = private_dir(&b.record("opencode"), 1);
+    assert!(!dir.exists());
+
+    let out = b.spawn(&["opencode", "--service", "openai-codex", "--", "--crash"]);
+    assert_eq!(out.code, Some(128 + 9), "killed by SIGKILL: {out:?}");
+    let dir = private_dir(&b.record("opencode"), 1);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn native_auth_passes_nothing_and_needs_no_passphrase() {
+    let b = Bench::new();
+    b.home.add("anthropic", "work", "sk-ant-NATIVE-UNUSED", &[]);
+    let mut cmd = b
+        .home
+        .command(&["spawn", "claude", "--service-auth", "native"]);
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", b.bin.display()))
+        .env_remove("HANDOFF_PASSPHRASE_FILE");
+    let out = finish(cmd.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let r = b.record("claude");
+    only_allowed_plus_without_lc(&r);
+    assert!(r.env.values().all(|v| !v.contains("NATIVE-UNUSED")));
+}
+
+fn only_allowed_plus_without_lc(record: &Record) {
+    for name in record.names() {
+        assert!(
+            ALLOWED.contains(&name) || name.starts_with("LC_"),
+            "{name} reached the agent"
+        );
+    }
+}
+
+#[test]
+fn custom_agents_from_config_get_the_variables_they_name() {
+    let b = Bench::new();
+    std::fs::write(
+        b.home.path().join("config.toml"),
+        "[env]\nallow = [\"GITHUB_*\"]\n\n[agents.aider]\ncommand = \"aider\"\nservices = { openai = [\"OPENAI_API_KEY\", \"AIDER_OPENAI_KEY\"] }\n",
+    )
+    .unwrap();
+    b.home.add("openai", "default", "sk-proj-CUSTOM", &[]);
+    let out = b.spawn(&["aider"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let r = b.record("aider");
+    secret_only_in(
+        &r,
+        "sk-proj-CUSTOM",
+        &["OPENAI_API_KEY", "AIDER_OPENAI_KEY"],
+    );
+    assert_eq!(
+        r.env["GITHUB_TOKEN"], "parent-token-must-not-leak",
+        "config allowed GITHUB_*"
+    );
+    assert!(!r.env.contains_key("AWS_SECRET_ACCESS_KEY"));
+
+    std::fs::write(b.home.path().join("config.toml"), "[agents.bad\n").unwrap();
+    let line = b.spawn(&["aider"]).fails_with(2).to_string();
+    assert!(line.contains("config.toml"), "{line}");
+}
+
+#[test]
+fn a_missing_working_directory_is_refused_before_the_passphrase() {
+    let b = Bench::new();
+    b.home.add("anthropic", "work", "sk-ant-x", &[]);
+    let missing = Path::new("/nonexistent/handoff-test");
+    let line = b
+        .spawn(&["claude", "--dir", missing.to_str().unwrap()])
+        .fails_with(2)
+        .to_string();
+    assert!(line.contains("not a directory"), "{line}");
+}
