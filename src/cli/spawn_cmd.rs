@@ -82,6 +82,7 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
             let key = device.unlock(&passphrase)?;
             device.reveal(&key, &token_id)?.1
         };
+        crate::spawn::materialize::sweep_stale();
         materialize(&delivery, expose(&secret))?
     };
     let env = allowed_env(std::env::vars_os(), &config.env.allow);

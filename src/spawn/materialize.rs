@@ -5,7 +5,9 @@
 //! in variables, or in files 0600 inside a fresh 0700 directory whose path the agent is given.
 //! The directory is created with a random name (so nothing can be planted there first) in
 //! `$XDG_RUNTIME_DIR` when there is one (memory-backed), else the temp dir, and removed, its
-//! files overwritten first, when the [`PrivateDir`] is dropped.
+//! files overwritten first, when the [`PrivateDir`] is dropped. Its name carries the pid of the
+//! handoff process that owns it, so if that process is killed outright, the next spawn sweeps
+//! the directory away ([`sweep_stale`]).
 
 use std::ffi::OsString;
 use std::fs;
@@ -52,18 +54,15 @@ pub struct PrivateDir {
 }
 
 impl PrivateDir {
-    /// Creates `handoff-session-<random>` (0700) under the runtime or temp dir.
+    /// Creates `handoff-session-<pid>-<random>` (0700) under the runtime or temp dir.
     pub fn create() -> Result<Self, SpawnError> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+        let base = private_base();
         let name: String = random_array::<12>()
             .map_err(|e| SpawnError::Io(e.to_string()))?
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let path = base.join(format!("handoff-session-{name}"));
+        let path = base.join(format!("{PREFIX}{}-{name}", std::process::id()));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -103,6 +102,47 @@ impl Drop for PrivateDir {
         overwrite_files(&self.path);
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+const PREFIX: &str = "handoff-session-";
+
+fn private_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Removes private directories left by handoff processes that no longer exist (killed before
+/// they could clean up). Only directories this user owns are touched. Returns how many.
+pub fn sweep_stale() -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::getuid().as_raw();
+    let Ok(entries) = fs::read_dir(private_base()) else {
+        return 0;
+    };
+    let mut swept = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        if ours && !alive {
+            overwrite_files(&entry.path());
+            if fs::remove_dir_all(entry.path()).is_ok() {
+                swept += 1;
+            }
+        }
+    }
+    swept
 }
 
 /// Best effort: zero every regular file below `dir` before it is unlinked.

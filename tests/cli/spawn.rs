@@ -41,6 +41,7 @@ impl Bench {
         home.init();
         let bin = home.scratch("bin");
         std::fs::create_dir(&bin).unwrap();
+        std::fs::create_dir(home.scratch("tmp")).unwrap();
         for name in ["claude", "codex", "gemini", "opencode", "aider"] {
             let path = bin.join(name);
             std::fs::write(&path, STAND_IN).unwrap();
@@ -59,7 +60,14 @@ impl Bench {
             .env("AWS_SECRET_ACCESS_KEY", "parent-secret-must-not-leak")
             .env("GITHUB_TOKEN", "parent-token-must-not-leak")
             .env("LC_TIME", "C");
+        self.isolate_tmp(&mut cmd);
         finish(cmd.spawn().unwrap(), Duration::from_secs(60))
+    }
+
+    /// Private session directories go in this test's own temp dir.
+    fn isolate_tmp(&self, cmd: &mut std::process::Command) {
+        cmd.env("TMPDIR", self.home.scratch("tmp"))
+            .env_remove("XDG_RUNTIME_DIR");
     }
 
     fn record(&self, agent: &str) -> Record {
@@ -304,6 +312,39 @@ fn private_files_are_removed_after_failure_and_after_a_kill() {
 }
 
 #[test]
+fn directories_left_by_a_killed_handoff_are_swept_by_the_next_spawn() {
+    let b = Bench::new();
+    b.home.add(
+        "openai-codex",
+        "default",
+        r#"{"tokens":{"access_token":"SWEEP"}}"#,
+        &[],
+    );
+    // A pid that has certainly exited: a child we waited for.
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    let tmp = b.home.scratch("tmp");
+    let stale = tmp.join(format!(
+        "handoff-session-{dead_pid}-0123456789abcdef01234567"
+    ));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("auth.json"), "LEFT-BEHIND").unwrap();
+    // A live owner's directory (this test process) must be left alone.
+    let live = tmp.join(format!(
+        "handoff-session-{}-fedcba9876543210fedcba98",
+        std::process::id()
+    ));
+    std::fs::create_dir(&live).unwrap();
+
+    let out = b.spawn(&["codex", "--service", "openai-codex"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!stale.exists(), "the stale directory was not swept");
+    assert!(live.exists(), "a live process's directory was removed");
+}
+
+#[test]
 fn native_auth_passes_nothing_and_needs_no_passphrase() {
     let b = Bench::new();
     b.home.add("anthropic", "work", "sk-ant-NATIVE-UNUSED", &[]);
@@ -312,6 +353,7 @@ fn native_auth_passes_nothing_and_needs_no_passphrase() {
         .command(&["spawn", "claude", "--service-auth", "native"]);
     cmd.env("PATH", format!("{}:/usr/bin:/bin", b.bin.display()))
         .env_remove("HANDOFF_PASSPHRASE_FILE");
+    b.isolate_tmp(&mut cmd);
     let out = finish(cmd.spawn().unwrap(), Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{out:?}");
     let r = b.record("claude");
