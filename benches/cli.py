@@ -24,26 +24,42 @@ with tempfile.TemporaryDirectory() as tmp:
     os.chmod(passphrase, 0o600)
     home = ["--home", str(pathlib.Path(tmp, "home")), "--passphrase-file", str(passphrase)]
 
-    def run(args, stdin=None):
-        subprocess.run([str(BIN)] + args, input=stdin, capture_output=True, check=True, timeout=60)
+    def run(args, stdin=None, program=None):
+        argv = [program] if program else [str(BIN)] + args
+        subprocess.run(argv, input=stdin, capture_output=True, check=True, timeout=60)
 
-    def median_ms(args, stdin=None, with_home=True):
+    def median_ms(args, stdin=None, with_home=True, program=None):
         samples = []
         for i in range(RUNS):
             argv = [a.replace("{i}", str(i)) for a in args]
             start = time.perf_counter()
-            run((home if with_home else []) + argv, stdin)
+            run((home if with_home else []) + argv, stdin, program)
             samples.append((time.perf_counter() - start) * 1000)
         return statistics.median(samples)
 
     run(home + ["init", "--name", "bench"])
+    # A stand-in agent that exits at once: the spawn rows minus "agent alone" is handoff's own
+    # time from `handoff spawn` to the agent's exec (unlock, decrypt, materialize, fork/exec).
+    bindir = pathlib.Path(tmp, "bin")
+    bindir.mkdir()
+    for agent in ("claude", "codex"):
+        path = bindir / agent
+        path.write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(path, 0o755)
+    os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    run(home + ["token", "add", "openai-codex"], b'{"tokens":{"access_token":"bench"}}')
+    run(home + ["token", "add", "anthropic", "--label", "spawn"], b"sk-ant-api03-bench")
     base = median_ms(["--version"], with_home=False)
     rows = [
         ("token add", median_ms(["token", "add", "anthropic", "--label", "l{i}"], b"sk-ant-api03-" + b"x" * 90)),
         ("token list", median_ms(["token", "list"])),
         ("token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
         ("status", median_ms(["status"])),
+        ("agent alone", median_ms([], with_home=False, program=str(bindir / "claude"))),
+        ("spawn claude (env)", median_ms(["spawn", "claude"])),
+        ("spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
+        ("spawn --service-auth native", median_ms(["spawn", "claude", "--service-auth", "native"])),
     ]
     print(f"baseline `handoff --version`: {base:.1f} ms (median of {RUNS})")
     for name, ms in rows:
-        print(f"  {name:<22} {ms:8.1f} ms   x{ms / base:.1f} of baseline")
+        print(f"  {name:<30} {ms:8.1f} ms   x{ms / base:.1f} of baseline")
