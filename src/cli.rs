@@ -11,6 +11,7 @@
 //! - `token_cmds`: `token add|list|show|rm|default`.
 //! - `demo`: the end-to-end demonstration on temporary homes.
 
+mod access;
 mod demo;
 pub mod input;
 mod spawn_cmd;
@@ -164,6 +165,25 @@ pub enum Exit {
     Busy = 9,
 }
 
+impl Exit {
+    /// The exit for a code a daemon reported (unknown codes are internal errors).
+    pub fn from_code(code: u8) -> Exit {
+        [
+            Exit::Usage,
+            Exit::Locked,
+            Exit::WrongSecret,
+            Exit::NotFound,
+            Exit::Conflict,
+            Exit::Network,
+            Exit::Damaged,
+            Exit::Busy,
+        ]
+        .into_iter()
+        .find(|e| *e as u8 == code)
+        .unwrap_or(Exit::Internal)
+    }
+}
+
 /// A command's failure: one line for the user and an exit code.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -184,6 +204,9 @@ pub enum CliError {
     },
     #[error("{0}")]
     Internal(String),
+    /// A failure the daemon reported, with the exit code it chose.
+    #[error("{message}")]
+    Remote { exit: u8, message: String },
 }
 
 impl From<VaultError> for CliError {
@@ -203,6 +226,7 @@ impl CliError {
                 Exit::NotFound
             }
             CliError::File { .. } | CliError::Internal(_) => Exit::Internal,
+            CliError::Remote { exit, .. } => Exit::from_code(*exit),
         }
     }
 }

@@ -86,6 +86,11 @@ impl Home {
         &self.root
     }
 
+    /// The daemon's control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join("daemon.sock")
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.root.join("handoff.db")
     }

@@ -10,6 +10,7 @@
 //! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon.
 //! - [`spawn`]: starting agents with a credential materialized only in the child.
 //! - [`config`]: local settings (`config.toml`): custom agents, environment allowlist.
+//! - [`control`]: the CLI <-> daemon protocol, the views commands render, the client.
 //! - [`cli`]: the command line.
 //!
 //! Byte formats that cross machines live in the `handoff-protocol` crate.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod device;
 pub mod doc;
 pub mod home;

@@ -101,6 +101,17 @@ pub fn choose_token<'s>(
     })
 }
 
+/// How `token` reaches `agent` (the agent accepts its service: [`choose_token`] saw to that).
+pub fn delivery_for(agent: &Agent, token: &Token) -> Result<Delivery, SpawnError> {
+    agent
+        .delivery(token.service, token.kind)
+        .ok_or_else(|| SpawnError::ServiceNotAccepted {
+            agent: agent.name.clone(),
+            service: token.service,
+            accepted: agent.accepted_names(),
+        })
+}
+
 /// Finds `command` on `path` (or takes it as given when it names a path), executable only.
 pub fn resolve_command(
     agent: &str,

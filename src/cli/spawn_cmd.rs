@@ -4,12 +4,13 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::{CliError, Context, input};
+use super::access::Access;
+use super::{CliError, Context};
 use crate::config::Config;
-use crate::device::{Device, expose};
+
 use crate::doc::Service;
 use crate::spawn::{
-    Agent, Materialized, allowed_env, choose_token, materialize, resolve_command, run_foreground,
+    Agent, Materialized, allowed_env, materialize, resolve_command, run_foreground,
 };
 
 /// What `spawn` was asked for.
@@ -62,28 +63,10 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
             dir: None,
         }
     } else {
-        // Pick the token without the passphrase, then unlock only for the reveal; the home is
-        // not held while the user types, nor while the agent runs.
-        let (token_id, delivery) = {
-            let device = Device::open(ctx.home.clone())?;
-            let state = device.state()?;
-            let token = choose_token(&state, &agent, service, req.profile.as_deref())?;
-            let delivery = agent.delivery(token.service, token.kind).ok_or_else(|| {
-                CliError::Internal(format!(
-                    "{} has no way to receive {}",
-                    agent.name, token.service
-                ))
-            })?;
-            (token.id.to_hex(), delivery)
-        };
-        let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
-        let secret = {
-            let device = Device::open(ctx.home.clone())?;
-            let key = device.unlock(&passphrase)?;
-            device.reveal(&key, &token_id)?.1
-        };
+        let (delivery, secret) =
+            Access::open(ctx).credential(ctx, &agent, service, req.profile.as_deref())?;
         crate::spawn::materialize::sweep_stale();
-        materialize(&delivery, expose(&secret))?
+        materialize(&delivery, &secret)?
     };
     let env = allowed_env(std::env::vars_os(), &config.env.allow);
     Ok(run_foreground(&program, &req.args, &dir, env, credential)?)

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{CliError, Context, input, print_json, secret_json, write_stdout_line};
+use super::access::Access;
+use super::{CliError, Context, input, print_json, secret_json, when, write_stdout_line};
 use crate::device::{Device, DeviceError, NewDevice};
 use crate::vault::{KdfParams, RecoveryCode};
 
@@ -104,40 +105,37 @@ struct InitOutput<'a> {
 }
 
 pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
-    let device = Device::open(ctx.home.clone())?;
-    let state = device.state()?;
-    let me = device.device_id();
-    let role = state
-        .members
-        .get(&me)
-        .map_or("unknown", |m| m.role.as_str());
-    let active = state.members.values().filter(|m| m.is_active()).count();
-    let tokens = state.live_tokens().count();
-    let epoch = state.current_epoch().map(|e| e.generation).unwrap_or(0);
+    let v = Access::open(ctx).status(ctx)?;
+    let active = v.members.iter().filter(|m| m.active).count();
+    let daemon = v.daemon_pid.map_or_else(
+        || "not running".to_string(),
+        |pid| format!("running (pid {pid})"),
+    );
     if ctx.json {
-        let members: Vec<_> = state
-            .members
-            .values()
-            .map(|m| json!({"device_id": m.device.to_hex(), "name": m.name, "role": m.role.as_str(), "active": m.is_active()}))
-            .collect();
         print_json(&json!({
-            "vault": {"id": state.info.id.to_hex(), "name": state.info.name, "created_at": state.info.created_at},
-            "device": {"id": me.to_hex(), "name": device.device_name(), "role": role, "identity_pub": hex::encode(device.identity_public())},
-            "locked": true,
-            "daemon": "not running",
-            "tokens": tokens,
-            "epoch_generation": epoch,
-            "members": members,
+            "vault": {"id": v.vault_id, "name": v.vault_name, "created_at": v.vault_created_at},
+            "device": {"id": v.device_id, "name": v.device_name, "role": v.role, "identity_pub": v.identity_pub},
+            "locked": v.unlocked_until.is_none(),
+            "unlocked_until": v.unlocked_until,
+            "daemon": daemon,
+            "daemon_pid": v.daemon_pid,
+            "tokens": v.tokens,
+            "epoch_generation": v.epoch_generation,
+            "members": v.members,
             "home": ctx.home.root().display().to_string(),
         }));
     } else {
-        println!("vault    {} ({})", state.info.name, state.info.id);
-        println!("device   {} ({}), {role}", device.device_name(), me);
-        println!("lock     locked: commands that read or add a token ask for the passphrase");
-        println!("daemon   not running");
-        println!("tokens   {tokens}");
+        let lock = match v.unlocked_until {
+            Some(until) => format!("unlocked until {}", when(until)),
+            None => "locked: commands that read or add a token ask for the passphrase".into(),
+        };
+        println!("vault    {} ({})", v.vault_name, v.vault_id);
+        println!("device   {} ({}), {}", v.device_name, v.device_id, v.role);
+        println!("lock     {lock}");
+        println!("daemon   {daemon}");
+        println!("tokens   {}", v.tokens);
         println!("members  {active} active");
-        println!("epoch    generation {epoch}");
+        println!("epoch    generation {}", v.epoch_generation);
         println!("home     {}", ctx.home.root().display());
     }
     Ok(())
@@ -182,8 +180,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 }
 
 pub(super) fn export(ctx: &Context, out: Option<PathBuf>) -> Result<(), CliError> {
-    let mut device = Device::open(ctx.home.clone())?;
-    let bytes = device.export();
+    let bytes = Access::open(ctx).export(ctx)?;
     match out {
         Some(path) => {
             write_private(&path, &bytes)?;
@@ -233,8 +230,7 @@ fn read_export(path: &Path) -> Result<Vec<u8>, CliError> {
 
 pub(super) fn import(ctx: &Context, file: &Path) -> Result<(), CliError> {
     let data = read_export(file)?;
-    let mut device = Device::open(ctx.home.clone())?;
-    let new = device.import(&data)?;
+    let new = Access::open(ctx).import(ctx, data)?;
     if ctx.json {
         print_json(&json!({"new_changes": new}));
     } else {

@@ -16,7 +16,7 @@ use crate::doc::{Service, TokenKind};
 use super::SpawnError;
 
 /// How a credential reaches the child process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Delivery {
     /// In each of these environment variables.
     Env(Vec<String>),

@@ -1,0 +1,305 @@
+//! The control protocol between the CLI and the daemon, the views both render from, and the
+//! CLI's client.
+//!
+//! Transport: the Unix socket `$HANDOFF_HOME/daemon.sock` (0600 in the 0700 home; the daemon
+//! also checks the peer's uid with SO_PEERCRED). Each message is a frame: a `u32` big-endian
+//! length, then a CBOR map `{ v: VERSION, body: Request | Response }`. One request, one response,
+//! in order, on a connection. A frame over [`MAX_FRAME`] or that does not decode closes the
+//! connection; a frame of another version gets an error response naming the versions.
+//!
+//! Secrets cross this socket (a revealed token, a credential for a local spawn, a passphrase
+//! for a one-shot unlock) only between processes of the same user on the same machine.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::doc::{Token, VaultState};
+use crate::spawn::Delivery;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+/// Largest frame accepted (room for an import of the largest document).
+pub const MAX_FRAME: usize = 80 * 1024 * 1024;
+
+/// A token as commands show it: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub service: String,
+    pub label: String,
+    pub kind: String,
+    pub default: bool,
+    pub conflict: bool,
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+impl TokenView {
+    pub fn of(state: &VaultState, t: &Token) -> Self {
+        Self {
+            id: t.id.to_hex(),
+            service: t.service.as_str().into(),
+            label: t.label.clone(),
+            kind: t.kind.as_str().into(),
+            default: state.is_default(t),
+            conflict: t.conflicted,
+            created_at: t.created_at,
+            created_by: t.created_by.clone(),
+            updated_at: t.updated_at,
+            updated_by: t.updated_by.clone(),
+        }
+    }
+
+    /// Every live token, sorted by service then label.
+    pub fn all(state: &VaultState) -> Vec<Self> {
+        let mut tokens: Vec<&Token> = state.live_tokens().collect();
+        tokens.sort_by(|a, b| (a.service, &a.label).cmp(&(b.service, &b.label)));
+        tokens.into_iter().map(|t| Self::of(state, t)).collect()
+    }
+}
+
+/// A member as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    pub device_id: String,
+    pub name: String,
+    pub role: String,
+    pub active: bool,
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub vault_id: String,
+    pub vault_name: String,
+    pub vault_created_at: i64,
+    pub device_id: String,
+    pub device_name: String,
+    pub role: String,
+    pub identity_pub: String,
+    /// The daemon's pid, when one serves this home.
+    pub daemon_pid: Option<u32>,
+    /// Unix time the daemon's unlock lasts until; `None` when locked.
+    pub unlocked_until: Option<i64>,
+    pub tokens: usize,
+    pub epoch_generation: u64,
+    pub members: Vec<MemberView>,
+}
+
+impl StatusView {
+    pub fn of(device: &crate::device::Device, state: &VaultState) -> Self {
+        let me = device.device_id();
+        Self {
+            vault_id: state.info.id.to_hex(),
+            vault_name: state.info.name.clone(),
+            vault_created_at: state.info.created_at,
+            device_id: me.to_hex(),
+            device_name: device.device_name().into(),
+            role: state
+                .members
+                .get(&me)
+                .map_or("unknown", |m| m.role.as_str())
+                .into(),
+            identity_pub: hex::encode(device.identity_public()),
+            daemon_pid: None,
+            unlocked_until: None,
+            tokens: state.live_tokens().count(),
+            epoch_generation: state.current_epoch().map_or(0, |e| e.generation),
+            members: state
+                .members
+                .values()
+                .map(|m| MemberView {
+                    device_id: m.device.to_hex(),
+                    name: m.name.clone(),
+                    role: m.role.as_str().into(),
+                    active: m.is_active(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the CLI asks. A `passphrase` rides along only when the daemon said it is locked.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Ping,
+    Status,
+    ListTokens,
+    ShowToken {
+        query: String,
+    },
+    AddToken {
+        service: String,
+        label: String,
+        secret: Vec<u8>,
+        default: bool,
+        replace: bool,
+        passphrase: Option<Vec<u8>>,
+    },
+    Reveal {
+        query: String,
+        passphrase: Option<Vec<u8>>,
+    },
+    RemoveToken {
+        query: String,
+    },
+    SetDefault {
+        query: String,
+    },
+    Export,
+    Import {
+        data: Vec<u8>,
+    },
+    Unlock {
+        passphrase: Vec<u8>,
+        seconds: Option<u64>,
+    },
+    Lock,
+    /// The credential for a local spawn of `agent`.
+    Credential {
+        agent: String,
+        service: Option<String>,
+        profile: Option<String>,
+        passphrase: Option<Vec<u8>>,
+    },
+    Shutdown,
+}
+
+/// What the daemon answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Pong {
+        pid: u32,
+        unlocked_until: Option<i64>,
+    },
+    Status(StatusView),
+    Tokens(Vec<TokenView>),
+    Token(TokenView),
+    Secret {
+        token: TokenView,
+        secret: Vec<u8>,
+    },
+    Exported(Vec<u8>),
+    Imported(usize),
+    Credential {
+        delivery: Delivery,
+        secret: Vec<u8>,
+    },
+    Done,
+    /// A failure: the exit code the CLI leaves with, and its one line.
+    Error {
+        exit: u8,
+        message: String,
+    },
+}
+
+/// A frame's envelope.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub v: u32,
+    pub body: T,
+}
+
+/// Errors of the control channel itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    #[error("the daemon's control socket failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a control frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("a control frame did not decode: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a frame: length, then the CBOR envelope.
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, ControlError> {
+    let mut payload = Vec::new();
+    ciborium::into_writer(&Envelope { v: VERSION, body }, &mut payload)
+        .map_err(|e| ControlError::Malformed(e.to_string()))?;
+    let len = u32::try_from(payload.len()).map_err(|_| ControlError::TooLarge(payload.len()))?;
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+/// Checks a frame length read from the wire.
+pub fn check_len(len: [u8; 4]) -> Result<usize, ControlError> {
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(ControlError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame payload into its version and body (not yet typed).
+pub fn decode_envelope(payload: &[u8]) -> Result<Envelope<ciborium::Value>, ControlError> {
+    ciborium::from_reader(payload).map_err(|e| ControlError::Malformed(e.to_string()))
+}
+
+/// The CLI's connection to a running daemon.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects if a daemon answers on `socket`; `None` if none runs.
+    pub fn connect(socket: &Path) -> Option<Self> {
+        let stream = UnixStream::connect(socket).ok()?;
+        // A wedged daemon must not hang the CLI forever; Argon2 and imports take well under this.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .ok()?;
+        Some(Self { stream })
+    }
+
+    /// Sends one request and waits for its response.
+    pub fn call(&mut self, request: &Request) -> Result<Response, ControlError> {
+        self.stream.write_all(&encode(request)?)?;
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let mut payload = vec![0u8; check_len(len)?];
+        self.stream.read_exact(&mut payload)?;
+        let envelope = decode_envelope(&payload)?;
+        if envelope.v != VERSION {
+            return Err(ControlError::Malformed(format!(
+                "the daemon speaks control version {}, this CLI {VERSION}: restart the daemon",
+                envelope.v
+            )));
+        }
+        envelope
+            .body
+            .deserialized()
+            .map_err(|e| ControlError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_carry_the_version() {
+        let frame = encode(&Request::Reveal {
+            query: "anthropic/work".into(),
+            passphrase: None,
+        })
+        .unwrap();
+        let len = check_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        let env = decode_envelope(&frame[4..]).unwrap();
+        assert_eq!(env.v, VERSION);
+        let req: Request = env.body.deserialized().unwrap();
+        assert!(matches!(req, Request::Reveal { ref query, .. } if query == "anthropic/work"));
+        assert!(check_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
+        assert!(decode_envelope(b"\xff\x00garbage").is_err());
+    }
+}
