@@ -12,6 +12,7 @@
 //! - `demo`: the end-to-end demonstration on temporary homes.
 
 mod access;
+mod daemon_cmds;
 mod demo;
 pub mod input;
 mod spawn_cmd;
@@ -104,8 +105,43 @@ pub enum Command {
         #[arg(last = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Keep the vault key in the daemon for a while, so commands need no passphrase.
+    Unlock {
+        /// How long (e.g. 30m, 8h; default 8h).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
+    /// Drop the vault key from the daemon now.
+    Lock,
+    /// Run, stop, inspect or install the daemon.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
     /// Run the whole flow end to end on temporary homes, with built-in sample values.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start the daemon in the background (logs to $HANDOFF_HOME/daemon.log).
+    Start {
+        /// Run in this process instead (for systemd, launchd, or debugging).
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the running daemon.
+    Stop,
+    /// Whether a daemon runs, and whether it holds the key.
+    Status,
+    /// Print the end of the daemon's log.
+    Logs,
+    /// Install a systemd user unit (launchd agent on macOS) that runs the daemon at login.
+    Install {
+        /// Print the unit instead of writing it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Remove the installed unit.
+    Uninstall,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +240,10 @@ pub enum CliError {
     },
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NotRunning(String),
     /// A failure the daemon reported, with the exit code it chose.
     #[error("{message}")]
     Remote { exit: u8, message: String },
@@ -227,6 +267,8 @@ impl CliError {
             }
             CliError::File { .. } | CliError::Internal(_) => Exit::Internal,
             CliError::Remote { exit, .. } => Exit::from_code(*exit),
+            CliError::Busy(_) => Exit::Busy,
+            CliError::NotRunning(_) => Exit::NotFound,
         }
     }
 }
@@ -308,6 +350,16 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             };
             return spawn_cmd::spawn(&ctx, req);
         }
+        Command::Unlock { duration } => daemon_cmds::unlock(&ctx, duration),
+        Command::Lock => daemon_cmds::lock(&ctx),
+        Command::Daemon(cmd) => match cmd {
+            DaemonCommand::Start { foreground } => daemon_cmds::start(&ctx, foreground),
+            DaemonCommand::Stop => daemon_cmds::stop(&ctx),
+            DaemonCommand::Status => daemon_cmds::status(&ctx),
+            DaemonCommand::Logs => daemon_cmds::logs(&ctx),
+            DaemonCommand::Install { print } => daemon_cmds::install(&ctx, print),
+            DaemonCommand::Uninstall => daemon_cmds::uninstall(&ctx),
+        },
         Command::Demo => demo::run(ctx.json),
     }
     .map(|()| 0)

@@ -10,6 +10,7 @@
 //! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon.
 //! - [`spawn`]: starting agents with a credential materialized only in the child.
 //! - [`config`]: local settings (`config.toml`): custom agents, environment allowlist.
+//! - [`daemon`]: the long-running node serving the control socket.
 //! - [`control`]: the CLI <-> daemon protocol, the views commands render, the client.
 //! - [`cli`]: the command line.
 //!
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod device;
 pub mod doc;
 pub mod home;

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     if let Ok(level) = std::env::var("HANDOFF_LOG") {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_max_level(match level.as_str() {
                 "debug" => tracing::Level::DEBUG,
                 "info" => tracing::Level::INFO,
