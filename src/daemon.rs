@@ -337,7 +337,7 @@ async fn connection(
                         ))
                     })
                     .await;
-                    let response = match handled {
+                    match handled {
                         Ok(Ok((response, relocked, generation, until))) => {
                             if relocked && let Some(until) = until {
                                 arm_auto_lock(state.clone(), generation, until);
@@ -348,8 +348,7 @@ async fn connection(
                         Err(_) => error_response(&CliError::Internal(
                             "the request failed inside the daemon".into(),
                         )),
-                    };
-                    response
+                    }
                 }
             },
         };

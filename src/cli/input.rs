@@ -75,7 +75,7 @@ fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
 }
 
-const NO_TERMINAL: &str = "no terminal to ask for the passphrase: give --passphrase-file F or set HANDOFF_PASSPHRASE_FILE";
+const NO_TERMINAL: &str = "no terminal to ask for the passphrase: run `handoff unlock` (with the daemon running), or give --passphrase-file F or HANDOFF_PASSPHRASE_FILE";
 
 fn prompt_hidden(
     prompt: &str,
