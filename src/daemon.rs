@@ -237,6 +237,9 @@ async fn serve(device: Device, socket: &Path) -> Result<(), CliError> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)
         .map_err(|e| CliError::Internal(format!("cannot listen on {}: {e}", socket.display())))?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
+        |e| CliError::Internal(format!("cannot make {} private: {e}", socket.display())),
+    )?;
     let state = Arc::new(Mutex::new(State {
         device,
         key: None,

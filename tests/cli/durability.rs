@@ -19,8 +19,7 @@ impl SplitMix {
     }
 }
 
-#[test]
-fn sigkill_loses_no_acknowledged_add() {
+fn sigkill_loses_no_acknowledged_add(home: TestHome) {
     let seed = std::env::var("HANDOFF_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -31,7 +30,6 @@ fn sigkill_loses_no_acknowledged_add() {
                 .as_nanos() as u64
         });
     let mut rng = SplitMix(seed);
-    let home = TestHome::new();
     home.init();
 
     let mut acknowledged = Vec::new();
@@ -90,3 +88,5 @@ fn sigkill_loses_no_acknowledged_add() {
     }
     home.add("openai", "after", "sk-proj-after-kills", &[]);
 }
+
+crate::both_modes!(sigkill_loses_no_acknowledged_add);

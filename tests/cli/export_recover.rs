@@ -5,9 +5,7 @@ use automerge::{AutoCommit, ReadDoc};
 
 use crate::support::{TestHome, contains, write_private};
 
-#[test]
-fn export_is_plain_automerge_without_plaintext() {
-    let home = TestHome::new();
+fn export_is_plain_automerge_without_plaintext(home: TestHome) {
     home.init();
     let id = home.add("anthropic", "work", "sk-ant-api03-EXPORTED-SECRET", &[]);
     let path = home.scratch("vault.automerge");
@@ -117,9 +115,7 @@ fn recover_on_an_empty_home_reveals_every_token() {
         .fails_with(6);
 }
 
-#[test]
-fn import_merges_an_export_of_the_same_vault_only() {
-    let a = TestHome::new();
+fn import_merges_an_export_of_the_same_vault_only(a: TestHome) {
     let code = a.init();
     a.add("anthropic", "work", "sk-ant-FROM-A", &[]);
     let b = a.second_device(&code);
@@ -212,9 +208,7 @@ console.log(JSON.stringify({ schema: Number(doc.schema), vault: doc.vault.name, 
 
 /// Concurrent edits of one token on two devices both survive a merge, and the list shows the
 /// conflict instead of silently dropping one.
-#[test]
-fn concurrent_edits_show_as_a_conflict_after_import() {
-    let a = TestHome::new();
+fn concurrent_edits_show_as_a_conflict_after_import(a: TestHome) {
     let code = a.init();
     a.add("anthropic", "work", "sk-ant-ORIGINAL", &[]);
     let b = a.second_device(&code);
@@ -267,3 +261,9 @@ fn refused_cleanly(crash: &str) {
         .fails_with(8);
     assert!(!fresh.db().exists());
 }
+
+crate::both_modes!(export_is_plain_automerge_without_plaintext);
+
+crate::both_modes!(import_merges_an_export_of_the_same_vault_only);
+
+crate::both_modes!(concurrent_edits_show_as_a_conflict_after_import);

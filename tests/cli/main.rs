@@ -3,6 +3,25 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+/// Declares two tests running one body: on a home used directly, and on a home served by a
+/// daemon, so every check holds through the control socket too.
+#[macro_export]
+macro_rules! both_modes {
+    ($body:ident) => {
+        mod $body {
+            #[test]
+            fn direct() {
+                super::$body($crate::support::TestHome::new())
+            }
+
+            #[test]
+            fn through_the_daemon() {
+                super::$body($crate::support::TestHome::with_daemon())
+            }
+        }
+    };
+}
+
 mod support;
 
 mod damage;

@@ -2,9 +2,7 @@
 
 use crate::support::{TestHome, contains};
 
-#[test]
-fn init_add_list_reveal_round_trip() {
-    let home = TestHome::new();
+fn init_add_list_reveal_round_trip(home: TestHome) {
     let code = home.init();
     assert_eq!(code.split('-').count(), 8, "recovery code shape: {code}");
 
@@ -69,9 +67,7 @@ fn init_add_list_reveal_round_trip() {
         .fails_with(5);
 }
 
-#[test]
-fn usage_errors_are_one_line_with_distinct_codes() {
-    let home = TestHome::new();
+fn usage_errors_are_one_line_with_distinct_codes(home: TestHome) {
     // Before init: not found.
     home.run(&["token", "list"]).fails_with(5);
     home.init();
@@ -104,9 +100,7 @@ fn usage_errors_are_one_line_with_distinct_codes() {
     out.fails_with(3);
 }
 
-#[test]
-fn wrong_passphrase_exits_4_with_one_line() {
-    let home = TestHome::new();
+fn wrong_passphrase_exits_4_with_one_line(home: TestHome) {
     home.init();
     home.add("anthropic", "default", "sk-ant-xyz", &[]);
     let wrong = home.scratch("wrong");
@@ -128,3 +122,9 @@ fn wrong_passphrase_exits_4_with_one_line() {
     crate::support::finish(child, std::time::Duration::from_secs(60)).fails_with(4);
     assert_eq!(home.list_json().len(), 1);
 }
+
+crate::both_modes!(init_add_list_reveal_round_trip);
+
+crate::both_modes!(usage_errors_are_one_line_with_distinct_codes);
+
+crate::both_modes!(wrong_passphrase_exits_4_with_one_line);

@@ -5,9 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::support::{PASSPHRASE, TestHome, contains};
 
-#[test]
-fn no_plaintext_on_disk_and_private_modes() {
-    let home = TestHome::new();
+fn no_plaintext_on_disk_and_private_modes(home: TestHome) {
     home.init();
     // Hold a connection open so SQLite keeps the -wal and -shm files for inspection.
     let observer = rusqlite::Connection::open(home.db()).unwrap();
@@ -36,7 +34,7 @@ fn no_plaintext_on_disk_and_private_modes() {
     let export = home.scratch("export.automerge");
     home.ok(&["export", "--out", export.to_str().unwrap()]);
 
-    let files = home.files();
+    let files = home.all_files(); // the daemon's log too, when one runs
     let names: Vec<String> = files
         .keys()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -80,3 +78,5 @@ fn a_wider_home_is_tightened() {
     let mode = std::fs::metadata(home.path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+crate::both_modes!(no_plaintext_on_disk_and_private_modes);

@@ -40,10 +40,12 @@ impl Output {
     }
 }
 
-/// A temporary home plus a passphrase file kept outside it.
+/// A temporary home plus a passphrase file kept outside it; optionally served by a daemon
+/// (started by `init`, stopped on drop), so the same checks run through the control socket.
 pub struct TestHome {
     dir: tempfile::TempDir,
     pub passphrase_file: PathBuf,
+    daemon: bool,
 }
 
 pub fn binary() -> &'static str {
@@ -62,7 +64,15 @@ impl TestHome {
         Self {
             dir,
             passphrase_file,
+            daemon: false,
         }
+    }
+
+    /// A home whose `init` also starts a daemon for it.
+    pub fn with_daemon() -> Self {
+        let mut home = Self::new();
+        home.daemon = true;
+        home
     }
 
     /// The handoff home (inside the temp dir, created by the binary).
@@ -121,6 +131,9 @@ impl TestHome {
     pub fn init(&self) -> String {
         let out = self.ok(&["--json", "init", "--name", "test-device"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if self.daemon {
+            self.ok(&["daemon", "start"]);
+        }
         v["recovery_code"].as_str().unwrap().to_string()
     }
 
@@ -170,14 +183,33 @@ impl TestHome {
         other
     }
 
-    /// Every file under the home with its contents, to prove a failed command changed nothing.
+    /// Every regular file under the home with its contents, to prove a failed command changed
+    /// nothing (the daemon's socket and log are not vault state and are left out).
     pub fn files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        self.all_files()
+            .into_iter()
+            .filter(|(p, _)| p.file_name().is_none_or(|n| n != "daemon.log"))
+            .collect()
+    }
+
+    /// Every regular file under the home, the daemon's log included.
+    pub fn all_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let mut out = BTreeMap::new();
         for entry in std::fs::read_dir(self.path()).unwrap() {
-            let path = entry.unwrap().path();
-            out.insert(path.clone(), std::fs::read(&path).unwrap());
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                out.insert(entry.path(), std::fs::read(entry.path()).unwrap());
+            }
         }
         out
+    }
+}
+
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        if self.daemon {
+            let _ = self.run(&["daemon", "stop"]);
+        }
     }
 }
 
