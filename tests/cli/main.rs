@@ -24,6 +24,7 @@ macro_rules! both_modes {
 
 mod support;
 
+mod daemon;
 mod damage;
 mod durability;
 mod export_recover;
