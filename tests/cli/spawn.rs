@@ -37,7 +37,10 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
-        let home = TestHome::new();
+        Self::on(TestHome::new())
+    }
+
+    fn on(home: TestHome) -> Self {
         home.init();
         let bin = home.scratch("bin");
         std::fs::create_dir(&bin).unwrap();
@@ -408,4 +411,37 @@ fn a_missing_working_directory_is_refused_before_the_passphrase() {
         .fails_with(2)
         .to_string();
     assert!(line.contains("not a directory"), "{line}");
+}
+
+#[test]
+fn through_the_daemon_a_spawn_after_the_unlock_deadline_asks_again() {
+    let b = Bench::on(TestHome::with_daemon());
+    b.home.add("anthropic", "work", "sk-ant-VIA-DAEMON", &[]);
+    let spawn_without_passphrase = || {
+        let mut cmd = b.home.command(&["spawn", "claude"]);
+        cmd.env("PATH", format!("{}:/usr/bin:/bin", b.bin.display()))
+            .env("LC_TIME", "C")
+            .env_remove("HANDOFF_PASSPHRASE_FILE");
+        b.isolate_tmp(&mut cmd);
+        finish(cmd.spawn().unwrap(), Duration::from_secs(60))
+    };
+    b.home.ok(&["unlock", "--for", "2s"]);
+    let out = spawn_without_passphrase();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let r = b.record("claude");
+    secret_only_in(&r, "sk-ant-VIA-DAEMON", &["ANTHROPIC_API_KEY"]);
+    only_allowed_plus(&r, &["ANTHROPIC_API_KEY"]);
+    // After the deadline the daemon has locked: the spawn asks to unlock again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&b.home.ok(&["--json", "daemon", "status"])).unwrap();
+        if status["locked"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never locked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = spawn_without_passphrase().fails_with(3).to_string();
+    assert!(line.contains("handoff unlock"), "{line}");
 }
