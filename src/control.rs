@@ -263,9 +263,13 @@ impl Client {
 
     /// Sends one request and waits for its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, ControlError> {
-        self.stream.write_all(&encode(request)?)?;
+        let written = self.stream.write_all(&encode(request)?);
+        // A daemon that refuses us answers and hangs up without reading: if our write failed,
+        // its answer may still be waiting to be read, and it says more than a broken pipe.
         let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len)?;
+        if let Err(e) = self.stream.read_exact(&mut len) {
+            return Err(written.err().unwrap_or(e).into());
+        }
         let mut payload = vec![0u8; check_len(len)?];
         self.stream.read_exact(&mut payload)?;
         let envelope = decode_envelope(&payload)?;
