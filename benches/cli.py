@@ -60,6 +60,18 @@ with tempfile.TemporaryDirectory() as tmp:
         ("spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
         ("spawn --service-auth native", median_ms(["spawn", "claude", "--service-auth", "native"])),
     ]
+    # The same commands through a running, unlocked daemon.
+    run(home + ["daemon", "start"])
+    try:
+        run(home + ["unlock", "--for", "10m"])
+        rows += [
+            ("daemon: token list", median_ms(["token", "list"])),
+            ("daemon: token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
+            ("daemon: spawn claude (env)", median_ms(["spawn", "claude"])),
+            ("daemon: spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
+        ]
+    finally:
+        run(home + ["daemon", "stop"])
     print(f"baseline `handoff --version`: {base:.1f} ms (median of {RUNS})")
     for name, ms in rows:
         print(f"  {name:<30} {ms:8.1f} ms   x{ms / base:.1f} of baseline")
