@@ -15,6 +15,7 @@ mod access;
 mod daemon_cmds;
 mod demo;
 pub mod input;
+mod session_cmds;
 mod spawn_cmd;
 mod token_cmds;
 mod vault_cmds;
@@ -98,6 +99,9 @@ pub enum Command {
         /// Use a token of this service (one the agent accepts).
         #[arg(long, value_name = "SERVICE")]
         service: Option<String>,
+        /// Run it in the background: in tmux when installed, else with its output in a log.
+        #[arg(long)]
+        detach: bool,
         /// `native`: pass no credential; the agent uses its own login.
         #[arg(long, value_name = "MODE", value_parser = ["handoff", "native"], default_value = "handoff")]
         service_auth: String,
@@ -105,6 +109,9 @@ pub enum Command {
         #[arg(last = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Detached agent sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Keep the vault key in the daemon for a while, so commands need no passphrase.
     Unlock {
         /// How long (e.g. 30m, 8h; default 8h).
@@ -118,6 +125,34 @@ pub enum Command {
     Daemon(DaemonCommand),
     /// Run the whole flow end to end on temporary homes, with built-in sample values.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Sessions started with `spawn --detach`, running and ended.
+    List,
+    /// Attach to a tmux session (or print a background session's output).
+    Attach { id: String },
+    /// Stop a session: its agent gets SIGTERM, its credential files are removed.
+    Stop { id: String },
+    /// Runs inside a detached session (started by `spawn --detach`).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        fifo: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        program: PathBuf,
+        #[arg(last = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +373,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             profile,
             service,
             service_auth,
+            detach,
             args,
         } => {
             let req = spawn_cmd::SpawnArgs {
@@ -346,10 +382,36 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 profile,
                 service,
                 native: service_auth == "native",
+                detach,
                 args,
             };
             return spawn_cmd::spawn(&ctx, req);
         }
+        Command::Session(cmd) => match cmd {
+            SessionCommand::List => session_cmds::list(&ctx),
+            SessionCommand::Attach { id } => return session_cmds::attach(&ctx, &id),
+            SessionCommand::Stop { id } => session_cmds::stop(&ctx, &id),
+            SessionCommand::Supervise {
+                id,
+                agent,
+                mode,
+                fifo,
+                dir,
+                program,
+                args,
+            } => {
+                let s = session_cmds::SuperviseArgs {
+                    id,
+                    agent,
+                    mode,
+                    fifo,
+                    dir,
+                    program,
+                    args,
+                };
+                return session_cmds::supervise(&ctx, s);
+            }
+        },
         Command::Unlock { duration } => daemon_cmds::unlock(&ctx, duration),
         Command::Lock => daemon_cmds::lock(&ctx),
         Command::Daemon(cmd) => match cmd {

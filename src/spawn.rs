@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod materialize;
+pub mod session;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;

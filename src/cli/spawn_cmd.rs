@@ -21,6 +21,7 @@ pub(super) struct SpawnArgs {
     pub profile: Option<String>,
     pub service: Option<String>,
     pub native: bool,
+    pub detach: bool,
     pub args: Vec<OsString>,
 }
 
@@ -57,6 +58,28 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
         })
         .transpose()?;
 
+    if req.detach {
+        let (delivery, secret) = if req.native {
+            (None, zeroize::Zeroizing::new(Vec::new()))
+        } else {
+            let (delivery, secret) =
+                Access::open(ctx).credential(ctx, &agent, service, req.profile.as_deref())?;
+            (Some(delivery), secret)
+        };
+        return super::session_cmds::start_detached(
+            ctx,
+            super::session_cmds::Detached {
+                agent: &agent.name,
+                program: &program,
+                dir: &dir,
+                args: &req.args,
+                delivery,
+                secret,
+                env: allowed_env(std::env::vars_os(), &config.env.allow),
+            },
+        )
+        .map(|()| 0);
+    }
     let credential = if req.native {
         Materialized {
             env: Vec::new(),

@@ -25,6 +25,7 @@ out="$(dirname "$0")/record.$(basename "$0")"
 case "$1" in
   --fail) exit 42 ;;
   --crash) kill -KILL $$ ;;
+  --sleep) trap 'kill $! 2>/dev/null; exit 143' TERM; sleep 60 & wait $! ;;
 esac
 exit 0
 "#;
@@ -154,14 +155,27 @@ fn secret_only_in(record: &Record, secret: &str, vars: &[&str]) {
     );
 }
 
+/// Walks every regular file under the home (sessions and logs included).
 fn no_plaintext_under_home(home: &TestHome, secret: &str) {
-    for (path, bytes) in home.files() {
-        assert!(
-            !contains(&bytes, secret.as_bytes()),
-            "{} holds the plaintext",
-            path.display()
-        );
+    let mut pending = vec![home.path()];
+    let mut seen = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                seen += 1;
+                let bytes = std::fs::read(entry.path()).unwrap();
+                assert!(
+                    !contains(&bytes, secret.as_bytes()),
+                    "{} holds the plaintext",
+                    entry.path().display()
+                );
+            }
+        }
     }
+    assert!(seen >= 2, "the scan found too few files to mean anything");
 }
 
 #[test]
@@ -444,4 +458,167 @@ fn through_the_daemon_a_spawn_after_the_unlock_deadline_asks_again() {
     }
     let line = spawn_without_passphrase().fails_with(3).to_string();
     assert!(line.contains("handoff unlock"), "{line}");
+}
+
+/// A PATH directory with what the stand-ins need and no tmux, to force background sessions.
+fn tools_without_tmux(b: &Bench) -> PathBuf {
+    let tools = b.home.scratch("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    for tool in [
+        "sh", "env", "sort", "sed", "stat", "cat", "dirname", "basename", "sleep", "kill",
+    ] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists());
+        if let Some(path) = found {
+            let _ = std::os::unix::fs::symlink(path, tools.join(tool));
+        }
+    }
+    tools
+}
+
+/// Waits (bounded) until `session list --json` shows `id` in `state`.
+fn wait_for_state(b: &Bench, id: &str, state: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&b.home.ok(&["--json", "session", "list"])).unwrap();
+        if let Some(row) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id && r["state"] == state)
+        {
+            return row.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session {id} never reached {state}: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits (bounded) for the stand-in's record to appear.
+fn wait_for_record(b: &Bench, agent: &str) -> Record {
+    let path = b.bin.join(format!("record.{agent}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&path).is_ok_and(|t| t.contains("PWD:")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    b.record(agent)
+}
+
+fn detached_session_lifecycle(
+    b: &Bench,
+    path: &str,
+    extra_env: &[(&str, &Path)],
+) -> (String, Record) {
+    b.home.add(
+        "openai-codex",
+        "default",
+        r#"{"tokens":{"access_token":"DETACHED-SECRET"}}"#,
+        &[],
+    );
+    let mut cmd = b.home.command(&[
+        "--json",
+        "spawn",
+        "codex",
+        "--service",
+        "openai-codex",
+        "--detach",
+        "--",
+        "--sleep",
+    ]);
+    cmd.env("PATH", path).env("LC_TIME", "C");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    b.isolate_tmp(&mut cmd);
+    let out = finish(cmd.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let started: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = started["session"].as_str().unwrap().to_string();
+    // The agent runs with its credential in a private CODEX_HOME, and nothing else.
+    let r = wait_for_record(b, "codex");
+    let dir = private_dir(&r, 1);
+    assert_eq!(r.env["CODEX_HOME"], dir.to_str().unwrap());
+    assert!(
+        dir.exists(),
+        "the credential directory lives as long as the session"
+    );
+    secret_only_in(&r, "DETACHED-SECRET", &[]);
+    only_allowed_plus(&r, &["CODEX_HOME"]);
+    wait_for_state(b, &id, "running");
+    // Stop: SIGTERM reaches the agent, the directory goes, the exit is recorded.
+    b.home.ok(&["session", "stop", &id]);
+    let row = wait_for_state(b, &id, "exited 143");
+    assert_eq!(row["exit"], 143);
+    assert!(
+        !dir.exists(),
+        "the credential directory survived `session stop`"
+    );
+    no_plaintext_under_home(&b.home, "DETACHED-SECRET");
+    (id, r)
+}
+
+#[test]
+fn detached_background_session_runs_and_stops_cleanly() {
+    let b = Bench::new();
+    let tools = tools_without_tmux(&b);
+    let path = format!("{}:{}", b.bin.display(), tools.display());
+    let (id, _) = detached_session_lifecycle(&b, &path, &[]);
+    let log = b.home.path().join("sessions").join(format!("{id}.log"));
+    assert!(log.exists());
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    b.home.run(&["session", "stop", "ffffffff"]).fails_with(5);
+}
+
+#[test]
+fn detached_tmux_session_runs_and_stops_cleanly() {
+    let b = Bench::new();
+    if resolve("tmux").is_none() {
+        eprintln!("SKIPPED detached_tmux_session_runs_and_stops_cleanly: tmux is not installed");
+        return;
+    }
+    let tmux_dir = b.home.scratch("tmux");
+    std::fs::create_dir(&tmux_dir).unwrap();
+    /// Ends this test's private tmux server whatever happens.
+    struct KillServer(PathBuf);
+    impl Drop for KillServer {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux")
+                .arg("kill-server")
+                .env("TMUX_TMPDIR", &self.0)
+                .output();
+        }
+    }
+    let _server = KillServer(tmux_dir.clone());
+    let path = format!("{}:/usr/bin:/bin", b.bin.display());
+    let (id, _) = detached_session_lifecycle(&b, &path, &[("TMUX_TMPDIR", &tmux_dir)]);
+    let list: serde_json::Value =
+        serde_json::from_str(&b.home.ok(&["--json", "session", "list"])).unwrap();
+    assert_eq!(list[0]["mode"], "tmux", "{list}");
+    // The tmux session went away with the agent.
+    let ls = std::process::Command::new("tmux")
+        .arg("ls")
+        .env("TMUX_TMPDIR", &tmux_dir)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&ls.stdout).contains(&format!("handoff-{id}")));
+}
+
+fn resolve(tool: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
 }

@@ -1,0 +1,248 @@
+//! Detached sessions: an agent that outlives the command that started it.
+//!
+//! `spawn --detach` starts `handoff session supervise` inside a tmux session when tmux is
+//! installed (so `session attach` gives the terminal back), else as a background process whose
+//! output goes to a log. The credential never goes through argv or tmux's environment: the CLI
+//! creates a FIFO (0600, in a fresh 0700 directory), the supervisor opens it, and the CLI writes
+//! the [`Handover`] (how to deliver the credential, the secret, the allowlisted environment)
+//! into it. The supervisor then materializes and runs the agent exactly as a foreground spawn
+//! does, and records the session in `$HANDOFF_HOME/sessions/ID.json` (0600): who supervises it,
+//! and, once it ends, its exit code.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{Delivery, Materialized, SpawnError, materialize, run_foreground};
+
+/// Largest handover read from the FIFO.
+const HANDOVER_MAX: usize = 1024 * 1024;
+
+/// What the CLI hands the supervisor through the FIFO.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handover {
+    /// `None` for `--service-auth native`.
+    pub delivery: Option<Delivery>,
+    pub secret: Vec<u8>,
+    /// The allowlisted environment, as raw bytes.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One session's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub agent: String,
+    pub dir: String,
+    /// `tmux` or `background`.
+    pub mode: String,
+    pub supervisor_pid: u32,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub exit: Option<i32>,
+    pub log: Option<String>,
+}
+
+impl SessionRecord {
+    /// Whether its supervisor is still running.
+    pub fn is_running(&self) -> bool {
+        self.exit.is_none()
+            && i32::try_from(self.supervisor_pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    }
+
+    /// The tmux session name of a tmux-mode session.
+    pub fn tmux_name(id: &str) -> String {
+        format!("handoff-{id}")
+    }
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> SpawnError {
+    move |e| SpawnError::Io(format!("{what}: {e}"))
+}
+
+/// `$HANDOFF_HOME/sessions`, created 0700.
+pub fn sessions_dir(home: &Path) -> Result<PathBuf, SpawnError> {
+    let dir = home.join("sessions");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(format!("cannot create {}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Writes a record atomically (0600).
+pub fn save(home: &Path, record: &SessionRecord) -> Result<(), SpawnError> {
+    let dir = sessions_dir(home)?;
+    let tmp = dir.join(format!(".{}.tmp", record.id));
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| SpawnError::Io(e.to_string()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&bytes))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{}.json", record.id))))
+        .map_err(io(format!("cannot record session {}", record.id)))
+}
+
+/// Every recorded session, newest first.
+pub fn list(home: &Path) -> Vec<SessionRecord> {
+    let Ok(entries) = std::fs::read_dir(home.join("sessions")) else {
+        return Vec::new();
+    };
+    let mut records: Vec<SessionRecord> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect();
+    records.sort_by_key(|r| std::cmp::Reverse(r.started_at));
+    records
+}
+
+/// Finds a session by id or unique id prefix.
+pub fn find(home: &Path, query: &str) -> Option<SessionRecord> {
+    let matches: Vec<SessionRecord> = list(home)
+        .into_iter()
+        .filter(|r| r.id.starts_with(query))
+        .collect();
+    match matches.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// Creates the FIFO the handover goes through, in its own private directory.
+pub fn handover_fifo() -> Result<(super::PrivateDir, PathBuf), SpawnError> {
+    let dir = super::PrivateDir::create()?;
+    let fifo = dir.path().join("handover");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| SpawnError::Io(format!("cannot create {}: {e}", fifo.display())))?;
+    Ok((dir, fifo))
+}
+
+/// Writes the handover once the supervisor has opened the FIFO, waiting at most `wait`.
+pub fn send_handover(fifo: &Path, handover: &Handover, wait: Duration) -> Result<(), SpawnError> {
+    let mut payload = Zeroizing::new(Vec::new());
+    ciborium::into_writer(handover, &mut *payload).map_err(|e| SpawnError::Io(e.to_string()))?;
+    let deadline = Instant::now() + wait;
+    let mut file = loop {
+        // Non-blocking open fails until a reader has the FIFO open: poll for it, bounded.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(fifo)
+        {
+            Ok(f) => break f,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => {
+                return Err(SpawnError::Io(format!(
+                    "the session supervisor did not start: {e}"
+                )));
+            }
+        }
+    };
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+        .map_err(|e| SpawnError::Io(e.to_string()))?;
+    file.write_all(&payload)
+        .map_err(io("cannot hand the credential over".into()))
+}
+
+/// Reads the handover from the FIFO (then removes it).
+pub fn receive_handover(fifo: &Path) -> Result<Handover, SpawnError> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::fs::File::open(fifo)
+        .and_then(|f| f.take(HANDOVER_MAX as u64 + 1).read_to_end(&mut buf))
+        .map_err(io(format!("cannot read {}", fifo.display())))?;
+    let _ = std::fs::remove_file(fifo);
+    if buf.len() > HANDOVER_MAX {
+        return Err(SpawnError::Io("the handover is too large".into()));
+    }
+    ciborium::from_reader(buf.as_slice())
+        .map_err(|e| SpawnError::Io(format!("the handover did not decode: {e}")))
+}
+
+/// What the supervisor is told on its command line (nothing secret).
+#[derive(Debug)]
+pub struct Supervise<'a> {
+    pub home: &'a Path,
+    pub id: &'a str,
+    pub agent: &'a str,
+    pub mode: &'a str,
+    pub fifo: &'a Path,
+    pub program: &'a Path,
+    pub dir: &'a Path,
+    pub args: &'a [OsString],
+}
+
+fn unix_now() -> i64 {
+    crate::doc::unix_now()
+}
+
+/// The supervisor: receive the credential, record the session, run the agent, record its end.
+/// Returns the agent's exit code.
+pub fn supervise(s: &Supervise<'_>) -> Result<i32, SpawnError> {
+    let handover = receive_handover(s.fifo)?;
+    if let Some(parent) = s.fifo.parent() {
+        let _ = std::fs::remove_dir_all(parent);
+    }
+    let secret = Zeroizing::new(handover.secret);
+    let credential = match &handover.delivery {
+        Some(delivery) => materialize(delivery, &secret)?,
+        None => Materialized {
+            env: Vec::new(),
+            dir: None,
+        },
+    };
+    drop(secret);
+    let env: Vec<(OsString, OsString)> = handover
+        .env
+        .into_iter()
+        .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
+        .collect();
+    let log = (s.mode == "background").then(|| log_path(s.home, s.id).display().to_string());
+    let mut record = SessionRecord {
+        id: s.id.to_string(),
+        agent: s.agent.to_string(),
+        dir: s.dir.display().to_string(),
+        mode: s.mode.to_string(),
+        supervisor_pid: std::process::id(),
+        started_at: unix_now(),
+        ended_at: None,
+        exit: None,
+        log,
+    };
+    save(s.home, &record)?;
+    let code = run_foreground(s.program, s.args, s.dir, env, credential);
+    record.ended_at = Some(unix_now());
+    record.exit = Some(*code.as_ref().unwrap_or(&1));
+    save(s.home, &record)?;
+    code
+}
+
+/// Where a background session's output goes.
+pub fn log_path(home: &Path, id: &str) -> PathBuf {
+    home.join("sessions").join(format!("{id}.log"))
+}
+
+/// The allowlisted environment as raw bytes for the handover.
+pub fn env_bytes(env: &[(OsString, OsString)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    env.iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
