@@ -44,6 +44,9 @@ pub(super) fn start(ctx: &Context, foreground: bool) -> Result<(), CliError> {
     if foreground {
         return crate::daemon::run(ctx.home.clone());
     }
+    // Open the vault once here, so a damaged store or a busy home fails with its own exit
+    // code and message rather than as "the daemon exited".
+    drop(crate::device::Device::open(ctx.home.clone())?);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

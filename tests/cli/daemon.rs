@@ -204,3 +204,32 @@ fn install_prints_a_unit_that_runs_this_binary_for_this_home() {
     );
     assert!(!path.exists());
 }
+
+#[test]
+fn a_daemon_killed_outright_leaves_nothing_that_blocks_the_next() {
+    let home = TestHome::with_daemon();
+    home.init();
+    home.add("anthropic", "work", "sk-ant-AFTER-KILL", &[]);
+    let pid = daemon_status(&home).unwrap()["pid"].as_i64().unwrap() as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    // Bounded wait for the process to be gone (its lock goes with it; the socket file stays).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rustix::process::test_kill_process(rustix::process::Pid::from_raw(pid).unwrap()).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "the daemon did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        home.path().join("daemon.sock").exists(),
+        "a killed daemon leaves its socket file"
+    );
+    // Direct commands work at once, and a new daemon takes the home over.
+    assert_eq!(home.list_json().len(), 1);
+    home.ok(&["daemon", "start"]);
+    assert_eq!(home.reveal("anthropic/work"), "sk-ant-AFTER-KILL");
+}

@@ -6,10 +6,9 @@ use handoff_protocol::dek_wrap::Recipient;
 
 use crate::support::TestHome;
 
-/// A home with two tokens, ready to be damaged.
-fn seeded() -> TestHome {
-    let home = TestHome::new();
-    home.init();
+/// A home with two tokens, ready to be damaged (its daemon, if any, starts after the damage).
+fn seeded(home: TestHome) -> TestHome {
+    home.init_without_daemon();
     home.add("anthropic", "work", "sk-ant-api03-first", &[]);
     home.add("openai", "default", "sk-proj-second", &[]);
     home
@@ -33,8 +32,10 @@ fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState)) {
     store.append_change(&doc.take_unsaved().unwrap()).unwrap();
 }
 
-/// Runs a reveal that must fail with exit 8 and leave every file as it was.
+/// Runs a reveal (through the daemon, on a daemon-mode home) that must fail with exit 8 and
+/// leave every file as it was.
 fn reveal_fails_cleanly(home: &TestHome, query: &str) -> String {
+    home.start_daemon_if_wanted();
     let before = home.files();
     let out = home.run(&["token", "show", query, "--reveal"]);
     let line = out.fails_with(8).to_string();
@@ -43,9 +44,8 @@ fn reveal_fails_cleanly(home: &TestHome, query: &str) -> String {
     line
 }
 
-#[test]
-fn tampered_ciphertext_is_refused() {
-    let home = seeded();
+fn tampered_ciphertext_is_refused(home: TestHome) {
+    let home = seeded(home);
     tamper(&home, |doc, state| {
         let mut token = state
             .live_tokens()
@@ -65,9 +65,8 @@ fn tampered_ciphertext_is_refused() {
     assert_eq!(home.reveal("openai/default"), "sk-proj-second");
 }
 
-#[test]
-fn ciphertext_moved_to_another_token_is_refused() {
-    let home = seeded();
+fn ciphertext_moved_to_another_token_is_refused(home: TestHome) {
+    let home = seeded(home);
     tamper(&home, |doc, state| {
         let work = state.live_tokens().find(|t| t.label == "work").unwrap();
         let mut other = state
@@ -81,9 +80,8 @@ fn ciphertext_moved_to_another_token_is_refused() {
     reveal_fails_cleanly(&home, "openai/default");
 }
 
-#[test]
-fn tampered_wrap_is_refused() {
-    let home = seeded();
+fn tampered_wrap_is_refused(home: TestHome) {
+    let home = seeded(home);
     tamper(&home, |doc, state| {
         let epoch = state.current_epoch().unwrap();
         let (recipient, wrap) = epoch
@@ -99,14 +97,22 @@ fn tampered_wrap_is_refused() {
     assert!(line.contains("wrap"), "{line}");
 }
 
-#[test]
-fn argon2_parameters_above_the_caps_are_refused() {
+fn argon2_parameters_above_the_caps_are_refused(first: TestHome) {
+    let daemon = first.wants_daemon();
+    let mut first = Some(first);
     for (column, value) in [
         ("kdf_m_kib", 4 * 1024 * 1024),
         ("kdf_t", 1000),
         ("kdf_p", 64),
     ] {
-        let home = seeded();
+        let fresh = first.take().unwrap_or_else(|| {
+            if daemon {
+                TestHome::with_daemon()
+            } else {
+                TestHome::new()
+            }
+        });
+        let home = seeded(fresh);
         let conn = rusqlite::Connection::open(home.db()).unwrap();
         conn.execute(&format!("UPDATE device SET {column} = ?1"), [value])
             .unwrap();
@@ -116,13 +122,13 @@ fn argon2_parameters_above_the_caps_are_refused() {
     }
 }
 
-#[test]
-fn corrupt_database_header_is_refused() {
-    let home = seeded();
+fn corrupt_database_header_is_refused(home: TestHome) {
+    let home = seeded(home);
     let mut bytes = std::fs::read(home.db()).unwrap();
     bytes[..100].fill(0xA5);
     std::fs::write(home.db(), &bytes).unwrap();
     let before = home.files();
+    daemon_refuses_to_start(&home);
     for args in [
         &["token", "list"][..],
         &["status"],
@@ -134,12 +140,12 @@ fn corrupt_database_header_is_refused() {
     assert_eq!(home.files(), before);
 }
 
-#[test]
-fn truncated_database_is_refused() {
-    let home = seeded();
+fn truncated_database_is_refused(home: TestHome) {
+    let home = seeded(home);
     let bytes = std::fs::read(home.db()).unwrap();
     std::fs::write(home.db(), &bytes[..bytes.len() / 2]).unwrap();
     let before = home.files();
+    daemon_refuses_to_start(&home);
     let line = home.run(&["token", "list"]).fails_with(8).to_string();
     assert!(line.contains("damaged"), "{line}");
     home.run_with_stdin(&["token", "add", "gemini"], Some(b"AIza-x"))
@@ -147,9 +153,8 @@ fn truncated_database_is_refused() {
     assert_eq!(home.files(), before);
 }
 
-#[test]
-fn corrupt_document_bytes_are_refused() {
-    let home = seeded();
+fn corrupt_document_bytes_are_refused(home: TestHome) {
+    let home = seeded(home);
     // Flip a byte inside the stored document snapshot (its checksum no longer matches).
     let conn = rusqlite::Connection::open(home.db()).unwrap();
     let mut snapshot: Vec<u8> = conn
@@ -161,10 +166,38 @@ fn corrupt_document_bytes_are_refused() {
         .unwrap();
     drop(conn);
     let before = home.files();
+    daemon_refuses_to_start(&home);
     let line = home.run(&["token", "list"]).fails_with(8).to_string();
     assert!(
         line.contains("damaged") || line.contains("document"),
         "{line}"
     );
     assert_eq!(home.files(), before);
+}
+
+crate::both_modes!(tampered_ciphertext_is_refused);
+
+crate::both_modes!(ciphertext_moved_to_another_token_is_refused);
+
+crate::both_modes!(tampered_wrap_is_refused);
+
+crate::both_modes!(corrupt_database_header_is_refused);
+
+crate::both_modes!(truncated_database_is_refused);
+
+crate::both_modes!(corrupt_document_bytes_are_refused);
+
+crate::both_modes!(argon2_parameters_above_the_caps_are_refused);
+
+/// On a daemon-mode home, `daemon start` on a damaged store fails with the store's own exit code
+/// and leaves no daemon behind.
+fn daemon_refuses_to_start(home: &TestHome) {
+    if home.wants_daemon() {
+        let line = home.run(&["daemon", "start"]).fails_with(8).to_string();
+        assert!(
+            line.contains("damaged") || line.contains("document"),
+            "{line}"
+        );
+        assert!(!home.path().join("daemon.sock").exists());
+    }
 }

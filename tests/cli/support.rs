@@ -129,12 +129,27 @@ impl TestHome {
 
     /// `init --json`; returns the recovery code.
     pub fn init(&self) -> String {
+        let code = self.init_without_daemon();
+        self.start_daemon_if_wanted();
+        code
+    }
+
+    /// `init` only, even on a daemon-mode home (for tests that change the store first).
+    pub fn init_without_daemon(&self) -> String {
         let out = self.ok(&["--json", "init", "--name", "test-device"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["recovery_code"].as_str().unwrap().to_string()
+    }
+
+    /// Starts this home's daemon if it is a daemon-mode home.
+    pub fn start_daemon_if_wanted(&self) {
         if self.daemon {
             self.ok(&["daemon", "start"]);
         }
-        v["recovery_code"].as_str().unwrap().to_string()
+    }
+
+    pub fn wants_daemon(&self) -> bool {
+        self.daemon
     }
 
     /// `token add` with the secret on stdin; returns the token id.
