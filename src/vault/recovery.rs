@@ -1,7 +1,7 @@
 //! The recovery code and the recovery member it derives.
 //!
 //! At `init` the user is shown 128 random bits plus a 32-bit checksum as 32 Crockford base32
-//! characters in eight groups (`XXXX-XXXX-...`). Parsing forgives case, spaces, and the usual
+//! characters in eight groups of four (`6R50-KB5T-...`). Parsing forgives case, spaces, and the usual
 //! look-alikes (I/L read as 1, O as 0), and the checksum catches a mistyped character before
 //! the slow KDF runs. Argon2id(code bits, salt = vault id) seeds the recovery member: an X25519
 //! key every epoch's DEK is also wrapped to, and an Ed25519 key that vouches for the wraps a
