@@ -50,13 +50,24 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    /// Whether its supervisor is still running.
+    /// Whether its supervisor is still running. A recorded pid may have been reused since, so
+    /// (where /proc exists) only a process whose command line names this session counts: `session
+    /// stop` must never signal an unrelated process.
     pub fn is_running(&self) -> bool {
-        self.exit.is_none()
-            && i32::try_from(self.supervisor_pid)
+        if self.exit.is_some() {
+            return false;
+        }
+        match std::fs::read(format!("/proc/{}/cmdline", self.supervisor_pid)) {
+            Ok(cmdline) => {
+                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                args.contains(&b"supervise".as_slice()) && args.contains(&self.id.as_bytes())
+            }
+            Err(_) if Path::new("/proc/self").exists() => false,
+            Err(_) => i32::try_from(self.supervisor_pid)
                 .ok()
                 .and_then(rustix::process::Pid::from_raw)
-                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok()),
+        }
     }
 
     /// The tmux session name of a tmux-mode session.

@@ -622,3 +622,34 @@ fn resolve(tool: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(tool))
         .find(|p| p.exists())
 }
+
+#[test]
+fn session_stop_never_signals_a_process_that_reused_a_dead_sessions_pid() {
+    let b = Bench::new();
+    // A session record whose supervisor pid now belongs to an unrelated process of ours.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let sessions = b.home.path().join("sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    let record = serde_json::json!({
+        "id": "deadbeef", "agent": "claude", "dir": "/", "mode": "background",
+        "supervisor_pid": bystander.id(), "started_at": 0, "ended_at": null, "exit": null, "log": null
+    });
+    std::fs::write(sessions.join("deadbeef.json"), record.to_string()).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&b.home.ok(&["--json", "session", "list"])).unwrap();
+    assert_eq!(list[0]["state"], "lost", "{list}");
+    assert!(
+        b.home
+            .ok(&["session", "stop", "deadbeef"])
+            .contains("already ended")
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "an unrelated process was signalled"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
