@@ -254,6 +254,7 @@ async fn serve(device: Device, socket: &Path) -> Result<(), CliError> {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 connections.spawn(connection(stream, state.clone(), own_uid, stop_tx.clone()));
@@ -266,9 +267,7 @@ async fn serve(device: Device, socket: &Path) -> Result<(), CliError> {
     tracing::info!("daemon stopping");
     connections.abort_all();
     let _ = std::fs::remove_file(socket);
-    if let Ok(mut s) = state.lock() {
-        s.lock();
-    }
+    lock_state(&state).lock();
     Ok(())
 }
 
@@ -327,9 +326,7 @@ async fn connection(
                     shutdown = matches!(request, Request::Shutdown);
                     let shared = state.clone();
                     let handled = tokio::task::spawn_blocking(move || {
-                        let mut guard = shared
-                            .lock()
-                            .map_err(|_| CliError::Internal("daemon state poisoned".into()))?;
+                        let mut guard = lock_state(&shared);
                         let before = guard.generation;
                         let response = guard.handle(request)?;
                         Ok::<_, CliError>((
@@ -368,16 +365,37 @@ async fn connection(
     }
 }
 
-/// Locks at `until` unless another unlock or lock happened meanwhile.
+/// Takes the state even if a request panicked while holding it: a poisoned lock must not
+/// leave the vault unlocked with no way to lock it.
+fn lock_state(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How often the auto-lock timer compares the wall clock with the deadline. Monotonic sleeps
+/// stop while a machine is suspended; the wall clock does not.
+const AUTO_LOCK_TICK: Duration = Duration::from_secs(30);
+
+/// Locks at `until` (wall clock) unless another unlock or lock happened meanwhile.
 fn arm_auto_lock(state: Arc<Mutex<State>>, generation: u64, until: i64) {
-    let wait = u64::try_from(until.saturating_sub(unix_now())).unwrap_or(0);
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        if let Ok(mut s) = state.lock()
-            && s.generation == generation
-        {
-            s.lock();
-            tracing::info!("vault locked at the end of its unlock");
+        loop {
+            let left = u64::try_from(until.saturating_sub(unix_now())).unwrap_or(0);
+            if left > 0 {
+                tokio::time::sleep(Duration::from_secs(left).min(AUTO_LOCK_TICK)).await;
+                continue;
+            }
+            let state = state.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut s = lock_state(&state);
+                if s.generation == generation {
+                    s.lock();
+                    tracing::info!("vault locked at the end of its unlock");
+                }
+            })
+            .await;
+            return;
         }
     });
 }

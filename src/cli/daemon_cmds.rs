@@ -305,10 +305,20 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
 pub(super) fn lock(ctx: &Context) -> Result<(), CliError> {
     match ping(ctx) {
         Some((mut client, _, _)) => {
-            client
+            match client
                 .call(&Request::Lock)
-                .map_err(|e| CliError::Internal(e.to_string()))?;
-            println!("Locked.");
+                .map_err(|e| CliError::Internal(e.to_string()))?
+            {
+                Response::Done => println!("Locked."),
+                Response::Error { exit, message } => {
+                    return Err(CliError::Remote { exit, message });
+                }
+                _ => {
+                    return Err(CliError::Internal(
+                        "the daemon did not confirm the lock".into(),
+                    ));
+                }
+            }
         }
         None => println!("No daemon is running; the vault key is not held anywhere."),
     }
