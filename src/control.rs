@@ -254,6 +254,12 @@ impl Client {
     /// Connects if a daemon answers on `socket`; `None` if none runs.
     pub fn connect(socket: &Path) -> Option<Self> {
         let stream = UnixStream::connect(socket).ok()?;
+        // Passphrases go down this socket: only to a daemon of our own user. (A socket in a
+        // home we do not own is refused when the home is opened; this covers a swapped file.)
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if rustix::net::sockopt::socket_peercred(&stream).ok()?.uid != rustix::process::getuid() {
+            return None;
+        }
         // A wedged daemon must not hang the CLI forever; Argon2 and imports take well under this.
         stream
             .set_read_timeout(Some(Duration::from_secs(120)))

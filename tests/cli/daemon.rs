@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use handoff::control::{self, Envelope, Request, Response};
@@ -102,21 +103,49 @@ fn control_socket_refuses_other_versions_garbage_and_other_users() {
     home.ok(&["token", "list"]);
 
     // A client of another uid reaching the socket (modes opened up on purpose) is refused by
-    // the daemon's own SO_PEERCRED check.
+    // the daemon's own SO_PEERCRED check; and the CLI run by another uid does not talk to a
+    // daemon that is not its own (it would hand it passphrases).
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut cmd = std::process::Command::new(crate::support::binary());
-    cmd.args(["--home", home.path().to_str().unwrap(), "token", "list"])
-        .env_remove("HANDOFF_PASSPHRASE_FILE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .uid(65534)
-        .gid(65534);
-    match cmd.spawn() {
+    let as_nobody = |program: &Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            .env_remove("HANDOFF_PASSPHRASE_FILE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .uid(65534)
+            .gid(65534);
+        cmd.spawn()
+    };
+    // Connects and reads what the daemon says first, before the client has sent anything.
+    const RAW_CLIENT: &str = "import socket,sys\n\
+        s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\n\
+        print(b''.join(iter(lambda: s.recv(4096), b'')).hex())";
+    match as_nobody(
+        Path::new(crate::support::binary()),
+        &["--home", home.path().to_str().unwrap(), "token", "list"],
+    ) {
         Ok(child) => {
             let out = finish(child, Duration::from_secs(60));
             assert_ne!(out.code, Some(0), "{out:?}");
-            assert!(out.stderr.contains("refusing uid 65534"), "{out:?}");
+            assert!(
+                !out.stderr.contains("refusing uid"),
+                "the CLI talked to another user's daemon: {out:?}"
+            );
+            let python = Path::new("python3");
+            let raw = finish(
+                as_nobody(python, &["-c", RAW_CLIENT, socket.to_str().unwrap()]).unwrap(),
+                Duration::from_secs(60),
+            );
+            let reply = hex::decode(raw.stdout.trim()).unwrap_or_default();
+            assert!(reply.len() > 4, "{raw:?}");
+            let env = control::decode_envelope(&reply[4..]).unwrap();
+            match env.body.deserialized::<Response>().unwrap() {
+                Response::Error { message, .. } => {
+                    assert!(message.contains("refusing uid 65534"), "{message}");
+                }
+                other => panic!("another uid was answered: {other:?}"),
+            }
         }
         Err(e) => eprintln!(
             "SKIPPED the other-uid client: cannot run as uid 65534 here ({e}); the uid check is unit-tested in handoff::daemon"
