@@ -39,7 +39,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
 /// processes, and every file it creates private. Call first thing in `main`.
 pub fn harden_process() {
     use rustix::process::{Resource, Rlimit, setrlimit, umask};
-    umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let user = umask(PRIVATE_UMASK);
+    USER_UMASK.store(user.bits(), std::sync::atomic::Ordering::Relaxed);
     // Failure is not fatal (e.g. an unusual sandbox); the other defences still hold.
     let _ = setrlimit(
         Resource::Core,
@@ -50,6 +51,25 @@ pub fn harden_process() {
     );
     #[cfg(target_os = "linux")]
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+}
+
+const PRIVATE_UMASK: rustix::fs::Mode = rustix::fs::Mode::from_raw_mode(0o077);
+
+/// The umask the user ran handoff with, before [`harden_process`] replaced it.
+static USER_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
+/// Runs `start` (which starts a child process) under the user's own umask, so an agent
+/// creates files in a project the way the user would; handoff's own umask is back afterwards.
+/// Call it only where no other thread of this process creates files meanwhile (the CLI's
+/// spawn paths). The core-dump limit stays 0 in the child on purpose: the agent holds the
+/// credential in its environment, and a core file would write it to disk.
+pub fn with_user_umask<T>(start: impl FnOnce() -> T) -> T {
+    let user =
+        rustix::fs::Mode::from_raw_mode(USER_UMASK.load(std::sync::atomic::Ordering::Relaxed));
+    rustix::process::umask(user);
+    let started = start();
+    rustix::process::umask(PRIVATE_UMASK);
+    started
 }
 
 /// A handoff home directory.

@@ -136,29 +136,47 @@ pub fn resolve_command(
     })
 }
 
+/// Signals a spawn catches from before its credential exists until the agent is gone, so no
+/// signal can end handoff between writing the credential and cleaning it up.
+#[derive(Debug)]
+pub struct CaughtSignals(signal_hook::iterator::Signals);
+
+impl CaughtSignals {
+    /// Starts catching SIGINT, SIGQUIT, SIGTERM and SIGHUP. Call before materializing.
+    pub fn catch() -> Result<Self, SpawnError> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+        signal_hook::iterator::Signals::new([SIGINT, SIGQUIT, SIGTERM, SIGHUP])
+            .map(Self)
+            .map_err(|e| SpawnError::Io(format!("cannot set up signal handling: {e}")))
+    }
+}
+
 /// Runs `program` in `dir` with exactly `env` plus the credential, attached to this terminal,
 /// and waits. Ctrl-C and Ctrl-\ reach the child from the terminal and do not stop handoff,
 /// so cleanup always runs; SIGTERM and SIGHUP sent to handoff are passed on to the child.
 /// Returns the exit code to report: the child's, or 128 + its signal.
 pub fn run_foreground(
+    signals: CaughtSignals,
     program: &Path,
     args: &[OsString],
     dir: &Path,
     env: Vec<(OsString, OsString)>,
     credential: Materialized,
 ) -> Result<i32, SpawnError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGQUIT, SIGTERM, SIGHUP])
-        .map_err(|e| SpawnError::Io(format!("cannot set up signal handling: {e}")))?;
+    use signal_hook::consts::{SIGHUP, SIGTERM};
+    let CaughtSignals(mut signals) = signals;
     let mut cmd = Command::new(program);
     cmd.args(args).current_dir(dir).env_clear().envs(env);
     for (name, value) in &credential.env {
         cmd.env(name, value.as_str());
     }
-    let spawned = cmd.spawn();
+    let spawned = crate::home::with_user_umask(|| cmd.spawn());
     drop(cmd); // the Command holds a copy of the credential: gone as soon as the child has it
     let mut child =
         spawned.map_err(|e| SpawnError::Io(format!("cannot start {}: {e}", program.display())))?;
+    if let Some(dir) = &credential.dir {
+        dir.note_agent(child.id());
+    }
     let pid = rustix::process::Pid::from_child(&child);
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {

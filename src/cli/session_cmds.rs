@@ -58,7 +58,7 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
         "--".into(),
     ];
     supervisor_args.extend(d.args.iter().cloned());
-    let started = match &tmux {
+    let started = crate::home::with_user_umask(|| match &tmux {
         Some(tmux) => Command::new(tmux)
             .args([
                 "new-session",
@@ -109,7 +109,7 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
                 .map(drop)
                 .map_err(|e| CliError::Internal(format!("cannot start the session: {e}")))
         }
-    };
+    });
     started?;
     let handover = Handover {
         delivery: d.delivery,

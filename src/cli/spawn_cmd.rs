@@ -80,6 +80,7 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
         )
         .map(|()| 0);
     }
+    let signals = crate::spawn::CaughtSignals::catch()?;
     let credential = if req.native {
         Materialized {
             env: Vec::new(),
@@ -92,5 +93,7 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
         materialize(&delivery, &secret)?
     };
     let env = allowed_env(std::env::vars_os(), &config.env.allow);
-    Ok(run_foreground(&program, &req.args, &dir, env, credential)?)
+    Ok(run_foreground(
+        signals, &program, &req.args, &dir, env, credential,
+    )?)
 }

@@ -74,6 +74,12 @@ impl PrivateDir {
         &self.path
     }
 
+    /// Notes the agent's pid inside the directory, so that if handoff dies first (SIGKILL) a
+    /// later sweep leaves the directory to the agent still using it.
+    pub fn note_agent(&self, pid: u32) {
+        let _ = fs::write(self.path.join(AGENT_PID), pid.to_string());
+    }
+
     /// Writes `bytes` to `relative` (creating 0700 parents), mode 0600, refusing to follow
     /// or reuse anything already there.
     pub fn write(&self, relative: &str, bytes: &[u8]) -> Result<PathBuf, SpawnError> {
@@ -105,6 +111,13 @@ impl Drop for PrivateDir {
 }
 
 const PREFIX: &str = "handoff-session-";
+/// The file in a private directory naming the agent that uses it.
+const AGENT_PID: &str = ".agent-pid";
+
+fn pid_alive(pid: i32) -> bool {
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
 
 fn private_base() -> PathBuf {
     std::env::var_os("XDG_RUNTIME_DIR")
@@ -133,8 +146,11 @@ pub fn sweep_stale() -> usize {
             continue;
         };
         let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
-        let alive = rustix::process::Pid::from_raw(pid)
-            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        // A pid reused since only delays the sweep; it never removes files in use.
+        let agent = fs::read_to_string(entry.path().join(AGENT_PID))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        let alive = pid_alive(pid) || agent.is_some_and(pid_alive);
         if ours && !alive {
             overwrite_files(&entry.path());
             if fs::remove_dir_all(entry.path()).is_ok() {

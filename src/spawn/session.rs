@@ -213,6 +213,8 @@ pub fn supervise(s: &Supervise<'_>) -> Result<i32, SpawnError> {
         let _ = std::fs::remove_dir_all(parent);
     }
     let secret = Zeroizing::new(handover.secret);
+    let signals = super::CaughtSignals::catch()?;
+    super::materialize::sweep_stale();
     let credential = match &handover.delivery {
         Some(delivery) => materialize(delivery, &secret)?,
         None => Materialized {
@@ -239,7 +241,7 @@ pub fn supervise(s: &Supervise<'_>) -> Result<i32, SpawnError> {
         log,
     };
     save(s.home, &record)?;
-    let code = run_foreground(s.program, s.args, s.dir, env, credential);
+    let code = run_foreground(signals, s.program, s.args, s.dir, env, credential);
     record.ended_at = Some(unix_now());
     record.exit = Some(*code.as_ref().unwrap_or(&1));
     save(s.home, &record)?;

@@ -21,6 +21,7 @@ out="$(dirname "$0")/record.$(basename "$0")"
   [ -f "$CODEX_HOME/auth.json" ] && echo "FILE:$(cat "$CODEX_HOME/auth.json")"
   [ -f "$HOME/.gemini/oauth_creds.json" ] && echo "FILE:$(cat "$HOME/.gemini/oauth_creds.json")"
   echo "PWD:$(pwd)"
+  echo "UMASK:$(umask)"
 } > "$out"
 case "$1" in
   --fail) exit 42 ;;
@@ -87,6 +88,7 @@ struct Record {
     modes: Vec<(String, PathBuf)>,
     files: Vec<String>,
     pwd: String,
+    umask: String,
 }
 
 impl Record {
@@ -105,6 +107,8 @@ impl Record {
                 r.files.push(f.to_string());
             } else if let Some(p) = line.strip_prefix("PWD:") {
                 r.pwd = p.to_string();
+            } else if let Some(u) = line.strip_prefix("UMASK:") {
+                r.umask = u.to_string();
             }
         }
         r
@@ -197,6 +201,15 @@ fn claude_gets_its_api_key_in_exactly_one_variable() {
     let r = b.record("claude");
     assert_eq!(r.args, ["--model", "opus"]);
     assert_eq!(r.pwd, workdir.to_str().unwrap());
+    // handoff runs with umask 077; the agent gets the user's own, so the files it writes in
+    // the project are the usual modes.
+    let user_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(user_umask);
+    assert_eq!(r.umask, format!("{:04o}", user_umask.bits()));
+    assert_ne!(
+        r.umask, "0077",
+        "the test runner's umask must differ from handoff's"
+    );
     assert_eq!(r.env["ANTHROPIC_API_KEY"], "sk-ant-api03-SPAWN-CLAUDE");
     secret_only_in(&r, "sk-ant-api03-SPAWN-CLAUDE", &["ANTHROPIC_API_KEY"]);
     only_allowed_plus(&r, &["ANTHROPIC_API_KEY"]);
@@ -354,11 +367,18 @@ fn directories_left_by_a_killed_handoff_are_swept_by_the_next_spawn() {
         std::process::id()
     ));
     std::fs::create_dir(&live).unwrap();
+    // An agent orphaned by a killed handoff still uses its directory: left alone too.
+    let orphaned = tmp.join(format!(
+        "handoff-session-{dead_pid}-00000000000000000000aaaa"
+    ));
+    std::fs::create_dir(&orphaned).unwrap();
+    std::fs::write(orphaned.join(".agent-pid"), std::process::id().to_string()).unwrap();
 
     let out = b.spawn(&["codex", "--service", "openai-codex"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(!stale.exists(), "the stale directory was not swept");
     assert!(live.exists(), "a live process's directory was removed");
+    assert!(orphaned.exists(), "a running agent's directory was removed");
 }
 
 #[test]
