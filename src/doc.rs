@@ -202,6 +202,59 @@ impl VaultDoc {
         Ok(count)
     }
 
+    /// The next Automerge sync message for a peer, or `None` when it has nothing to learn.
+    pub fn sync_message(&mut self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
+        use automerge::sync::SyncDoc;
+        self.doc
+            .sync()
+            .generate_sync_message(state)
+            .map(automerge::sync::Message::encode)
+    }
+
+    /// Receives a peer's sync message on a fork and keeps the fork only if it validates as
+    /// [`ingest`](Self::ingest) does; on any error neither the document nor `state` changes.
+    /// Returns how many changes were new.
+    pub fn receive_sync(
+        &mut self,
+        state: &mut automerge::sync::State,
+        message: &[u8],
+    ) -> Result<usize, DocError> {
+        use automerge::sync::SyncDoc;
+        check_size(message.len())?;
+        let before = self.state()?;
+        let heads = self.doc.get_heads();
+        let actor = self.doc.get_actor().clone();
+        let mut fork = self.doc.fork().with_actor(actor);
+        let mut next = state.clone();
+        let anchors = &self.anchors;
+        let (fork, next, count) = contain::contained(move || {
+            let message = automerge::sync::Message::decode(message)
+                .map_err(|e| DocError::Damaged(format!("unreadable sync message ({e})")))?;
+            for chunk in message.changes.iter() {
+                chunks::check_framing(chunk)?;
+            }
+            fork.sync()
+                .receive_sync_message(&mut next, message)
+                .map_err(|e| DocError::Damaged(e.to_string()))?;
+            let count = check_fork(&mut fork, anchors, &heads, &before)?;
+            Ok((fork, next, count))
+        })?;
+        self.doc = fork;
+        *state = next;
+        Ok(count)
+    }
+
+    /// The highest change sequence number this document holds from `actor` (0 if none).
+    pub fn last_seq(&mut self, actor: &[u8]) -> u64 {
+        self.doc
+            .get_changes(&[])
+            .iter()
+            .filter(|c| c.actor_id().to_bytes() == actor)
+            .map(|c| c.seq())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Commits pending writes as one change.
     pub fn commit(&mut self, message: &str) {
         self.doc.commit_with(
@@ -234,6 +287,15 @@ impl VaultDoc {
         }
     }
 
+    /// The field's value if it holds exactly one scalar (no conflict).
+    fn single(&self, obj: &ObjId, key: &str) -> Result<Option<ScalarValue>, DocError> {
+        let current = self.doc.get_all(obj, key)?;
+        Ok(match current.as_slice() {
+            [(value, _)] => value.as_scalar().cloned(),
+            _ => None,
+        })
+    }
+
     /// Writes `value` unless the field already holds exactly it, so re-saving a record does
     /// not create needless concurrent-edit conflicts.
     fn put_changed(&mut self, obj: &ObjId, key: &str, value: ScalarValue) -> Result<(), DocError> {
@@ -258,10 +320,14 @@ impl VaultDoc {
         self.put_changed(&obj, "added_at", m.added_at.into())?;
         self.put_changed(&obj, "sig", bytes(&m.sig))?;
         self.put_changed(&obj, "signer", m.signer.as_str().into())?;
-        if let Some(r) = &m.removed {
-            self.put_changed(&obj, "removed_by", r.by.as_str().into())?;
-            self.put_changed(&obj, "removed_at", r.at.into())?;
-            self.put_changed(&obj, "removed_after_seq", r.after_seq.into())?;
+        // Made with the record, by its one writer: two removers creating the map concurrently
+        // would make two maps under one key, and one of them would hide the other's entry.
+        let removals = self.child_map(&obj, "removals")?;
+        for r in &m.removals {
+            let entry = self.child_map(&removals, &r.by)?;
+            self.put_changed(&entry, "at", r.at.into())?;
+            self.put_changed(&entry, "after_seq", r.after_seq.into())?;
+            self.put_changed(&entry, "sig", bytes(&r.sig))?;
         }
         Ok(())
     }
@@ -300,13 +366,24 @@ impl VaultDoc {
         self.put_changed(&obj, "service", t.service.as_str().into())?;
         self.put_changed(&obj, "label", t.label.as_str().into())?;
         self.put_changed(&obj, "kind", t.kind.as_str().into())?;
-        self.put_changed(&obj, "epoch", t.epoch.to_hex().into())?;
-        match &t.ciphertext {
-            Some(ct) => self.put_changed(&obj, "ciphertext", bytes(ct))?,
-            None => {
-                if self.doc.get(&obj, "ciphertext")?.is_some() {
-                    self.doc.delete(&obj, "ciphertext")?;
+        // `epoch` and `ciphertext` are rewritten together whenever either changes, each as a
+        // delete then a put: every such write then makes the same sequence of operations, so
+        // two concurrent writes resolve both fields to the same writer, never to one's epoch
+        // and the other's ciphertext. (Automerge makes no operation for a put of the value a
+        // field already holds, which would otherwise break that pairing when only the
+        // ciphertext changes.)
+        let epoch: ScalarValue = t.epoch.to_hex().into();
+        let same_epoch = self.single(&obj, "epoch")?.as_ref() == Some(&epoch);
+        let same_ct = self.single(&obj, "ciphertext")? == t.ciphertext.as_deref().map(bytes);
+        if !(same_epoch && same_ct) {
+            for key in ["epoch", "ciphertext"] {
+                if self.doc.get(&obj, key)?.is_some() {
+                    self.doc.delete(&obj, key)?;
                 }
+            }
+            self.doc.put(&obj, "epoch", epoch)?;
+            if let Some(ct) = &t.ciphertext {
+                self.doc.put(&obj, "ciphertext", bytes(ct))?;
             }
         }
         self.put_changed(&obj, "created_at", t.created_at.into())?;
@@ -397,17 +474,10 @@ fn check_fork(
             .members
             .values()
             .find(|m| m.actor == change.actor_id().to_bytes());
-        // A removal known before this ingest bounds the author, whatever the fork now says.
-        let allowed = author.is_some_and(|m| {
-            let removal = before
-                .members
-                .get(&m.device)
-                .map_or(&m.removed, |b| &b.removed);
-            removal
-                .as_ref()
-                .or(m.removed.as_ref())
-                .is_none_or(|r| change.seq() <= r.after_seq)
-        });
+        // Removals are signed and can only be added (see check_no_regression), so the fork's
+        // bound is one every reader that sees the same removals computes.
+        let allowed =
+            author.is_some_and(|m| m.write_bound().is_none_or(|bound| change.seq() <= bound));
         if !allowed {
             return Err(DocError::ForeignAuthor {
                 actor: change.actor_id().to_hex_string(),
@@ -426,8 +496,14 @@ fn check_no_regression(before: &VaultState, after: &VaultState) -> Result<(), Do
         let Some(now) = after.members.get(id) else {
             return Err(DocError::Regression("a verified member lost its standing"));
         };
-        if member.removed.is_some() && now.removed != member.removed {
-            return Err(DocError::Regression("a removal was undone or changed"));
+        // An entry may be re-signed with a higher bound by its own signer, never lowered.
+        let kept = |r: &schema::Removal| {
+            now.removals
+                .iter()
+                .any(|n| n.by == r.by && n.after_seq >= r.after_seq)
+        };
+        if !member.removals.iter().all(kept) {
+            return Err(DocError::Regression("a removal was undone or lowered"));
         }
     }
     for (id, epoch) in &before.epochs {

@@ -18,6 +18,8 @@ pub const DEK_WRAP_SIG_DOMAIN: &[u8] = b"handoff/v1/dek-wrap-sig";
 pub const GENESIS_DOMAIN: &[u8] = b"handoff/v1/genesis";
 /// Domain of the statement that vouches for a member record.
 pub const MEMBER_DOMAIN: &[u8] = b"handoff/v1/member";
+/// Domain of the statement by which an admin (or the recovery key) removes a member.
+pub const REMOVAL_DOMAIN: &[u8] = b"handoff/v1/member-removal";
 /// Domain of the AD that binds a passphrase-wrapped device key to its device.
 pub const DEVICE_KEY_DOMAIN: &[u8] = b"handoff/v1/device-key";
 
@@ -122,6 +124,24 @@ pub fn member_statement(vault: &VaultId, m: &MemberFields<'_>) -> Vec<u8> {
         .field(m.actor)
         .field(m.added_by.as_bytes())
         .field(&m.added_at.to_be_bytes())
+        .finish()
+}
+
+/// The statement an admin (or the recovery key) signs to remove a member: from then on the
+/// removed device's Automerge changes beyond `after_seq` are refused everywhere.
+pub fn removal_statement(
+    vault: &VaultId,
+    device: &DeviceId,
+    by: &str,
+    at: i64,
+    after_seq: u64,
+) -> Vec<u8> {
+    Transcript::new(REMOVAL_DOMAIN)
+        .field(vault.as_bytes())
+        .field(device.as_bytes())
+        .field(by.as_bytes())
+        .field(&at.to_be_bytes())
+        .field(&after_seq.to_be_bytes())
         .finish()
 }
 

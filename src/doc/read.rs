@@ -121,13 +121,6 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn opt_str(&self, key: &str, max: usize) -> Result<Option<String>, DocError> {
-        match self.value(key)? {
-            None => Ok(None),
-            Some(_) => self.str(key, max).map(Some),
-        }
-    }
-
     pub(super) fn bytes(&self, key: &str, max: usize) -> Result<Vec<u8>, DocError> {
         match self.value(key)? {
             Some(v) => match v.as_bytes() {
@@ -159,13 +152,6 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| schema(&self.sub(key), "is not an unsigned integer"))
     }
 
-    fn opt_u64(&self, key: &str) -> Result<Option<u64>, DocError> {
-        match self.value(key)? {
-            None => Ok(None),
-            Some(_) => self.u64(key).map(Some),
-        }
-    }
-
     /// A Unix time in seconds, from 1970 to the end of year 9999 (what people can read).
     fn time(&self, key: &str) -> Result<i64, DocError> {
         const LAST_SECOND_OF_9999: i64 = 253_402_300_799;
@@ -181,13 +167,6 @@ impl<'a> Fields<'a> {
             ));
         }
         Ok(at)
-    }
-
-    fn opt_time(&self, key: &str) -> Result<Option<i64>, DocError> {
-        match self.value(key)? {
-            None => Ok(None),
-            Some(_) => self.time(key).map(Some),
-        }
     }
 
     fn bool_or_false(&self, key: &str) -> Result<bool, DocError> {
@@ -247,7 +226,8 @@ pub(super) fn read_state(
     if !verify_signature(&anchors.recovery_sign_pub, &genesis, &info.genesis_sig) {
         return Err(DocError::UnvouchedFounder);
     }
-    let (members, unverified) = verify_members(&info.id, anchors, records);
+    let (mut members, unverified) = verify_members(&info.id, anchors, records);
+    verify_removals(&info.id, anchors, &mut members);
 
     // A wrap signer's key, and whether it may still make an epoch current: the recovery key
     // always, an admin only while active (its older wraps still open their epochs).
@@ -393,6 +373,48 @@ fn verify_members(
     (verified, pending.into_keys().collect())
 }
 
+/// Keeps the removal entries that verify. A removal takes effect only with an entry signed by
+/// the recovery key or a verified admin. Entries by other verified members (never the removed
+/// device itself) count only to raise the bound: a member that accepted the removed device's
+/// changes before it learned of the removal vouches for them, so that every device converges
+/// on the same changes. Forged or foreign entries have no effect.
+fn verify_removals(
+    vault: &VaultId,
+    anchors: &TrustAnchors,
+    members: &mut BTreeMap<DeviceId, Member>,
+) {
+    let keys: BTreeMap<String, ([u8; 32], bool)> = members
+        .values()
+        .map(|m| (m.device.to_hex(), (m.identity_pub, m.role == Role::Admin)))
+        .collect();
+    for member in members.values_mut() {
+        let own = member.device.to_hex();
+        member.removals.retain(|r| {
+            let key = if r.by == Recipient::RECOVERY_NAME {
+                Some(&anchors.recovery_sign_pub)
+            } else if r.by == own {
+                None
+            } else {
+                keys.get(&r.by).map(|(k, _)| k)
+            };
+            let statement = handoff_protocol::binding::removal_statement(
+                vault,
+                &member.device,
+                &r.by,
+                r.at,
+                r.after_seq,
+            );
+            key.is_some_and(|k| verify_signature(k, &statement, &r.sig))
+        });
+        let decided = member.removals.iter().any(|r| {
+            r.by == Recipient::RECOVERY_NAME || keys.get(&r.by).is_some_and(|(_, admin)| *admin)
+        });
+        if !decided {
+            member.removals.clear();
+        }
+    }
+}
+
 fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {
     Ok(VaultInfo {
         id: VaultId::from_slice(&f.bytes("id", 16)?)
@@ -415,15 +437,24 @@ fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
             "has an identity key that does not match its device id",
         ));
     }
-    let removed = match (
-        f.opt_str("removed_by", 64)?,
-        f.opt_time("removed_at")?,
-        f.opt_u64("removed_after_seq")?,
-    ) {
-        (None, None, None) => None,
-        (Some(by), Some(at), Some(after_seq)) => Some(Removal { by, at, after_seq }),
-        _ => return Err(schema(&f.path, "has a partial removal record")),
-    };
+    // Read as written; `verify_removals` keeps only the signed ones.
+    let mut removals = Vec::new();
+    if f.value("removals")?.is_some() {
+        let obj = f.object("removals", ObjType::Map)?;
+        let keys = obj.keys();
+        if keys.len() > limits::MEMBERS_MAX {
+            return Err(schema(&obj.path, "has too many entries"));
+        }
+        for by in keys {
+            let entry = obj.object(&by, ObjType::Map)?;
+            removals.push(Removal {
+                at: entry.time("at")?,
+                after_seq: entry.u64("after_seq")?,
+                sig: entry.bytes("sig", 64)?,
+                by,
+            });
+        }
+    }
     Ok(Member {
         device,
         name: f.str("name", limits::NAME_MAX)?,
@@ -436,7 +467,7 @@ fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
         added_at: f.time("added_at")?,
         sig: f.bytes("sig", 64)?,
         signer: f.str("signer", 64)?,
-        removed,
+        removals,
     })
 }
 

@@ -191,16 +191,21 @@ pub struct Member {
     pub sig: Vec<u8>,
     /// Device id (hex) of the admin who admitted this member, `recovery`, or the founder itself.
     pub signer: String,
-    pub removed: Option<Removal>,
+    /// Signed removals of this member (`removals.<by>`), only the ones that verify. Several
+    /// admins may remove the same device concurrently; each keeps its own entry.
+    pub removals: Vec<Removal>,
 }
 
-/// When and by whom a member was removed.
+/// One remover's signed removal of a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removal {
+    /// Device id (hex) of the removing admin, or `recovery`.
     pub by: String,
     pub at: i64,
     /// The last change sequence number of the removed device's actor that is accepted.
     pub after_seq: u64,
+    /// Signature over [`handoff_protocol::binding::removal_statement`] by `by`.
+    pub sig: Vec<u8>,
 }
 
 impl Member {
@@ -226,7 +231,7 @@ impl Member {
             added_at,
             sig: Vec::new(),
             signer: String::new(),
-            removed: None,
+            removals: Vec::new(),
         }
     }
 
@@ -245,7 +250,14 @@ impl Member {
     }
 
     pub fn is_active(&self) -> bool {
-        self.removed.is_none()
+        self.removals.is_empty()
+    }
+
+    /// The last accepted change sequence number of a removed member's actor: the largest
+    /// bound among its removals, so every reader accepts the same changes whichever removal
+    /// it saw first. `None` while the member is active.
+    pub fn write_bound(&self) -> Option<u64> {
+        self.removals.iter().map(|r| r.after_seq).max()
     }
 
     /// Active members other than `remote` devices receive DEKs.
