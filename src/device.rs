@@ -6,6 +6,11 @@
 //! before returning, so whatever a caller reports as done is on disk. Operations that read a
 //! token or seal one need an [`Unlocked`] vault key, made from the passphrase.
 
+mod members;
+mod peers;
+
+pub use members::{Joiner, PendingJoin, Removed, Upkeep};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
@@ -85,6 +90,8 @@ pub struct Device {
     doc: VaultDoc,
     record: DeviceRecord,
     keys: DeviceKeys,
+    /// Live sync sessions, one per connected peer.
+    sessions: BTreeMap<DeviceId, peers::Session>,
 }
 
 fn check_name(name: &str, what: &str) -> Result<(), DeviceError> {
@@ -290,6 +297,7 @@ impl Device {
             doc,
             record,
             keys,
+            sessions: BTreeMap::new(),
         })
     }
 
@@ -321,6 +329,7 @@ impl Device {
             doc,
             record,
             keys,
+            sessions: BTreeMap::new(),
         })
     }
 

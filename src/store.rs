@@ -62,7 +62,17 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         bytes BLOB NOT NULL
     );",
+    // 2: per-peer Automerge sync state (what we know they have) and when we last saw them.
+    "CREATE TABLE peer_sync (
+        device_id BLOB PRIMARY KEY,
+        state BLOB NOT NULL,
+        seen_at INTEGER NOT NULL,
+        addr TEXT
+    );",
 ];
+
+/// A peer's persisted sync state, when it was last seen (Unix seconds) and its address.
+pub type PeerSync = (Vec<u8>, i64, Option<String>);
 
 /// What the store keeps about this device. `Debug` leaves the secret keys out.
 pub struct DeviceRecord {
@@ -328,6 +338,57 @@ impl Store {
             .query_row("SELECT count(*) FROM doc_changes", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         Ok(rows >= COMPACT_AFTER)
+    }
+
+    /// A peer's persisted sync state, when it was last seen and at which address.
+    pub fn peer_sync(&self, device: &DeviceId) -> Result<Option<PeerSync>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(
+                "SELECT state, seen_at, addr FROM peer_sync WHERE device_id = ?1",
+                [device.as_bytes().as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every peer's last-seen time and address.
+    pub fn peers_seen(&self) -> Result<Vec<(DeviceId, i64, Option<String>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id, seen_at, addr FROM peer_sync")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, seen, addr) = row.map_err(|e| self.err(e))?;
+            if let Ok(id) = DeviceId::from_slice(&id) {
+                out.push((id, seen, addr));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a peer's sync state (and address, if known) as of `seen_at`.
+    pub fn save_peer_sync(
+        &self,
+        device: &DeviceId,
+        state: &[u8],
+        seen_at: i64,
+        addr: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO peer_sync (device_id, state, seen_at, addr) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(device_id) DO UPDATE SET state = ?2, seen_at = ?3,
+                 addr = coalesce(?4, addr)",
+                rusqlite::params![device.as_bytes().as_slice(), state, seen_at, addr],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Replaces snapshot and change log with one new snapshot, atomically.
