@@ -1,0 +1,447 @@
+//! Convergence of the mesh's sync, in one process: 3–5 real devices (SQLite stores in temp
+//! dirs, real keys and Automerge), a simulated network that partitions, heals, drops,
+//! duplicates and reorders sync messages, and random concurrent token adds, edits and deletes,
+//! pairings and removals (concurrent rotations included). After a full heal every remaining
+//! device must hold identical heads and state, keep every token, read every live token, and
+//! the current epoch must reach no removed device.
+//!
+//! Seeded: a failure names its seed; `CONVERGENCE_SEED=N cargo test --test convergence`
+//! replays that run's schedule, `CONVERGENCE_CASES=N` runs more. (Keys and ids still come from
+//! the OS, so Automerge's tie-breaks between concurrent writes differ from run to run; a replay
+//! repeats the scenario, and a failure caused by a tie-break shows in a few replays.)
+
+#![allow(clippy::unwrap_used)] // a panic is the failure report
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
+use handoff::doc::{Role, Service};
+use handoff::home::Home;
+use handoff::vault::KdfParams;
+use handoff_protocol::DeviceId;
+use handoff_protocol::dek_wrap::Recipient;
+
+/// Real Argon2id, at a cost that keeps many devices per run affordable.
+const LIGHT_KDF: KdfParams = KdfParams {
+    m_kib: 1024,
+    t: 1,
+    p: 1,
+};
+const PASSPHRASE: &[u8] = b"convergence passphrase";
+
+/// xorshift64*: small, seedable, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+struct Node {
+    device: Device,
+    key: Unlocked,
+    role: Role,
+    removed: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn id(&self) -> DeviceId {
+        self.device.device_id()
+    }
+}
+
+fn new_device(name: &str) -> (tempfile::TempDir, Home, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    (dir, home, name.to_string())
+}
+
+fn founder() -> Node {
+    let (dir, home, name) = new_device("node0");
+    let new = NewDevice {
+        name: &name,
+        passphrase: PASSPHRASE,
+        kdf: LIGHT_KDF,
+    };
+    let (device, _code) = Device::init(home, &new, "converge").unwrap();
+    let key = device.unlock(PASSPHRASE).unwrap();
+    Node {
+        device,
+        key,
+        role: Role::Admin,
+        removed: false,
+        _dir: dir,
+    }
+}
+
+/// Pairs a new device through `admin` as the pairing protocol does: the newcomer's keys, the
+/// admin's admission, the admin's document and anchors handed over.
+fn pair(admin: &mut Node, index: usize, role: Role) -> Node {
+    let (dir, home, name) = new_device(&format!("node{index}"));
+    let new = NewDevice {
+        name: &name,
+        passphrase: PASSPHRASE,
+        kdf: LIGHT_KDF,
+    };
+    let pending = PendingJoin::prepare(home, &new).unwrap();
+    admin
+        .device
+        .admit(&admin.key, &pending.joiner(role))
+        .unwrap();
+    let document = admin.device.export();
+    let anchors = admin.device.anchors().clone();
+    let device = pending.finish(&document, &anchors).unwrap();
+    let key = device.unlock(PASSPHRASE).unwrap();
+    Node {
+        device,
+        key,
+        role,
+        removed: false,
+        _dir: dir,
+    }
+}
+
+/// What the test knows was acknowledged.
+#[derive(Default)]
+struct Ledger {
+    /// label → author
+    tokens: BTreeMap<String, DeviceId>,
+    /// label → the devices that deleted it
+    deleted: BTreeMap<String, Vec<DeviceId>>,
+}
+
+struct Net {
+    /// Partition number per node; nodes talk only within a partition.
+    part: Vec<usize>,
+    /// In-flight messages: (from, to, bytes).
+    flight: Vec<(usize, usize, Vec<u8>)>,
+    lossy: bool,
+}
+
+/// Connections as the real mesh keeps them: two devices are connected while they are in one
+/// partition and each holds the other for an active member (each side's gate). A connection
+/// that comes up opens a session on both sides; one that goes away closes both.
+fn connect(nodes: &mut [Node], net: &Net) {
+    let ids: Vec<DeviceId> = nodes.iter().map(Node::id).collect();
+    for a in 0..nodes.len() {
+        for b in 0..nodes.len() {
+            if a == b {
+                continue;
+            }
+            let up = net.part[a] == net.part[b]
+                && nodes[a].device.is_active_peer(&ids[b])
+                && nodes[b].device.is_active_peer(&ids[a]);
+            let open = nodes[a].device.has_session(&ids[b]);
+            if up && !open {
+                nodes[a].device.sync_open(ids[b], None).unwrap();
+            } else if !up && open {
+                nodes[a].device.sync_close(&ids[b]);
+            }
+        }
+    }
+}
+
+/// One round: every node offers each reachable peer a message, then the network delivers (in
+/// random order, with loss and duplication when lossy).
+fn round(nodes: &mut [Node], net: &mut Net, rng: &mut Rng) -> usize {
+    connect(nodes, net);
+    let ids: Vec<DeviceId> = nodes.iter().map(Node::id).collect();
+    for (a, node) in nodes.iter_mut().enumerate() {
+        for (b, peer) in ids.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            if let Some(msg) = node.device.sync_generate(peer) {
+                net.flight.push((a, b, msg));
+            }
+        }
+    }
+    let mut delivered = 0;
+    while !net.flight.is_empty() {
+        let (a, b, msg) = net.flight.swap_remove(rng.below(net.flight.len()));
+        if net.lossy && rng.chance(10) {
+            // Dropped: the sender thinks it went out, so, as a lost connection would, both
+            // sides start their session afresh.
+            nodes[a].device.sync_reset(&ids[b]);
+            nodes[b].device.sync_reset(&ids[a]);
+            continue;
+        }
+        if net.lossy && rng.chance(10) {
+            net.flight.push((a, b, msg.clone()));
+        }
+        match nodes[b].device.sync_receive(&ids[a], &msg) {
+            Ok(new) => {
+                delivered += 1;
+                if std::env::var_os("CONVERGENCE_TRACE").is_some() {
+                    eprintln!(
+                        "node{b} took {new} changes from node{a} ({} bytes)",
+                        msg.len()
+                    );
+                }
+            }
+            Err(e) => {
+                if std::env::var_os("CONVERGENCE_TRACE").is_some() {
+                    eprintln!("node{b} refused node{a}: {e}");
+                }
+                // A refusal: the receiver starts afresh and tells the sender, which pauses
+                // until its document changes.
+                nodes[b].device.sync_reset(&ids[a]);
+                nodes[a].device.sync_refused(&ids[b]);
+            }
+        }
+    }
+    delivered
+}
+
+fn upkeep(nodes: &mut [Node]) {
+    for node in nodes.iter_mut().filter(|n| !n.removed) {
+        let done = node.device.upkeep(&node.key).unwrap();
+        if done.changed() && std::env::var_os("CONVERGENCE_TRACE").is_some() {
+            eprintln!("{} upkeep: {done:?}", node.device.device_name());
+        }
+    }
+}
+
+fn run(seed: u64) -> Result<(), String> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut nodes = vec![founder()];
+    let target = 3 + rng.below(3);
+    let mut ledger = Ledger::default();
+    let mut net = Net {
+        part: vec![0],
+        flight: Vec::new(),
+        lossy: true,
+    };
+    let mut next_label = 0;
+    for _step in 0..40 {
+        let n = nodes.len();
+        match rng.below(100) {
+            0..=9 if n < target => {
+                let admins: Vec<usize> = (0..n)
+                    .filter(|&i| nodes[i].role == Role::Admin && !nodes[i].removed)
+                    .filter(|&i| nodes[i].device.is_admin())
+                    .collect();
+                if let Some(&a) = admins.get(rng.below(admins.len().max(1))) {
+                    let role = [Role::Admin, Role::Member, Role::Remote][rng.below(3)];
+                    let node = pair(&mut nodes[a], n, role);
+                    net.part.push(net.part[a]);
+                    nodes.push(node);
+                }
+            }
+            10..=14 => {
+                // A removal by an admin, of a device other than the founder.
+                let a = rng.below(n);
+                let t = 1 + rng.below(n.max(2) - 1);
+                if t < n && a != t && !nodes[a].removed && nodes[a].device.is_admin() {
+                    let target_id = nodes[t].id().to_hex();
+                    if nodes[a].device.is_active_peer(&nodes[t].id()) {
+                        let node = &mut nodes[a];
+                        if node.device.remove_member(&node.key, &target_id).is_ok() {
+                            nodes[t].removed = true;
+                        }
+                    }
+                }
+            }
+            15..=24 => {
+                // Partition.
+                let parts = 1 + rng.below(3);
+                for p in &mut net.part {
+                    *p = rng.below(parts);
+                }
+            }
+            25..=44 => {
+                let i = rng.below(n);
+                if !nodes[i].removed && nodes[i].role != Role::Remote {
+                    let label = format!("t{next_label}");
+                    next_label += 1;
+                    let node = &mut nodes[i];
+                    let secret = format!("sk-ant-{label}-{seed}");
+                    node.device
+                        .add_token(
+                            &node.key,
+                            Service::Anthropic,
+                            &label,
+                            secret.as_bytes(),
+                            false,
+                            false,
+                        )
+                        .map_err(|e| format!("seed {seed}: add failed: {e}"))?;
+                    ledger.tokens.insert(label, node.id());
+                }
+            }
+            45..=54 => {
+                // Edit a token this node sees.
+                let i = rng.below(n);
+                if !nodes[i].removed && nodes[i].role != Role::Remote {
+                    let state = nodes[i].device.state().unwrap();
+                    let live: Vec<String> = state.live_tokens().map(|t| t.label.clone()).collect();
+                    if let Some(label) = live.get(rng.below(live.len().max(1))) {
+                        let node = &mut nodes[i];
+                        let secret = format!("sk-ant-{label}-edit-{}", rng.next() % 1000);
+                        let _ = node.device.add_token(
+                            &node.key,
+                            Service::Anthropic,
+                            label,
+                            secret.as_bytes(),
+                            false,
+                            true,
+                        );
+                    }
+                }
+            }
+            55..=61 => {
+                let i = rng.below(n);
+                if !nodes[i].removed && nodes[i].role != Role::Remote {
+                    let state = nodes[i].device.state().unwrap();
+                    let live: Vec<String> = state.live_tokens().map(|t| t.label.clone()).collect();
+                    if let Some(label) = live.get(rng.below(live.len().max(1)))
+                        && nodes[i]
+                            .device
+                            .remove_token(&format!("anthropic/{label}"))
+                            .is_ok()
+                    {
+                        let by = nodes[i].id();
+                        ledger.deleted.entry(label.clone()).or_default().push(by);
+                    }
+                }
+            }
+            62..=69 => upkeep(&mut nodes),
+            _ => {
+                round(&mut nodes, &mut net, &mut rng);
+            }
+        }
+    }
+
+    // Heal: one partition, a reliable network, rounds and upkeep until nothing moves.
+    net.part.iter_mut().for_each(|p| *p = 0);
+    net.lossy = false;
+    let mut quiet = 0;
+    for _ in 0..200 {
+        upkeep(&mut nodes);
+        if round(&mut nodes, &mut net, &mut rng) == 0 {
+            quiet += 1;
+            if quiet == 2 {
+                break;
+            }
+        } else {
+            quiet = 0;
+        }
+    }
+    if quiet < 2 {
+        return Err(format!(
+            "seed {seed}: the mesh never went quiet after healing"
+        ));
+    }
+    if std::env::var_os("CONVERGENCE_TRACE").is_some() {
+        let removed = nodes.iter().filter(|n| n.removed).count();
+        eprintln!(
+            "seed {seed}: {} devices, {removed} removed, {} tokens",
+            nodes.len(),
+            ledger.tokens.len()
+        );
+    }
+    check(seed, &mut nodes, &ledger)
+}
+
+fn check(seed: u64, nodes: &mut [Node], ledger: &Ledger) -> Result<(), String> {
+    let fail = |what: String| Err(format!("seed {seed}: {what}"));
+    // A device admitted by an admin after that admin's removal (concurrently, in another
+    // partition) was never admitted: the founder, never removed, says who is in.
+    let founder = nodes[0].device.state().unwrap();
+    for node in nodes.iter_mut() {
+        if !founder
+            .members
+            .get(&node.id())
+            .is_some_and(|m| m.is_active())
+        {
+            node.removed = true;
+        }
+    }
+    let live: Vec<usize> = (0..nodes.len()).filter(|&i| !nodes[i].removed).collect();
+    let heads: BTreeSet<Vec<String>> = live.iter().map(|&i| nodes[i].device.heads_hex()).collect();
+    if heads.len() != 1 {
+        return fail(format!(
+            "{} different heads among remaining devices",
+            heads.len()
+        ));
+    }
+    let reference = nodes[live[0]].device.state().unwrap();
+    let removed: BTreeSet<DeviceId> = nodes.iter().filter(|n| n.removed).map(Node::id).collect();
+    for &i in &live {
+        let state = nodes[i].device.state().unwrap();
+        if state.tokens != reference.tokens || state.members != reference.members {
+            return fail(format!("node{i} reads a different state"));
+        }
+    }
+    for (label, author) in &ledger.tokens {
+        // A delete by a device removed since may have been written past its bound.
+        let deleted = ledger
+            .deleted
+            .get(label)
+            .is_some_and(|by| by.iter().any(|d| !removed.contains(d)));
+        if removed.contains(author) {
+            continue; // a removed device's late writes may be refused
+        }
+        let Some(token) = reference.tokens.values().find(|t| &t.label == label) else {
+            return fail(format!("token {label} was lost"));
+        };
+        if deleted && !token.deleted {
+            return fail(format!("token {label} was deleted but is live"));
+        }
+    }
+    let current = reference.current_epoch().unwrap();
+    for r in current.wraps.keys() {
+        if let Recipient::Device(d) = r
+            && removed.contains(d)
+        {
+            return fail(format!("the current epoch still reaches removed {d}"));
+        }
+    }
+    for m in reference.members.values().filter(|m| m.receives_dek()) {
+        if !current.wraps.contains_key(&Recipient::Device(m.device)) {
+            return fail(format!("the current epoch is not wrapped to {}", m.name));
+        }
+    }
+    for &i in &live {
+        if nodes[i].role == Role::Remote {
+            continue;
+        }
+        let node = &nodes[i];
+        for t in reference.live_tokens() {
+            if let Err(e) = node.device.reveal(&node.key, &t.id.to_hex()) {
+                return fail(format!("node{i} cannot read {}: {e}", t.label));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn devices_converge_under_partitions_loss_and_concurrent_membership_changes() {
+    let seeds: Vec<u64> = match std::env::var("CONVERGENCE_SEED") {
+        Ok(s) => vec![s.parse().expect("CONVERGENCE_SEED is a number")],
+        Err(_) => {
+            let cases: u64 = std::env::var("CONVERGENCE_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(12);
+            (1..=cases).collect()
+        }
+    };
+    for seed in seeds {
+        if let Err(e) = run(seed) {
+            panic!("{e}\nreplay: CONVERGENCE_SEED={seed} cargo test --test convergence");
+        }
+    }
+}

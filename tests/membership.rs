@@ -1,0 +1,228 @@
+//! Membership at the document level, on real stores: admission by an admin, and removal with
+//! key rotation. A removed device's copy, kept aside, opens nothing added or re-sealed after
+//! its removal, and what it writes afterwards is refused by the remaining members.
+
+#![allow(clippy::unwrap_used)] // a panic is the failure report
+
+use handoff::device::{Device, DeviceError, NewDevice, PendingJoin, Unlocked};
+use handoff::doc::{DocError, Role, Service};
+use handoff::home::Home;
+use handoff::vault::KdfParams;
+use handoff_protocol::dek_wrap::Recipient;
+
+const KDF: KdfParams = KdfParams {
+    m_kib: 1024,
+    t: 1,
+    p: 1,
+};
+const PASS: &[u8] = b"membership passphrase";
+
+fn new_home(dir: &tempfile::TempDir, name: &str) -> Home {
+    Home::at(dir.path().join(name))
+}
+
+fn founder(dir: &tempfile::TempDir) -> (Device, Unlocked) {
+    let new = NewDevice {
+        name: "laptop",
+        passphrase: PASS,
+        kdf: KDF,
+    };
+    let (device, _) = Device::init(new_home(dir, "a"), &new, "work").unwrap();
+    let key = device.unlock(PASS).unwrap();
+    (device, key)
+}
+
+fn join(
+    dir: &tempfile::TempDir,
+    admin: &mut Device,
+    key: &Unlocked,
+    name: &str,
+    role: Role,
+) -> (Device, Unlocked) {
+    let new = NewDevice {
+        name,
+        passphrase: PASS,
+        kdf: KDF,
+    };
+    let pending = PendingJoin::prepare(new_home(dir, name), &new).unwrap();
+    admin.admit(key, &pending.joiner(role)).unwrap();
+    let device = pending
+        .finish(&admin.export(), &admin.anchors().clone())
+        .unwrap();
+    let key = device.unlock(PASS).unwrap();
+    (device, key)
+}
+
+#[test]
+fn a_paired_member_reads_tokens_and_a_remote_device_gets_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ak) = founder(&dir);
+    a.add_token(
+        &ak,
+        Service::Anthropic,
+        "work",
+        b"sk-ant-PAIRED",
+        false,
+        false,
+    )
+    .unwrap();
+    let (b, bk) = join(&dir, &mut a, &ak, "desktop", Role::Member);
+    assert_eq!(expose(&b, &bk, "anthropic/work"), "sk-ant-PAIRED");
+    let (phone, pk) = join(&dir, &mut a, &ak, "phone", Role::Remote);
+    let state = phone.state().unwrap();
+    let current = state.current_epoch().unwrap();
+    assert!(
+        !current
+            .wraps
+            .contains_key(&Recipient::Device(phone.device_id()))
+    );
+    assert!(phone.reveal(&pk, "anthropic/work").is_err());
+    // Admitting the same device twice is refused.
+    let again = PendingJoin::prepare(
+        new_home(&dir, "desktop2"),
+        &NewDevice {
+            name: "desktop",
+            passphrase: PASS,
+            kdf: KDF,
+        },
+    )
+    .unwrap();
+    a.admit(&ak, &again.joiner(Role::Member)).unwrap();
+    let twice = a.admit(&ak, &again.joiner(Role::Member));
+    assert!(
+        matches!(twice, Err(DeviceError::InvalidInput(_))),
+        "{twice:?}"
+    );
+    // A joiner whose keys the admin's document does not admit cannot finish.
+    let stranger = PendingJoin::prepare(
+        new_home(&dir, "stranger"),
+        &NewDevice {
+            name: "stranger",
+            passphrase: PASS,
+            kdf: KDF,
+        },
+    )
+    .unwrap();
+    let refused = stranger.finish(&a.export(), &a.anchors().clone());
+    assert!(
+        matches!(refused, Err(DeviceError::InvalidInput(_))),
+        "{refused:?}"
+    );
+}
+
+fn expose(device: &Device, key: &Unlocked, query: &str) -> String {
+    let (_, secret) = device.reveal(key, query).unwrap();
+    String::from_utf8(handoff::device::expose(&secret).to_vec()).unwrap()
+}
+
+#[test]
+fn a_removed_device_opens_nothing_new_and_its_later_writes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ak) = founder(&dir);
+    a.add_token(
+        &ak,
+        Service::Anthropic,
+        "old",
+        b"sk-ant-BEFORE",
+        false,
+        false,
+    )
+    .unwrap();
+    let (mut b, bk) = join(&dir, &mut a, &ak, "desktop", Role::Admin);
+    assert_eq!(expose(&b, &bk, "anthropic/old"), "sk-ant-BEFORE");
+
+    let removed = a.remove_member(&ak, "desktop").unwrap();
+    assert_eq!(removed.member.device, b.device_id());
+    assert_eq!(
+        removed
+            .exposed
+            .iter()
+            .map(|t| t.label.as_str())
+            .collect::<Vec<_>>(),
+        ["old"],
+        "the user is told which tokens the device could read"
+    );
+    a.add_token(
+        &ak,
+        Service::Anthropic,
+        "new",
+        b"sk-ant-AFTER",
+        false,
+        false,
+    )
+    .unwrap();
+    let state = a.state().unwrap();
+    let current = state.current_epoch().unwrap();
+    assert_eq!(current.id, removed.epoch);
+    assert!(
+        !current
+            .wraps
+            .contains_key(&Recipient::Device(b.device_id()))
+    );
+    assert!(
+        state.live_tokens().all(|t| t.epoch == current.id),
+        "every token re-sealed"
+    );
+    assert!(!state.members[&b.device_id()].is_active());
+    assert_eq!(expose(&a, &ak, "anthropic/old"), "sk-ant-BEFORE");
+
+    // The removed device, kept aside, writes after its removal...
+    b.add_token(&bk, Service::Openai, "late", b"sk-LATE-WRITE", false, false)
+        .unwrap();
+    let late = b.export();
+    // ...and every remaining member refuses it whole.
+    let err = a.import(&late).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Doc(DocError::ForeignAuthor { .. })),
+        "{err}"
+    );
+    assert!(a.state().unwrap().live_tokens().all(|t| t.label != "late"));
+
+    // Given the members' document (say, from a backup), it still opens nothing added or
+    // re-sealed after the removal.
+    b.import(&a.export()).unwrap();
+    for label in ["anthropic/old", "anthropic/new"] {
+        match b.reveal(&bk, label) {
+            Err(DeviceError::NoAccess(_)) => {}
+            other => panic!(
+                "the removed device got {label}: {:?}",
+                other.map(|(t, _)| t.label)
+            ),
+        }
+    }
+}
+
+#[test]
+fn concurrent_removals_by_two_admins_both_hold_and_the_higher_bound_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ak) = founder(&dir);
+    let (mut b, bk) = join(&dir, &mut a, &ak, "desktop", Role::Admin);
+    let (mut c, ck) = join(&dir, &mut a, &ak, "vm", Role::Member);
+    b.import(&a.export()).unwrap();
+    // c writes once; b sees it, a does not; then both remove c at once.
+    c.add_token(&ck, Service::Anthropic, "c1", b"sk-ant-C1", false, false)
+        .unwrap();
+    b.import(&c.export()).unwrap();
+    a.remove_member(&ak, "vm").unwrap();
+    b.remove_member(&bk, "vm").unwrap();
+    // Both removals merge (neither is lost), and c's change before b's removal is kept.
+    a.import(&b.export()).unwrap();
+    b.import(&a.export()).unwrap();
+    let (sa, sb) = (a.state().unwrap(), b.state().unwrap());
+    assert_eq!(sa.members, sb.members);
+    assert_eq!(sa.members[&c.device_id()].removals.len(), 2);
+    assert!(sa.live_tokens().any(|t| t.label == "c1"));
+    // Upkeep converges on one current epoch that leaves c out.
+    a.upkeep(&ak).unwrap();
+    b.import(&a.export()).unwrap();
+    b.upkeep(&bk).unwrap();
+    a.import(&b.export()).unwrap();
+    let current = a.state().unwrap().current_epoch().unwrap().clone();
+    assert!(
+        !current
+            .wraps
+            .contains_key(&Recipient::Device(c.device_id()))
+    );
+    assert_eq!(expose(&a, &ak, "anthropic/c1"), "sk-ant-C1");
+    assert_eq!(expose(&b, &bk, "anthropic/c1"), "sk-ant-C1");
+}
