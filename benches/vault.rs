@@ -73,6 +73,12 @@ fn dek_wrap(c: &mut Criterion) {
 
 /// A vault document with `n` sealed tokens, built through the same typed writes as the CLI.
 fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
+    let (full, _, me) = document_history(n);
+    (full, me)
+}
+
+/// A vault document with `n` tokens, and its snapshot from before the first token.
+fn document_history(n: usize) -> (Vec<u8>, Vec<u8>, DeviceId) {
     let keys = DeviceKeys::generate().unwrap();
     let secret = VaultSecret::generate().unwrap();
     let me = keys.device_id();
@@ -110,6 +116,7 @@ fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
     };
     let dek = Dek::generate().unwrap();
     let mut doc = VaultDoc::create(&info, &founder, &epoch).unwrap();
+    let genesis = doc.save();
     for i in 0..n {
         let id = TokenId::from_bytes(random_array().unwrap());
         let service = Service::ALL[i % Service::ALL.len()];
@@ -136,7 +143,61 @@ fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
         .unwrap();
         doc.commit("token.add"); // one change per add, as the CLI writes them
     }
-    (doc.save(), me)
+    (doc.save(), genesis, me)
+}
+
+/// Runs the sync protocol between two documents until neither has anything to send; returns
+/// (bytes sent, messages sent).
+fn sync_until_quiet(a: &mut VaultDoc, b: &mut VaultDoc) -> (usize, usize) {
+    let (mut sa, mut sb) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let (mut bytes, mut messages) = (0, 0);
+    for _ in 0..64 {
+        let mut moved = false;
+        if let Some(m) = a.sync_message(&mut sa) {
+            bytes += m.len();
+            messages += 1;
+            b.receive_sync(&mut sb, &m).unwrap();
+            moved = true;
+        }
+        if let Some(m) = b.sync_message(&mut sb) {
+            bytes += m.len();
+            messages += 1;
+            a.receive_sync(&mut sa, &m).unwrap();
+            moved = true;
+        }
+        if !moved {
+            return (bytes, messages);
+        }
+    }
+    panic!("sync did not go quiet in 64 rounds");
+}
+
+/// A new member's first sync of a 1,000-token vault (from the document it was admitted with),
+/// beside loading the same vault as one snapshot; and the bytes one token change costs.
+fn first_sync_1000(c: &mut Criterion) {
+    let (full, genesis, me) = document_history(1000);
+    let other = DeviceId::from_bytes([9; 16]);
+    let (bytes, messages) = sync_until_quiet(
+        &mut VaultDoc::load_trusted(&full, &me).unwrap(),
+        &mut VaultDoc::load_trusted(&genesis, &other).unwrap(),
+    );
+    eprintln!(
+        "first sync of 1000 tokens: {bytes} bytes in {messages} messages (snapshot: {} bytes)",
+        full.len()
+    );
+    let mut g = c.benchmark_group("first_sync_1000_tokens");
+    g.sample_size(10);
+    g.bench_function("baseline", |b| {
+        b.iter(|| VaultDoc::load_trusted(black_box(&full), &other).unwrap())
+    });
+    g.bench_function("sync", |b| {
+        b.iter(|| {
+            let mut sender = VaultDoc::load_trusted(&full, &me).unwrap();
+            let mut joiner = VaultDoc::load_trusted(&genesis, &other).unwrap();
+            sync_until_quiet(&mut sender, &mut joiner)
+        })
+    });
+    g.finish();
 }
 
 fn document_1000(c: &mut Criterion) {
@@ -184,5 +245,12 @@ fn unlock(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, token_seal_open, dek_wrap, document_1000, unlock);
+criterion_group!(
+    benches,
+    token_seal_open,
+    dek_wrap,
+    document_1000,
+    first_sync_1000,
+    unlock
+);
 criterion_main!(benches);
