@@ -1,5 +1,6 @@
 //! This device's view of its vault: the store, the document and the keys, and the operations
-//! the CLI (and later the daemon) run on them.
+//! the CLI and the daemon run on them. Membership lives in `members`, sync sessions with
+//! peers in `peers`.
 //!
 //! A [`Device`] owns its home for as long as it lives (the one-owner lock), loads the document
 //! from the store, applies an operation as one document change, and persists that change

@@ -5,9 +5,10 @@
 //! # Layout
 //! - [`vault`]: keys, passphrase and recovery, DEK epochs, token sealing (crypto only).
 //! - [`doc`]: the Automerge vault document: schema, typed reads and writes, validation.
-//! - [`store`]: SQLite persistence of device keys and the document.
+//! - [`store`]: SQLite persistence of device keys, the document and per-peer sync state.
 //! - [`home`]: the home directory, its permissions, the one-owner lock, process hardening.
-//! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon.
+//! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon;
+//!   membership (admit, remove with rotation, upkeep) and per-peer sync sessions.
 //! - [`spawn`]: starting agents with a credential materialized only in the child.
 //! - [`config`]: local settings (`config.toml`): custom agents, environment allowlist.
 //! - [`daemon`]: the long-running node serving the control socket.
