@@ -353,25 +353,6 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Every peer's last-seen time and address.
-    pub fn peers_seen(&self) -> Result<Vec<(DeviceId, i64, Option<String>)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT device_id, seen_at, addr FROM peer_sync")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, seen, addr) = row.map_err(|e| self.err(e))?;
-            if let Ok(id) = DeviceId::from_slice(&id) {
-                out.push((id, seen, addr));
-            }
-        }
-        Ok(out)
-    }
-
     /// Records a peer's sync state (and address, if known) as of `seen_at`.
     pub fn save_peer_sync(
         &self,

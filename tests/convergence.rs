@@ -14,20 +14,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
+mod common;
+
+use handoff::device::{Device, Unlocked};
 use handoff::doc::{Role, Service};
 use handoff::home::Home;
-use handoff::vault::KdfParams;
 use handoff_protocol::DeviceId;
 use handoff_protocol::dek_wrap::Recipient;
-
-/// Real Argon2id, at a cost that keeps many devices per run affordable.
-const LIGHT_KDF: KdfParams = KdfParams {
-    m_kib: 1024,
-    t: 1,
-    p: 1,
-};
-const PASSPHRASE: &[u8] = b"convergence passphrase";
 
 /// xorshift64*: small, seedable, reproducible.
 struct Rng(u64);
@@ -61,48 +54,7 @@ impl Node {
     }
 }
 
-fn new_device(name: &str) -> (tempfile::TempDir, Home, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::at(dir.path().join("home"));
-    (dir, home, name.to_string())
-}
-
-fn founder() -> Node {
-    let (dir, home, name) = new_device("node0");
-    let new = NewDevice {
-        name: &name,
-        passphrase: PASSPHRASE,
-        kdf: LIGHT_KDF,
-    };
-    let (device, _code) = Device::init(home, &new, "converge").unwrap();
-    let key = device.unlock(PASSPHRASE).unwrap();
-    Node {
-        device,
-        key,
-        role: Role::Admin,
-        removed: false,
-        _dir: dir,
-    }
-}
-
-/// Pairs a new device through `admin` as the pairing protocol does: the newcomer's keys, the
-/// admin's admission, the admin's document and anchors handed over.
-fn pair(admin: &mut Node, index: usize, role: Role) -> Node {
-    let (dir, home, name) = new_device(&format!("node{index}"));
-    let new = NewDevice {
-        name: &name,
-        passphrase: PASSPHRASE,
-        kdf: LIGHT_KDF,
-    };
-    let pending = PendingJoin::prepare(home, &new).unwrap();
-    admin
-        .device
-        .admit(&admin.key, &pending.joiner(role))
-        .unwrap();
-    let document = admin.device.export();
-    let anchors = admin.device.anchors().clone();
-    let device = pending.finish(&document, &anchors).unwrap();
-    let key = device.unlock(PASSPHRASE).unwrap();
+fn node(dir: tempfile::TempDir, (device, key): (Device, Unlocked), role: Role) -> Node {
     Node {
         device,
         key,
@@ -110,6 +62,25 @@ fn pair(admin: &mut Node, index: usize, role: Role) -> Node {
         removed: false,
         _dir: dir,
     }
+}
+
+fn founder() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let made = common::founder(Home::at(dir.path().join("home")), "node0");
+    node(dir, made, Role::Admin)
+}
+
+fn pair(admin: &mut Node, index: usize, role: Role) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    let made = common::join(
+        home,
+        &format!("node{index}"),
+        &mut admin.device,
+        &admin.key,
+        role,
+    );
+    node(dir, made, role)
 }
 
 /// What the test knows was acknowledged.

@@ -4,32 +4,19 @@
 
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
-use handoff::device::{Device, DeviceError, NewDevice, PendingJoin, Unlocked};
+mod common;
+
+use handoff::device::{Device, DeviceError, PendingJoin, Unlocked};
 use handoff::doc::{DocError, Role, Service};
 use handoff::home::Home;
-use handoff::vault::KdfParams;
 use handoff_protocol::dek_wrap::Recipient;
-
-const KDF: KdfParams = KdfParams {
-    m_kib: 1024,
-    t: 1,
-    p: 1,
-};
-const PASS: &[u8] = b"membership passphrase";
 
 fn new_home(dir: &tempfile::TempDir, name: &str) -> Home {
     Home::at(dir.path().join(name))
 }
 
 fn founder(dir: &tempfile::TempDir) -> (Device, Unlocked) {
-    let new = NewDevice {
-        name: "laptop",
-        passphrase: PASS,
-        kdf: KDF,
-    };
-    let (device, _) = Device::init(new_home(dir, "a"), &new, "work").unwrap();
-    let key = device.unlock(PASS).unwrap();
-    (device, key)
+    common::founder(new_home(dir, "a"), "laptop")
 }
 
 fn join(
@@ -39,18 +26,7 @@ fn join(
     name: &str,
     role: Role,
 ) -> (Device, Unlocked) {
-    let new = NewDevice {
-        name,
-        passphrase: PASS,
-        kdf: KDF,
-    };
-    let pending = PendingJoin::prepare(new_home(dir, name), &new).unwrap();
-    admin.admit(key, &pending.joiner(role)).unwrap();
-    let device = pending
-        .finish(&admin.export(), &admin.anchors().clone())
-        .unwrap();
-    let key = device.unlock(PASS).unwrap();
-    (device, key)
+    common::join(new_home(dir, name), name, admin, key, role)
 }
 
 #[test]
@@ -78,15 +54,8 @@ fn a_paired_member_reads_tokens_and_a_remote_device_gets_no_key() {
     );
     assert!(phone.reveal(&pk, "anthropic/work").is_err());
     // Admitting the same device twice is refused.
-    let again = PendingJoin::prepare(
-        new_home(&dir, "desktop2"),
-        &NewDevice {
-            name: "desktop",
-            passphrase: PASS,
-            kdf: KDF,
-        },
-    )
-    .unwrap();
+    let again =
+        PendingJoin::prepare(new_home(&dir, "desktop2"), &common::new_device("desktop")).unwrap();
     a.admit(&ak, &again.joiner(Role::Member)).unwrap();
     let twice = a.admit(&ak, &again.joiner(Role::Member));
     assert!(
@@ -94,15 +63,8 @@ fn a_paired_member_reads_tokens_and_a_remote_device_gets_no_key() {
         "{twice:?}"
     );
     // A joiner whose keys the admin's document does not admit cannot finish.
-    let stranger = PendingJoin::prepare(
-        new_home(&dir, "stranger"),
-        &NewDevice {
-            name: "stranger",
-            passphrase: PASS,
-            kdf: KDF,
-        },
-    )
-    .unwrap();
+    let stranger =
+        PendingJoin::prepare(new_home(&dir, "stranger"), &common::new_device("stranger")).unwrap();
     let refused = stranger.finish(&a.export(), &a.anchors().clone());
     assert!(
         matches!(refused, Err(DeviceError::InvalidInput(_))),

@@ -106,20 +106,13 @@ impl Device {
             ));
         }
         let me = self.record.device_id.to_hex();
-        let mut member = Member {
-            device,
-            name: joiner.name.clone(),
-            role: joiner.role,
-            identity_pub: joiner.identity_pub,
-            mailbox_pub: joiner.mailbox_pub,
-            vault_pub: joiner.vault_pub,
-            actor: crate::doc::actor_for(&device).to_bytes().to_vec(),
-            added_by: me.clone(),
-            added_at: unix_now(),
-            sig: Vec::new(),
-            signer: String::new(),
-            removals: Vec::new(),
-        };
+        let mut member = Member::from_public_keys(
+            [joiner.identity_pub, joiner.mailbox_pub, joiner.vault_pub],
+            &joiner.name,
+            joiner.role,
+            &me,
+            unix_now(),
+        );
         sign_member(&mut member, &state.info.id, &me, |m| self.keys.sign(m));
         self.doc.put_member(&member)?;
         if member.receives_dek() {

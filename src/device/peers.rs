@@ -161,9 +161,4 @@ impl Device {
         heads.sort();
         heads
     }
-
-    /// Every peer this device has synced with: last seen (Unix seconds) and address.
-    pub fn peers_seen(&self) -> Result<Vec<(DeviceId, i64, Option<String>)>, DeviceError> {
-        Ok(self.store.peers_seen()?)
-    }
 }

@@ -218,13 +218,26 @@ impl Member {
         added_by: &str,
         added_at: i64,
     ) -> Self {
-        let device = keys.device_id();
+        let keys = [keys.identity_public(), keys.mailbox_public(), vault_pub];
+        Self::from_public_keys(keys, name, role, added_by, added_at)
+    }
+
+    /// An unsigned record for the device whose `[identity, mailbox, vault]` public keys these
+    /// are (a device being paired, which holds the secrets itself).
+    pub fn from_public_keys(
+        [identity_pub, mailbox_pub, vault_pub]: [[u8; 32]; 3],
+        name: &str,
+        role: Role,
+        added_by: &str,
+        added_at: i64,
+    ) -> Self {
+        let device = crate::vault::device_id_for(&identity_pub);
         Self {
             device,
             name: name.to_string(),
             role,
-            identity_pub: keys.identity_public(),
-            mailbox_pub: keys.mailbox_public(),
+            identity_pub,
+            mailbox_pub,
             vault_pub,
             actor: crate::doc::actor_for(&device).to_bytes().to_vec(),
             added_by: added_by.to_string(),
