@@ -22,6 +22,14 @@ pub const MEMBER_DOMAIN: &[u8] = b"handoff/v1/member";
 pub const REMOVAL_DOMAIN: &[u8] = b"handoff/v1/member-removal";
 /// Domain of the AD that binds a passphrase-wrapped device key to its device.
 pub const DEVICE_KEY_DOMAIN: &[u8] = b"handoff/v1/device-key";
+/// Domain of the SPAKE2 password made from a pairing code.
+pub const PAIR_CODE_DOMAIN: &[u8] = b"handoff/v1/pair-code";
+/// Domain of the pairing Noise handshake's prologue.
+pub const PAIR_PROLOGUE_DOMAIN: &[u8] = b"handoff/v1/pair";
+/// Domain of the short authentication string derived from a pairing handshake.
+pub const PAIR_SAS_DOMAIN: &[u8] = b"handoff/v1/pair-sas";
+/// HKDF info of the mDNS tag key (the tag is HMAC-SHA256 under it, never the raw secret).
+pub const DISCOVERY_DOMAIN: &[u8] = b"handoff/v1/discovery";
 
 /// Builds `domain || (len32 || field)*`.
 #[derive(Debug)]
@@ -142,6 +150,37 @@ pub fn removal_statement(
         .field(by.as_bytes())
         .field(&at.to_be_bytes())
         .field(&after_seq.to_be_bytes())
+        .finish()
+}
+
+/// The SPAKE2 password of a pairing code: `code` is its canonical text (`NN-word-word-word`
+/// lowercased, or `NN-` and the 26 base32 letters of a QR code's secret).
+pub fn pair_password(code: &str) -> Vec<u8> {
+    Transcript::new(PAIR_CODE_DOMAIN)
+        .field(code.as_bytes())
+        .finish()
+}
+
+/// The prologue of the pairing Noise handshake: both libp2p PeerIds (the adder's first), so
+/// the session is bound to the two connected devices and to nothing else.
+pub fn pair_prologue(adder_peer: &[u8], joiner_peer: &[u8]) -> Vec<u8> {
+    Transcript::new(PAIR_PROLOGUE_DOMAIN)
+        .field(adder_peer)
+        .field(joiner_peer)
+        .finish()
+}
+
+/// What the short authentication string is a hash of: the pairing handshake's hash.
+pub fn pair_sas_input(handshake_hash: &[u8]) -> Vec<u8> {
+    Transcript::new(PAIR_SAS_DOMAIN)
+        .field(handshake_hash)
+        .finish()
+}
+
+/// The message whose HMAC under the discovery key is a vault's mDNS tag for one hour.
+pub fn discovery_message(hour: u64) -> Vec<u8> {
+    Transcript::new(DISCOVERY_DOMAIN)
+        .field(&hour.to_be_bytes())
         .finish()
 }
 

@@ -11,14 +11,20 @@
 //!   signature to its context (vault, epoch, token, recipient, service).
 //! - [`sealed_token`]: a vendor token encrypted under an epoch's token key.
 //! - [`dek_wrap`]: an epoch's data-encryption key wrapped to one member.
+//! - [`frame`]: length-prefixed frames, the unit of every stream between machines.
+//! - [`sync`]: `/handoff/sync/1`, document sync between members.
+//! - [`pairing`]: `/handoff/pair/1`, a new device joining through an admin with a short code.
 //! - [`DecodeError`]: how a decoder says no.
 #![forbid(unsafe_code)]
 
 pub mod binding;
 pub mod dek_wrap;
 mod error;
+pub mod frame;
 pub mod ids;
+pub mod pairing;
 pub mod sealed_token;
+pub mod sync;
 
 pub use dek_wrap::DekWrap;
 pub use error::DecodeError;
