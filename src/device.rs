@@ -11,6 +11,7 @@ mod members;
 mod peers;
 
 pub use members::{Joiner, PendingJoin, Removed, Upkeep};
+pub use peers::{PeerSeen, SyncRefusal};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -73,6 +74,14 @@ pub enum DeviceError {
 /// The device's vault key, unwrapped by the passphrase; zeroized when dropped.
 #[derive(Debug)]
 pub struct Unlocked(VaultSecret);
+
+impl Unlocked {
+    /// A second handle on the same key (for work that outlives the caller's hold on it, such
+    /// as an open pairing offer); zeroized when dropped like the first.
+    pub fn duplicate(&self) -> Unlocked {
+        Unlocked(VaultSecret::from_bytes(*self.0.to_bytes()))
+    }
+}
 
 /// What `init` and `recover` need to know besides the home.
 #[derive(Debug)]
@@ -342,9 +351,19 @@ impl Device {
         self.record.device_id
     }
 
-    /// The Ed25519 identity public key (the future libp2p PeerId's key).
+    /// The Ed25519 identity public key (the libp2p PeerId's key).
     pub fn identity_public(&self) -> [u8; 32] {
         self.keys.identity_public()
+    }
+
+    /// The identity secret, for this device's libp2p keypair.
+    pub(crate) fn identity_secret(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.keys.secrets().0
+    }
+
+    /// The mailbox secret: the static key of pairing handshakes (and of relay envelopes).
+    pub(crate) fn mailbox_secret(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.keys.secrets().1
     }
 
     pub fn device_name(&self) -> &str {

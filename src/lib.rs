@@ -9,6 +9,7 @@
 //! - [`home`]: the home directory, its permissions, the one-owner lock, process hardening.
 //! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon;
 //!   membership (admit, remove with rotation, upkeep) and per-peer sync sessions.
+//! - [`net`]: the libp2p mesh: sync with members, LAN discovery, pairing.
 //! - [`spawn`]: starting agents with a credential materialized only in the child.
 //! - [`config`]: local settings (`config.toml`): custom agents, environment allowlist.
 //! - [`daemon`]: the long-running node serving the control socket.
@@ -25,6 +26,7 @@ pub mod daemon;
 pub mod device;
 pub mod doc;
 pub mod home;
+pub mod net;
 pub mod spawn;
 pub mod store;
 pub mod vault;

@@ -372,6 +372,46 @@ impl Store {
         Ok(())
     }
 
+    /// Every peer with a sync row: device, last seen, addresses.
+    pub fn peers(&self) -> Result<Vec<(DeviceId, i64, Option<String>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id, seen_at, addr FROM peer_sync ORDER BY device_id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, seen, addr)| Some((DeviceId::from_slice(&id).ok()?, seen, addr)))
+            .collect())
+    }
+
+    /// Records where a peer can be reached, keeping its sync state.
+    pub fn set_peer_addr(
+        &self,
+        device: &DeviceId,
+        addr: &str,
+        seen_at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO peer_sync (device_id, state, seen_at, addr) VALUES (?1, x'', ?2, ?3)
+                 ON CONFLICT(device_id) DO UPDATE SET addr = ?3, seen_at = max(seen_at, ?2)",
+                rusqlite::params![device.as_bytes().as_slice(), seen_at, addr],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Replaces snapshot and change log with one new snapshot, atomically.
     pub fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
         let tx = self

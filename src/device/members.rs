@@ -418,6 +418,11 @@ impl PendingJoin {
         self.keys.secrets().0
     }
 
+    /// The mailbox secret, the static key of the pairing handshake.
+    pub fn mailbox_secret(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.keys.secrets().1
+    }
+
     /// What this device presents to the admin admitting it.
     pub fn joiner(&self, role: Role) -> Joiner {
         Joiner {

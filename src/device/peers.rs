@@ -18,6 +18,16 @@ pub enum SyncRefusal {
     Device(#[from] DeviceError),
 }
 
+/// What this device remembers of a peer it synced with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSeen {
+    pub device: DeviceId,
+    /// Unix seconds of the last sync exchange.
+    pub seen_at: i64,
+    /// The addresses it was last reachable at (space-separated multiaddrs).
+    pub addr: Option<String>,
+}
+
 /// One peer's sync session.
 #[derive(Debug, Default)]
 pub(super) struct Session {
@@ -134,6 +144,25 @@ impl Device {
             .save_peer_sync(peer, &encoded, unix_now(), None)
             .map_err(DeviceError::from)?;
         Ok(new)
+    }
+
+    /// Every peer this device has synced with.
+    pub fn peers_seen(&self) -> Result<Vec<PeerSeen>, DeviceError> {
+        Ok(self
+            .store
+            .peers()?
+            .into_iter()
+            .map(|(device, seen_at, addr)| PeerSeen {
+                device,
+                seen_at,
+                addr,
+            })
+            .collect())
+    }
+
+    /// Remembers where `peer` can be reached (its listen addresses, space-separated).
+    pub fn note_peer_addr(&mut self, peer: &DeviceId, addr: &str) -> Result<(), DeviceError> {
+        Ok(self.store.set_peer_addr(peer, addr, unix_now())?)
     }
 
     /// Whether a sync session with `peer` is open.

@@ -1,5 +1,7 @@
 //! Devices on real stores for the in-process membership and sync tests.
 
+#![allow(dead_code)] // each test crate uses its own part of these helpers
+
 use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
 use handoff::doc::Role;
 use handoff::home::Home;

@@ -1,0 +1,63 @@
+//! The swarm: transports (TCP with Noise and Yamux; QUIC, whose TLS 1.3 handshake proves the
+//! same PeerId), and the behaviours every handoff node runs: the gate, identify (peers learn
+//! each other's listen addresses), ping (dead connections are noticed) and plain streams for
+//! handoff's own protocols.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
+use prometheus_client::registry::Registry;
+
+use super::NetError;
+use super::gate::Gate;
+
+/// The identify protocol version handoff nodes announce.
+const IDENTIFY_VERSION: &str = "/handoff/1";
+/// How often a connection is pinged (a dead one is closed after a failed ping).
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a connection with no stream open stays up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub gate: Gate,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub streams: libp2p_stream::Behaviour,
+}
+
+/// A swarm for `keypair` behind `gate`, with its transport byte counters in `registry`.
+pub(super) fn build(
+    keypair: Keypair,
+    gate: Gate,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(|key| Behaviour {
+            gate,
+            // Identify only on connect and when our addresses change: an idle mesh is quiet.
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                    .with_interval(Duration::from_secs(24 * 3600))
+                    .with_push_listen_addr_updates(true),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_EVERY)),
+            streams: libp2p_stream::Behaviour::new(),
+        })
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,985 @@
+//! The mesh's event loop and its handle.
+//!
+//! [`Mesh::start`] builds the swarm, starts listening and spawns the driver, which alone owns
+//! the swarm. Everything else talks to it through channels: the [`Mesh`] handle sends
+//! commands (dial, open a pairing offer, stop), session tasks report what they applied and
+//! when they end, small acceptor tasks hand over inbound streams, the mDNS browser hands over
+//! what it found. What others may read without a round trip (listen addresses, who is
+//! online, traffic counters) sits in [`Shared`].
+//!
+//! The member set comes from the document: the driver re-reads it after every change (local or
+//! applied from a peer), updates the gate, ends sessions with peers that are no longer
+//! members, and starts sessions with connected members.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use handoff_protocol::DeviceId;
+use handoff_protocol::pairing::{self as pair_proto, PairRefusal};
+use handoff_protocol::sync as sync_proto;
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::behaviour::{self, Behaviour, BehaviourEvent};
+use super::gate::Gate;
+use super::mdns::{self, Discovery, Found, Ports};
+use super::pair::{self, Hello, Offer, OfferRequest, PairEvent, PairTicket};
+use super::session::{Counters, Report, Session};
+use super::{Host, MeshConfig, NetError, keypair, member_peers, on_device};
+
+/// How long `start` waits for its listeners.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for sessions to persist their state.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How many addresses of a peer are remembered.
+const ADDRS_KEPT: usize = 8;
+/// How long an address found on the LAN is not dialled again.
+const FOUND_COOLDOWN: Duration = Duration::from_secs(60);
+
+/// What the owner can read about the mesh at any time.
+#[derive(Debug, Clone, Default)]
+pub struct NetView {
+    pub peer_id: String,
+    /// Addresses this node listens on.
+    pub listen: Vec<String>,
+    /// Connected members and the address of a connection to each.
+    pub online: BTreeMap<DeviceId, String>,
+}
+
+/// Sync traffic so far (frame headers included), for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    pub refusals_sent: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    peer_id: PeerId,
+    view: Mutex<NetView>,
+    counters: Arc<Counters>,
+    registry: Mutex<Registry>,
+    /// Bumped whenever this document changed; every session offers on a bump.
+    nudge: watch::Sender<u64>,
+    /// Bumped whenever changes from a peer were applied.
+    applied: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn view(&self) -> std::sync::MutexGuard<'_, NetView> {
+        self.view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+enum Command {
+    Dial(Multiaddr, oneshot::Sender<Result<(), NetError>>),
+    Offer(Box<Offer>, oneshot::Sender<Result<(), NetError>>),
+    Disconnect(PeerId),
+    Stop(oneshot::Sender<()>),
+}
+
+/// What helper tasks tell the driver.
+enum Internal {
+    Session(Report),
+    InboundSync(PeerId, Stream),
+    InboundPair(PeerId, Stream, Hello),
+    Members {
+        peers: HashMap<PeerId, DeviceId>,
+        discovery: Option<[u8; 32]>,
+        known: Vec<(PeerId, Vec<Multiaddr>)>,
+    },
+    OfferEnded {
+        paired: bool,
+    },
+    Found(Found),
+}
+
+/// The running mesh. Dropping it stops the node (sessions persist their state first when
+/// [`Mesh::stop`] is used).
+#[derive(Debug)]
+pub struct Mesh {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Dial(..) => "Dial",
+            Command::Offer(..) => "Offer",
+            Command::Disconnect(_) => "Disconnect",
+            Command::Stop(_) => "Stop",
+        })
+    }
+}
+
+impl Mesh {
+    /// Starts the node for `host`'s device: listens, dials what it knows, discovers on the LAN.
+    /// Returns once every listener is up.
+    pub async fn start(host: Arc<dyn Host>, config: MeshConfig) -> Result<Mesh, NetError> {
+        let secret = on_device(&host, |d, _| d.identity_secret()).await?;
+        let mut registry = Registry::default();
+        let mut swarm = behaviour::build(keypair(&secret)?, Gate::default(), &mut registry)?;
+        drop(secret);
+        let listen = listen(&mut swarm, &config.listen).await?;
+        let peer_id = *swarm.local_peer_id();
+        let mut control = swarm.behaviour().streams.new_control();
+        let (internal_tx, internal) = mpsc::unbounded_channel();
+        let sync_in = control
+            .accept(StreamProtocol::new(sync_proto::PROTOCOL))
+            .map_err(|e| NetError::Transport(e.to_string()))?;
+        let pair_in = control
+            .accept(StreamProtocol::new(pair_proto::PROTOCOL))
+            .map_err(|e| NetError::Transport(e.to_string()))?;
+        let mut helpers = tokio::task::JoinSet::new();
+        helpers.spawn(accept_sync(sync_in, internal_tx.clone()));
+        helpers.spawn(accept_pair(pair_in, internal_tx.clone()));
+        let discovery = if config.mdns {
+            let discovery = Discovery::start()?;
+            let events = discovery.browse()?;
+            helpers.spawn(browse(events, internal_tx.clone()));
+            Some(discovery)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared {
+            peer_id,
+            view: Mutex::new(NetView {
+                peer_id: peer_id.to_string(),
+                listen: listen.iter().map(ToString::to_string).collect(),
+                online: BTreeMap::new(),
+            }),
+            counters: Arc::new(Counters::default()),
+            registry: Mutex::new(registry),
+            nudge: watch::channel(0).0,
+            applied: watch::channel(0).0,
+        });
+        let (commands, command_rx) = mpsc::channel(16);
+        let mut driver = Driver {
+            swarm,
+            host,
+            control,
+            config,
+            shared: shared.clone(),
+            commands: command_rx,
+            internal,
+            internal_tx,
+            members: HashMap::new(),
+            known: Vec::new(),
+            sessions: HashMap::new(),
+            next_session: 0,
+            session_tasks: tokio::task::JoinSet::new(),
+            helpers,
+            offer: None,
+            pairing_runs: false,
+            discovery,
+            discovery_secret: None,
+            advertised_hour: None,
+            listen,
+            refreshing: false,
+            refresh_again: false,
+            static_peers: HashMap::new(),
+            found_dials: HashMap::new(),
+        };
+        driver.static_peers = driver
+            .config
+            .peers
+            .iter()
+            .map(|a| (a.clone(), None))
+            .collect();
+        // Know the members before anything can connect, so the gate never refuses one.
+        let (peers, discovery_secret, known) = read_members(&driver.host).await?;
+        driver.on_members(peers, discovery_secret, known);
+        let task = tokio::spawn(driver.run());
+        Ok(Mesh {
+            commands,
+            shared,
+            task: Some(task),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    /// Listen addresses, who is online, this node's PeerId.
+    pub fn view(&self) -> NetView {
+        self.shared.view().clone()
+    }
+
+    /// Sync traffic so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            frames_received: c.frames_received.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            refusals_sent: c.refusals_sent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes through the transports (Noise/TLS, Yamux and all), as Prometheus text.
+    pub fn transport_metrics(&self) -> String {
+        let mut out = String::new();
+        let registry = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// The document changed here: every session offers the change.
+    pub fn changed(&self) {
+        self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever changes from a peer were applied.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Dials an address (a member's; anyone else is refused by the gate).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Dial(addr, tx)).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Opens a pairing offer; its events and confirmation travel through the ticket.
+    pub async fn offer(&self, request: OfferRequest) -> Result<PairTicket, NetError> {
+        let (offer, ticket) = Offer::open(request)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Offer(Box::new(offer), tx)).await?;
+        rx.await.map_err(|_| NetError::Stopped)??;
+        Ok(ticket)
+    }
+
+    /// Closes every connection to `device`'s PeerId now.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetError> {
+        self.send(Command::Disconnect(peer)).await
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Stops the node: sessions persist their sync state, listeners close.
+    pub async fn stop(mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts every listener and waits until each has an address.
+async fn listen(
+    swarm: &mut Swarm<Behaviour>,
+    addrs: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, NetError> {
+    let mut waiting = HashSet::new();
+    for addr in addrs {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        waiting.insert(id);
+    }
+    let mut bound = Vec::new();
+    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+    while !waiting.is_empty() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| NetError::Listen {
+                addr: format!("{addrs:?}"),
+                reason: "no address came up".into(),
+            })?;
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                waiting.remove(&listener_id);
+                bound.push(address);
+            }
+            SwarmEvent::ListenerClosed { reason: Err(e), .. }
+            | SwarmEvent::ListenerError { error: e, .. } => {
+                return Err(NetError::Listen {
+                    addr: format!("{addrs:?}"),
+                    reason: e.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(bound)
+}
+
+async fn accept_sync(
+    mut incoming: libp2p_stream::IncomingStreams,
+    internal: mpsc::UnboundedSender<Internal>,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        if internal.send(Internal::InboundSync(peer, stream)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads each pairing stream's `Hello` (concurrently, each under its own timeout) before the
+/// driver matches it to an offer.
+async fn accept_pair(
+    mut incoming: libp2p_stream::IncomingStreams,
+    internal: mpsc::UnboundedSender<Internal>,
+) {
+    let mut hellos = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, mut stream)) = next else { return };
+                hellos.spawn(async move {
+                    pair::read_hello(&mut stream).await.ok().map(|h| (peer, stream, h))
+                });
+            }
+            Some(done) = hellos.join_next(), if !hellos.is_empty() => {
+                if let Ok(Some((peer, stream, hello))) = done
+                    && internal.send(Internal::InboundPair(peer, stream, hello)).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn browse(
+    events: mdns_sd::Receiver<mdns_sd::ServiceEvent>,
+    internal: mpsc::UnboundedSender<Internal>,
+) {
+    while let Ok(event) = events.recv_async().await {
+        if let Some(found) = mdns::found(&event)
+            && internal.send(Internal::Found(found)).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A running session, as the driver holds it.
+struct SessionLink {
+    id: u64,
+    inbound: mpsc::Sender<Stream>,
+    /// Dropped to end the session.
+    _stop: oneshot::Sender<()>,
+}
+
+/// The latest pairing offer. It stays here after its one attempt or its expiry, so a late or
+/// repeated attempt is told why it is refused.
+struct OpenOffer {
+    nameplate: u16,
+    deadline: tokio::time::Instant,
+    state: OfferState,
+}
+
+enum OfferState {
+    Waiting(Box<Offer>),
+    /// A joiner took the attempt; the pairing runs (or ran).
+    Taken,
+    Expired,
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    host: Arc<dyn Host>,
+    control: libp2p_stream::Control,
+    config: MeshConfig,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    members: HashMap<PeerId, DeviceId>,
+    /// Known addresses of members, for redialling.
+    known: Vec<(PeerId, Vec<Multiaddr>)>,
+    sessions: HashMap<PeerId, SessionLink>,
+    next_session: u64,
+    session_tasks: tokio::task::JoinSet<()>,
+    /// Acceptors and the LAN browser: they live as long as the node.
+    helpers: tokio::task::JoinSet<()>,
+    offer: Option<OpenOffer>,
+    /// A pairing runs on an accepted stream.
+    pairing_runs: bool,
+    discovery: Option<Discovery>,
+    discovery_secret: Option<[u8; 32]>,
+    advertised_hour: Option<u64>,
+    listen: Vec<Multiaddr>,
+    refreshing: bool,
+    refresh_again: bool,
+    /// Configured peer addresses and the peer each last reached.
+    static_peers: HashMap<Multiaddr, Option<PeerId>>,
+    /// Addresses found on the LAN and when they were last dialled.
+    found_dials: HashMap<Multiaddr, tokio::time::Instant>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut redial = tokio::time::interval(self.config.redial_every);
+        let mut minute = tokio::time::interval(Duration::from_secs(60));
+        let mut nudges = self.shared.nudge.subscribe();
+        let stopped = loop {
+            let offer_deadline = self.offer.as_ref().map(|o| o.deadline);
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Stop(done)) => break Some(done),
+                    Some(command) => self.on_command(command),
+                    None => break None,
+                },
+                Some(message) = self.internal.recv() => self.on_internal(message),
+                changed = nudges.changed() => {
+                    if changed.is_ok() {
+                        self.refresh();
+                    }
+                }
+                _ = redial.tick() => self.redial(),
+                _ = minute.tick() => self.advertise(),
+                () = sleep_until(offer_deadline) => self.expire_offer(),
+                Some(_) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {}
+            }
+        };
+        self.shutdown().await;
+        if let Some(done) = stopped {
+            let _ = done.send(());
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.sessions.clear(); // each session persists its state and ends
+        let tasks = &mut self.session_tasks;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.session_tasks.abort_all();
+        self.helpers.abort_all();
+        if let Some(discovery) = self.discovery.take() {
+            discovery.shutdown();
+        }
+    }
+
+    fn connected(&self) -> Vec<PeerId> {
+        self.swarm.connected_peers().copied().collect()
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                if let Some(device) = self.members.get(&peer_id) {
+                    self.shared.view().online.insert(*device, addr.to_string());
+                    if endpoint.is_dialer() {
+                        self.remember(peer_id, vec![addr.clone()]);
+                    }
+                }
+                if let Some(peer) = self.static_peers.get_mut(&addr) {
+                    *peer = Some(peer_id);
+                }
+                self.ensure_session(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.sessions.remove(&peer_id);
+                if let Some(device) = self.members.get(&peer_id) {
+                    self.shared.view().online.remove(device);
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.listen.push(address.clone());
+                self.shared.view().listen.push(address.to_string());
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen.retain(|a| *a != address);
+                self.shared
+                    .view()
+                    .listen
+                    .retain(|a| *a != address.to_string());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if self.members.contains_key(&peer_id) => {
+                let addrs = info
+                    .listen_addrs
+                    .into_iter()
+                    .filter(|a| !is_unspecified(a))
+                    .take(ADDRS_KEPT)
+                    .collect();
+                self.remember(peer_id, addrs);
+            }
+            _ => {}
+        }
+    }
+
+    /// Stores where a member can be reached.
+    fn remember(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let Some(device) = self.members.get(&peer).copied() else {
+            return;
+        };
+        if addrs.is_empty() {
+            return;
+        }
+        let text = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let host = self.host.clone();
+        tokio::spawn(async move {
+            let _ = on_device(&host, move |d, _| d.note_peer_addr(&device, &text)).await;
+        });
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial(addr, done) => {
+                let result = self
+                    .swarm
+                    .dial(DialOpts::unknown_peer_id().address(addr.clone()).build())
+                    .map_err(|e| NetError::Listen {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    });
+                let _ = done.send(result);
+            }
+            Command::Offer(offer, done) => {
+                let _ = done.send(self.open_offer(offer));
+            }
+            Command::Disconnect(peer) => {
+                self.sessions.remove(&peer);
+                self.swarm.behaviour_mut().gate.close_peer(peer);
+            }
+            Command::Stop(_) => {}
+        }
+    }
+
+    fn open_offer(&mut self, offer: Box<Offer>) -> Result<(), NetError> {
+        if self
+            .offer
+            .as_ref()
+            .is_some_and(|o| matches!(o.state, OfferState::Waiting(_)) || self.pairing_runs)
+        {
+            return Err(NetError::OfferOpen);
+        }
+        let nameplate = offer.code.nameplate();
+        if let Some(discovery) = &mut self.discovery
+            && let Err(e) = discovery.advertise_pairing(nameplate, Ports::of(&self.listen))
+        {
+            tracing::warn!(error = %e, "cannot advertise the pairing offer on the LAN");
+        }
+        self.offer = Some(OpenOffer {
+            nameplate,
+            deadline: tokio::time::Instant::from_std(offer.deadline),
+            state: OfferState::Waiting(offer),
+        });
+        self.swarm.behaviour_mut().gate.allow_guests(true);
+        tracing::info!(nameplate, "pairing offer open");
+        Ok(())
+    }
+
+    /// Stops accepting guests and withdraws the advertisement; the offer's record stays.
+    fn close_offer(&mut self) {
+        if let Some(discovery) = &mut self.discovery {
+            discovery.withdraw_pairing();
+        }
+        self.swarm.behaviour_mut().gate.allow_guests(false);
+    }
+
+    fn expire_offer(&mut self) {
+        let Some(open) = &mut self.offer else { return };
+        open.deadline = far_future();
+        if let OfferState::Waiting(offer) = std::mem::replace(&mut open.state, OfferState::Expired)
+        {
+            tracing::info!("pairing offer expired");
+            let _ = offer
+                .events
+                .send(PairEvent::Failed(pair::PairFailure::Expired));
+        }
+        // A pairing still running ends by the same deadline, and closes the door then.
+        if !self.pairing_runs {
+            self.close_offer();
+        }
+    }
+
+    fn on_internal(&mut self, message: Internal) {
+        match message {
+            Internal::Session(Report::Applied) => {
+                self.shared.applied.send_modify(|n| *n = n.wrapping_add(1));
+                // Other sessions offer what arrived; the member set may have changed.
+                self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Internal::Session(Report::Ended {
+                peer,
+                id,
+                not_member,
+            }) => {
+                if self.sessions.get(&peer).is_some_and(|s| s.id == id) {
+                    self.sessions.remove(&peer);
+                }
+                if not_member {
+                    self.swarm.behaviour_mut().gate.close_peer(peer);
+                }
+            }
+            Internal::InboundSync(peer, stream) => {
+                if !self.swarm.behaviour().gate.is_member(&peer) {
+                    // A guest (or a removed device) gets no sync at all.
+                    drop(stream);
+                    self.swarm.behaviour_mut().gate.close_peer(peer);
+                    return;
+                }
+                self.ensure_session(peer);
+                if let Some(link) = self.sessions.get(&peer) {
+                    let _ = link.inbound.try_send(stream);
+                }
+            }
+            Internal::InboundPair(peer, stream, hello) => self.on_pair_stream(peer, stream, hello),
+            Internal::Members {
+                peers,
+                discovery,
+                known,
+            } => self.on_members(peers, discovery, known),
+            Internal::OfferEnded { paired } => {
+                self.pairing_runs = false;
+                let expired = self
+                    .offer
+                    .as_ref()
+                    .is_some_and(|o| matches!(o.state, OfferState::Expired));
+                if paired || expired {
+                    self.close_offer();
+                }
+                // Otherwise strangers may still connect until the deadline, and a late or
+                // repeated attempt is told the code is used up.
+                self.refresh();
+            }
+            Internal::Found(found) => self.on_found(found),
+        }
+    }
+
+    fn on_pair_stream(&mut self, peer: PeerId, stream: Stream, hello: Hello) {
+        let why = match &mut self.offer {
+            None => PairRefusal::NoSession,
+            Some(open) if open.nameplate != hello.nameplate => PairRefusal::NoSession,
+            Some(open) => match std::mem::replace(&mut open.state, OfferState::Taken) {
+                OfferState::Waiting(offer) => {
+                    self.pairing_runs = true;
+                    let host = self.host.clone();
+                    let me = self.shared.peer_id;
+                    let internal = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        let paired = pair::serve(stream, hello, *offer, host, me, peer)
+                            .await
+                            .is_ok();
+                        let _ = internal.send(Internal::OfferEnded { paired });
+                    });
+                    return;
+                }
+                OfferState::Taken => PairRefusal::Used,
+                OfferState::Expired => {
+                    open.state = OfferState::Expired;
+                    PairRefusal::Expired
+                }
+            },
+        };
+        tokio::spawn(pair::refuse(stream, why));
+    }
+
+    /// Re-reads the member set (and what discovery needs) from the document.
+    fn refresh(&mut self) {
+        if self.refreshing {
+            self.refresh_again = true;
+            return;
+        }
+        self.refreshing = true;
+        let host = self.host.clone();
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let read = on_device(&host, |d, _| {
+                let peers = member_peers(d);
+                let discovery = d.state().ok().map(|s| s.info.discovery_secret);
+                let seen = d.peers_seen().unwrap_or_default();
+                (peers, discovery, seen)
+            })
+            .await;
+            if let Ok((peers, discovery, seen)) = read {
+                let known = seen
+                    .into_iter()
+                    .filter_map(|p| {
+                        let peer = peers.iter().find(|(_, d)| **d == p.device)?.0;
+                        let addrs: Vec<Multiaddr> =
+                            p.addr?.split(' ').filter_map(|a| a.parse().ok()).collect();
+                        Some((*peer, addrs))
+                    })
+                    .collect();
+                let _ = internal.send(Internal::Members {
+                    peers,
+                    discovery,
+                    known,
+                });
+            }
+        });
+    }
+
+    fn on_members(
+        &mut self,
+        peers: HashMap<PeerId, DeviceId>,
+        discovery: Option<[u8; 32]>,
+        known: Vec<(PeerId, Vec<Multiaddr>)>,
+    ) {
+        self.refreshing = false;
+        let first = self.discovery_secret.is_none();
+        let connected = self.connected();
+        self.swarm
+            .behaviour_mut()
+            .gate
+            .set_members(peers.keys().copied().collect(), &connected);
+        self.sessions.retain(|peer, _| peers.contains_key(peer));
+        {
+            let mut view = self.shared.view();
+            view.online.clear();
+            for peer in &connected {
+                if let Some(device) = peers.get(peer) {
+                    let addr = view
+                        .online
+                        .get(device)
+                        .cloned()
+                        .unwrap_or_else(|| "connected".into());
+                    view.online.insert(*device, addr);
+                }
+            }
+        }
+        self.members = peers;
+        self.known = known;
+        self.discovery_secret = discovery;
+        for peer in connected {
+            self.ensure_session(peer);
+        }
+        if first {
+            self.redial();
+            self.advertise();
+        }
+        if std::mem::take(&mut self.refresh_again) {
+            self.refresh();
+        }
+    }
+
+    fn ensure_session(&mut self, peer: PeerId) {
+        if self.sessions.contains_key(&peer) || !self.swarm.is_connected(&peer) {
+            return;
+        }
+        let Some(device) = self.members.get(&peer).copied() else {
+            return;
+        };
+        if !self.swarm.behaviour().gate.is_member(&peer) {
+            return;
+        }
+        let (inbound_tx, inbound) = mpsc::channel(4);
+        let (stop_tx, stop) = oneshot::channel();
+        self.next_session += 1;
+        let id = self.next_session;
+        let reports = {
+            let internal = self.internal_tx.clone();
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(report) = rx.recv().await {
+                    if internal.send(Internal::Session(report)).is_err() {
+                        return;
+                    }
+                }
+            });
+            tx
+        };
+        let addr = self.shared.view().online.get(&device).cloned();
+        let session = Session {
+            id,
+            host: self.host.clone(),
+            peer,
+            device,
+            control: self.control.clone(),
+            inbound,
+            nudge: self.shared.nudge.subscribe(),
+            stop,
+            reports,
+            counters: self.shared.counters.clone(),
+            addr,
+        };
+        self.session_tasks.spawn(session.run());
+        self.sessions.insert(
+            peer,
+            SessionLink {
+                id,
+                inbound: inbound_tx,
+                _stop: stop_tx,
+            },
+        );
+    }
+
+    /// Dials members that are not connected, at the addresses they were last seen at, and the
+    /// configured peers.
+    fn redial(&mut self) {
+        if self.config.dial_known {
+            for (peer, addrs) in &self.known {
+                if self.swarm.is_connected(peer) || addrs.is_empty() {
+                    continue;
+                }
+                let opts = DialOpts::peer_id(*peer)
+                    .addresses(addrs.clone())
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+        }
+        for (addr, reached) in &self.static_peers {
+            if reached.is_some_and(|p| self.swarm.is_connected(&p)) {
+                continue;
+            }
+            let _ = self
+                .swarm
+                .dial(DialOpts::unknown_peer_id().address(addr.clone()).build());
+        }
+    }
+
+    /// Advertises this member on the LAN under this hour's tag (again, when the hour turned).
+    fn advertise(&mut self) {
+        let (Some(discovery), Some(secret)) = (&mut self.discovery, &self.discovery_secret) else {
+            return;
+        };
+        let hour = mdns::hour_now();
+        if self.advertised_hour == Some(hour) {
+            return;
+        }
+        match discovery.advertise_member(&mdns::tag(secret, hour), Ports::of(&self.listen)) {
+            Ok(()) => self.advertised_hour = Some(hour),
+            Err(e) => tracing::warn!(error = %e, "cannot advertise on the LAN"),
+        }
+    }
+
+    fn on_found(&mut self, found: Found) {
+        let Found::Member { tag, addrs } = found else {
+            return;
+        };
+        let Some(secret) = &self.discovery_secret else {
+            return;
+        };
+        let hour = mdns::hour_now();
+        let ours = [hour, hour.saturating_sub(1)]
+            .iter()
+            .any(|h| mdns::tag(secret, *h) == tag);
+        if !ours {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        self.found_dials
+            .retain(|_, at| now.duration_since(*at) < FOUND_COOLDOWN);
+        for addr in addrs {
+            if self.listen.contains(&addr) || self.found_dials.contains_key(&addr) {
+                continue; // our own advertisement, or dialled a moment ago
+            }
+            let connected_there = self
+                .shared
+                .view()
+                .online
+                .values()
+                .any(|a| *a == addr.to_string());
+            if connected_there {
+                continue;
+            }
+            self.found_dials.insert(addr.clone(), now);
+            tracing::debug!(%addr, "found a member on the LAN");
+            let _ = self
+                .swarm
+                .dial(DialOpts::unknown_peer_id().address(addr).build());
+        }
+    }
+}
+
+/// What the driver keeps from the document: members by PeerId, the discovery secret, and
+/// where members were last seen.
+type MemberRead = (
+    HashMap<PeerId, DeviceId>,
+    Option<[u8; 32]>,
+    Vec<(PeerId, Vec<Multiaddr>)>,
+);
+
+async fn read_members(host: &Arc<dyn Host>) -> Result<MemberRead, NetError> {
+    let (peers, discovery, seen) = on_device(host, |d, _| {
+        let peers = member_peers(d);
+        let discovery = d.state().ok().map(|s| s.info.discovery_secret);
+        let seen = d.peers_seen().unwrap_or_default();
+        (peers, discovery, seen)
+    })
+    .await?;
+    let known = seen
+        .into_iter()
+        .filter_map(|p| {
+            let peer = peers.iter().find(|(_, d)| **d == p.device)?.0;
+            let addrs: Vec<Multiaddr> = p.addr?.split(' ').filter_map(|a| a.parse().ok()).collect();
+            Some((*peer, addrs))
+        })
+        .collect();
+    Ok((peers, discovery, known))
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,734 @@
+//! Pairing (`/handoff/pair/1`): a new device joins the vault through an admin device, the user
+//! carrying a short code from one screen to the other (DESIGN §5).
+//!
+//! 1. The joiner sends `Hello` with its SPAKE2 message (side B); the adder answers with its own
+//!    (side A). Both identities are the two PeerIds, so the key is bound to this connection.
+//! 2. `Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s`, the joiner initiating, each side's static key
+//!    its mailbox key, psk = the SPAKE2 key, prologue = both PeerIds. A wrong code fails the
+//!    third message; the adder says so and the offer is used up (one attempt per code).
+//! 3. The adder sends `Ready`; both show the SAS (from the handshake hash) and ask their user
+//!    to compare it, unless told to skip that.
+//! 4. The joiner sends its keys (`Joined`); the adder checks they are the keys that proved
+//!    themselves on the connection and in the handshake, admits the device (signed member
+//!    record, and the current DEK wrapped to it unless it is `remote`) and sends the anchors
+//!    and the document (`Welcome`). The joiner writes its device from them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use handoff_protocol::DeviceId;
+use handoff_protocol::pairing::{
+    self as proto, JoinedBody, PairMessage, PairRefusal, Sealed, WelcomeBody,
+};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use spake2::{Ed25519Group, Identity, Password, Spake2};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use super::code::{LinkHints, PairCode};
+use super::gate::Gate;
+use super::wire::{read_frame, write_frame};
+use super::{Host, NetError, behaviour, keypair, mdns, on_device};
+use crate::device::{Device, DeviceError, Joiner, PendingJoin, Unlocked};
+use crate::doc::{Member, Role};
+
+/// How long an offer stays open.
+pub const OFFER_LIFETIME: Duration = Duration::from_secs(600);
+/// How long one protocol step may take (not counting a user reading the SAS).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a joiner looks for the adder on the LAN.
+const FIND_TIMEOUT: Duration = Duration::from_secs(60);
+const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
+
+/// Why a pairing did not complete; each is one line for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PairFailure {
+    #[error(
+        "pairing failed: the codes did not match (a typo, or someone else tried); that code is used up, run `handoff peer add` for a new one"
+    )]
+    WrongCode,
+    #[error(
+        "pairing failed: no open pairing offer has that number on that device; check the code or run `handoff peer add` again"
+    )]
+    NoOffer,
+    #[error(
+        "pairing failed: that code was already tried once; run `handoff peer add` for a new one"
+    )]
+    Used,
+    #[error(
+        "pairing failed: that code expired (codes last 10 minutes); run `handoff peer add` again"
+    )]
+    Expired,
+    #[error("pairing was declined: the words did not match on both screens, or a user said no")]
+    Declined,
+    #[error(
+        "pairing failed: the adding device cannot admit anyone now (it must be an admin, unlocked)"
+    )]
+    Unavailable,
+    #[error("pairing failed: the other device runs an incompatible version of handoff")]
+    Version,
+    #[error("pairing failed: the other device broke the protocol ({0})")]
+    Protocol(String),
+    #[error("pairing failed: the connection broke ({0})")]
+    Connection(String),
+    #[error("pairing timed out waiting for the other device")]
+    Timeout,
+    #[error(
+        "could not find the device running `handoff peer add` ({0}); give its address with --addr"
+    )]
+    NotFound(String),
+    #[error("pairing failed: {0}")]
+    Local(String),
+}
+
+impl PairFailure {
+    fn from_refusal(r: PairRefusal) -> Self {
+        match r {
+            PairRefusal::NoSession => PairFailure::NoOffer,
+            PairRefusal::Used => PairFailure::Used,
+            PairRefusal::Expired => PairFailure::Expired,
+            PairRefusal::WrongCode => PairFailure::WrongCode,
+            PairRefusal::Declined => PairFailure::Declined,
+            PairRefusal::Version => PairFailure::Version,
+            _ => PairFailure::Unavailable,
+        }
+    }
+
+    /// The refusal to send the other side when this side fails.
+    fn refusal(&self) -> PairRefusal {
+        match self {
+            PairFailure::WrongCode => PairRefusal::WrongCode,
+            PairFailure::Declined => PairRefusal::Declined,
+            PairFailure::Expired => PairRefusal::Expired,
+            PairFailure::Version => PairRefusal::Version,
+            _ => PairRefusal::Unavailable,
+        }
+    }
+}
+
+impl From<DeviceError> for PairFailure {
+    fn from(e: DeviceError) -> Self {
+        PairFailure::Local(e.to_string())
+    }
+}
+
+/// What the adder's user sees of an offer, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairEvent {
+    /// The codes matched; compare these words with the other screen, then confirm (unless the
+    /// offer confirms by itself).
+    Sas { sas: String },
+    /// The device is a member now.
+    Paired {
+        device: DeviceId,
+        name: String,
+        role: Role,
+    },
+    /// The offer ended without a new member.
+    Failed(PairFailure),
+}
+
+/// An open offer as its owner holds it: the code to show, the events, the confirmation.
+#[derive(Debug)]
+pub struct PairTicket {
+    pub code: PairCode,
+    /// Unix time the offer expires.
+    pub expires_at: i64,
+    pub events: mpsc::UnboundedReceiver<PairEvent>,
+    pub confirm: mpsc::UnboundedSender<bool>,
+}
+
+/// What an owner asks for when it opens an offer.
+#[derive(Debug)]
+pub struct OfferRequest {
+    pub role: Role,
+    /// The name to give the device (default: the name it proposes).
+    pub name: Option<String>,
+    /// A 128-bit code for a QR code instead of three words.
+    pub long_code: bool,
+    /// Skip the SAS confirmation on this side.
+    pub auto_confirm: bool,
+    /// The vault key, to wrap the DEK to the newcomer.
+    pub key: Unlocked,
+}
+
+/// An open offer, held by the mesh.
+#[derive(Debug)]
+pub(super) struct Offer {
+    pub code: PairCode,
+    pub role: Role,
+    pub name: Option<String>,
+    pub auto_confirm: bool,
+    pub key: Unlocked,
+    pub deadline: Instant,
+    pub events: mpsc::UnboundedSender<PairEvent>,
+    pub confirm: mpsc::UnboundedReceiver<bool>,
+}
+
+impl Offer {
+    pub fn open(request: OfferRequest) -> Result<(Self, PairTicket), NetError> {
+        let code = if request.long_code {
+            PairCode::generate_long()
+        } else {
+            PairCode::generate()
+        }
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (confirm, confirm_rx) = mpsc::unbounded_channel();
+        let expires_at = crate::doc::unix_now()
+            .saturating_add(i64::try_from(OFFER_LIFETIME.as_secs()).unwrap_or(i64::MAX));
+        let offer = Offer {
+            code: code.clone(),
+            role: request.role,
+            name: request.name,
+            auto_confirm: request.auto_confirm,
+            key: request.key,
+            deadline: Instant::now() + OFFER_LIFETIME,
+            events: events_tx,
+            confirm: confirm_rx,
+        };
+        Ok((
+            offer,
+            PairTicket {
+                code,
+                expires_at,
+                events,
+                confirm,
+            },
+        ))
+    }
+}
+
+/// The first message of a pairing stream, read before the stream is matched to an offer.
+#[derive(Debug)]
+pub(super) struct Hello {
+    pub version: u8,
+    pub nameplate: u16,
+    pub spake: [u8; proto::SPAKE2_LEN],
+}
+
+/// Reads the `Hello` a joiner opens with.
+pub(super) async fn read_hello(stream: &mut Stream) -> Result<Hello, PairFailure> {
+    match recv(stream, STEP_TIMEOUT).await? {
+        PairMessage::Hello {
+            version,
+            nameplate,
+            spake,
+        } => Ok(Hello {
+            version,
+            nameplate,
+            spake,
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Refuses a pairing stream and closes it.
+pub(super) async fn refuse(mut stream: Stream, why: PairRefusal) {
+    let _ = send(&mut stream, &PairMessage::Refused(why)).await;
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+}
+
+async fn send(stream: &mut Stream, message: &PairMessage) -> Result<(), PairFailure> {
+    write_frame(stream, &message.encode(), proto::MAX_FRAME)
+        .await
+        .map_err(|e| PairFailure::Connection(e.to_string()))
+}
+
+/// The next message; a refusal from the other side becomes its failure.
+async fn recv(stream: &mut Stream, timeout: Duration) -> Result<PairMessage, PairFailure> {
+    let bytes = tokio::time::timeout(timeout, read_frame(stream, proto::MAX_FRAME))
+        .await
+        .map_err(|_| PairFailure::Timeout)?
+        .map_err(|e| PairFailure::Connection(e.to_string()))?
+        .ok_or_else(|| PairFailure::Connection("the other device hung up".into()))?;
+    match PairMessage::decode(&bytes) {
+        Ok(PairMessage::Refused(r)) => Err(PairFailure::from_refusal(r)),
+        Ok(message) => Ok(message),
+        Err(e) => Err(PairFailure::Protocol(e.to_string())),
+    }
+}
+
+async fn recv_noise(stream: &mut Stream, timeout: Duration) -> Result<Vec<u8>, PairFailure> {
+    match recv(stream, timeout).await? {
+        PairMessage::Noise(bytes) => Ok(bytes),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(message: &PairMessage) -> PairFailure {
+    let what = match message {
+        PairMessage::Hello { .. } => "a hello",
+        PairMessage::Spake(_) => "a SPAKE2 message",
+        PairMessage::Noise(_) => "a Noise message",
+        PairMessage::Refused(_) => "a refusal",
+    };
+    PairFailure::Protocol(format!("{what} out of turn"))
+}
+
+fn noise_failed(e: snow::Error) -> PairFailure {
+    PairFailure::Local(format!("the pairing handshake could not start: {e}"))
+}
+
+/// A Noise handshake for one side.
+fn handshake(
+    initiator: bool,
+    static_secret: &[u8; 32],
+    psk: &[u8; 32],
+    prologue: &[u8],
+) -> Result<snow::HandshakeState, PairFailure> {
+    let params = NOISE_PARAMS
+        .parse()
+        .map_err(|e: snow::Error| noise_failed(e))?;
+    let builder = snow::Builder::new(params)
+        .local_private_key(static_secret)
+        .and_then(|b| b.psk(3, psk))
+        .and_then(|b| b.prologue(prologue))
+        .map_err(noise_failed)?;
+    if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    }
+    .map_err(noise_failed)
+}
+
+fn write_handshake(hs: &mut snow::HandshakeState) -> Result<PairMessage, PairFailure> {
+    let mut buf = vec![0u8; proto::NOISE_MAX];
+    let len = hs.write_message(&[], &mut buf).map_err(noise_failed)?;
+    buf.truncate(len);
+    Ok(PairMessage::Noise(buf))
+}
+
+fn spake_key(key: Result<Vec<u8>, spake2::Error>) -> Result<Zeroizing<[u8; 32]>, PairFailure> {
+    let key = Zeroizing::new(key.map_err(|_| PairFailure::WrongCode)?);
+    let mut out = Zeroizing::new([0u8; 32]);
+    if key.len() != 32 {
+        return Err(PairFailure::Protocol(
+            "a SPAKE2 key of the wrong size".into(),
+        ));
+    }
+    out.copy_from_slice(&key);
+    Ok(out)
+}
+
+/// Sends a sealed message as Noise transport messages.
+async fn send_sealed(
+    stream: &mut Stream,
+    noise: &mut snow::TransportState,
+    message: &Sealed,
+) -> Result<(), PairFailure> {
+    for piece in message.pieces() {
+        let mut buf = vec![0u8; piece.len() + 16];
+        let len = noise
+            .write_message(&piece, &mut buf)
+            .map_err(|e| PairFailure::Local(e.to_string()))?;
+        buf.truncate(len);
+        send(stream, &PairMessage::Noise(buf)).await?;
+    }
+    Ok(())
+}
+
+/// Receives one sealed message.
+async fn recv_sealed(
+    stream: &mut Stream,
+    noise: &mut snow::TransportState,
+    timeout: Duration,
+) -> Result<Sealed, PairFailure> {
+    let mut whole: Vec<u8> = Vec::new();
+    let mut total = None;
+    loop {
+        let wait = if whole.is_empty() {
+            timeout
+        } else {
+            STEP_TIMEOUT
+        };
+        let ciphertext = recv_noise(stream, wait).await?;
+        let mut plain = vec![0u8; ciphertext.len()];
+        let len = noise
+            .read_message(&ciphertext, &mut plain)
+            .map_err(|_| PairFailure::Protocol("a sealed message failed to open".into()))?;
+        whole.extend_from_slice(&plain[..len]);
+        if total.is_none() && whole.len() >= 4 {
+            total = Some(
+                4 + Sealed::announced_len(&whole)
+                    .map_err(|e| PairFailure::Protocol(e.to_string()))?,
+            );
+        }
+        match total {
+            Some(t) if whole.len() == t => {
+                return Sealed::decode(&whole[4..])
+                    .map_err(|e| PairFailure::Protocol(e.to_string()));
+            }
+            Some(t) if whole.len() > t => {
+                return Err(PairFailure::Protocol("a sealed message ran long".into()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The adder's side, on a stream whose `Hello` matched this offer. Ends the offer either way.
+pub(super) async fn serve(
+    mut stream: Stream,
+    hello: Hello,
+    mut offer: Offer,
+    host: Arc<dyn Host>,
+    me: PeerId,
+    them: PeerId,
+) -> Result<Member, PairFailure> {
+    let result = serve_inner(&mut stream, hello, &mut offer, host, me, them).await;
+    match &result {
+        Ok(member) => {
+            let _ = offer.events.send(PairEvent::Paired {
+                device: member.device,
+                name: member.name.clone(),
+                role: member.role,
+            });
+        }
+        Err(e) => {
+            // Tell the joiner, unless it is the one that said no.
+            if !matches!(e, PairFailure::Connection(_)) {
+                let _ = send(&mut stream, &PairMessage::Refused(e.refusal())).await;
+            }
+            let _ = offer.events.send(PairEvent::Failed(e.clone()));
+        }
+    }
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    result
+}
+
+async fn serve_inner(
+    stream: &mut Stream,
+    hello: Hello,
+    offer: &mut Offer,
+    host: Arc<dyn Host>,
+    me: PeerId,
+    them: PeerId,
+) -> Result<Member, PairFailure> {
+    if hello.version != proto::VERSION {
+        return Err(PairFailure::Version);
+    }
+    let password = offer.code.password();
+    let (spake, ours) = Spake2::<Ed25519Group>::start_a(
+        &Password::new(&password[..]),
+        &Identity::new(&me.to_bytes()),
+        &Identity::new(&them.to_bytes()),
+    );
+    send(stream, &PairMessage::Spake(to_spake(&ours)?)).await?;
+    // A bad side byte (a message reflected back to us) fails here, and counts as the attempt.
+    let psk = spake_key(spake.finish(&hello.spake))?;
+    let mailbox = on_device(&host, |d, _| d.mailbox_secret())
+        .await
+        .map_err(|e| PairFailure::Local(e.to_string()))?;
+    let prologue = handoff_protocol::binding::pair_prologue(&me.to_bytes(), &them.to_bytes());
+    let mut hs = handshake(false, &mailbox, &psk, &prologue)?;
+    let mut scratch = vec![0u8; proto::NOISE_MAX];
+    let first = recv_noise(stream, STEP_TIMEOUT).await?;
+    hs.read_message(&first, &mut scratch)
+        .map_err(|_| PairFailure::Protocol("a bad first handshake message".into()))?;
+    send(stream, &write_handshake(&mut hs)?).await?;
+    let third = recv_noise(stream, STEP_TIMEOUT).await?;
+    // The psk enters here: a different code fails this message's authentication.
+    hs.read_message(&third, &mut scratch)
+        .map_err(|_| PairFailure::WrongCode)?;
+    let remote_static = hs
+        .get_remote_static()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| PairFailure::Protocol("no static key in the handshake".into()))?;
+    let sas = super::code::sas(hs.get_handshake_hash());
+    let mut noise = hs
+        .into_transport_mode()
+        .map_err(|e| PairFailure::Local(e.to_string()))?;
+    send_sealed(stream, &mut noise, &Sealed::Ready).await?;
+    // Both users compare the words now; the joiner's keys arrive once its user confirmed.
+    let _ = offer.events.send(PairEvent::Sas { sas });
+    if !offer.auto_confirm {
+        let left = offer.deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, offer.confirm.recv()).await {
+            Ok(Some(true)) => {}
+            Ok(_) => return Err(PairFailure::Declined),
+            Err(_) => return Err(PairFailure::Expired),
+        }
+    }
+    let left = offer.deadline.saturating_duration_since(Instant::now());
+    let joined = match recv_sealed(stream, &mut noise, left).await? {
+        Sealed::Joined(body) => body,
+        _ => return Err(PairFailure::Protocol("expected the joiner's keys".into())),
+    };
+    // The keys the joiner claims must be the ones it proved: its PeerId on this connection,
+    // its mailbox key in the handshake.
+    if super::peer_id_for(&joined.identity_pub) != Some(them) {
+        return Err(PairFailure::Protocol(
+            "its identity key is not the one it connected with".into(),
+        ));
+    }
+    if joined.mailbox_pub != remote_static {
+        return Err(PairFailure::Protocol(
+            "its mailbox key is not the one it shook hands with".into(),
+        ));
+    }
+    let name = offer.name.clone().unwrap_or_else(|| joined.name.clone());
+    let joiner = Joiner {
+        name,
+        role: offer.role,
+        identity_pub: joined.identity_pub,
+        mailbox_pub: joined.mailbox_pub,
+        vault_pub: joined.vault_pub,
+    };
+    let key = offer.key.duplicate();
+    let (member, welcome) = on_device(&host, move |d, _| {
+        let member = d.admit(&key, &joiner)?;
+        let anchors = d.anchors().clone();
+        let welcome = WelcomeBody {
+            vault: anchors.vault,
+            founder: anchors.founder,
+            recovery_pub: anchors.recovery_pub,
+            recovery_sign_pub: anchors.recovery_sign_pub,
+            document: d.export(),
+        };
+        Ok::<_, DeviceError>((member, welcome))
+    })
+    .await
+    .map_err(|e| PairFailure::Local(e.to_string()))?
+    .map_err(|e| match e {
+        DeviceError::InvalidInput(_) | DeviceError::NoAccess(_) => PairFailure::Unavailable,
+        other => PairFailure::from(other),
+    })?;
+    send_sealed(stream, &mut noise, &Sealed::Welcome(welcome)).await?;
+    tracing::info!(device = %member.device, role = member.role.as_str(), "paired a new device");
+    Ok(member)
+}
+
+fn to_spake(bytes: &[u8]) -> Result<[u8; proto::SPAKE2_LEN], PairFailure> {
+    bytes
+        .try_into()
+        .map_err(|_| PairFailure::Local("a SPAKE2 message of the wrong size".into()))
+}
+
+/// What a joiner is told.
+pub struct JoinRequest {
+    pub code: PairCode,
+    /// Where the adder is (a link, or `--addr`); empty to look on the LAN.
+    pub hints: LinkHints,
+    /// Look for the adder with mDNS when no address is given.
+    pub mdns: bool,
+    /// Shows the SAS and says whether the user confirms it.
+    pub confirm: Box<dyn FnOnce(&str) -> bool + Send>,
+    /// Progress lines for the user.
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("code", &self.code)
+            .field("hints", &self.hints)
+            .field("mdns", &self.mdns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Joins a vault: finds the adder, pairs, and writes this device from what it sends.
+pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, NetError> {
+    let JoinRequest {
+        code,
+        hints,
+        mdns,
+        confirm,
+        progress,
+    } = request;
+    let identity = pending.identity_secret();
+    let mailbox = pending.mailbox_secret();
+    let proposed = pending.joiner(Role::Member);
+    let joined = JoinedBody {
+        name: proposed.name,
+        identity_pub: proposed.identity_pub,
+        mailbox_pub: proposed.mailbox_pub,
+        vault_pub: proposed.vault_pub,
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let mut swarm = behaviour::build(keypair(&identity)?, Gate::open(), &mut registry)?;
+    let mut control = swarm.behaviour().streams.new_control();
+    let me = *swarm.local_peer_id();
+
+    let addrs = if hints.addrs.is_empty() && mdns {
+        progress(&format!(
+            "Looking on this network for pairing offer {}...",
+            code.nameplate()
+        ));
+        find_offer(code.nameplate()).await?
+    } else {
+        hints.addrs.clone()
+    };
+    if addrs.is_empty() {
+        return Err(
+            PairFailure::NotFound("no address given and LAN discovery is off".into()).into(),
+        );
+    }
+    let mut pending_dials = 0;
+    for addr in &addrs {
+        let opts = match hints.peer {
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        if swarm.dial(opts).is_ok() {
+            pending_dials += 1;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    let mut last_error = String::from("no address could be dialled");
+    let them = loop {
+        if pending_dials == 0 {
+            return Err(PairFailure::NotFound(last_error).into());
+        }
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| PairFailure::NotFound("no answer".into()))?;
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                if hints.peer.is_none_or(|p| p == peer_id) =>
+            {
+                break peer_id;
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                pending_dials -= 1;
+                last_error = error.to_string();
+            }
+            _ => {}
+        }
+    };
+    progress("Connected; pairing...");
+    let protocol = async {
+        let mut stream = control
+            .open_stream(them, StreamProtocol::new(proto::PROTOCOL))
+            .await
+            .map_err(|e| PairFailure::Connection(e.to_string()))?;
+        let result = joiner_side(&mut stream, &code, &mailbox, me, them, joined, confirm).await;
+        if let Err(e) = &result
+            && matches!(e, PairFailure::Declined)
+        {
+            let _ = send(&mut stream, &PairMessage::Refused(PairRefusal::Declined)).await;
+        }
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        result
+    };
+    tokio::pin!(protocol);
+    let welcome = loop {
+        tokio::select! {
+            result = &mut protocol => break result?,
+            _ = swarm.select_next_some() => {}
+        }
+    };
+    let anchors = crate::doc::TrustAnchors {
+        vault: welcome.vault,
+        founder: welcome.founder,
+        recovery_pub: welcome.recovery_pub,
+        recovery_sign_pub: welcome.recovery_sign_pub,
+    };
+    progress("Writing this device (deriving the key from the passphrase)...");
+    let device = tokio::task::spawn_blocking(move || pending.finish(&welcome.document, &anchors))
+        .await
+        .map_err(|_| NetError::HostGone)?
+        .map_err(|e| PairFailure::Local(e.to_string()))?;
+    Ok(device)
+}
+
+async fn joiner_side(
+    stream: &mut Stream,
+    code: &PairCode,
+    mailbox: &[u8; 32],
+    me: PeerId,
+    them: PeerId,
+    joined: JoinedBody,
+    confirm: Box<dyn FnOnce(&str) -> bool + Send>,
+) -> Result<WelcomeBody, PairFailure> {
+    let password = code.password();
+    let (spake, ours) = Spake2::<Ed25519Group>::start_b(
+        &Password::new(&password[..]),
+        &Identity::new(&them.to_bytes()),
+        &Identity::new(&me.to_bytes()),
+    );
+    send(
+        stream,
+        &PairMessage::Hello {
+            version: proto::VERSION,
+            nameplate: code.nameplate(),
+            spake: to_spake(&ours)?,
+        },
+    )
+    .await?;
+    let theirs = match recv(stream, STEP_TIMEOUT).await? {
+        PairMessage::Spake(bytes) => bytes,
+        other => return Err(unexpected(&other)),
+    };
+    // Our own message reflected back has our side byte: refused here.
+    let psk = spake_key(spake.finish(&theirs))?;
+    let prologue = handoff_protocol::binding::pair_prologue(&them.to_bytes(), &me.to_bytes());
+    let mut hs = handshake(true, mailbox, &psk, &prologue)?;
+    send(stream, &write_handshake(&mut hs)?).await?;
+    let second = recv_noise(stream, STEP_TIMEOUT).await?;
+    let mut scratch = vec![0u8; proto::NOISE_MAX];
+    hs.read_message(&second, &mut scratch)
+        .map_err(|_| PairFailure::Protocol("a bad second handshake message".into()))?;
+    send(stream, &write_handshake(&mut hs)?).await?;
+    let sas = super::code::sas(hs.get_handshake_hash());
+    let mut noise = hs
+        .into_transport_mode()
+        .map_err(|e| PairFailure::Local(e.to_string()))?;
+    match recv_sealed(stream, &mut noise, STEP_TIMEOUT).await? {
+        Sealed::Ready => {}
+        _ => {
+            return Err(PairFailure::Protocol(
+                "expected the adder's confirmation".into(),
+            ));
+        }
+    }
+    let confirmed = tokio::task::spawn_blocking(move || confirm(&sas))
+        .await
+        .unwrap_or(false);
+    if !confirmed {
+        return Err(PairFailure::Declined);
+    }
+    send_sealed(stream, &mut noise, &Sealed::Joined(joined)).await?;
+    match recv_sealed(stream, &mut noise, OFFER_LIFETIME).await? {
+        Sealed::Welcome(welcome) => Ok(welcome),
+        _ => Err(PairFailure::Protocol("expected the vault".into())),
+    }
+}
+
+/// Looks on the LAN for a pairing offer with `nameplate`.
+async fn find_offer(nameplate: u16) -> Result<Vec<Multiaddr>, NetError> {
+    let discovery = mdns::Discovery::start()?;
+    let events = discovery.browse()?;
+    let found = tokio::time::timeout(FIND_TIMEOUT, async {
+        while let Ok(event) = events.recv_async().await {
+            if let Some(mdns::Found::Pairing {
+                nameplate: n,
+                addrs,
+            }) = mdns::found(&event)
+                && n == nameplate
+                && !addrs.is_empty()
+            {
+                return Some(addrs);
+            }
+        }
+        None
+    })
+    .await;
+    discovery.shutdown();
+    match found {
+        Ok(Some(addrs)) => Ok(addrs),
+        _ => Err(PairFailure::NotFound(format!(
+            "no offer {nameplate} answered on this network within {}s",
+            FIND_TIMEOUT.as_secs()
+        ))
+        .into()),
+    }
+}

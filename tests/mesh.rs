@@ -1,0 +1,404 @@
+//! The mesh in one process: real libp2p nodes on loopback (TCP, Noise, Yamux), real stores in
+//! temp dirs. Pairing over the network with a code, sync both ways, a wrong code burning the
+//! offer on both sides, replayed, late and reflected pairing messages, a stranger's
+//! connection closed before any sync message is answered, and a removed device shut out.
+//! Every wait is on an event or a condition, under a deadline.
+
+#![allow(clippy::unwrap_used)] // a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use handoff::device::{Device, PendingJoin, Unlocked};
+use handoff::doc::{Role, Service};
+use handoff::home::Home;
+use handoff::net::{
+    JoinRequest, LinkHints, Mesh, MeshConfig, Multiaddr, OfferRequest, Owned, PairCode, PairEvent,
+    PairFailure, PairTicket,
+};
+use handoff_protocol::frame;
+use handoff_protocol::pairing::{PairMessage, PairRefusal};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, SwarmBuilder};
+
+/// Longest any one wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn logs() {
+    if std::env::var_os("HANDOFF_TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+fn loopback() -> MeshConfig {
+    logs();
+    MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        peers: Vec::new(),
+        dial_known: true,
+        redial_every: Duration::from_secs(3600),
+    }
+}
+
+struct Node {
+    host: Arc<Owned>,
+    mesh: Mesh,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(dir: tempfile::TempDir, device: Device, key: Unlocked) -> Node {
+        let host = Owned::new(device, Some(key));
+        let mesh = Mesh::start(host.clone(), loopback()).await.unwrap();
+        Node {
+            host,
+            mesh,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> Multiaddr {
+        self.mesh.view().listen[0].parse().unwrap()
+    }
+
+    fn add(&self, label: &str, secret: &str) {
+        self.host.with(|d, k| {
+            d.add_token(
+                k.unwrap(),
+                Service::Anthropic,
+                label,
+                secret.as_bytes(),
+                false,
+                false,
+            )
+            .unwrap()
+        });
+        self.mesh.changed();
+    }
+
+    fn reveal(&self, query: &str) -> Option<String> {
+        self.host.with(|d, k| {
+            d.reveal(k.unwrap(), query)
+                .ok()
+                .map(|(_, s)| String::from_utf8(handoff::device::expose(&s).to_vec()).unwrap())
+        })
+    }
+
+    /// Waits until `check` holds on this node, re-checking whenever it applies a peer's changes.
+    async fn until(&self, what: &str, check: impl Fn(&Node) -> bool) {
+        let mut applied = self.mesh.applied();
+        let result = tokio::time::timeout(WAIT, async {
+            loop {
+                if check(self) {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
+            }
+        })
+        .await;
+        assert!(result.is_ok(), "timed out waiting for: {what}");
+    }
+
+    async fn offer(&self, long_code: bool) -> PairTicket {
+        let key = self.host.with(|_, k| k.unwrap().duplicate());
+        self.mesh
+            .offer(OfferRequest {
+                role: Role::Member,
+                name: None,
+                long_code,
+                auto_confirm: true,
+                key,
+            })
+            .await
+            .unwrap()
+    }
+}
+
+fn founder() -> (tempfile::TempDir, Device, Unlocked) {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, key) = common::founder(Home::at(dir.path().join("home")), "alpha");
+    (dir, device, key)
+}
+
+/// Joins through `adder` over the network with `code`; the new device, unlocked.
+async fn join_with(
+    adder: &Node,
+    name: &str,
+    code: &PairCode,
+) -> Result<(tempfile::TempDir, Device, Unlocked), handoff::net::NetError> {
+    let dir = tempfile::tempdir().unwrap();
+    let pending =
+        PendingJoin::prepare(Home::at(dir.path().join("home")), &common::new_device(name)).unwrap();
+    let request = JoinRequest {
+        code: code.clone(),
+        hints: LinkHints {
+            peer: None,
+            addrs: vec![adder.addr()],
+        },
+        mdns: false,
+        confirm: Box::new(|sas| {
+            assert_eq!(sas.split(' ').count(), 4);
+            true
+        }),
+        progress: Box::new(|_| {}),
+    };
+    let device = handoff::net::join(pending, request).await?;
+    let key = device.unlock(common::PASSPHRASE).unwrap();
+    Ok((dir, device, key))
+}
+
+async fn next_event(ticket: &mut PairTicket) -> PairEvent {
+    tokio::time::timeout(WAIT, ticket.events.recv())
+        .await
+        .expect("a pairing event")
+        .expect("the offer is alive")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_with_a_code_then_sync_both_ways() {
+    let (dir, device, key) = founder();
+    let a = Node::start(dir, device, key).await;
+    a.add("before", "sk-ant-before-pairing");
+
+    let mut ticket = a.offer(false).await;
+    let (dir, device, key) = join_with(&a, "beta", &ticket.code).await.unwrap();
+    assert!(matches!(
+        next_event(&mut ticket).await,
+        PairEvent::Sas { .. }
+    ));
+    match next_event(&mut ticket).await {
+        PairEvent::Paired { name, role, .. } => {
+            assert_eq!(name, "beta");
+            assert_eq!(role, Role::Member);
+        }
+        other => panic!("expected a pairing, got {other:?}"),
+    }
+    // The welcome carried the vault: the new member reads the old token at once.
+    let b = Node::start(dir, device, key).await;
+    assert_eq!(
+        b.reveal("anthropic/before").as_deref(),
+        Some("sk-ant-before-pairing")
+    );
+
+    b.mesh.dial(a.addr()).await.unwrap();
+    a.add("from-a", "sk-ant-from-a");
+    b.until("a's new token on b", |n| {
+        n.reveal("anthropic/from-a").is_some()
+    })
+    .await;
+    b.add("from-b", "sk-ant-from-b");
+    a.until("b's token on a", |n| {
+        n.reveal("anthropic/from-b").as_deref() == Some("sk-ant-from-b")
+    })
+    .await;
+    // Both hold the same document.
+    b.until("identical heads", |n| {
+        n.host.with(|d, _| d.heads_hex()) == a.host.with(|d, _| d.heads_hex())
+    })
+    .await;
+    let online = a.mesh.view().online;
+    assert_eq!(online.len(), 1, "{online:?}");
+    a.mesh.stop().await;
+    b.mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_code_fails_on_both_sides_and_burns_the_offer() {
+    let (dir, device, key) = founder();
+    let a = Node::start(dir, device, key).await;
+    let mut ticket = a.offer(false).await;
+    // Same nameplate, other words.
+    let right = ticket.code.text().to_string();
+    let wrong_text = format!("{}-zoo-zoo-zoo", ticket.code.nameplate());
+    assert_ne!(right, wrong_text);
+    let (wrong, _) = PairCode::parse(&wrong_text).unwrap();
+    let err = join_with(&a, "mallory", &wrong).await.unwrap_err();
+    assert!(
+        matches!(err, handoff::net::NetError::Pair(PairFailure::WrongCode)),
+        "{err}"
+    );
+    assert_eq!(
+        next_event(&mut ticket).await,
+        PairEvent::Failed(PairFailure::WrongCode)
+    );
+    // The right code no longer works: the offer had its one attempt.
+    let err = join_with(&a, "beta", &ticket.code).await.unwrap_err();
+    assert!(
+        matches!(err, handoff::net::NetError::Pair(PairFailure::Used)),
+        "{err}"
+    );
+    // And no one was admitted.
+    let members = a.host.with(|d, _| d.state().unwrap().members.len());
+    assert_eq!(members, 1);
+}
+
+/// A raw libp2p client speaking the pairing protocol by hand, to send what an honest joiner
+/// never would.
+struct Raw {
+    swarm: libp2p::Swarm<libp2p_stream::Behaviour>,
+    control: libp2p_stream::Control,
+}
+
+impl Raw {
+    fn new() -> Raw {
+        let swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let control = swarm.behaviour().new_control();
+        Raw { swarm, control }
+    }
+
+    /// Dials and waits for the connection (or its refusal).
+    async fn connect(&mut self, addr: Multiaddr) -> libp2p::PeerId {
+        self.swarm.dial(addr).unwrap();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                    self.swarm.select_next_some().await
+                {
+                    return peer_id;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Sends `messages` on a new pairing stream and returns the first answer.
+    async fn exchange(&mut self, peer: libp2p::PeerId, messages: &[PairMessage]) -> PairMessage {
+        let mut control = self.control.clone();
+        let frames: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| frame::encode(&m.encode(), 70_000).unwrap())
+            .collect();
+        let talk = async move {
+            let mut stream = control
+                .open_stream(peer, StreamProtocol::new("/handoff/pair/1"))
+                .await
+                .unwrap();
+            use futures::{AsyncReadExt, AsyncWriteExt};
+            for f in frames {
+                stream.write_all(&f).await.unwrap();
+            }
+            stream.flush().await.unwrap();
+            let mut header = [0u8; 4];
+            stream.read_exact(&mut header).await.unwrap();
+            let len = frame::decode_len(header, 70_000).unwrap();
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            PairMessage::decode(&payload).unwrap()
+        };
+        tokio::pin!(talk);
+        tokio::time::timeout(WAIT, async {
+            loop {
+                tokio::select! {
+                    answer = &mut talk => return answer,
+                    _ = self.swarm.select_next_some() => {}
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn spake_message(code: &PairCode, side_a: bool) -> [u8; 33] {
+    use spake2::{Ed25519Group, Identity, Password, Spake2};
+    let pw = code.password();
+    let (_, msg) = if side_a {
+        Spake2::<Ed25519Group>::start_a(
+            &Password::new(&pw[..]),
+            &Identity::new(b"x"),
+            &Identity::new(b"y"),
+        )
+    } else {
+        Spake2::<Ed25519Group>::start_b(
+            &Password::new(&pw[..]),
+            &Identity::new(b"x"),
+            &Identity::new(b"y"),
+        )
+    };
+    msg.try_into().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflected_replayed_and_late_pairing_messages_are_refused() {
+    let (dir, device, key) = founder();
+    let a = Node::start(dir, device, key).await;
+    let mut raw = Raw::new();
+    let mut ticket = a.offer(false).await;
+    let peer = raw.connect(a.addr()).await;
+    // A message from side A (as if the adder's own message were reflected back to it).
+    let reflected = PairMessage::Hello {
+        version: 1,
+        nameplate: ticket.code.nameplate(),
+        spake: spake_message(&ticket.code, true),
+    };
+    let answer = raw.exchange(peer, &[reflected]).await;
+    // The adder answers its SPAKE2 message, then finds the side wrong and refuses.
+    assert!(matches!(answer, PairMessage::Spake(_)), "{answer:?}");
+    assert_eq!(
+        next_event(&mut ticket).await,
+        PairEvent::Failed(PairFailure::WrongCode)
+    );
+
+    // Replaying an honest-looking hello on the used offer: refused as used.
+    let replay = PairMessage::Hello {
+        version: 1,
+        nameplate: ticket.code.nameplate(),
+        spake: spake_message(&ticket.code, false),
+    };
+    let answer = raw.exchange(peer, std::slice::from_ref(&replay)).await;
+    assert_eq!(answer, PairMessage::Refused(PairRefusal::Used));
+
+    // Another nameplate: no such offer.
+    let other = PairMessage::Hello {
+        version: 1,
+        nameplate: ticket.code.nameplate().wrapping_add(1),
+        spake: spake_message(&ticket.code, false),
+    };
+    let answer = raw.exchange(peer, &[other]).await;
+    assert_eq!(answer, PairMessage::Refused(PairRefusal::NoSession));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_is_closed_out_before_any_sync_message_is_answered() {
+    let (dir, device, key) = founder();
+    let a = Node::start(dir, device, key).await;
+    a.add("secret", "sk-ant-not-for-strangers");
+    let mut raw = Raw::new();
+    raw.swarm.dial(a.addr()).unwrap();
+    // The gate refuses the connection once the handshake names the stranger.
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match raw.swarm.select_next_some().await {
+                SwarmEvent::ConnectionClosed { .. } => return true,
+                SwarmEvent::OutgoingConnectionError { .. } => return true,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed);
+    assert!(raw.swarm.connected_peers().next().is_none());
+    let stats = a.mesh.stats();
+    assert_eq!(stats.frames_sent, 0, "{stats:?}");
+    assert_eq!(stats.frames_received, 0, "{stats:?}");
+}
