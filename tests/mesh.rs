@@ -154,6 +154,19 @@ async fn join_with(
     Ok((dir, device, key))
 }
 
+/// Waits until `check` holds, looking again every few milliseconds, under the test deadline
+/// (for conditions no event announces, such as a connection the other side refused).
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn next_event(ticket: &mut PairTicket) -> PairEvent {
     tokio::time::timeout(WAIT, ticket.events.recv())
         .await
@@ -401,4 +414,94 @@ async fn a_stranger_is_closed_out_before_any_sync_message_is_answered() {
     let stats = a.mesh.stats();
     assert_eq!(stats.frames_sent, 0, "{stats:?}");
     assert_eq!(stats.frames_received, 0, "{stats:?}");
+}
+
+/// Pairs a new node through `adder` over the network and starts it.
+async fn paired(adder: &Node, name: &str) -> Node {
+    let mut ticket = adder.offer(false).await;
+    let (dir, device, key) = join_with(adder, name, &ticket.code).await.unwrap();
+    assert!(matches!(
+        next_event(&mut ticket).await,
+        PairEvent::Sas { .. }
+    ));
+    assert!(matches!(
+        next_event(&mut ticket).await,
+        PairEvent::Paired { .. }
+    ));
+    // The adder's own document now holds the new member; its mesh re-reads members.
+    adder.mesh.changed();
+    Node::start(dir, device, key).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_is_shut_out_and_opens_nothing_new() {
+    let (dir, device, key) = founder();
+    let a = Node::start(dir, device, key).await;
+    let b = paired(&a, "beta").await;
+    let c = paired(&a, "gamma").await;
+    b.mesh.dial(a.addr()).await.unwrap();
+    c.mesh.dial(a.addr()).await.unwrap();
+    a.add("old", "sk-ant-old");
+    c.until("the old token on c", |n| {
+        n.reveal("anthropic/old").is_some()
+    })
+    .await;
+    b.until("the old token on b", |n| {
+        n.reveal("anthropic/old").is_some()
+    })
+    .await;
+
+    let c_id = c.host.with(|d, _| d.device_id());
+    let removed = a
+        .host
+        .with(|d, k| d.remove_member(k.unwrap(), "gamma").unwrap());
+    assert_eq!(removed.exposed.len(), 1, "c could read the old token");
+    a.mesh.changed();
+    a.add("new", "sk-ant-after-removal");
+    // b learns of the removal and the new token (under the new epoch).
+    b.until("the new token on b", |n| {
+        n.reveal("anthropic/new").as_deref() == Some("sk-ant-after-removal")
+    })
+    .await;
+    b.until("b sees c removed", |n| {
+        n.host
+            .with(|d, _| !d.state().unwrap().members[&c_id].is_active())
+    })
+    .await;
+    // c is disconnected from both and refused when it tries again.
+    eventually("a and b drop c", || {
+        !a.mesh.view().online.contains_key(&c_id) && !b.mesh.view().online.contains_key(&c_id)
+    })
+    .await;
+    let refused_before = a.mesh.stats().connections_refused;
+    c.mesh.dial(a.addr()).await.unwrap();
+    eventually("a refuses c's new connection", || {
+        a.mesh.stats().connections_refused > refused_before
+    })
+    .await;
+
+    // Given the members' later document, c's kept state opens neither the re-sealed old token
+    // nor the new one.
+    let export = a.host.with(|d, _| d.export());
+    let imported = c.host.with(|d, _| d.import(&export));
+    assert!(imported.is_ok(), "{imported:?}");
+    let opens = |query: &str| c.host.with(|d, k| d.reveal(k.unwrap(), query).map(|_| ()));
+    assert!(matches!(
+        opens("anthropic/new"),
+        Err(handoff::device::DeviceError::NoAccess(_))
+    ));
+    assert!(matches!(
+        opens("anthropic/old"),
+        Err(handoff::device::DeviceError::NoAccess(_))
+    ));
+    // c's own later write (a delete needs no key; c may already hold the new epoch it
+    // cannot open) reaches no one:
+    // offered as a document, a member refuses it whole.
+    c.host.with(|d, _| d.remove_token("anthropic/old").unwrap());
+    c.mesh.changed();
+    let late = c.host.with(|d, _| d.export());
+    let refused = a.host.with(|d, _| d.import(&late));
+    assert!(refused.is_err(), "a took c's late write");
+    assert_eq!(a.reveal("anthropic/old").as_deref(), Some("sk-ant-old"));
+    assert_eq!(b.reveal("anthropic/old").as_deref(), Some("sk-ant-old"));
 }

@@ -60,6 +60,8 @@ pub struct Stats {
     pub frames_received: u64,
     pub bytes_received: u64,
     pub refusals_sent: u64,
+    /// Connections the gate refused (non-members).
+    pub connections_refused: u64,
 }
 
 #[derive(Debug)]
@@ -131,7 +133,9 @@ impl Mesh {
     pub async fn start(host: Arc<dyn Host>, config: MeshConfig) -> Result<Mesh, NetError> {
         let secret = on_device(&host, |d, _| d.identity_secret()).await?;
         let mut registry = Registry::default();
-        let mut swarm = behaviour::build(keypair(&secret)?, Gate::default(), &mut registry)?;
+        let counters = Arc::new(Counters::default());
+        let gate = Gate::counting(counters.connections_refused.clone());
+        let mut swarm = behaviour::build(keypair(&secret)?, gate, &mut registry)?;
         drop(secret);
         let listen = listen(&mut swarm, &config.listen).await?;
         let peer_id = *swarm.local_peer_id();
@@ -161,7 +165,7 @@ impl Mesh {
                 listen: listen.iter().map(ToString::to_string).collect(),
                 online: BTreeMap::new(),
             }),
-            counters: Arc::new(Counters::default()),
+            counters,
             registry: Mutex::new(registry),
             nudge: watch::channel(0).0,
             applied: watch::channel(0).0,
@@ -228,6 +232,7 @@ impl Mesh {
             frames_received: c.frames_received.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             refusals_sent: c.refusals_sent.load(Ordering::Relaxed),
+            connections_refused: c.connections_refused.load(Ordering::Relaxed),
         }
     }
 

@@ -8,6 +8,8 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use libp2p::PeerId;
@@ -33,9 +35,19 @@ pub(super) struct Gate {
     guests: HashSet<PeerId>,
     close: VecDeque<PeerId>,
     waker: Option<Waker>,
+    /// Connections refused so far.
+    refused: Arc<AtomicU64>,
 }
 
 impl Gate {
+    /// A gate that counts what it refuses in `refused`.
+    pub fn counting(refused: Arc<AtomicU64>) -> Self {
+        Self {
+            refused,
+            ..Self::default()
+        }
+    }
+
     /// A gate that lets everyone in (the joining side of a pairing, which has no vault yet).
     pub fn open() -> Self {
         Self {
@@ -91,6 +103,7 @@ impl Gate {
             return Ok(dummy::ConnectionHandler);
         }
         tracing::debug!(%peer, "refused a connection from a non-member");
+        self.refused.fetch_add(1, Ordering::Relaxed);
         Err(ConnectionDenied::new(NotAMember(peer)))
     }
 }

@@ -35,6 +35,8 @@ pub(super) struct Counters {
     pub frames_received: AtomicU64,
     pub bytes_received: AtomicU64,
     pub refusals_sent: AtomicU64,
+    /// Connections the gate refused (shared with it).
+    pub connections_refused: Arc<AtomicU64>,
 }
 
 /// What a session reports to the driver.
