@@ -9,12 +9,14 @@
 //! - [`input`]: reading passphrases, tokens and recovery codes.
 //! - `vault_cmds`: `init`, `status`, `export`, `import`, `recover`.
 //! - `token_cmds`: `token add|list|show|rm|default`.
+//! - `peer_cmds`: `peer add|join|list|remove`.
 //! - `demo`: the end-to-end demonstration on temporary homes.
 
 mod access;
 mod daemon_cmds;
 mod demo;
 pub mod input;
+mod peer_cmds;
 mod session_cmds;
 mod spawn_cmd;
 mod token_cmds;
@@ -112,6 +114,9 @@ pub enum Command {
     /// Detached agent sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Pair, list and remove the devices of this vault.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Keep the vault key in the daemon for a while, so commands need no passphrase.
     Unlock {
         /// How long (e.g. 30m, 8h; default 8h).
@@ -156,12 +161,67 @@ pub enum SessionCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Offer to pair a new device (on an admin device); prints a code and waits for it.
+    Add {
+        /// The name to give the new device (default: the name it proposes).
+        #[arg(long)]
+        name: Option<String>,
+        /// admin, member, or remote (a phone that may ask for sessions but reads no token).
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// Also show a QR code (with a 128-bit code) for a phone.
+        #[arg(long)]
+        qr: bool,
+        /// Do not ask to compare the words shown on both devices.
+        #[arg(long)]
+        yes: bool,
+        /// Listen here while pairing without a daemon (repeatable).
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<String>,
+        /// Do not advertise the offer on the LAN.
+        #[arg(long)]
+        no_mdns: bool,
+    },
+    /// Join a vault from this new device with the code `peer add` printed.
+    Join {
+        /// The code (NN-word-word-word) or a handoff://pair link; asked for if left out.
+        code: Option<String>,
+        /// This device's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the adding device listens (default: look for it on the LAN).
+        #[arg(long = "addr", value_name = "MULTIADDR")]
+        addrs: Vec<String>,
+        /// Do not ask to compare the words shown on both devices.
+        #[arg(long)]
+        yes: bool,
+        /// Do not look for the adding device on the LAN.
+        #[arg(long)]
+        no_mdns: bool,
+    },
+    /// The devices of this vault: role, online or last seen, address.
+    List,
+    /// Remove a device: rotate the vault key, disconnect it, refuse it from now on.
+    Remove {
+        /// Its name or device id.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
     /// Start the daemon in the background (logs to $HANDOFF_HOME/daemon.log).
     Start {
         /// Run in this process instead (for systemd, launchd, or debugging).
         #[arg(long)]
         foreground: bool,
+        /// Listen on this multiaddr instead of config.toml's (repeatable).
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<String>,
+        /// Do not advertise or look for members on the LAN (mDNS).
+        #[arg(long)]
+        no_mdns: bool,
     },
     /// Stop the running daemon.
     Stop,
@@ -282,6 +342,8 @@ pub enum CliError {
     /// A failure the daemon reported, with the exit code it chose.
     #[error("{message}")]
     Remote { exit: u8, message: String },
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 impl From<VaultError> for CliError {
@@ -304,7 +366,48 @@ impl CliError {
             CliError::Remote { exit, .. } => Exit::from_code(*exit),
             CliError::Busy(_) => Exit::Busy,
             CliError::NotRunning(_) => Exit::NotFound,
+            CliError::Net(e) => net_exit(e),
         }
+    }
+}
+
+fn net_exit(e: &crate::net::NetError) -> Exit {
+    use crate::net::NetError;
+    match e {
+        NetError::BadAddress(_) => Exit::Usage,
+        NetError::OfferOpen => Exit::Conflict,
+        NetError::Pair(f) => pair_exit(f),
+        NetError::Stopped | NetError::HostGone => Exit::Internal,
+        _ => Exit::Network,
+    }
+}
+
+fn pair_exit(f: &crate::net::PairFailure) -> Exit {
+    use crate::net::PairFailure;
+    match f {
+        PairFailure::WrongCode => Exit::WrongSecret,
+        PairFailure::NoOffer | PairFailure::Used | PairFailure::Expired => Exit::NotFound,
+        PairFailure::Declined => Exit::Conflict,
+        PairFailure::Local(_) => Exit::Internal,
+        _ => Exit::Network,
+    }
+}
+
+/// What `peer add` shows of a pairing event.
+pub(crate) fn pair_step(event: crate::net::PairEvent) -> crate::control::PairStep {
+    use crate::control::PairStep;
+    use crate::net::PairEvent;
+    match event {
+        PairEvent::Sas { sas } => PairStep::Sas { sas },
+        PairEvent::Paired { device, name, role } => PairStep::Paired {
+            device_id: device.to_hex(),
+            name,
+            role: role.as_str().into(),
+        },
+        PairEvent::Failed(f) => PairStep::Failed {
+            exit: pair_exit(&f) as u8,
+            message: f.to_string(),
+        },
     }
 }
 
@@ -412,10 +515,56 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 return session_cmds::supervise(&ctx, s);
             }
         },
+        Command::Peer(cmd) => match cmd {
+            PeerCommand::Add {
+                name,
+                role,
+                qr,
+                yes,
+                listen,
+                no_mdns,
+            } => peer_cmds::add(
+                &ctx,
+                &peer_cmds::AddArgs {
+                    name,
+                    role,
+                    qr,
+                    yes,
+                    listen,
+                    no_mdns,
+                },
+            ),
+            PeerCommand::Join {
+                code,
+                name,
+                addrs,
+                yes,
+                no_mdns,
+            } => peer_cmds::join(
+                &ctx,
+                peer_cmds::JoinArgs {
+                    code,
+                    name,
+                    addrs,
+                    yes,
+                    no_mdns,
+                },
+            ),
+            PeerCommand::List => peer_cmds::list(&ctx),
+            PeerCommand::Remove { name } => peer_cmds::remove(&ctx, &name),
+        },
         Command::Unlock { duration } => daemon_cmds::unlock(&ctx, duration),
         Command::Lock => daemon_cmds::lock(&ctx),
         Command::Daemon(cmd) => match cmd {
-            DaemonCommand::Start { foreground } => daemon_cmds::start(&ctx, foreground),
+            DaemonCommand::Start {
+                foreground,
+                listen,
+                no_mdns,
+            } => daemon_cmds::start(
+                &ctx,
+                foreground,
+                &crate::daemon::Options { listen, no_mdns },
+            ),
             DaemonCommand::Stop => daemon_cmds::stop(&ctx),
             DaemonCommand::Status => daemon_cmds::status(&ctx),
             DaemonCommand::Logs => daemon_cmds::logs(&ctx),

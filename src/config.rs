@@ -7,6 +7,12 @@
 //! [agents.aider]                     # a custom agent
 //! command = "aider"
 //! services = { anthropic = ["ANTHROPIC_API_KEY"], openai = ["OPENAI_API_KEY"] }
+//!
+//! [net]
+//! listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+//! mdns = true                        # find members (and pairing offers) on the LAN
+//! peers = ["/dns4/desktop.example/tcp/4001"]   # always dial these
+//! dial_known = true                  # redial where members were last seen
 //! ```
 //! A missing file is the empty configuration; a malformed one is an error naming the file.
 
@@ -36,6 +42,66 @@ pub struct Config {
     pub env: EnvConfig,
     #[serde(default)]
     pub agents: BTreeMap<String, CustomAgent>,
+    #[serde(default)]
+    pub net: NetConfig,
+}
+
+/// The mesh's settings; command-line flags override them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Listen multiaddrs (default: every interface, a port the system picks, TCP and QUIC).
+    pub listen: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    pub mdns: bool,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default = "yes")]
+    pub dial_known: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            mdns: true,
+            peers: Vec::new(),
+            dial_known: true,
+        }
+    }
+}
+
+impl NetConfig {
+    /// The mesh configuration, with `listen` and `no_mdns` from the command line on top.
+    pub fn mesh(
+        &self,
+        listen: &[String],
+        no_mdns: bool,
+    ) -> Result<crate::net::MeshConfig, crate::net::NetError> {
+        let parse = |list: &[String]| {
+            list.iter()
+                .map(|a| crate::net::parse_addr(a))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let listen = if !listen.is_empty() {
+            parse(listen)?
+        } else if let Some(configured) = &self.listen {
+            parse(configured)?
+        } else {
+            crate::net::default_listen()
+        };
+        Ok(crate::net::MeshConfig {
+            listen,
+            mdns: self.mdns && !no_mdns,
+            peers: parse(&self.peers)?,
+            dial_known: self.dial_known,
+            ..crate::net::MeshConfig::default()
+        })
+    }
 }
 
 /// Extra environment a spawned agent may inherit.

@@ -73,6 +73,113 @@ pub struct MemberView {
     pub active: bool,
 }
 
+/// A member as `peer list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub device_id: String,
+    pub name: String,
+    pub role: String,
+    pub active: bool,
+    /// This device.
+    pub this_device: bool,
+    /// Connected to the daemon now (`None` when no daemon runs).
+    pub online: Option<bool>,
+    /// Unix seconds of the last sync with it.
+    pub last_seen: Option<i64>,
+    /// Where it is (connected) or was last reachable.
+    pub address: Option<String>,
+}
+
+impl PeerView {
+    /// Every member, this device first, then by name.
+    pub fn all(
+        device: &crate::device::Device,
+        state: &VaultState,
+        online: Option<&std::collections::BTreeMap<handoff_protocol::DeviceId, String>>,
+    ) -> Result<Vec<Self>, crate::device::DeviceError> {
+        let seen = device.peers_seen()?;
+        let me = device.device_id();
+        let mut out: Vec<Self> = state
+            .members
+            .values()
+            .map(|m| {
+                let record = seen.iter().find(|p| p.device == m.device);
+                let live = online.and_then(|o| o.get(&m.device));
+                Self {
+                    device_id: m.device.to_hex(),
+                    name: m.name.clone(),
+                    role: m.role.as_str().into(),
+                    active: m.is_active(),
+                    this_device: m.device == me,
+                    online: (m.device != me)
+                        .then(|| online.map(|_| live.is_some()))
+                        .flatten(),
+                    last_seen: record.map(|r| r.seen_at).filter(|s| *s > 0),
+                    address: live
+                        .cloned()
+                        .or_else(|| record.and_then(|r| r.addr.clone())),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (!a.this_device, &a.name).cmp(&(!b.this_device, &b.name)));
+        Ok(out)
+    }
+}
+
+/// What `peer remove` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovedView {
+    pub device_id: String,
+    pub name: String,
+    /// Tokens the removed device could read: rotate them at the vendor.
+    pub exposed: Vec<TokenView>,
+    pub epoch_generation: u64,
+}
+
+impl RemovedView {
+    pub fn of(state: &VaultState, removed: &crate::device::Removed) -> Self {
+        Self {
+            device_id: removed.member.device.to_hex(),
+            name: removed.member.name.clone(),
+            exposed: removed
+                .exposed
+                .iter()
+                .map(|t| TokenView::of(state, t))
+                .collect(),
+            epoch_generation: state.epochs.get(&removed.epoch).map_or(0, |e| e.generation),
+        }
+    }
+}
+
+/// An open pairing offer, as `peer add` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferView {
+    pub code: String,
+    /// The `handoff://pair?...` link (with `--qr`).
+    pub link: Option<String>,
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+    pub expires_at: i64,
+}
+
+/// One step of a pairing, as `peer add` follows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PairStep {
+    /// Compare these words with the other screen.
+    Sas {
+        sas: String,
+    },
+    Paired {
+        device_id: String,
+        name: String,
+        role: String,
+    },
+    Failed {
+        exit: u8,
+        message: String,
+    },
+}
+
 /// What `status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
@@ -90,6 +197,12 @@ pub struct StatusView {
     pub tokens: usize,
     pub epoch_generation: u64,
     pub members: Vec<MemberView>,
+    /// This device's libp2p PeerId.
+    pub peer_id: String,
+    /// The mesh's listen addresses (empty when no daemon runs).
+    pub listen: Vec<String>,
+    /// Members connected now (0 when no daemon runs).
+    pub online: usize,
 }
 
 impl StatusView {
@@ -107,6 +220,11 @@ impl StatusView {
                 .map_or("unknown", |m| m.role.as_str())
                 .into(),
             identity_pub: hex::encode(device.identity_public()),
+            peer_id: crate::net::peer_id_for(&device.identity_public())
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            listen: Vec::new(),
+            online: 0,
             daemon_pid: None,
             unlocked_until: None,
             tokens: state.live_tokens().count(),
@@ -161,6 +279,25 @@ pub enum Request {
         seconds: Option<u64>,
     },
     Lock,
+    PeerList,
+    PeerRemove {
+        query: String,
+        passphrase: Option<Vec<u8>>,
+    },
+    /// Opens a pairing offer (one at a time).
+    PairOffer {
+        name: Option<String>,
+        role: String,
+        qr: bool,
+        auto_confirm: bool,
+        passphrase: Option<Vec<u8>>,
+    },
+    /// Waits for the open offer's next step.
+    PairNext,
+    /// The user compared the words: go on, or stop.
+    PairConfirm {
+        accept: bool,
+    },
     /// The credential for a local spawn of `agent`.
     Credential {
         agent: String,
@@ -191,6 +328,10 @@ pub enum Response {
         delivery: Delivery,
         secret: Vec<u8>,
     },
+    Peers(Vec<PeerView>),
+    Removed(RemovedView),
+    Offered(OfferView),
+    PairStep(PairStep),
     Done,
     /// A failure: the exit code the CLI leaves with, and its one line.
     Error {

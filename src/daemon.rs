@@ -1,203 +1,40 @@
 //! The long-running node: it owns the home (the one-owner lock), the store and the document,
-//! keeps the vault key while unlocked, and serves the control socket.
+//! keeps the vault key while unlocked, runs the mesh, and serves the control socket.
 //!
 //! Each connection is checked with SO_PEERCRED (same uid only), then read as frames (see
-//! [`crate::control`]); each request runs on the blocking pool under one mutex, so operations
-//! on the document are serialized exactly as if one CLI process ran them. An unlock arms a
-//! timer that locks again at its deadline, and the key is dropped (zeroized) then. A malformed or
-//! oversized frame closes that connection only.
+//! [`crate::control`]). A request on the document runs on the blocking pool under the one
+//! mutex the mesh also borrows the device through (`state`), so operations are serialized
+//! exactly as if one CLI process ran them; after a request that changed the document the mesh
+//! offers the change to connected members. Pairing requests wait on the mesh without holding
+//! that mutex. An unlock arms a timer that locks again at its deadline, and the key is dropped
+//! (zeroized) then. A malformed or oversized frame closes that connection only.
+
+mod state;
+
+pub use state::DEFAULT_UNLOCK;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use zeroize::Zeroizing;
+use tokio::sync::mpsc;
 
 use crate::cli::{CliError, Exit};
 use crate::config::Config;
-use crate::control::{self, Request, Response, StatusView, TokenView};
-use crate::device::{Device, Unlocked, expose};
-use crate::doc::Service;
+use crate::control::{self, OfferView, PairStep, Request, Response};
+use crate::device::Device;
+use crate::doc::Role;
 use crate::home::Home;
-use crate::spawn::{Agent, choose_token, delivery_for};
+use crate::net::{Mesh, MeshConfig, OfferRequest, PairEvent};
+use state::{State, changes_document, lock_state, unix_now};
 
-/// Longest an unlock may last.
-const MAX_UNLOCK: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Default unlock duration.
-pub const DEFAULT_UNLOCK: Duration = Duration::from_secs(8 * 3600);
-
-/// What the daemon holds.
-struct State {
-    device: Device,
-    key: Option<Unlocked>,
-    /// Unix time the unlock lasts until.
-    until: Option<i64>,
-    /// Bumped on every unlock and lock, so a stale timer does not lock a newer unlock.
-    generation: u64,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-impl State {
-    fn lock(&mut self) {
-        self.key = None; // Unlocked zeroizes on drop
-        self.until = None;
-        self.generation += 1;
-    }
-
-    /// Locks if the deadline has passed (the timer normally does this; this is the backstop).
-    fn expire(&mut self) {
-        if self.until.is_some_and(|until| unix_now() >= until) {
-            self.lock();
-        }
-    }
-
-    /// Runs `f` with the vault key: the unlocked one, or a one-shot unlock with `passphrase`.
-    fn with_key<T>(
-        &mut self,
-        passphrase: Option<Vec<u8>>,
-        f: impl FnOnce(&mut Device, &Unlocked) -> Result<T, CliError>,
-    ) -> Result<T, CliError> {
-        self.expire();
-        if let Some(key) = &self.key {
-            return f(&mut self.device, key);
-        }
-        let Some(passphrase) = passphrase.map(Zeroizing::new) else {
-            return Err(CliError::Locked(
-                "run `handoff unlock`, or give the passphrase".into(),
-            ));
-        };
-        let key = self.device.unlock(&passphrase)?;
-        f(&mut self.device, &key)
-    }
-
-    fn handle(&mut self, request: Request) -> Result<Response, CliError> {
-        self.expire();
-        Ok(match request {
-            Request::Ping => Response::Pong {
-                pid: std::process::id(),
-                unlocked_until: self.until,
-            },
-            Request::Status => {
-                let mut view = StatusView::of(&self.device, &self.device.state()?);
-                view.daemon_pid = Some(std::process::id());
-                view.unlocked_until = self.until;
-                Response::Status(view)
-            }
-            Request::ListTokens => Response::Tokens(TokenView::all(&self.device.state()?)),
-            Request::ShowToken { query } => {
-                let state = self.device.state()?;
-                Response::Token(TokenView::of(
-                    &state,
-                    self.device.find_token(&state, &query)?,
-                ))
-            }
-            Request::AddToken {
-                service,
-                label,
-                secret,
-                default,
-                replace,
-                passphrase,
-            } => {
-                let secret = Zeroizing::new(secret);
-                let service: Service = service.parse().map_err(|()| {
-                    CliError::Usage(format!(
-                        "unknown service '{service}'; known: {}",
-                        Service::names()
-                    ))
-                })?;
-                let id = self.with_key(passphrase, |device, key| {
-                    Ok(device.add_token(key, service, &label, &secret, default, replace)?)
-                })?;
-                let state = self.device.state()?;
-                let token = state
-                    .tokens
-                    .get(&id)
-                    .ok_or_else(|| CliError::Internal("the new token vanished".into()))?;
-                Response::Token(TokenView::of(&state, token))
-            }
-            Request::Reveal { query, passphrase } => {
-                let (token, secret) =
-                    self.with_key(passphrase, |device, key| Ok(device.reveal(key, &query)?))?;
-                let state = self.device.state()?;
-                Response::Secret {
-                    token: TokenView::of(&state, &token),
-                    secret: expose(&secret).to_vec(),
-                }
-            }
-            Request::RemoveToken { query } => {
-                let token = self.device.remove_token(&query)?;
-                Response::Token(TokenView::of(&self.device.state()?, &token))
-            }
-            Request::SetDefault { query } => {
-                let token = self.device.set_default(&query)?;
-                Response::Token(TokenView::of(&self.device.state()?, &token))
-            }
-            Request::Export => Response::Exported(self.device.export()),
-            Request::Import { data } => Response::Imported(self.device.import(&data)?),
-            Request::Unlock {
-                passphrase,
-                seconds,
-            } => {
-                let passphrase = Zeroizing::new(passphrase);
-                let duration = seconds
-                    .map_or(DEFAULT_UNLOCK, Duration::from_secs)
-                    .min(MAX_UNLOCK);
-                let key = self.device.unlock(&passphrase)?;
-                self.lock();
-                self.key = Some(key);
-                self.until = Some(
-                    unix_now()
-                        .saturating_add(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)),
-                );
-                tracing::info!(seconds = duration.as_secs(), "vault unlocked");
-                Response::Pong {
-                    pid: std::process::id(),
-                    unlocked_until: self.until,
-                }
-            }
-            Request::Lock => {
-                self.lock();
-                tracing::info!("vault locked");
-                Response::Done
-            }
-            Request::Credential {
-                agent,
-                service,
-                profile,
-                passphrase,
-            } => {
-                let config = Config::load(self.device.home().root())
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
-                let agent = Agent::find(&agent, &config)?;
-                let service = service
-                    .map(|s| {
-                        s.parse::<Service>()
-                            .map_err(|()| CliError::Usage(format!("unknown service '{s}'")))
-                    })
-                    .transpose()?;
-                let state = self.device.state()?;
-                let token = choose_token(&state, &agent, service, profile.as_deref())?;
-                let delivery = delivery_for(&agent, token)?;
-                let id = token.id.to_hex();
-                let (_, secret) =
-                    self.with_key(passphrase, |device, key| Ok(device.reveal(key, &id)?))?;
-                tracing::info!(agent = %agent.name, service = %service.map_or("default", |s| s.as_str()), "credential handed to a local spawn");
-                Response::Credential {
-                    delivery,
-                    secret: expose(&secret).to_vec(),
-                }
-            }
-            Request::Shutdown => Response::Done,
-        })
-    }
+/// Command-line settings of `daemon start` that override `config.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub listen: Vec<String>,
+    pub no_mdns: bool,
 }
 
 fn error_response(e: &CliError) -> Response {
@@ -214,7 +51,9 @@ pub fn peer_allowed(own_uid: u32, peer_uid: u32) -> bool {
 }
 
 /// Runs the daemon in this process until `daemon stop`, SIGTERM or SIGINT.
-pub fn run(home: Home) -> Result<(), CliError> {
+pub fn run(home: Home, options: &Options) -> Result<(), CliError> {
+    let config = Config::load(home.root()).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mesh_config = config.net.mesh(&options.listen, options.no_mdns)?;
     let device = Device::open(home.clone()).map_err(|e| match e {
         crate::device::DeviceError::Home(crate::home::HomeError::Busy { .. }) => {
             CliError::Busy(format!(
@@ -229,10 +68,26 @@ pub fn run(home: Home) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))?;
     let socket = home.socket_path();
-    runtime.block_on(serve(device, &socket))
+    runtime.block_on(serve(device, &socket, mesh_config))
 }
 
-async fn serve(device: Device, socket: &Path) -> Result<(), CliError> {
+/// The open pairing offer's two halves: the steps `peer add` waits for, and its answer.
+#[derive(Debug, Default)]
+struct Pairing {
+    events: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<PairEvent>>>,
+    confirm: Mutex<Option<mpsc::UnboundedSender<bool>>>,
+}
+
+/// What every connection shares.
+struct Daemon {
+    state: Arc<Mutex<State>>,
+    mesh: Mesh,
+    pairing: Pairing,
+    own_uid: u32,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result<(), CliError> {
     // We hold the home's lock: a socket file left here is from a daemon that died.
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)
@@ -240,14 +95,18 @@ async fn serve(device: Device, socket: &Path) -> Result<(), CliError> {
     std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
         |e| CliError::Internal(format!("cannot make {} private: {e}", socket.display())),
     )?;
-    let state = Arc::new(Mutex::new(State {
-        device,
-        key: None,
-        until: None,
-        generation: 0,
-    }));
-    let own_uid = rustix::process::getuid().as_raw();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(Mutex::new(State::new(device)));
+    let mesh = Mesh::start(state.clone(), mesh_config).await?;
+    let view = mesh.view();
+    tracing::info!(peer_id = %view.peer_id, listen = ?view.listen, "mesh listening");
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let daemon = Arc::new(Daemon {
+        state,
+        mesh,
+        pairing: Pairing::default(),
+        own_uid: rustix::process::getuid().as_raw(),
+        stop,
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::Internal(format!("cannot watch signals: {e}")))?;
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "daemon serving");
@@ -257,7 +116,7 @@ async fn serve(device: Device, socket: &Path) -> Result<(), CliError> {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                connections.spawn(connection(stream, state.clone(), own_uid, stop_tx.clone()));
+                connections.spawn(connection(stream, daemon.clone()));
             }
             _ = stop_rx.changed() => break,
             _ = term.recv() => break,
@@ -266,18 +125,15 @@ async fn serve(device: Device, socket: &Path) -> Result<(), CliError> {
     }
     tracing::info!("daemon stopping");
     connections.abort_all();
+    daemon.mesh.stop().await;
     let _ = std::fs::remove_file(socket);
-    lock_state(&state).lock();
+    lock_state(&daemon.state).lock();
     Ok(())
 }
 
 /// Serves one client until it hangs up or misbehaves.
-async fn connection(
-    mut stream: UnixStream,
-    state: Arc<Mutex<State>>,
-    own_uid: u32,
-    stop: tokio::sync::watch::Sender<bool>,
-) {
+async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>) {
+    let own_uid = daemon.own_uid;
     let peer_uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
     if !peer_allowed(own_uid, peer_uid) {
         tracing::warn!(peer_uid, "refused a control client of another user");
@@ -324,31 +180,9 @@ async fn connection(
                 },
                 Ok(request) => {
                     shutdown = matches!(request, Request::Shutdown);
-                    let shared = state.clone();
-                    let handled = tokio::task::spawn_blocking(move || {
-                        let mut guard = lock_state(&shared);
-                        let before = guard.generation;
-                        let response = guard.handle(request)?;
-                        Ok::<_, CliError>((
-                            response,
-                            before != guard.generation,
-                            guard.generation,
-                            guard.until,
-                        ))
-                    })
-                    .await;
-                    match handled {
-                        Ok(Ok((response, relocked, generation, until))) => {
-                            if relocked && let Some(until) = until {
-                                arm_auto_lock(state.clone(), generation, until);
-                            }
-                            response
-                        }
-                        Ok(Err(e)) => error_response(&e),
-                        Err(_) => error_response(&CliError::Internal(
-                            "the request failed inside the daemon".into(),
-                        )),
-                    }
+                    answer(&daemon, request)
+                        .await
+                        .unwrap_or_else(|e| error_response(&e))
                 }
             },
         };
@@ -357,7 +191,7 @@ async fn connection(
         };
         let written = stream.write_all(&frame).await.is_ok();
         if shutdown {
-            let _ = stop.send(true); // after the answer is out
+            let _ = daemon.stop.send(true); // after the answer is out
         }
         if !written {
             return;
@@ -365,12 +199,130 @@ async fn connection(
     }
 }
 
-/// Takes the state even if a request panicked while holding it: a poisoned lock must not
-/// leave the vault unlocked with no way to lock it.
-fn lock_state(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state
+async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, CliError> {
+    match request {
+        Request::PairOffer {
+            name,
+            role,
+            qr,
+            auto_confirm,
+            passphrase,
+        } => pair_offer(daemon, name, &role, qr, auto_confirm, passphrase).await,
+        Request::PairNext => pair_next(daemon).await,
+        Request::PairConfirm { accept } => {
+            let confirm = daemon
+                .pairing
+                .confirm
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            match confirm {
+                Some(tx) if tx.send(accept).is_ok() => Ok(Response::Done),
+                _ => Err(CliError::Usage(
+                    "no pairing is waiting for an answer".into(),
+                )),
+            }
+        }
+        request => {
+            let mutates = changes_document(&request);
+            let net = daemon.mesh.view();
+            let shared = daemon.state.clone();
+            let handled = tokio::task::spawn_blocking(move || {
+                let mut guard = lock_state(&shared);
+                let before = guard.generation;
+                let response = guard.handle(request, &net)?;
+                Ok::<_, CliError>((
+                    response,
+                    before != guard.generation,
+                    guard.generation,
+                    guard.until,
+                ))
+            })
+            .await
+            .map_err(|_| CliError::Internal("the request failed inside the daemon".into()))?;
+            let (response, relocked, generation, until) = handled?;
+            if relocked && let Some(until) = until {
+                arm_auto_lock(daemon.state.clone(), generation, until);
+            }
+            if mutates {
+                daemon.mesh.changed();
+            }
+            Ok(response)
+        }
+    }
+}
+
+async fn pair_offer(
+    daemon: &Arc<Daemon>,
+    name: Option<String>,
+    role: &str,
+    qr: bool,
+    auto_confirm: bool,
+    passphrase: Option<Vec<u8>>,
+) -> Result<Response, CliError> {
+    let role: Role = role.parse().map_err(|()| {
+        CliError::Usage(format!(
+            "unknown role '{role}'; use admin, member or remote"
+        ))
+    })?;
+    let shared = daemon.state.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        let mut state = lock_state(&shared);
+        if !state.device.is_admin() {
+            return Err(CliError::Usage(
+                "only an admin device can add devices; run `handoff peer add` on an admin".into(),
+            ));
+        }
+        state.key_copy(passphrase)
+    })
+    .await
+    .map_err(|_| CliError::Internal("the request failed inside the daemon".into()))??;
+    let ticket = daemon
+        .mesh
+        .offer(OfferRequest {
+            role,
+            name,
+            long_code: qr,
+            auto_confirm,
+            key,
+        })
+        .await?;
+    let view = daemon.mesh.view();
+    let addrs: Vec<crate::net::Multiaddr> =
+        view.listen.iter().filter_map(|a| a.parse().ok()).collect();
+    let link = qr.then(|| ticket.code.link(&daemon.mesh.peer_id(), &addrs).to_string());
+    let offered = OfferView {
+        code: ticket.code.text().to_string(),
+        link,
+        peer_id: view.peer_id,
+        addrs: view.listen,
+        expires_at: ticket.expires_at,
+    };
+    *daemon.pairing.events.lock().await = Some(ticket.events);
+    *daemon
+        .pairing
+        .confirm
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ticket.confirm);
+    Ok(Response::Offered(offered))
+}
+
+async fn pair_next(daemon: &Arc<Daemon>) -> Result<Response, CliError> {
+    let mut slot = daemon.pairing.events.lock().await;
+    let Some(events) = slot.as_mut() else {
+        return Err(CliError::Usage("no pairing offer is open".into()));
+    };
+    let step = match events.recv().await {
+        Some(event) => crate::cli::pair_step(event),
+        None => PairStep::Failed {
+            exit: Exit::Network as u8,
+            message: "the pairing offer ended".into(),
+        },
+    };
+    if !matches!(step, PairStep::Sas { .. }) {
+        *slot = None;
+    }
+    Ok(Response::PairStep(step))
 }
 
 /// How often the auto-lock timer compares the wall clock with the deadline. Monotonic sleeps

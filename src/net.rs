@@ -54,7 +54,7 @@ pub enum NetError {
     Transport(String),
     #[error("the network node has stopped")]
     Stopped,
-    #[error("a pairing offer is already open; finish or cancel it first")]
+    #[error("a pairing is running on this device; let it finish first")]
     OfferOpen,
     #[error(transparent)]
     Pair(#[from] PairFailure),

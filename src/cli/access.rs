@@ -9,7 +9,7 @@
 use zeroize::Zeroizing;
 
 use super::{CliError, Context, input};
-use crate::control::{Client, Request, Response, StatusView, TokenView};
+use crate::control::{Client, PeerView, RemovedView, Request, Response, StatusView, TokenView};
 use crate::device::{Device, expose};
 use crate::doc::Service;
 use crate::spawn::{Agent, Delivery};
@@ -30,7 +30,7 @@ impl Access {
         Client::connect(&ctx.home.socket_path()).map_or(Access::Direct, Access::Daemon)
     }
 
-    fn call(client: &mut Client, request: &Request) -> Result<Response, CliError> {
+    pub fn call(client: &mut Client, request: &Request) -> Result<Response, CliError> {
         match client
             .call(request)
             .map_err(|e| CliError::Internal(e.to_string()))?
@@ -41,7 +41,7 @@ impl Access {
     }
 
     /// Sends `make(None)`; if the daemon is locked, reads the passphrase and sends `make(Some)`.
-    fn call_unlocking(
+    pub fn call_unlocking(
         ctx: &Context,
         client: &mut Client,
         make: impl Fn(Option<Vec<u8>>) -> Request,
@@ -207,6 +207,38 @@ impl Access {
         }
     }
 
+    pub fn peers(&mut self, ctx: &Context) -> Result<Vec<PeerView>, CliError> {
+        match self {
+            Access::Direct => super::peer_cmds::peers_direct(&Device::open(ctx.home.clone())?),
+            Access::Daemon(c) => match Self::call(c, &Request::PeerList)? {
+                Response::Peers(list) => Ok(list),
+                other => Err(unexpected(&other)),
+            },
+        }
+    }
+
+    pub fn remove_peer(&mut self, ctx: &Context, query: &str) -> Result<RemovedView, CliError> {
+        match self {
+            Access::Direct => {
+                let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
+                let mut device = Device::open(ctx.home.clone())?;
+                let key = device.unlock(&passphrase)?;
+                let removed = device.remove_member(&key, query)?;
+                Ok(RemovedView::of(&device.state()?, &removed))
+            }
+            Access::Daemon(c) => {
+                let response = Self::call_unlocking(ctx, c, |passphrase| Request::PeerRemove {
+                    query: query.into(),
+                    passphrase,
+                })?;
+                match response {
+                    Response::Removed(view) => Ok(view),
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
     /// The credential for spawning `agent` here. Directly, the token is chosen before the
     /// passphrase is asked for, and the home is not held while the user types.
     pub fn credential(
@@ -255,7 +287,7 @@ fn token_response(response: Response) -> Result<TokenView, CliError> {
     }
 }
 
-fn unexpected(response: &Response) -> CliError {
+pub(super) fn unexpected(response: &Response) -> CliError {
     let kind = format!("{response:?}");
     let kind = kind
         .split(['(', ' ', '{'])

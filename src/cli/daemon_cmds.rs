@@ -29,7 +29,11 @@ fn log_path(ctx: &Context) -> PathBuf {
     ctx.home.root().join("daemon.log")
 }
 
-pub(super) fn start(ctx: &Context, foreground: bool) -> Result<(), CliError> {
+pub(super) fn start(
+    ctx: &Context,
+    foreground: bool,
+    options: &crate::daemon::Options,
+) -> Result<(), CliError> {
     if let Some((_, pid, _)) = ping(ctx) {
         return Err(CliError::Busy(format!(
             "a daemon already runs for {} (pid {pid})",
@@ -42,7 +46,7 @@ pub(super) fn start(ctx: &Context, foreground: bool) -> Result<(), CliError> {
         );
     }
     if foreground {
-        return crate::daemon::run(ctx.home.clone());
+        return crate::daemon::run(ctx.home.clone(), options);
     }
     // Open the vault once here, so a damaged store or a busy home fails with its own exit
     // code and message rather than as "the daemon exited".
@@ -68,6 +72,8 @@ pub(super) fn start(ctx: &Context, foreground: bool) -> Result<(), CliError> {
         .arg("--home")
         .arg(ctx.home.root())
         .args(["daemon", "start", "--foreground"])
+        .args(options.listen.iter().flat_map(|a| ["--listen", a.as_str()]))
+        .args(options.no_mdns.then_some("--no-mdns"))
         .env_remove("HANDOFF_PASSPHRASE_FILE")
         .env(
             "HANDOFF_LOG",

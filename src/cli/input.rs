@@ -167,3 +167,31 @@ pub fn recovery_code(file: Option<&Path>) -> Result<Zeroizing<String>, CliError>
             }),
     }
 }
+
+/// A yes/no answer from the terminal ("y" or "yes" is yes; anything else, or no terminal, no).
+pub fn confirm(question: &str) -> Result<bool, CliError> {
+    let answer = line(question)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// One line typed at the terminal (a pairing code typed here stays out of the process list).
+pub fn line(prompt: &str) -> Result<Zeroizing<String>, CliError> {
+    use std::io::{BufRead, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "no terminal to ask '{}'",
+            prompt.trim_end_matches([' ', ':'])
+        )));
+    }
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut text = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut text)
+        .map_err(|e| CliError::Usage(format!("cannot read the answer: {e}")))?;
+    Ok(Zeroizing::new(text.trim().to_string()))
+}

@@ -25,7 +25,7 @@ fn host_name() -> String {
 }
 
 /// `init` and `recover` need an empty home: say so before asking for anything.
-fn refuse_initialized(ctx: &Context) -> Result<(), CliError> {
+pub(super) fn refuse_initialized(ctx: &Context) -> Result<(), CliError> {
     if ctx.home.is_initialized() {
         return Err(DeviceError::AlreadyInitialized(ctx.home.root().to_path_buf()).into());
     }
@@ -33,7 +33,7 @@ fn refuse_initialized(ctx: &Context) -> Result<(), CliError> {
 }
 
 /// A new device's passphrase (asked twice on a terminal) and name (default: the host name).
-fn new_device_inputs(
+pub(super) fn new_device_inputs(
     ctx: &Context,
     name: Option<String>,
 ) -> Result<(zeroize::Zeroizing<Vec<u8>>, String), CliError> {
@@ -122,6 +122,9 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
             "tokens": v.tokens,
             "epoch_generation": v.epoch_generation,
             "members": v.members,
+            "peer_id": v.peer_id,
+            "listen": v.listen,
+            "online": v.online,
             "home": ctx.home.root().display().to_string(),
         }));
     } else {
@@ -134,7 +137,11 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
         println!("lock     {lock}");
         println!("daemon   {daemon}");
         println!("tokens   {}", v.tokens);
-        println!("members  {active} active");
+        println!("members  {active} active, {} online", v.online);
+        println!("peer id  {}", v.peer_id);
+        if !v.listen.is_empty() {
+            println!("listen   {}", v.listen.join(" "));
+        }
         println!("epoch    generation {}", v.epoch_generation);
         println!("home     {}", ctx.home.root().display());
     }

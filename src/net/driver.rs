@@ -286,14 +286,11 @@ impl Mesh {
             .map_err(|_| NetError::Stopped)
     }
 
-    /// Stops the node: sessions persist their sync state, listeners close.
-    pub async fn stop(mut self) {
+    /// Stops the node: sessions persist their sync state, listeners close. Returns when done.
+    pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Stop(tx)).await.is_ok() {
             let _ = rx.await;
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
         }
     }
 }
@@ -604,12 +601,18 @@ impl Driver {
     }
 
     fn open_offer(&mut self, offer: Box<Offer>) -> Result<(), NetError> {
-        if self
-            .offer
-            .as_ref()
-            .is_some_and(|o| matches!(o.state, OfferState::Waiting(_)) || self.pairing_runs)
-        {
+        if self.pairing_runs {
             return Err(NetError::OfferOpen);
+        }
+        // A newer offer replaces one still waiting (its `peer add` may have been abandoned).
+        if let Some(OpenOffer {
+            state: OfferState::Waiting(old),
+            ..
+        }) = self.offer.take()
+        {
+            let _ = old.events.send(PairEvent::Failed(pair::PairFailure::Local(
+                "a newer pairing offer replaced this one".into(),
+            )));
         }
         let nameplate = offer.code.nameplate();
         if let Some(discovery) = &mut self.discovery

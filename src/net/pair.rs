@@ -472,9 +472,9 @@ async fn serve_inner(
             "its mailbox key is not the one it shook hands with".into(),
         ));
     }
-    let name = offer.name.clone().unwrap_or_else(|| joined.name.clone());
+    let proposed = offer.name.clone().unwrap_or_else(|| joined.name.clone());
     let joiner = Joiner {
-        name,
+        name: String::new(),
         role: offer.role,
         identity_pub: joined.identity_pub,
         mailbox_pub: joined.mailbox_pub,
@@ -482,6 +482,8 @@ async fn serve_inner(
     };
     let key = offer.key.duplicate();
     let (member, welcome) = on_device(&host, move |d, _| {
+        let mut joiner = joiner;
+        joiner.name = unique_name(&d.state()?, &proposed);
         let member = d.admit(&key, &joiner)?;
         let anchors = d.anchors().clone();
         let welcome = WelcomeBody {
@@ -502,6 +504,19 @@ async fn serve_inner(
     send_sealed(stream, &mut noise, &Sealed::Welcome(welcome)).await?;
     tracing::info!(device = %member.device, role = member.role.as_str(), "paired a new device");
     Ok(member)
+}
+
+/// `name`, or `name-2`, `name-3`... if an active member is called that already, so every
+/// device stays nameable in `peer remove`.
+fn unique_name(state: &crate::doc::VaultState, name: &str) -> String {
+    let taken = |n: &str| state.members.values().any(|m| m.is_active() && m.name == n);
+    if !taken(name) {
+        return name.to_string();
+    }
+    (2..)
+        .map(|i| format!("{name}-{i}"))
+        .find(|n| !taken(n))
+        .unwrap_or_else(|| name.to_string())
 }
 
 fn to_spake(bytes: &[u8]) -> Result<[u8; proto::SPAKE2_LEN], PairFailure> {
@@ -584,7 +599,7 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
     }
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     let mut last_error = String::from("no address could be dialled");
-    let them = loop {
+    let (them, adder_addr) = loop {
         if pending_dials == 0 {
             return Err(PairFailure::NotFound(last_error).into());
         }
@@ -592,10 +607,10 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
             .await
             .map_err(|_| PairFailure::NotFound("no answer".into()))?;
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, .. }
-                if hints.peer.is_none_or(|p| p == peer_id) =>
-            {
-                break peer_id;
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } if hints.peer.is_none_or(|p| p == peer_id) => {
+                break (peer_id, endpoint.get_remote_address().clone());
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => {
                 pending_dials -= 1;
@@ -633,10 +648,21 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
         recovery_sign_pub: welcome.recovery_sign_pub,
     };
     progress("Writing this device (deriving the key from the passphrase)...");
-    let device = tokio::task::spawn_blocking(move || pending.finish(&welcome.document, &anchors))
-        .await
-        .map_err(|_| NetError::HostGone)?
-        .map_err(|e| PairFailure::Local(e.to_string()))?;
+    let device = tokio::task::spawn_blocking(move || {
+        let mut device = pending.finish(&welcome.document, &anchors)?;
+        // The daemon dials the adder where we just reached it.
+        let adder =
+            device.state()?.members.values().find_map(|m| {
+                (super::peer_id_for(&m.identity_pub) == Some(them)).then_some(m.device)
+            });
+        if let Some(adder) = adder {
+            device.note_peer_addr(&adder, &adder_addr.to_string())?;
+        }
+        Ok::<_, DeviceError>(device)
+    })
+    .await
+    .map_err(|_| NetError::HostGone)?
+    .map_err(|e| PairFailure::Local(e.to_string()))?;
     Ok(device)
 }
 

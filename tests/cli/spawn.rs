@@ -412,7 +412,10 @@ fn custom_agents_from_config_get_the_variables_they_name() {
     let b = Bench::new();
     std::fs::write(
         b.home.path().join("config.toml"),
-        "[env]\nallow = [\"GITHUB_*\"]\n\n[agents.aider]\ncommand = \"aider\"\nservices = { openai = [\"OPENAI_API_KEY\", \"AIDER_OPENAI_KEY\"] }\n",
+        format!(
+            "{}[env]\nallow = [\"GITHUB_*\"]\n\n[agents.aider]\ncommand = \"aider\"\nservices = {{ openai = [\"OPENAI_API_KEY\", \"AIDER_OPENAI_KEY\"] }}\n",
+            crate::support::LOOPBACK_NET
+        ),
     )
     .unwrap();
     b.home.add("openai", "default", "sk-proj-CUSTOM", &[]);

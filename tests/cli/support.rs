@@ -12,6 +12,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
+/// The mesh settings of every test home: loopback only, no mDNS.
+pub const LOOPBACK_NET: &str = "[net]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n";
+
 /// What a finished command left.
 #[derive(Debug)]
 pub struct Output {
@@ -137,8 +140,17 @@ impl TestHome {
     /// `init` only, even on a daemon-mode home (for tests that change the store first).
     pub fn init_without_daemon(&self) -> String {
         let out = self.ok(&["--json", "init", "--name", "test-device"]);
+        self.configure_loopback();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["recovery_code"].as_str().unwrap().to_string()
+    }
+
+    /// Keeps this home's mesh on loopback and off the LAN: tests talk to nothing else.
+    pub fn configure_loopback(&self) {
+        let config = self.path().join("config.toml");
+        if !config.exists() {
+            write_private(&config, LOOPBACK_NET.as_bytes());
+        }
     }
 
     /// Starts this home's daemon if it is a daemon-mode home.
@@ -195,6 +207,7 @@ impl TestHome {
             "--code-file",
             code_file.to_str().unwrap(),
         ]);
+        other.configure_loopback();
         other
     }
 

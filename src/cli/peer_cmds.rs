@@ -1,0 +1,383 @@
+//! `peer add|join|list|remove`: the devices of this vault.
+//!
+//! `peer add` opens a pairing offer on this (admin) device — through the daemon when one runs,
+//! else on a mesh node this command runs until the pairing ends — prints the code and follows
+//! the offer: the words to compare, then the new member. `peer join` runs on the new device
+//! (an empty home): it makes the device's keys, finds the adder (`--addr`, a pairing link, or
+//! the LAN), pairs and writes the device from the vault it receives.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::access::Access;
+use super::{CliError, Context, input, pair_step, print_json, when};
+use crate::control::{Client, OfferView, PairStep, PeerView, RemovedView, Request, Response};
+use crate::device::{Device, NewDevice, PendingJoin};
+use crate::doc::Role;
+use crate::net::{JoinRequest, Mesh, OfferRequest, Owned, PairCode, PairTicket};
+use crate::vault::KdfParams;
+
+/// `peer add`'s options.
+#[derive(Debug)]
+pub(super) struct AddArgs {
+    pub name: Option<String>,
+    pub role: String,
+    pub qr: bool,
+    pub yes: bool,
+    pub listen: Vec<String>,
+    pub no_mdns: bool,
+}
+
+/// Where the offer lives: in the daemon, or in a mesh node this command runs.
+enum Offerer {
+    Daemon(Client),
+    Direct {
+        runtime: tokio::runtime::Runtime,
+        mesh: Mesh,
+        ticket: PairTicket,
+        _host: Arc<Owned>,
+    },
+}
+
+impl Offerer {
+    fn open(ctx: &Context, args: &AddArgs) -> Result<(Self, OfferView), CliError> {
+        let role: Role = args.role.parse().map_err(|()| {
+            CliError::Usage(format!(
+                "unknown role '{}'; use admin, member or remote",
+                args.role
+            ))
+        })?;
+        match Access::open(ctx) {
+            Access::Daemon(mut client) => {
+                let response =
+                    Access::call_unlocking(ctx, &mut client, |passphrase| Request::PairOffer {
+                        name: args.name.clone(),
+                        role: role.as_str().into(),
+                        qr: args.qr,
+                        auto_confirm: args.yes,
+                        passphrase,
+                    })?;
+                match response {
+                    Response::Offered(view) => Ok((Offerer::Daemon(client), view)),
+                    other => Err(super::access::unexpected(&other)),
+                }
+            }
+            Access::Direct => Self::open_direct(ctx, args, role),
+        }
+    }
+
+    fn open_direct(
+        ctx: &Context,
+        args: &AddArgs,
+        role: Role,
+    ) -> Result<(Self, OfferView), CliError> {
+        let config = crate::config::Config::load(ctx.home.root())
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let mesh_config = config.net.mesh(&args.listen, args.no_mdns)?;
+        let device = Device::open(ctx.home.clone())?;
+        if !device.is_admin() {
+            return Err(CliError::Usage(
+                "only an admin device can add devices; run `handoff peer add` on an admin".into(),
+            ));
+        }
+        let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
+        let key = device.unlock(&passphrase)?;
+        let offer_key = key.duplicate();
+        let host = Owned::new(device, Some(key));
+        let runtime = runtime()?;
+        let (mesh, ticket) = runtime.block_on(async {
+            let mesh = Mesh::start(host.clone(), mesh_config).await?;
+            let ticket = mesh
+                .offer(OfferRequest {
+                    role,
+                    name: args.name.clone(),
+                    long_code: args.qr,
+                    auto_confirm: args.yes,
+                    key: offer_key,
+                })
+                .await?;
+            Ok::<_, crate::net::NetError>((mesh, ticket))
+        })?;
+        let view = mesh.view();
+        let addrs: Vec<crate::net::Multiaddr> =
+            view.listen.iter().filter_map(|a| a.parse().ok()).collect();
+        let offered = OfferView {
+            code: ticket.code.text().to_string(),
+            link: args
+                .qr
+                .then(|| ticket.code.link(&mesh.peer_id(), &addrs).to_string()),
+            peer_id: view.peer_id,
+            addrs: view.listen,
+            expires_at: ticket.expires_at,
+        };
+        Ok((
+            Offerer::Direct {
+                runtime,
+                mesh,
+                ticket,
+                _host: host,
+            },
+            offered,
+        ))
+    }
+
+    fn next(&mut self) -> Result<PairStep, CliError> {
+        match self {
+            Offerer::Daemon(client) => match Access::call(client, &Request::PairNext)? {
+                Response::PairStep(step) => Ok(step),
+                other => Err(super::access::unexpected(&other)),
+            },
+            Offerer::Direct {
+                runtime, ticket, ..
+            } => Ok(runtime.block_on(ticket.events.recv()).map_or_else(
+                || PairStep::Failed {
+                    exit: super::Exit::Network as u8,
+                    message: "the pairing offer ended".into(),
+                },
+                pair_step,
+            )),
+        }
+    }
+
+    fn confirm(&mut self, accept: bool) -> Result<(), CliError> {
+        match self {
+            Offerer::Daemon(client) => {
+                Access::call(client, &Request::PairConfirm { accept })?;
+                Ok(())
+            }
+            Offerer::Direct { ticket, .. } => {
+                let _ = ticket.confirm.send(accept);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Offerer::Direct { runtime, mesh, .. } = self {
+            runtime.block_on(mesh.stop());
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))
+}
+
+fn needs_terminal(yes: bool) -> Result<(), CliError> {
+    if !yes && !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(
+            "comparing the pairing words needs a terminal; run this on one, or pass --yes".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn add(ctx: &Context, args: &AddArgs) -> Result<(), CliError> {
+    needs_terminal(args.yes)?;
+    let (mut offerer, offer) = Offerer::open(ctx, args)?;
+    if ctx.json {
+        print_json(&json!({
+            "code": offer.code,
+            "link": offer.link,
+            "peer_id": offer.peer_id,
+            "addrs": offer.addrs,
+            "expires_at": offer.expires_at,
+        }));
+    } else {
+        println!(
+            "Pairing code: {}   (valid until {}, one attempt)",
+            offer.code,
+            when(offer.expires_at)
+        );
+        println!("On the new device run:  handoff peer join {}", offer.code);
+        if let Some(link) = &offer.link
+            && let Some(qr) = crate::net::code::qr(link)
+        {
+            println!("or scan this with the phone:\n{qr}");
+        }
+        println!("This device listens on: {}", offer.addrs.join(" "));
+        println!("(from another network, add --addr with one of these)");
+        println!("Waiting for the new device...");
+    }
+    let result = follow(ctx, &mut offerer, args.yes);
+    offerer.finish();
+    result
+}
+
+fn follow(ctx: &Context, offerer: &mut Offerer, yes: bool) -> Result<(), CliError> {
+    loop {
+        match offerer.next()? {
+            PairStep::Sas { sas } => {
+                if ctx.json {
+                    print_json(&json!({ "sas": sas }));
+                } else {
+                    println!("Both screens should show:  {sas}");
+                }
+                if !yes {
+                    let accept = input::confirm("Do the words match? [y/N] ")?;
+                    offerer.confirm(accept)?;
+                }
+            }
+            PairStep::Paired {
+                device_id,
+                name,
+                role,
+            } => {
+                if ctx.json {
+                    print_json(&json!({
+                        "paired": {"device_id": device_id, "name": name, "role": role}
+                    }));
+                } else {
+                    println!("Paired '{name}' ({device_id}) as {role}.");
+                }
+                return Ok(());
+            }
+            PairStep::Failed { exit, message } => return Err(CliError::Remote { exit, message }),
+        }
+    }
+}
+
+/// `peer join`'s options.
+#[derive(Debug)]
+pub(super) struct JoinArgs {
+    pub code: Option<String>,
+    pub name: Option<String>,
+    pub addrs: Vec<String>,
+    pub yes: bool,
+    pub no_mdns: bool,
+}
+
+pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
+    super::vault_cmds::refuse_initialized(ctx)?;
+    needs_terminal(args.yes)?;
+    let typed = match args.code {
+        Some(code) => zeroize::Zeroizing::new(code),
+        None => input::line("Pairing code: ")?,
+    };
+    let (code, mut hints) = PairCode::parse(&typed).map_err(|e| CliError::Usage(e.to_string()))?;
+    for addr in &args.addrs {
+        hints.addrs.push(crate::net::parse_addr(addr)?);
+    }
+    let (passphrase, name) = super::vault_cmds::new_device_inputs(ctx, args.name)?;
+    let new = NewDevice {
+        name: &name,
+        passphrase: &passphrase,
+        kdf: KdfParams::DEFAULT,
+    };
+    let pending = PendingJoin::prepare(ctx.home.clone(), &new)?;
+    let quiet = ctx.json;
+    let yes = args.yes;
+    let request = JoinRequest {
+        code,
+        hints,
+        mdns: !args.no_mdns,
+        confirm: Box::new(move |sas| {
+            if quiet {
+                print_json(&json!({ "sas": sas }));
+            } else {
+                println!("Both screens should show:  {sas}");
+            }
+            yes || input::confirm("Do the words match? [y/N] ").unwrap_or(false)
+        }),
+        progress: Box::new(move |line| {
+            if !quiet {
+                println!("{line}");
+            }
+        }),
+    };
+    let device = runtime()?.block_on(crate::net::join(pending, request))?;
+    let state = device.state()?;
+    let role = state
+        .members
+        .get(&device.device_id())
+        .map_or("member", |m| m.role.as_str());
+    if ctx.json {
+        print_json(&json!({
+            "device_id": device.device_id().to_hex(),
+            "vault_id": state.info.id.to_hex(),
+            "vault_name": state.info.name,
+            "name": name,
+            "role": role,
+        }));
+    } else {
+        println!(
+            "Joined vault '{}' as '{}' ({}), {role}.",
+            state.info.name,
+            name,
+            device.device_id()
+        );
+        println!("Start the daemon to stay in sync:  handoff daemon start");
+    }
+    Ok(())
+}
+
+pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
+    let peers = Access::open(ctx).peers(ctx)?;
+    if ctx.json {
+        print_json(&serde_json::to_value(&peers).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<7} {:<12} {:<22} ADDRESS",
+        "NAME", "ROLE", "STATUS", "LAST SEEN"
+    );
+    for p in &peers {
+        let status = if p.this_device {
+            "this device"
+        } else if !p.active {
+            "removed"
+        } else {
+            match p.online {
+                Some(true) => "online",
+                Some(false) => "offline",
+                None => "no daemon",
+            }
+        };
+        let seen = p.last_seen.map_or_else(|| "-".into(), when);
+        println!(
+            "{:<20} {:<7} {:<12} {:<22} {}",
+            p.name,
+            p.role,
+            status,
+            seen,
+            p.address.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn remove(ctx: &Context, query: &str) -> Result<(), CliError> {
+    let removed: RemovedView = Access::open(ctx).remove_peer(ctx, query)?;
+    if ctx.json {
+        print_json(&serde_json::to_value(&removed).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "Removed '{}' ({}). The vault key was rotated (generation {}): it opens nothing \
+         added or changed from now on, and members refuse its connections and changes.",
+        removed.name, removed.device_id, removed.epoch_generation
+    );
+    if removed.exposed.is_empty() {
+        println!("It could read no token.");
+    } else {
+        println!(
+            "It could read these {} tokens and may still know them; rotate them at the vendor:",
+            removed.exposed.len()
+        );
+        for t in &removed.exposed {
+            println!("  {}/{} ({})", t.service, t.label, &t.id[..8]);
+        }
+    }
+    Ok(())
+}
+
+/// Lists members for [`Access::peers`] when no daemon runs.
+pub(super) fn peers_direct(device: &Device) -> Result<Vec<PeerView>, CliError> {
+    Ok(PeerView::all(device, &device.state()?, None)?)
+}

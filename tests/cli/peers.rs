@@ -1,0 +1,309 @@
+//! Devices pairing and syncing through the real binary: two and three daemons on loopback,
+//! `peer add` / `peer join` with a code, tokens added, edited and deleted anywhere converging
+//! everywhere, a wrong code failing on both sides, and `peer remove`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Output, TestHome};
+
+/// How long the mesh may take to converge between processes.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// A `peer add` running in the background.
+struct Offer {
+    child: Child,
+    first: Value,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Offer {
+    fn open(admin: &TestHome) -> Offer {
+        let mut child = admin
+            .command(&["--json", "peer", "add", "--yes"])
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("peer add prints its code");
+        let first: Value = serde_json::from_str(&first).unwrap();
+        Offer {
+            child,
+            first,
+            lines,
+        }
+    }
+
+    fn code(&self) -> String {
+        self.first["code"].as_str().unwrap().to_string()
+    }
+
+    fn addr(&self) -> String {
+        self.first["addrs"][0].as_str().unwrap().to_string()
+    }
+
+    /// Waits for `peer add` to end; its output lines after the first, and its exit.
+    fn finish(self) -> Output {
+        let out = crate::support::finish(self.child, Duration::from_secs(120));
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        Output {
+            code: out.code,
+            stdout: lines.join("\n"),
+            stderr: out.stderr,
+        }
+    }
+}
+
+/// `peer join` on `new` with `code`, against the offer's address.
+fn join(new: &TestHome, offer: &Offer, code: &str, name: &str) -> Output {
+    let mut cmd = new.command(&[
+        "--json",
+        "peer",
+        "join",
+        code,
+        "--addr",
+        &offer.addr(),
+        "--yes",
+        "--no-mdns",
+        "--name",
+        name,
+    ]);
+    cmd.stdin(Stdio::null());
+    crate::support::finish(cmd.spawn().unwrap(), Duration::from_secs(120))
+}
+
+/// Pairs `new` (an empty home) through `admin` and starts its daemon.
+fn pair(admin: &TestHome, new: &TestHome, name: &str) {
+    let offer = Offer::open(admin);
+    let code = offer.code();
+    let joined = join(new, &offer, &code, name);
+    assert_eq!(joined.code, Some(0), "peer join failed: {joined:?}");
+    let added = offer.finish();
+    assert_eq!(added.code, Some(0), "peer add failed: {added:?}");
+    assert!(added.stdout.contains("\"paired\""), "{added:?}");
+    new.configure_loopback();
+    new.start_daemon_if_wanted();
+    new.ok(&["unlock", "--for", "1h"]);
+}
+
+/// Waits (polling the processes, under a deadline) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + CONVERGE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a device's token list says, for comparing devices.
+fn tokens(home: &TestHome) -> Vec<(String, String, String)> {
+    let mut list: Vec<(String, String, String)> = home
+        .list_json()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                format!(
+                    "{}/{}",
+                    t["service"].as_str().unwrap(),
+                    t["label"].as_str().unwrap()
+                ),
+                t["updated_at"].to_string(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+fn reveal(home: &TestHome, query: &str) -> Option<String> {
+    let out = home.run(&["token", "show", query, "--reveal"]);
+    (out.code == Some(0)).then(|| out.stdout.trim_end().to_string())
+}
+
+fn admin() -> TestHome {
+    let a = TestHome::with_daemon();
+    a.init();
+    a.ok(&["unlock", "--for", "1h"]);
+    a
+}
+
+#[test]
+fn two_daemons_pair_with_a_code_and_converge_on_every_edit() {
+    let a = admin();
+    a.add("anthropic", "work", "sk-ant-first-on-a", &[]);
+    let b = TestHome::with_daemon();
+    pair(&a, &b, "beta");
+    // The new member reads what the vault held when it joined.
+    assert_eq!(
+        reveal(&b, "anthropic/work").as_deref(),
+        Some("sk-ant-first-on-a")
+    );
+
+    b.add("openai", "default", "sk-proj-added-on-b", &[]);
+    eventually("b's token on a", || {
+        reveal(&a, "openai/default").as_deref() == Some("sk-proj-added-on-b")
+    });
+    a.add("anthropic", "work", "sk-ant-edited-on-a", &["--replace"]);
+    eventually("a's edit on b", || {
+        reveal(&b, "anthropic/work").as_deref() == Some("sk-ant-edited-on-a")
+    });
+    b.ok(&["token", "rm", "openai/default"]);
+    eventually("b's delete on a", || tokens(&a).len() == 1);
+    eventually("identical lists", || tokens(&a) == tokens(&b));
+
+    // Each lists the other as online, with its role.
+    let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
+    let beta = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "beta")
+        .unwrap();
+    assert_eq!(beta["role"], "member");
+    assert_eq!(beta["online"], true);
+    let status: Value = serde_json::from_str(&b.ok(&["--json", "status"])).unwrap();
+    assert!(status["peer_id"].as_str().unwrap().starts_with("12D3"));
+    assert_eq!(status["online"], 1);
+}
+
+#[test]
+fn three_daemons_converge_on_concurrent_edits_and_each_reads_every_token() {
+    let a = admin();
+    let b = TestHome::with_daemon();
+    let c = TestHome::with_daemon();
+    pair(&a, &b, "beta");
+    pair(&a, &c, "gamma");
+    a.add("anthropic", "shared", "sk-ant-shared-v1", &[]);
+    eventually("the shared token everywhere", || {
+        reveal(&b, "anthropic/shared").is_some() && reveal(&c, "anthropic/shared").is_some()
+    });
+    // Concurrent work on all three.
+    c.add("gemini", "from-c", "AIza-from-c", &[]);
+    b.add(
+        "anthropic",
+        "shared",
+        "sk-ant-shared-v2-by-b",
+        &["--replace"],
+    );
+    a.add("openai", "from-a", "sk-proj-from-a", &[]);
+    c.ok(&["token", "rm", "openai/from-a"]);
+    eventually("the same tokens on all three", || {
+        let ta = tokens(&a);
+        ta.len() >= 2 && ta == tokens(&b) && ta == tokens(&c)
+    });
+    for home in [&a, &b, &c] {
+        assert_eq!(
+            reveal(home, "gemini/from-c").as_deref(),
+            Some("AIza-from-c")
+        );
+        assert_eq!(
+            reveal(home, "anthropic/shared").as_deref(),
+            Some("sk-ant-shared-v2-by-b")
+        );
+    }
+}
+
+#[test]
+fn a_wrong_code_fails_on_both_sides_and_the_offer_is_used_up() {
+    let a = admin();
+    let offer = Offer::open(&a);
+    let right = offer.code();
+    let nameplate = right.split('-').next().unwrap().to_string();
+    let wrong = format!("{nameplate}-zoo-zoo-zoo");
+    assert_ne!(wrong, right);
+    let b = TestHome::new();
+    let line = join(&b, &offer, &wrong, "mallory")
+        .fails_with(4)
+        .to_string();
+    assert!(line.contains("codes did not match"), "{line}");
+    assert!(!b.db().exists(), "a failed join leaves no device behind");
+    let addr = offer.addr();
+    let added = offer.finish();
+    assert_eq!(added.code, Some(4), "{added:?}");
+    assert!(added.stderr.contains("codes did not match"), "{added:?}");
+
+    // The offer had its one attempt: the right code is refused now, and says why.
+    let stale = b.run(&[
+        "peer",
+        "join",
+        &right,
+        "--addr",
+        &addr,
+        "--yes",
+        "--no-mdns",
+        "--name",
+        "beta",
+    ]);
+    let line = stale.fails_with(5).to_string();
+    assert!(line.contains("already tried once"), "{line}");
+    let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 1, "no one was admitted");
+}
+
+#[test]
+fn peer_remove_rotates_disconnects_and_names_the_exposed_tokens() {
+    let a = admin();
+    let b = TestHome::with_daemon();
+    let c = TestHome::with_daemon();
+    pair(&a, &b, "beta");
+    pair(&a, &c, "gamma");
+    a.add("anthropic", "work", "sk-ant-c-could-read-this", &[]);
+    eventually("the token on c", || reveal(&c, "anthropic/work").is_some());
+
+    let removed: Value =
+        serde_json::from_str(&a.ok(&["--json", "peer", "remove", "gamma"])).unwrap();
+    assert_eq!(removed["name"], "gamma");
+    assert_eq!(removed["exposed"].as_array().unwrap().len(), 1);
+    assert_eq!(removed["exposed"][0]["label"], "work");
+    // b is a member, not an admin: it cannot remove anyone.
+    b.run(&["peer", "remove", "gamma"]).fails_with(2);
+
+    a.add("anthropic", "after", "sk-ant-after-the-removal", &[]);
+    eventually("the new token on b", || {
+        reveal(&b, "anthropic/after").as_deref() == Some("sk-ant-after-the-removal")
+    });
+    eventually("c is offline for a and b", || {
+        [&a, &b].iter().all(|home| {
+            let peers: Value = serde_json::from_str(&home.ok(&["--json", "peer", "list"])).unwrap();
+            peers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "gamma" && p["active"] == false && p["online"] != true)
+        })
+    });
+    // c never gets the new token; its own later change never reaches a or b.
+    assert!(reveal(&c, "anthropic/after").is_none());
+    c.ok(&["token", "rm", "anthropic/work"]);
+    // Give the mesh a change of its own to carry, then check c's write is not among it.
+    a.add("anthropic", "marker", "sk-ant-marker", &[]);
+    eventually("the marker on b", || {
+        reveal(&b, "anthropic/marker").is_some()
+    });
+    assert_eq!(
+        reveal(&a, "anthropic/work").as_deref(),
+        Some("sk-ant-c-could-read-this")
+    );
+    assert_eq!(
+        reveal(&b, "anthropic/work").as_deref(),
+        Some("sk-ant-c-could-read-this")
+    );
+}
