@@ -41,6 +41,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ADDRS_KEPT: usize = 8;
 /// How long an address found on the LAN is not dialled again.
 const FOUND_COOLDOWN: Duration = Duration::from_secs(60);
+/// How long after a broken session (on a connection that stays up) a new one starts.
+const SESSION_RETRY: Duration = Duration::from_secs(5);
 
 /// What the owner can read about the mesh at any time.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +107,8 @@ enum Internal {
         paired: bool,
     },
     Found(Found),
+    /// Try a session with this peer again.
+    Retry(PeerId),
 }
 
 /// The running mesh. Dropping it stops the node (sessions persist their state first when
@@ -181,6 +185,7 @@ impl Mesh {
             internal,
             internal_tx,
             members: HashMap::new(),
+            connections: HashMap::new(),
             known: Vec::new(),
             sessions: HashMap::new(),
             next_session: 0,
@@ -431,6 +436,8 @@ struct Driver {
     internal: mpsc::UnboundedReceiver<Internal>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     members: HashMap<PeerId, DeviceId>,
+    /// Connected peers and the address of one connection to each.
+    connections: HashMap<PeerId, Multiaddr>,
     /// Known addresses of members, for redialling.
     known: Vec<(PeerId, Vec<Multiaddr>)>,
     sessions: HashMap<PeerId, SessionLink>,
@@ -509,11 +516,12 @@ impl Driver {
                 peer_id, endpoint, ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
-                if let Some(device) = self.members.get(&peer_id) {
-                    self.shared.view().online.insert(*device, addr.to_string());
-                    if endpoint.is_dialer() {
-                        self.remember(peer_id, vec![addr.clone()]);
-                    }
+                self.connections
+                    .entry(peer_id)
+                    .or_insert_with(|| addr.clone());
+                self.publish_online();
+                if endpoint.is_dialer() {
+                    self.remember(peer_id, vec![addr.clone()]);
                 }
                 if let Some(peer) = self.static_peers.get_mut(&addr) {
                     *peer = Some(peer_id);
@@ -526,9 +534,8 @@ impl Driver {
                 ..
             } => {
                 self.sessions.remove(&peer_id);
-                if let Some(device) = self.members.get(&peer_id) {
-                    self.shared.view().online.remove(device);
-                }
+                self.connections.remove(&peer_id);
+                self.publish_online();
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 self.listen.push(address.clone());
@@ -671,6 +678,13 @@ impl Driver {
                 }
                 if not_member {
                     self.swarm.behaviour_mut().gate.close_peer(peer);
+                } else if self.swarm.is_connected(&peer) {
+                    // The session broke but the connection stays: try again shortly.
+                    let internal = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(SESSION_RETRY).await;
+                        let _ = internal.send(Internal::Retry(peer));
+                    });
                 }
             }
             Internal::InboundSync(peer, stream) => {
@@ -705,6 +719,7 @@ impl Driver {
                 self.refresh();
             }
             Internal::Found(found) => self.on_found(found),
+            Internal::Retry(peer) => self.ensure_session(peer),
         }
     }
 
@@ -786,21 +801,8 @@ impl Driver {
             .gate
             .set_members(peers.keys().copied().collect(), &connected);
         self.sessions.retain(|peer, _| peers.contains_key(peer));
-        {
-            let mut view = self.shared.view();
-            view.online.clear();
-            for peer in &connected {
-                if let Some(device) = peers.get(peer) {
-                    let addr = view
-                        .online
-                        .get(device)
-                        .cloned()
-                        .unwrap_or_else(|| "connected".into());
-                    view.online.insert(*device, addr);
-                }
-            }
-        }
         self.members = peers;
+        self.publish_online();
         self.known = known;
         self.discovery_secret = discovery;
         for peer in connected {
@@ -813,6 +815,16 @@ impl Driver {
         if std::mem::take(&mut self.refresh_again) {
             self.refresh();
         }
+    }
+
+    /// Connected members, as the owner reads them.
+    fn publish_online(&self) {
+        let online = self
+            .connections
+            .iter()
+            .filter_map(|(peer, addr)| Some((*self.members.get(peer)?, addr.to_string())))
+            .collect();
+        self.shared.view().online = online;
     }
 
     fn ensure_session(&mut self, peer: PeerId) {
@@ -841,7 +853,7 @@ impl Driver {
             });
             tx
         };
-        let addr = self.shared.view().online.get(&device).cloned();
+        let addr = self.connections.get(&peer).map(ToString::to_string);
         let session = Session {
             id,
             host: self.host.clone(),
@@ -917,7 +929,9 @@ impl Driver {
         let ours = [hour, hour.saturating_sub(1)]
             .iter()
             .any(|h| mdns::tag(secret, *h) == tag);
-        if !ours {
+        // Nothing to gain when every member is connected already.
+        let all_connected = self.members.keys().all(|p| self.swarm.is_connected(p));
+        if !ours || all_connected {
             return;
         }
         let now = tokio::time::Instant::now();
@@ -926,15 +940,6 @@ impl Driver {
         for addr in addrs {
             if self.listen.contains(&addr) || self.found_dials.contains_key(&addr) {
                 continue; // our own advertisement, or dialled a moment ago
-            }
-            let connected_there = self
-                .shared
-                .view()
-                .online
-                .values()
-                .any(|a| *a == addr.to_string());
-            if connected_there {
-                continue;
             }
             self.found_dials.insert(addr.clone(), now);
             tracing::debug!(%addr, "found a member on the LAN");

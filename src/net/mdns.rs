@@ -202,8 +202,15 @@ pub(super) fn found(event: &ServiceEvent) -> Option<Found> {
     };
     let (tcp, udp) = (port("tcp"), port("udp"));
     let mut addrs = Vec::new();
-    for ip in info.get_addresses() {
-        let ip: IpAddr = ip.to_ip_addr();
+    let mut ips: Vec<IpAddr> = info
+        .get_addresses()
+        .iter()
+        .map(|ip| ip.to_ip_addr())
+        // A link-local IPv6 address needs its interface to be dialled; libp2p cannot say it.
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .collect();
+    ips.sort(); // IPv4 first, then IPv6
+    for ip in ips {
         if let Some(udp) = udp {
             addrs.push(
                 Multiaddr::from(ip)

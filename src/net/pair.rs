@@ -585,38 +585,25 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
             PairFailure::NotFound("no address given and LAN discovery is off".into()).into(),
         );
     }
-    let mut pending_dials = 0;
-    for addr in &addrs {
+    // One address at a time, in order: one connection to the adder, not one per address.
+    let mut untried = addrs.into_iter();
+    let mut last_error = String::from("no address could be dialled");
+    let (them, adder_addr) = loop {
+        let Some(addr) = untried.next() else {
+            return Err(PairFailure::NotFound(last_error).into());
+        };
         let opts = match hints.peer {
             Some(peer) => DialOpts::peer_id(peer)
                 .addresses(vec![addr.clone()])
                 .build(),
             None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
-        if swarm.dial(opts).is_ok() {
-            pending_dials += 1;
+        if let Err(e) = swarm.dial(opts) {
+            last_error = e.to_string();
+            continue;
         }
-    }
-    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
-    let mut last_error = String::from("no address could be dialled");
-    let (them, adder_addr) = loop {
-        if pending_dials == 0 {
-            return Err(PairFailure::NotFound(last_error).into());
-        }
-        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
-            .await
-            .map_err(|_| PairFailure::NotFound("no answer".into()))?;
-        match event {
-            SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
-            } if hints.peer.is_none_or(|p| p == peer_id) => {
-                break (peer_id, endpoint.get_remote_address().clone());
-            }
-            SwarmEvent::OutgoingConnectionError { error, .. } => {
-                pending_dials -= 1;
-                last_error = error.to_string();
-            }
-            _ => {}
+        if let Some(reached) = connected(&mut swarm, hints.peer, &mut last_error).await {
+            break reached;
         }
     };
     progress("Connected; pairing...");
@@ -637,10 +624,20 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
     tokio::pin!(protocol);
     let welcome = loop {
         tokio::select! {
-            result = &mut protocol => break result?,
+            result = &mut protocol => break result,
             _ = swarm.select_next_some() => {}
         }
     };
+    // Close the connection properly: over QUIC a vanished process would look alive to the
+    // adder until a timeout, and it shares this device's PeerId with the daemon to come.
+    let _ = swarm.disconnect_peer_id(them);
+    let _ = tokio::time::timeout(STEP_TIMEOUT, async {
+        while swarm.is_connected(&them) {
+            swarm.select_next_some().await;
+        }
+    })
+    .await;
+    let welcome = welcome?;
     let anchors = crate::doc::TrustAnchors {
         vault: welcome.vault,
         founder: welcome.founder,
@@ -664,6 +661,34 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
     .map_err(|_| NetError::HostGone)?
     .map_err(|e| PairFailure::Local(e.to_string()))?;
     Ok(device)
+}
+
+/// Waits for the dial just made: the peer and address reached, or `None` (with the reason in
+/// `error`) if it failed.
+async fn connected(
+    swarm: &mut libp2p::Swarm<behaviour::Behaviour>,
+    expected: Option<PeerId>,
+    error: &mut String,
+) -> Option<(PeerId, Multiaddr)> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await else {
+            *error = "no answer".into();
+            return None;
+        };
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } if expected.is_none_or(|p| p == peer_id) => {
+                return Some((peer_id, endpoint.get_remote_address().clone()));
+            }
+            SwarmEvent::OutgoingConnectionError { error: e, .. } => {
+                *error = e.to_string();
+                return None;
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn joiner_side(

@@ -29,6 +29,7 @@ mod damage;
 mod durability;
 mod export_recover;
 mod hardening;
+mod lan;
 mod peers;
 mod round_trip;
 mod secrecy_on_disk;

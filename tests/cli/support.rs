@@ -94,7 +94,19 @@ impl TestHome {
     /// A command with this home and passphrase file, and nothing inherited that could point
     /// it elsewhere.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(binary());
+        self.command_in(None, args)
+    }
+
+    /// A command run inside the network namespace `netns` (one the test created).
+    pub fn command_in(&self, netns: Option<&str>, args: &[&str]) -> Command {
+        let mut cmd = match netns {
+            None => Command::new(binary()),
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, binary()]);
+                cmd
+            }
+        };
         cmd.arg("--home")
             .arg(self.path())
             .args(args)
