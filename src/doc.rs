@@ -61,6 +61,10 @@ pub struct VaultDoc {
     doc: AutoCommit,
     anchors: TrustAnchors,
     saved_heads: Vec<ChangeHash>,
+    /// The validated state of the document as it is now. Every write clears it (each write
+    /// method starts with [`Self::touched`]); a validated fork that replaces the document
+    /// brings its own.
+    valid: std::sync::OnceLock<VaultState>,
 }
 
 fn now() -> i64 {
@@ -96,6 +100,7 @@ impl VaultDoc {
             doc,
             anchors: TrustAnchors::of(info),
             saved_heads: Vec::new(),
+            valid: std::sync::OnceLock::new(),
         };
         this.put_member(founder)?;
         this.put_epoch(epoch)?;
@@ -139,6 +144,7 @@ impl VaultDoc {
             doc,
             anchors: TrustAnchors::of(&state.info),
             saved_heads,
+            valid: state.into(),
         })
     }
 
@@ -147,9 +153,19 @@ impl VaultDoc {
         &self.anchors
     }
 
-    /// The whole document, typed and validated.
+    /// The whole document, typed and validated (once per version of the document).
     pub fn state(&self) -> Result<VaultState, DocError> {
-        read::read_state(&self.doc, Some(&self.anchors))
+        if let Some(state) = self.valid.get() {
+            return Ok(state.clone());
+        }
+        let state = read::read_state(&self.doc, Some(&self.anchors))?;
+        let _ = self.valid.set(state.clone());
+        Ok(state)
+    }
+
+    /// Forgets the validated state: the document is about to change.
+    fn touched(&mut self) {
+        self.valid.take();
     }
 
     /// The full document in the standard Automerge binary format.
@@ -192,13 +208,14 @@ impl VaultDoc {
         let mut fork = self.doc.fork().with_actor(actor);
         let anchors = &self.anchors;
         // Parse and validate inside the containment; the fork is dropped on any failure.
-        let (fork, count) = contain::contained(move || {
+        let (fork, count, state) = contain::contained(move || {
             fork.load_incremental(data)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
-            let count = check_fork(&mut fork, anchors, &heads, &before)?;
-            Ok((fork, count))
+            let (count, state) = check_fork(&mut fork, anchors, &heads, &before)?;
+            Ok((fork, count, state))
         })?;
         self.doc = fork;
+        self.valid = state.into();
         Ok(count)
     }
 
@@ -227,7 +244,7 @@ impl VaultDoc {
         let mut fork = self.doc.fork().with_actor(actor);
         let mut next = state.clone();
         let anchors = &self.anchors;
-        let (fork, next, count) = contain::contained(move || {
+        let (fork, next, count, valid) = contain::contained(move || {
             let message = automerge::sync::Message::decode(message)
                 .map_err(|e| DocError::Damaged(format!("unreadable sync message ({e})")))?;
             for chunk in message.changes.iter() {
@@ -236,10 +253,11 @@ impl VaultDoc {
             fork.sync()
                 .receive_sync_message(&mut next, message)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
-            let count = check_fork(&mut fork, anchors, &heads, &before)?;
-            Ok((fork, next, count))
+            let (count, valid) = check_fork(&mut fork, anchors, &heads, &before)?;
+            Ok((fork, next, count, valid))
         })?;
         self.doc = fork;
+        self.valid = valid.into();
         *state = next;
         Ok(count)
     }
@@ -257,6 +275,7 @@ impl VaultDoc {
 
     /// Commits pending writes as one change.
     pub fn commit(&mut self, message: &str) {
+        self.touched();
         self.doc.commit_with(
             CommitOptions::default()
                 .with_message(message.to_string())
@@ -308,6 +327,7 @@ impl VaultDoc {
     }
 
     pub fn put_member(&mut self, m: &Member) -> Result<(), DocError> {
+        self.touched();
         let members = self.map(&["members"])?;
         let obj = self.child_map(&members, &m.device.to_hex())?;
         self.put_changed(&obj, "name", m.name.as_str().into())?;
@@ -333,6 +353,7 @@ impl VaultDoc {
     }
 
     pub fn put_epoch(&mut self, e: &Epoch) -> Result<(), DocError> {
+        self.touched();
         let epochs = self.map(&["epochs"])?;
         let obj = self.child_map(&epochs, &e.id.to_hex())?;
         self.put_changed(&obj, "generation", e.generation.into())?;
@@ -351,6 +372,7 @@ impl VaultDoc {
         to: &Recipient,
         w: &SignedWrap,
     ) -> Result<(), DocError> {
+        self.touched();
         let wraps = self.map(&["epochs", &epoch.to_hex(), "wraps"])?;
         let obj = self.child_map(&wraps, &to.to_string())?;
         self.put_changed(&obj, "wrap", bytes(&w.wrap))?;
@@ -361,6 +383,7 @@ impl VaultDoc {
 
     /// Writes a token record (creating it or changing the fields that differ).
     pub fn put_token(&mut self, t: &Token) -> Result<(), DocError> {
+        self.touched();
         let tokens = self.map(&["tokens"])?;
         let obj = self.child_map(&tokens, &t.id.to_hex())?;
         self.put_changed(&obj, "service", t.service.as_str().into())?;
@@ -402,6 +425,7 @@ impl VaultDoc {
         service: Service,
         token: Option<&TokenId>,
     ) -> Result<(), DocError> {
+        self.touched();
         let defaults = self.map(&["defaults"])?;
         match token {
             Some(id) => self.put_changed(&defaults, service.as_str(), id.to_hex().into())?,
@@ -421,6 +445,7 @@ impl VaultDoc {
         action: &str,
         subject: &str,
     ) -> Result<(), DocError> {
+        self.touched();
         let audit = match self.doc.get(automerge::ROOT, "audit")? {
             Some((automerge::Value::Object(ObjType::List), id)) => id,
             _ => {
@@ -445,13 +470,14 @@ impl VaultDoc {
 
 /// Validates a fork that outside changes were applied to: one vault record, this vault, valid
 /// against the pinned anchors, every new change named as written by a verified member (within a
-/// removed member's bound). Returns how many changes are new since `before`.
+/// removed member's bound). Returns how many changes are new since `before`, and the fork's
+/// validated state.
 fn check_fork(
     fork: &mut AutoCommit,
     anchors: &TrustAnchors,
     heads: &[ChangeHash],
     before: &VaultState,
-) -> Result<usize, DocError> {
+) -> Result<(usize, VaultState), DocError> {
     let ours = anchors.vault;
     if fork.get_all(automerge::ROOT, "vault")?.len() != 1 {
         return Err(DocError::Schema {
@@ -484,7 +510,7 @@ fn check_fork(
             });
         }
     }
-    Ok(new_changes.len())
+    Ok((new_changes.len(), state))
 }
 
 /// Outside changes may add to trusted state but never take from it: every verified member

@@ -135,14 +135,9 @@ impl Device {
             self.persist()?;
             self.vouch()?;
         }
-        let encoded = self
-            .sessions
-            .get(peer)
-            .map(|s| s.state.encode())
-            .unwrap_or_default();
-        self.store
-            .save_peer_sync(peer, &encoded, unix_now(), None)
-            .map_err(DeviceError::from)?;
+        // The sync state itself is saved when the session closes: losing it to a crash costs
+        // only a longer exchange next time, while saving it here would cost a disk flush per
+        // message.
         Ok(new)
     }
 

@@ -1,0 +1,495 @@
+//! Mesh benchmarks on loopback: real libp2p nodes (TCP, Noise, Yamux) in one process running
+//! the same mesh code the daemon hosts, with real stores in temp dirs. Each figure is printed
+//! beside a baseline measured in the same run:
+//!
+//! - add-to-readable latency (p50, p99 over `HANDOFF_BENCH_ADDS` adds, default 200, connection
+//!   up): a token added on one device until the other holds it, against the round trip of a
+//!   bare libp2p stream (Noise + Yamux) carrying the same bytes;
+//! - bytes per single-token change: sync payload and the TCP payload bytes the kernel counts
+//!   (Noise, Yamux and the frames), against the Automerge change itself;
+//! - a new member's first sync of a 1,000-token vault: pairing into it (the welcome carries
+//!   the vault), and a member catching up on 1,000 tokens over a sync session, against
+//!   sending the document's bytes once over a bare stream.
+//!
+//! Run: `cargo bench --bench mesh`. Bounded: every wait has a deadline.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
+use handoff::doc::{Role, Service};
+use handoff::home::Home;
+use handoff::net::{JoinRequest, LinkHints, Mesh, MeshConfig, Multiaddr, OfferRequest, Owned};
+use handoff::vault::KdfParams;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, SwarmBuilder};
+
+const LIGHT_KDF: KdfParams = KdfParams {
+    m_kib: 1024,
+    t: 1,
+    p: 1,
+};
+const PASSPHRASE: &[u8] = b"bench passphrase";
+const WAIT: Duration = Duration::from_secs(120);
+const KEY: &str = "sk-ant-api03-0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
+
+fn config() -> MeshConfig {
+    MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        peers: Vec::new(),
+        dial_known: false,
+        redial_every: Duration::from_secs(3600),
+    }
+}
+
+fn new_device(name: &str) -> NewDevice<'_> {
+    NewDevice {
+        name,
+        passphrase: PASSPHRASE,
+        kdf: LIGHT_KDF,
+    }
+}
+
+struct Node {
+    host: Arc<Owned>,
+    mesh: Mesh,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(dir: tempfile::TempDir, device: Device, key: Unlocked) -> Node {
+        let host = Owned::new(device, Some(key));
+        let mesh = Mesh::start(host.clone(), config()).await.unwrap();
+        Node {
+            host,
+            mesh,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> Multiaddr {
+        self.mesh.view().listen[0].parse().unwrap()
+    }
+
+    fn add(&self, label: &str) -> handoff_protocol::TokenId {
+        let id = self.host.with(|d, k| {
+            d.add_token(
+                k.unwrap(),
+                Service::Anthropic,
+                label,
+                KEY.as_bytes(),
+                false,
+                false,
+            )
+            .unwrap()
+        });
+        self.mesh.changed();
+        id
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.host.with(|d, _| d.heads_hex())
+    }
+
+    /// Bytes through this node's TCP sockets (payload of the TCP segments: Noise, Yamux and
+    /// handoff's frames), as the kernel counts them for sockets on its listen port, both ways.
+    fn transport_bytes(&self) -> u64 {
+        let port = self
+            .addr()
+            .iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .unwrap();
+        let out = std::process::Command::new("ss")
+            .args(["-tinH", "state", "established"])
+            .arg(format!("( sport = :{port} )"))
+            .output()
+            .expect("ss (iproute2) reads the kernel's per-socket byte counters");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|field| {
+                let value = field
+                    .strip_prefix("bytes_acked:")
+                    .or_else(|| field.strip_prefix("bytes_received:"))?;
+                value.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    /// Bytes through libp2p's substreams (above Noise and Yamux framing), both ways.
+    fn substream_bytes(&self) -> u64 {
+        self.mesh
+            .transport_metrics()
+            .lines()
+            .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waits until `check` holds, re-checking whenever this node applies a peer's changes.
+    async fn until(&self, check: impl Fn(&Node) -> bool) {
+        let mut applied = self.mesh.applied();
+        tokio::time::timeout(WAIT, async {
+            while !check(self) {
+                let _ = tokio::time::timeout(Duration::from_millis(50), applied.changed()).await;
+            }
+        })
+        .await
+        .expect("the mesh converges within the bench's deadline");
+    }
+}
+
+async fn founder() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, _) = Device::init(
+        Home::at(dir.path().join("home")),
+        &new_device("alpha"),
+        "bench",
+    )
+    .unwrap();
+    let key = device.unlock(PASSPHRASE).unwrap();
+    Node::start(dir, device, key).await
+}
+
+/// Pairs a new device through `a` over the network; returns it (not started) and how long the
+/// pairing took and how many bytes `a`'s streams moved for it (the connection is closed by the
+/// time it ends, so its socket counters are gone).
+async fn pair(a: &Node, name: &str) -> (tempfile::TempDir, Device, Duration, u64) {
+    let key = a.host.with(|_, k| k.unwrap().duplicate());
+    let ticket = a
+        .mesh
+        .offer(OfferRequest {
+            role: Role::Member,
+            name: None,
+            long_code: false,
+            auto_confirm: true,
+            key,
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pending =
+        PendingJoin::prepare(Home::at(dir.path().join("home")), &new_device(name)).unwrap();
+    let bytes_before = a.substream_bytes();
+    let started = Instant::now();
+    let device = handoff::net::join(
+        pending,
+        JoinRequest {
+            code: ticket.code.clone(),
+            hints: LinkHints {
+                peer: None,
+                addrs: vec![a.addr()],
+            },
+            mdns: false,
+            confirm: Box::new(|_| true),
+            progress: Box::new(|_| {}),
+        },
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    a.mesh.changed();
+    (dir, device, took, a.substream_bytes() - bytes_before)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Two bare libp2p nodes (TCP, Noise, Yamux) and one stream between them: the transport alone.
+struct Bare {
+    client: libp2p::Swarm<libp2p_stream::Behaviour>,
+    stream: libp2p::Stream,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn bare_swarm() -> libp2p::Swarm<libp2p_stream::Behaviour> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build()
+}
+
+const ECHO: StreamProtocol = StreamProtocol::new("/bench/echo/1");
+
+impl Bare {
+    /// A server that answers each length-prefixed message with a one-byte ack (or an echo).
+    async fn connect(echo: bool) -> Bare {
+        let mut server = bare_swarm();
+        server
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let mut incoming = server.behaviour().new_control().accept(ECHO).unwrap();
+        let server = tokio::spawn(async move {
+            let serve = async move {
+                while let Some((_, mut stream)) = incoming.next().await {
+                    tokio::spawn(async move {
+                        let mut len = [0u8; 4];
+                        while stream.read_exact(&mut len).await.is_ok() {
+                            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+                            if stream.read_exact(&mut buf).await.is_err() {
+                                return;
+                            }
+                            let reply = if echo { buf } else { vec![1] };
+                            let _ = stream.write_all(&reply).await;
+                            let _ = stream.flush().await;
+                        }
+                    });
+                }
+            };
+            tokio::pin!(serve);
+            loop {
+                tokio::select! {
+                    () = &mut serve => return,
+                    _ = server.select_next_some() => {}
+                }
+            }
+        });
+        let mut client = bare_swarm();
+        let mut control = client.behaviour().new_control();
+        client.dial(addr).unwrap();
+        let peer = loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                client.select_next_some().await
+            {
+                break peer_id;
+            }
+        };
+        let open = control.open_stream(peer, ECHO);
+        tokio::pin!(open);
+        let stream = loop {
+            tokio::select! {
+                s = &mut open => break s.unwrap(),
+                _ = client.select_next_some() => {}
+            }
+        };
+        Bare {
+            client,
+            stream,
+            server,
+        }
+    }
+
+    /// Sends `payload` and waits for the reply of `reply_len` bytes; the time it took.
+    async fn round_trip(&mut self, payload: &[u8], reply_len: usize) -> Duration {
+        let started = Instant::now();
+        let stream = &mut self.stream;
+        let exchange = async {
+            stream
+                .write_all(&(payload.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            stream.write_all(payload).await.unwrap();
+            stream.flush().await.unwrap();
+            let mut reply = vec![0u8; reply_len];
+            stream.read_exact(&mut reply).await.unwrap();
+        };
+        tokio::pin!(exchange);
+        loop {
+            tokio::select! {
+                () = &mut exchange => break,
+                _ = self.client.select_next_some() => {}
+            }
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let adds: usize = std::env::var("HANDOFF_BENCH_ADDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200)
+        .max(100);
+    println!("mesh benchmarks on loopback (TCP, Noise, Yamux), {adds} adds");
+
+    // --- add-to-readable latency and bytes per change ---
+    let a = founder().await;
+    let (dir, device, _, _) = pair(&a, "beta").await;
+    let key = device.unlock(PASSPHRASE).unwrap();
+    let b = Node::start(dir, device, key).await;
+    b.mesh.dial(a.addr()).await.unwrap();
+    a.add("warmup");
+    b.until(|n| n.heads() == a.heads()).await;
+
+    let mut latencies = Vec::with_capacity(adds);
+    let mut local = Vec::with_capacity(adds);
+    let (sync_before, wire_before) = (
+        a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received,
+        a.transport_bytes(),
+    );
+    let export_before = a.host.with(|d, _| d.export());
+    for i in 0..adds {
+        let started = Instant::now();
+        let id = a.add(&format!("t{i}"));
+        local.push(started.elapsed());
+        b.until(|n| {
+            n.host
+                .with(|d, _| d.state().unwrap().tokens.contains_key(&id))
+        })
+        .await;
+        latencies.push(started.elapsed());
+        // Let the last acknowledgements settle so each add is measured on a quiet mesh.
+        a.until(|n| n.heads() == b.heads()).await;
+    }
+    let sync_bytes = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received - sync_before;
+    let wire_bytes = a.transport_bytes() - wire_before;
+    let change_len = {
+        let mut before = automerge::AutoCommit::load(&export_before).unwrap();
+        let mut after = automerge::AutoCommit::load(&a.host.with(|d, _| d.export())).unwrap();
+        after.save_after(&before.get_heads()).len() / adds
+    };
+
+    let mut bare = Bare::connect(false).await;
+    let payload = vec![7u8; (sync_bytes as usize / adds).max(1)];
+    let mut rtts = Vec::with_capacity(adds);
+    for _ in 0..adds {
+        rtts.push(bare.round_trip(&payload, 1).await);
+    }
+    drop(bare);
+    let base50 = percentile(&mut rtts, 0.5);
+    let base99 = percentile(&mut rtts, 0.99);
+    let p50 = percentile(&mut latencies, 0.5);
+    let p99 = percentile(&mut latencies, 0.99);
+    let local50 = percentile(&mut local, 0.5);
+    println!("\nadd-to-readable latency ({adds} adds, connection up):");
+    println!(
+        "  baseline: bare stream round trip of {} bytes  p50 {}  p99 {}",
+        payload.len(),
+        ms(base50),
+        ms(base99)
+    );
+    println!(
+        "  token add on A until B holds it              p50 {} (x{:.1})  p99 {} (x{:.1})",
+        ms(p50),
+        p50.as_secs_f64() / base50.as_secs_f64(),
+        ms(p99),
+        p99.as_secs_f64() / base99.as_secs_f64()
+    );
+    println!(
+        "  of which the local add on A (seal, validate, commit to SQLite)  p50 {}",
+        ms(local50)
+    );
+    println!("\nbytes per single-token change (both directions, per add):");
+    println!("  baseline: the Automerge change itself     {change_len} bytes");
+    println!(
+        "  sync messages (frames)                    {} bytes (x{:.1})",
+        sync_bytes / adds as u64,
+        (sync_bytes / adds as u64) as f64 / change_len as f64
+    );
+    println!(
+        "  on the wire (TCP payload: Noise, Yamux)   {} bytes (x{:.1})",
+        wire_bytes / adds as u64,
+        (wire_bytes / adds as u64) as f64 / change_len as f64
+    );
+    a.mesh.stop().await;
+    b.mesh.stop().await;
+
+    // --- first sync of a 1,000-token vault ---
+    let a = founder().await;
+    // c joins now and then goes away while the vault grows.
+    let (c_dir, c_device, _, _) = pair(&a, "gamma").await;
+    let started = Instant::now();
+    for i in 0..1000 {
+        a.host.with(|d, k| {
+            d.add_token(
+                k.unwrap(),
+                Service::Anthropic,
+                &format!("bulk{i}"),
+                KEY.as_bytes(),
+                false,
+                false,
+            )
+            .unwrap()
+        });
+    }
+    let filled = started.elapsed();
+    let snapshot = a.host.with(|d, _| d.export());
+
+    let mut bare = Bare::connect(true).await;
+    let mut sends = Vec::new();
+    for _ in 0..5 {
+        sends.push(bare.round_trip(&snapshot, snapshot.len()).await);
+    }
+    drop(bare);
+    let base = percentile(&mut sends, 0.5);
+
+    let (_d_dir, _d_device, pair_took, pair_bytes) = pair(&a, "delta").await;
+
+    let c_key = c_device.unlock(PASSPHRASE).unwrap();
+    let c = Node::start(c_dir, c_device, c_key).await;
+    let wire_before = a.transport_bytes();
+    let sync_before = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received;
+    let started = Instant::now();
+    c.mesh.dial(a.addr()).await.unwrap();
+    c.until(|n| n.heads() == a.heads()).await;
+    let catch_up = started.elapsed();
+    let catch_up_wire = a.transport_bytes() - wire_before;
+    let catch_up_sync = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received - sync_before;
+
+    println!(
+        "\nfirst sync of a 1,000-token vault ({} byte document; filling it took {:.1} s):",
+        snapshot.len(),
+        filled.as_secs_f64()
+    );
+    println!(
+        "  baseline: the document's bytes sent over a bare stream (and echoed)  {}",
+        ms(base)
+    );
+    println!(
+        "  pairing a new member (welcome carries the vault)  {} (x{:.1}), {} bytes in streams (x{:.2} of the document)",
+        ms(pair_took),
+        pair_took.as_secs_f64() / base.as_secs_f64(),
+        pair_bytes,
+        pair_bytes as f64 / snapshot.len() as f64
+    );
+    println!(
+        "  a member catching up on 1,000 tokens by sync      {} (x{:.1}), {} bytes of sync messages, {} on the wire (x{:.2} of the document)",
+        ms(catch_up),
+        catch_up.as_secs_f64() / base.as_secs_f64(),
+        catch_up_sync,
+        catch_up_wire,
+        catch_up_wire as f64 / snapshot.len() as f64
+    );
+    a.mesh.stop().await;
+    c.mesh.stop().await;
+}
