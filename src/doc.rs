@@ -220,12 +220,22 @@ impl VaultDoc {
     }
 
     /// The next Automerge sync message for a peer, or `None` when it has nothing to learn.
+    /// The peer's side of the state comes from its messages, so the engine runs contained here
+    /// too: on a failure the session starts afresh instead of the process going down.
     pub fn sync_message(&mut self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
         use automerge::sync::SyncDoc;
-        self.doc
-            .sync()
-            .generate_sync_message(state)
-            .map(automerge::sync::Message::encode)
+        let doc = &mut self.doc;
+        let generated = contain::contained(|| {
+            Ok(doc
+                .sync()
+                .generate_sync_message(state)
+                .map(automerge::sync::Message::encode))
+        });
+        generated.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not build a sync message; starting the session afresh");
+            *state = automerge::sync::State::new();
+            None
+        })
     }
 
     /// Receives a peer's sync message on a fork and keeps the fork only if it validates as

@@ -218,8 +218,37 @@ async fn pair_with_a_code_then_sync_both_ways() {
     .await;
     let online = a.mesh.view().online;
     assert_eq!(online.len(), 1, "{online:?}");
+
+    // Converged, the mesh goes quiet; a nudge with nothing new sends nothing either.
+    let quiet = settled(&[&a, &b]).await;
+    a.mesh.changed();
+    b.mesh.changed();
+    tokio::time::sleep(Duration::from_secs(1)).await; // an observation window, not a wait
+    assert_eq!(
+        quiet,
+        [a.mesh.stats(), b.mesh.stats()],
+        "an idle mesh sent sync messages"
+    );
     a.mesh.stop().await;
     b.mesh.stop().await;
+}
+
+/// The nodes' traffic counters once they stopped moving (unchanged over 300 ms).
+async fn settled(nodes: &[&Node]) -> Vec<handoff::net::Stats> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last: Vec<_> = nodes.iter().map(|n| n.mesh.stats()).collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now: Vec<_> = nodes.iter().map(|n| n.mesh.stats()).collect();
+        if now == last {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mesh never went quiet"
+        );
+        last = now;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

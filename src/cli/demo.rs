@@ -1,20 +1,31 @@
-//! `handoff demo`: the most complete flow that exists, end to end, on temporary homes.
+//! `handoff demo`: the whole flow end to end on loopback, in temporary homes, with built-in
+//! sample values and the real key-derivation parameters.
 //!
-//! Today that is one device: create a vault, store a token, list it, reveal it, export the
-//! document, lose the device, recover on a fresh home with the recovery code and read the token
-//! there. Every step runs the real code with the real key-derivation parameters; the homes are
-//! removed afterwards. It grows into two devices and a relay as the mesh lands.
+//! A laptop creates a vault and stores a token; its mesh node offers pairing, and a desktop
+//! joins with the code over loopback (SPAKE2 + Noise, the SAS shown on both sides). The two
+//! sync edits both ways. The desktop then starts an agent (a stand-in shell script) with the
+//! credential materialized in the agent's environment only, and the agent proves it holds
+//! exactly the token by reporting its hash. Finally the laptop is lost, and a third device
+//! regains the vault from the desktop's export and the recovery code. The homes are removed
+//! afterwards.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::{CliError, print_json};
-use crate::device::{Device, NewDevice, expose};
-use crate::doc::Service;
+use crate::device::{Device, NewDevice, PendingJoin, expose};
+use crate::doc::{Role, Service};
 use crate::home::Home;
+use crate::net::{JoinRequest, LinkHints, Mesh, MeshConfig, OfferRequest, Owned, PairEvent};
+use crate::spawn::{CaughtSignals, Delivery, allowed_env, materialize, run_foreground};
 use crate::vault::{KdfParams, random_array};
+
+/// Longest the demo waits for the mesh.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -29,8 +40,47 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn loopback() -> MeshConfig {
+    MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+        mdns: false,
+        peers: Vec::new(),
+        dial_known: true,
+        redial_every: Duration::from_secs(3600),
+    }
+}
+
+fn failed(what: &str) -> CliError {
+    CliError::Internal(format!("the demo failed: {what}"))
+}
+
+/// Waits until `check` holds on `host`, re-checking whenever `mesh` applies a peer's changes.
+async fn until(
+    mesh: &Mesh,
+    host: &Owned,
+    what: &str,
+    check: impl Fn(&mut Device, &crate::device::Unlocked) -> bool,
+) -> Result<(), CliError> {
+    let mut applied = mesh.applied();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if host.with(|d, k| k.is_some_and(|k| check(d, k))) {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
+        }
+    })
+    .await
+    .map_err(|_| failed(what))
+}
+
+fn reveals(device: &Device, key: &crate::device::Unlocked, query: &str, want: &str) -> bool {
+    device
+        .reveal(key, query)
+        .is_ok_and(|(_, s)| expose(&s) == want.as_bytes())
+}
+
 pub(super) fn run(json: bool) -> Result<(), CliError> {
-    let started = Instant::now();
     let root = std::env::temp_dir().join(format!("handoff-demo-{}", hex(&random_array::<8>()?)));
     std::fs::create_dir(&root).map_err(|source| CliError::File {
         what: "cannot create",
@@ -38,92 +88,229 @@ pub(super) fn run(json: bool) -> Result<(), CliError> {
         source,
     })?;
     let dir = TempDir(root);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(flow(&dir.0, json))
+}
+
+async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
+    let started = Instant::now();
     let step = |text: &str| {
         if !json {
             println!("[{:>6.2}s] {text}", started.elapsed().as_secs_f64());
         }
     };
-
     let passphrase = hex(&random_array::<16>()?);
-    let sample = format!("sk-ant-demo-{}", hex(&random_array::<12>()?));
-    let laptop = Home::at(dir.0.join("laptop"));
-    let new = NewDevice {
-        name: "laptop",
+    let work_key = format!("sk-ant-demo-{}", hex(&random_array::<12>()?));
+    let new = |name| NewDevice {
+        name,
         passphrase: passphrase.as_bytes(),
         kdf: KdfParams::DEFAULT,
     };
-    let (mut device, code) = Device::init(laptop, &new, "demo")?;
+
+    // The laptop: a new vault, a token, a mesh node on loopback.
+    let (laptop, code) = Device::init(Home::at(root.join("laptop")), &new("laptop"), "demo")?;
     step(&format!(
         "laptop: created vault 'demo' as {}",
-        device.device_id()
+        laptop.device_id()
     ));
+    let key = laptop.unlock(passphrase.as_bytes())?;
+    step("laptop: unlocked the vault key (Argon2id, 64 MiB, t=3, p=4)");
+    let offer_key = key.duplicate();
+    let laptop = Owned::new(laptop, Some(key));
+    laptop.with(|d, k| {
+        let k = k.ok_or_else(|| failed("the laptop is locked"))?;
+        d.add_token(
+            k,
+            Service::Anthropic,
+            "work",
+            work_key.as_bytes(),
+            true,
+            false,
+        )?;
+        Ok::<_, CliError>(())
+    })?;
+    step("laptop: stored anthropic/work, sealed with XChaCha20-Poly1305 under the epoch key");
+    let laptop_mesh = Mesh::start(laptop.clone(), loopback()).await?;
+    let laptop_addr = laptop_mesh.view().listen[0].clone();
+    step(&format!("laptop: mesh node listening on {laptop_addr}"));
 
-    let key = device.unlock(passphrase.as_bytes())?;
-    step("laptop: unlocked the vault key with the passphrase (Argon2id, 64 MiB, t=3, p=4)");
-    let id = device.add_token(
-        &key,
-        Service::Anthropic,
-        "work",
-        sample.as_bytes(),
-        true,
-        false,
-    )?;
-    step(&format!(
-        "laptop: stored anthropic/work ({}), sealed with XChaCha20-Poly1305",
-        &id.to_hex()[..8]
-    ));
-
-    let (token, secret) = device.reveal(&key, "anthropic/work")?;
-    let round_trip = expose(&secret) == sample.as_bytes();
-    step(&format!(
-        "laptop: revealed {}/{}: matches what was stored: {round_trip}",
-        token.service, token.label
-    ));
-
-    let export = device.export();
-    let on_disk = std::fs::read(device.home().db_path()).unwrap_or_default();
-    let leaked = on_disk
-        .windows(sample.len())
-        .any(|w| w == sample.as_bytes())
-        || export.windows(sample.len()).any(|w| w == sample.as_bytes());
-    step(&format!(
-        "laptop: exported the document ({} bytes); plaintext token in database or export: {leaked}",
-        export.len()
-    ));
-    drop(key);
-    drop(device);
-    std::fs::remove_dir_all(dir.0.join("laptop")).ok();
-    step("laptop: lost (its home is deleted)");
-
-    let desktop = Home::at(dir.0.join("desktop"));
-    let new = NewDevice {
-        name: "desktop",
-        passphrase: passphrase.as_bytes(),
-        kdf: KdfParams::DEFAULT,
+    // Pairing: the laptop offers, the desktop joins with the code.
+    let mut ticket = laptop_mesh
+        .offer(OfferRequest {
+            role: Role::Member,
+            name: None,
+            long_code: false,
+            auto_confirm: true,
+            key: offer_key,
+        })
+        .await?;
+    step(&format!("laptop: pairing code {}", ticket.code.text()));
+    let pending = PendingJoin::prepare(Home::at(root.join("desktop")), &new("desktop"))?;
+    let desktop_sas = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = desktop_sas.clone();
+    let desktop = crate::net::join(
+        pending,
+        JoinRequest {
+            code: ticket.code.clone(),
+            hints: LinkHints {
+                peer: None,
+                addrs: vec![crate::net::parse_addr(&laptop_addr)?],
+            },
+            mdns: false,
+            confirm: Box::new(move |sas| {
+                if let Ok(mut s) = seen.lock() {
+                    *s = sas.to_string();
+                }
+                true
+            }),
+            progress: Box::new(|_| {}),
+        },
+    )
+    .await?;
+    let laptop_sas = match ticket.events.recv().await {
+        Some(PairEvent::Sas { sas }) => sas,
+        _ => return Err(failed("the laptop saw no pairing")),
     };
-    let recovered = Device::recover(desktop, &new, &export, &code)?;
+    if !matches!(ticket.events.recv().await, Some(PairEvent::Paired { .. })) {
+        return Err(failed("the laptop did not admit the desktop"));
+    }
+    let desktop_sas = desktop_sas.lock().map(|s| s.clone()).unwrap_or_default();
+    let sas_match = desktop_sas == laptop_sas;
     step(&format!(
-        "desktop: recovered the vault from the export and the recovery code as {}",
-        recovered.device_id()
+        "desktop: joined with the code (SPAKE2, then Noise XXpsk3); both screens show '{laptop_sas}': {sas_match}"
     ));
-    let key = recovered.unlock(passphrase.as_bytes())?;
-    let (_, secret) = recovered.reveal(&key, "anthropic/work")?;
-    let recovered_ok = expose(&secret) == sample.as_bytes();
+    laptop_mesh.changed();
+    let key = desktop.unlock(passphrase.as_bytes())?;
+    let desktop = Owned::new(desktop, Some(key));
+    let desktop_mesh = Mesh::start(desktop.clone(), loopback()).await?;
+    desktop_mesh
+        .dial(crate::net::parse_addr(&laptop_addr)?)
+        .await?;
+
+    // Sync both ways.
+    until(
+        &desktop_mesh,
+        &desktop,
+        "the desktop never read the laptop's token",
+        |d, k| reveals(d, k, "anthropic/work", &work_key),
+    )
+    .await?;
+    step("desktop: reads anthropic/work (its own wrap of the epoch key came with the pairing)");
+    let personal = format!("sk-proj-demo-{}", hex(&random_array::<12>()?));
+    desktop.with(|d, k| {
+        let k = k.ok_or_else(|| failed("the desktop is locked"))?;
+        d.add_token(
+            k,
+            Service::Openai,
+            "personal",
+            personal.as_bytes(),
+            true,
+            false,
+        )?;
+        Ok::<_, CliError>(())
+    })?;
+    desktop_mesh.changed();
+    until(
+        &laptop_mesh,
+        &laptop,
+        "the laptop never read the desktop's token",
+        |d, k| reveals(d, k, "openai/personal", &personal),
+    )
+    .await?;
+    step("laptop: reads openai/personal, added on the desktop a moment ago");
+
+    // A spawn on the desktop: the credential exists only in the agent's environment.
+    let report = root.join("agent-report");
+    let matched = spawn_demo_agent(&desktop, &report, &work_key)?;
     step(&format!(
-        "desktop: revealed anthropic/work: matches: {recovered_ok}"
+        "desktop: started an agent with ANTHROPIC_API_KEY in its environment only; it holds exactly the token: {matched}"
     ));
 
-    let ok = round_trip && recovered_ok && !leaked;
+    let leaked = [root.join("laptop"), root.join("desktop")]
+        .iter()
+        .flat_map(|home| std::fs::read_dir(home).into_iter().flatten().flatten())
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .any(|bytes| {
+            [work_key.as_bytes(), personal.as_bytes()]
+                .iter()
+                .any(|s| bytes.windows(s.len()).any(|w| w == *s))
+        });
+    step(&format!(
+        "both: plaintext token in any database, WAL or file of either home: {leaked}"
+    ));
+
+    // Recovery: the laptop is lost; a tablet regains the vault from the desktop's export.
+    let export = desktop.with(|d, _| d.export());
+    laptop_mesh.stop().await;
+    desktop_mesh.stop().await;
+    drop(laptop);
+    std::fs::remove_dir_all(root.join("laptop")).ok();
+    step("laptop: lost (its home is deleted)");
+    let tablet = Device::recover(
+        Home::at(root.join("tablet")),
+        &new("tablet"),
+        &export,
+        &code,
+    )?;
+    let key = tablet.unlock(passphrase.as_bytes())?;
+    let recovered = reveals(&tablet, &key, "anthropic/work", &work_key)
+        && reveals(&tablet, &key, "openai/personal", &personal);
+    step(&format!(
+        "tablet: recovered the vault from the desktop's export and the recovery code; reads both tokens: {recovered}"
+    ));
+
+    let ok = sas_match && matched && !leaked && recovered;
     if json {
-        print_json(
-            &json!({"ok": ok, "round_trip": round_trip, "recovered": recovered_ok, "plaintext_on_disk": leaked}),
-        );
+        print_json(&json!({
+            "ok": ok,
+            "paired": sas_match,
+            "spawn_credential": matched,
+            "plaintext_on_disk": leaked,
+            "recovered": recovered,
+        }));
     } else {
         println!("{}", if ok { "demo ok" } else { "demo FAILED" });
     }
     if ok {
         Ok(())
     } else {
-        Err(CliError::Internal("the demo's checks failed".into()))
+        Err(failed("one of its checks did not hold"))
     }
+}
+
+/// Starts a stand-in agent (a shell) on the desktop the way `handoff spawn claude` would:
+/// empty environment plus the allowlist plus the credential. The agent writes the SHA-256 of
+/// the key it received to `report`; the demo compares it with the token's.
+fn spawn_demo_agent(
+    desktop: &Owned,
+    report: &std::path::Path,
+    expected: &str,
+) -> Result<bool, CliError> {
+    let secret = desktop.with(|d, k| {
+        let k = k.ok_or_else(|| failed("the desktop is locked"))?;
+        let (_, secret) = d.reveal(k, "anthropic/work")?;
+        Ok::<_, CliError>(zeroize::Zeroizing::new(expose(&secret).to_vec()))
+    })?;
+    let signals = CaughtSignals::catch()?;
+    let credential = materialize(&Delivery::Env(vec!["ANTHROPIC_API_KEY".into()]), &secret)?;
+    drop(secret);
+    let script = format!(
+        "printf '%s' \"$ANTHROPIC_API_KEY\" | sha256sum | cut -d' ' -f1 > '{}'",
+        report.display()
+    );
+    let dir = report.parent().unwrap_or(std::path::Path::new("/"));
+    let code = run_foreground(
+        signals,
+        std::path::Path::new("/bin/sh"),
+        &["-c".into(), script.into()],
+        dir,
+        allowed_env(std::env::vars_os(), &[]),
+        credential,
+    )?;
+    let reported = std::fs::read_to_string(report).unwrap_or_default();
+    Ok(code == 0 && reported.trim() == hex(&Sha256::digest(expected.as_bytes())))
 }

@@ -26,6 +26,7 @@ mod support;
 
 mod daemon;
 mod damage;
+mod demo;
 mod durability;
 mod export_recover;
 mod hardening;
