@@ -168,6 +168,7 @@ async fn pair(a: &Node, name: &str) -> (tempfile::TempDir, Device, Duration, u64
             name: None,
             long_code: false,
             auto_confirm: true,
+            lifetime: handoff::net::OFFER_LIFETIME,
             key,
         })
         .await

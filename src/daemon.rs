@@ -284,6 +284,7 @@ async fn pair_offer(
             name,
             long_code: qr,
             auto_confirm,
+            lifetime: crate::net::OFFER_LIFETIME,
             key,
         })
         .await?;

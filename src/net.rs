@@ -33,7 +33,9 @@ mod wire;
 pub use code::{LinkHints, PairCode};
 pub use driver::{Mesh, NetView, Stats};
 pub use libp2p::{Multiaddr, PeerId};
-pub use pair::{JoinRequest, OfferRequest, PairEvent, PairFailure, PairTicket, join};
+pub use pair::{
+    JoinRequest, OFFER_LIFETIME, OfferRequest, PairEvent, PairFailure, PairTicket, join,
+};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -107,6 +107,11 @@ impl Node {
     }
 
     async fn offer(&self, long_code: bool) -> PairTicket {
+        self.offer_lasting(long_code, handoff::net::OFFER_LIFETIME)
+            .await
+    }
+
+    async fn offer_lasting(&self, long_code: bool, lifetime: Duration) -> PairTicket {
         let key = self.host.with(|_, k| k.unwrap().duplicate());
         self.mesh
             .offer(OfferRequest {
@@ -114,6 +119,7 @@ impl Node {
                 name: None,
                 long_code,
                 auto_confirm: true,
+                lifetime,
                 key,
             })
             .await
@@ -533,4 +539,24 @@ async fn a_removed_device_is_shut_out_and_opens_nothing_new() {
     assert!(refused.is_err(), "a took c's late write");
     assert_eq!(a.reveal("anthropic/old").as_deref(), Some("sk-ant-old"));
     assert_eq!(b.reveal("anthropic/old").as_deref(), Some("sk-ant-old"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_offer_admits_no_one() {
+    let (dir, device, key) = founder();
+    let a = Node::start(dir, device, key).await;
+    let mut ticket = a.offer_lasting(false, Duration::from_millis(200)).await;
+    assert_eq!(
+        next_event(&mut ticket).await,
+        PairEvent::Failed(PairFailure::Expired)
+    );
+    // The door is shut again: the late joiner's connection is refused before any message.
+    let err = join_with(&a, "late", &ticket.code).await.unwrap_err();
+    assert!(
+        matches!(err, handoff::net::NetError::Pair(PairFailure::Closed)),
+        "{err}"
+    );
+    assert!(a.mesh.stats().connections_refused >= 1);
+    let members = a.host.with(|d, _| d.state().unwrap().members.len());
+    assert_eq!(members, 1);
 }

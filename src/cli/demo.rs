@@ -145,6 +145,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
             name: None,
             long_code: false,
             auto_confirm: true,
+            lifetime: crate::net::OFFER_LIFETIME,
             key: offer_key,
         })
         .await?;

@@ -95,6 +95,7 @@ impl Offerer {
                     name: args.name.clone(),
                     long_code: args.qr,
                     auto_confirm: args.yes,
+                    lifetime: crate::net::OFFER_LIFETIME,
                     key: offer_key,
                 })
                 .await?;

@@ -75,6 +75,10 @@ pub enum PairFailure {
     Protocol(String),
     #[error("pairing failed: the connection broke ({0})")]
     Connection(String),
+    #[error(
+        "pairing failed: the adding device closed the connection (its offer may have expired or been used); run `handoff peer add` again"
+    )]
+    Closed,
     #[error("pairing timed out waiting for the other device")]
     Timeout,
     #[error(
@@ -154,6 +158,8 @@ pub struct OfferRequest {
     pub auto_confirm: bool,
     /// The vault key, to wrap the DEK to the newcomer.
     pub key: Unlocked,
+    /// How long the offer stays open ([`OFFER_LIFETIME`] for users).
+    pub lifetime: Duration,
 }
 
 /// An open offer, held by the mesh.
@@ -179,15 +185,16 @@ impl Offer {
         .map_err(|e| NetError::Transport(e.to_string()))?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let (confirm, confirm_rx) = mpsc::unbounded_channel();
+        let lifetime = request.lifetime.min(OFFER_LIFETIME);
         let expires_at = crate::doc::unix_now()
-            .saturating_add(i64::try_from(OFFER_LIFETIME.as_secs()).unwrap_or(i64::MAX));
+            .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
         let offer = Offer {
             code: code.clone(),
             role: request.role,
             name: request.name,
             auto_confirm: request.auto_confirm,
             key: request.key,
-            deadline: Instant::now() + OFFER_LIFETIME,
+            deadline: Instant::now() + lifetime,
             events: events_tx,
             confirm: confirm_rx,
         };
@@ -611,7 +618,7 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
         let mut stream = control
             .open_stream(them, StreamProtocol::new(proto::PROTOCOL))
             .await
-            .map_err(|e| PairFailure::Connection(e.to_string()))?;
+            .map_err(|_| PairFailure::Closed)?;
         let result = joiner_side(&mut stream, &code, &mailbox, me, them, joined, confirm).await;
         if let Err(e) = &result
             && matches!(e, PairFailure::Declined)

@@ -307,3 +307,50 @@ fn peer_remove_rotates_disconnects_and_names_the_exposed_tokens() {
         Some("sk-ant-c-could-read-this")
     );
 }
+
+#[test]
+fn bad_pairing_input_gets_one_line_and_a_distinct_code() {
+    let a = TestHome::new();
+    a.init();
+    let empty = TestHome::new();
+    let line = empty
+        .run(&["peer", "join", "not-a-code", "--yes"])
+        .fails_with(2)
+        .to_string();
+    assert!(line.contains("looks like"), "{line}");
+    let line = empty
+        .run(&["peer", "join", "42-apple-rivr-stone", "--yes"])
+        .fails_with(2)
+        .to_string();
+    assert!(line.contains("'rivr'"), "{line}");
+    let line = empty
+        .run(&[
+            "peer",
+            "join",
+            "42-apple-river-stone",
+            "--yes",
+            "--addr",
+            "nowhere",
+        ])
+        .fails_with(2)
+        .to_string();
+    assert!(line.contains("not a valid address"), "{line}");
+    assert!(!empty.db().exists(), "nothing was created");
+    // A home that already holds a vault cannot join another.
+    a.run(&["peer", "join", "42-apple-river-stone", "--yes"])
+        .fails_with(6);
+    // Comparing the words needs a terminal unless --yes says not to.
+    let line = a.run(&["peer", "add"]).fails_with(2).to_string();
+    assert!(line.contains("terminal"), "{line}");
+    a.run(&["peer", "add", "--role", "boss", "--yes"])
+        .fails_with(2);
+    let line = a
+        .run(&["peer", "remove", "no-such-device"])
+        .fails_with(2)
+        .to_string();
+    assert!(line.contains("no device named"), "{line}");
+    // Without a daemon the list still shows this device and what was last seen.
+    let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
+    assert_eq!(peers[0]["this_device"], true);
+    assert_eq!(peers[0]["role"], "admin");
+}
