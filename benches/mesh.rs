@@ -42,6 +42,7 @@ fn config() -> MeshConfig {
         peers: Vec::new(),
         dial_known: false,
         redial_every: Duration::from_secs(3600),
+        ..MeshConfig::default()
     }
 }
 

@@ -10,6 +10,7 @@
 //! - `vault_cmds`: `init`, `status`, `export`, `import`, `recover`.
 //! - `token_cmds`: `token add|list|show|rm|default`.
 //! - `peer_cmds`: `peer add|join|list|remove`.
+//! - `relay_cmds`: `relay add|list|rm`.
 //! - `demo`: the end-to-end demonstration on temporary homes.
 
 mod access;
@@ -17,6 +18,7 @@ mod daemon_cmds;
 mod demo;
 pub mod input;
 mod peer_cmds;
+mod relay_cmds;
 mod session_cmds;
 mod spawn_cmd;
 mod token_cmds;
@@ -117,6 +119,9 @@ pub enum Command {
     /// Pair, list and remove the devices of this vault.
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// The blind relays that keep envelopes for members that are offline.
+    #[command(subcommand)]
+    Relay(RelayCommand),
     /// Keep the vault key in the daemon for a while, so commands need no passphrase.
     Unlock {
         /// How long (e.g. 30m, 8h; default 8h).
@@ -206,6 +211,26 @@ pub enum PeerCommand {
     Remove {
         /// Its name or device id.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// List a relay for every member (admins): the address `handoff-relay serve` prints.
+    Add {
+        /// Its multiaddr(s), best with /p2p/<relay PeerId> (repeatable).
+        #[arg(required = true)]
+        addrs: Vec<String>,
+        /// The relay's access token, from this file's first line.
+        #[arg(long, value_name = "F")]
+        token_file: Option<PathBuf>,
+    },
+    /// The relays this vault uses.
+    List,
+    /// Stop using a relay.
+    Rm {
+        /// Its id (or a unique prefix).
+        id: String,
     },
 }
 
@@ -552,6 +577,13 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             ),
             PeerCommand::List => peer_cmds::list(&ctx),
             PeerCommand::Remove { name } => peer_cmds::remove(&ctx, &name),
+        },
+        Command::Relay(cmd) => match cmd {
+            RelayCommand::Add { addrs, token_file } => {
+                relay_cmds::add(&ctx, &addrs, token_file.as_deref())
+            }
+            RelayCommand::List => relay_cmds::list(&ctx),
+            RelayCommand::Rm { id } => relay_cmds::remove(&ctx, &id),
         },
         Command::Unlock { duration } => daemon_cmds::unlock(&ctx, duration),
         Command::Lock => daemon_cmds::lock(&ctx),

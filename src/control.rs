@@ -126,6 +126,28 @@ impl PeerView {
     }
 }
 
+/// A relay as `relay list` shows it (never its access token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayView {
+    pub id: String,
+    pub addrs: Vec<String>,
+    pub access_token: bool,
+    pub added_by: String,
+    pub added_at: i64,
+}
+
+impl RelayView {
+    pub fn of(r: &crate::doc::Relay) -> Self {
+        Self {
+            id: r.id.clone(),
+            addrs: r.addrs.split_whitespace().map(str::to_string).collect(),
+            access_token: r.access_token.is_some(),
+            added_by: r.added_by.clone(),
+            added_at: r.added_at,
+        }
+    }
+}
+
 /// What `peer remove` did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemovedView {
@@ -284,6 +306,14 @@ pub enum Request {
         query: String,
         passphrase: Option<Vec<u8>>,
     },
+    RelayAdd {
+        addrs: String,
+        token: Option<Vec<u8>>,
+    },
+    RelayList,
+    RelayRemove {
+        query: String,
+    },
     /// Opens a pairing offer (one at a time).
     PairOffer {
         name: Option<String>,
@@ -329,6 +359,8 @@ pub enum Response {
         secret: Vec<u8>,
     },
     Peers(Vec<PeerView>),
+    Relays(Vec<RelayView>),
+    Relay(RelayView),
     Removed(RemovedView),
     Offered(OfferView),
     PairStep(PairStep),

@@ -1,6 +1,6 @@
 //! This device's view of its vault: the store, the document and the keys, and the operations
 //! the CLI and the daemon run on them. Membership lives in `members`, sync sessions with
-//! peers in `peers`.
+//! peers in `peers`, envelopes for and from relays in `relaying`.
 //!
 //! A [`Device`] owns its home for as long as it lives (the one-owner lock), loads the document
 //! from the store, applies an operation as one document change, and persists that change
@@ -9,9 +9,11 @@
 
 mod members;
 mod peers;
+mod relaying;
 
 pub use members::{Joiner, PendingJoin, Removed, Upkeep};
 pub use peers::{PeerSeen, SyncRefusal};
+pub use relaying::{Outgoing, Taken};
 
 use std::collections::BTreeMap;
 use std::fs;

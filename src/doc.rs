@@ -22,7 +22,8 @@ use handoff_protocol::dek_wrap::Recipient;
 use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 
 pub use schema::{
-    AuditEntry, Epoch, Member, Role, Service, Token, TokenKind, TrustAnchors, VaultInfo, VaultState,
+    AuditEntry, Epoch, Member, Relay, Role, Service, Token, TokenKind, TrustAnchors, VaultInfo,
+    VaultState,
 };
 
 use crate::vault::SignedWrap;
@@ -427,6 +428,71 @@ impl VaultDoc {
             self.put_changed(&obj, "deleted", true.into())?;
         }
         Ok(())
+    }
+
+    /// Writes a relay entry (the caller signed it).
+    pub fn put_relay(&mut self, r: &schema::Relay) -> Result<(), DocError> {
+        self.touched();
+        let relays = self.map(&["relays"])?;
+        let obj = self.child_map(&relays, &r.id)?;
+        self.put_changed(&obj, "addrs", r.addrs.as_str().into())?;
+        if let Some(token) = &r.access_token {
+            self.put_changed(&obj, "access_token", bytes(token))?;
+        }
+        self.put_changed(&obj, "added_by", r.added_by.as_str().into())?;
+        self.put_changed(&obj, "added_at", r.added_at.into())?;
+        self.put_changed(&obj, "sig", bytes(&r.sig))?;
+        Ok(())
+    }
+
+    /// Removes a relay entry.
+    pub fn remove_relay(&mut self, id: &str) -> Result<(), DocError> {
+        self.touched();
+        let relays = self.map(&["relays"])?;
+        if self.doc.get(&relays, id)?.is_some() {
+            self.doc.delete(&relays, id)?;
+        }
+        Ok(())
+    }
+
+    /// The raw bytes of every change not in the history of `have` (heads this document may
+    /// or may not hold; unknown ones are ignored), oldest first.
+    pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
+        let known: Vec<ChangeHash> = have
+            .iter()
+            .filter(|h| self.doc.get_change_by_hash(h).is_some())
+            .copied()
+            .collect();
+        self.doc
+            .get_changes(&known)
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
+    }
+
+    /// The heads of the change set in `data` (change chunks): the changes no other change in
+    /// it depends on. Whoever sent `data` holds at least these.
+    pub fn heads_of_changes(data: &[u8]) -> Result<Vec<ChangeHash>, DocError> {
+        let chunks = chunks::split(data)?;
+        contain::contained(|| {
+            let mut hashes = Vec::new();
+            let mut deps = std::collections::HashSet::new();
+            for (kind, chunk) in chunks {
+                if !chunks::is_change(kind) {
+                    continue;
+                }
+                let change = automerge::Change::try_from(chunk)
+                    .map_err(|e| DocError::Damaged(e.to_string()))?;
+                deps.extend(change.deps().iter().copied());
+                hashes.push(change.hash());
+            }
+            Ok(hashes.into_iter().filter(|h| !deps.contains(h)).collect())
+        })
+    }
+
+    /// Whether changes are waiting for dependencies this document lacks.
+    pub fn has_missing_deps(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
     }
 
     /// Makes `token` the default of `service`, or clears the default.

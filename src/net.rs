@@ -19,6 +19,8 @@
 //! - `session`: one member's sync session over `/handoff/sync/1`.
 //! - [`pair`]: the pairing protocol, both sides; [`code`]: pairing codes and SAS words.
 //! - `mdns`: LAN discovery with mDNS/DNS-SD.
+//! - `relay`: the client side of the blind relay: deposits for offline members, this
+//!   device's mailbox drained and acknowledged once applied.
 //! - `wire`: reading and writing frames on a stream.
 
 mod behaviour;
@@ -27,6 +29,7 @@ mod driver;
 mod gate;
 mod mdns;
 pub mod pair;
+mod relay;
 mod session;
 mod wire;
 
@@ -141,6 +144,10 @@ pub struct MeshConfig {
     pub dial_known: bool,
     /// How often unconnected members are redialled.
     pub redial_every: Duration,
+    /// How long after a change a member that is not connected gets it through the relays.
+    pub relay_grace: Duration,
+    /// How long after a refused or failed deposit it is tried again.
+    pub relay_retry: Duration,
 }
 
 impl Default for MeshConfig {
@@ -151,6 +158,8 @@ impl Default for MeshConfig {
             peers: Vec::new(),
             dial_known: true,
             redial_every: Duration::from_secs(30),
+            relay_grace: Duration::from_secs(5),
+            relay_retry: Duration::from_secs(30),
         }
     }
 }

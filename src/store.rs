@@ -69,6 +69,11 @@ const MIGRATIONS: &[&str] = &[
         seen_at INTEGER NOT NULL,
         addr TEXT
     );",
+    // 3: heads a peer is known to hold besides what the two last synced (left for it at a
+    // relay, received from it in an envelope, handed over at pairing), and the sequence number
+    // of the envelopes sealed for it.
+    "ALTER TABLE peer_sync ADD COLUMN known_heads BLOB;
+     ALTER TABLE peer_sync ADD COLUMN relay_seq INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A peer's persisted sync state, when it was last seen (Unix seconds) and its address.
@@ -407,6 +412,43 @@ impl Store {
                 "INSERT INTO peer_sync (device_id, state, seen_at, addr) VALUES (?1, x'', ?2, ?3)
                  ON CONFLICT(device_id) DO UPDATE SET addr = ?3, seen_at = max(seen_at, ?2)",
                 rusqlite::params![device.as_bytes().as_slice(), seen_at, addr],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Heads a peer is known to hold (32-byte hashes, concatenated) and the last sequence
+    /// number of envelopes sealed for it.
+    pub fn known_heads(&self, device: &DeviceId) -> Result<(Vec<u8>, u64), StoreError> {
+        use rusqlite::OptionalExtension;
+        let row: Option<(Option<Vec<u8>>, i64)> = self
+            .conn
+            .query_row(
+                "SELECT known_heads, relay_seq FROM peer_sync WHERE device_id = ?1",
+                [device.as_bytes().as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.map_or((Vec::new(), 0), |(heads, seq)| {
+            (heads.unwrap_or_default(), u64::try_from(seq).unwrap_or(0))
+        }))
+    }
+
+    /// Records the heads a peer is known to hold, and the envelope sequence number.
+    pub fn set_known_heads(
+        &self,
+        device: &DeviceId,
+        heads: &[u8],
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.conn
+            .execute(
+                "INSERT INTO peer_sync (device_id, state, seen_at, known_heads, relay_seq)
+                 VALUES (?1, x'', 0, ?2, ?3)
+                 ON CONFLICT(device_id) DO UPDATE SET known_heads = ?2, relay_seq = ?3",
+                rusqlite::params![device.as_bytes().as_slice(), heads, seq],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

@@ -13,7 +13,9 @@
 //! - [`keys`]: a device's identity, mailbox and vault keys; device ids.
 //! - [`recovery`]: the recovery code and the recovery member it derives.
 //! - [`epoch`]: DEKs, token sealing, signed DEK wraps.
+//! - [`envelope`]: envelopes sealed to a member's mailbox key for a relay (Noise X).
 
+pub mod envelope;
 pub mod epoch;
 pub mod kek;
 pub mod keys;

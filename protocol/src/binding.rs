@@ -22,6 +22,8 @@ pub const MEMBER_DOMAIN: &[u8] = b"handoff/v1/member";
 pub const REMOVAL_DOMAIN: &[u8] = b"handoff/v1/member-removal";
 /// Domain of the AD that binds a passphrase-wrapped device key to its device.
 pub const DEVICE_KEY_DOMAIN: &[u8] = b"handoff/v1/device-key";
+/// Domain of the statement an admin signs to list a relay in the vault.
+pub const RELAY_DOMAIN: &[u8] = b"handoff/v1/relay";
 /// Domain of the SPAKE2 password made from a pairing code.
 pub const PAIR_CODE_DOMAIN: &[u8] = b"handoff/v1/pair-code";
 /// Domain of the pairing Noise handshake's prologue.
@@ -150,6 +152,26 @@ pub fn removal_statement(
         .field(by.as_bytes())
         .field(&at.to_be_bytes())
         .field(&after_seq.to_be_bytes())
+        .finish()
+}
+
+/// The statement an admin signs for a relay entry: every member will dial these addresses and
+/// leave envelopes there, so only an admin may name them.
+pub fn relay_statement(
+    vault: &VaultId,
+    relay_id: &str,
+    addrs: &str,
+    access_token: &[u8],
+    added_by: &str,
+    added_at: i64,
+) -> Vec<u8> {
+    Transcript::new(RELAY_DOMAIN)
+        .field(vault.as_bytes())
+        .field(relay_id.as_bytes())
+        .field(addrs.as_bytes())
+        .field(access_token)
+        .field(added_by.as_bytes())
+        .field(&added_at.to_be_bytes())
         .finish()
 }
 

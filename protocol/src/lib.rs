@@ -14,15 +14,19 @@
 //! - [`frame`]: length-prefixed frames, the unit of every stream between machines.
 //! - [`sync`]: `/handoff/sync/1`, document sync between members.
 //! - [`pairing`]: `/handoff/pair/1`, a new device joining through an admin with a short code.
+//! - [`relay`]: `/handoff/relay/1`, deposits into and deliveries from a blind relay.
+//! - [`envelope`]: what a device leaves at a relay for another, sealed to the recipient.
 //! - [`DecodeError`]: how a decoder says no.
 #![forbid(unsafe_code)]
 
 pub mod binding;
 pub mod dek_wrap;
+pub mod envelope;
 mod error;
 pub mod frame;
 pub mod ids;
 pub mod pairing;
+pub mod relay;
 pub mod sealed_token;
 pub mod sync;
 

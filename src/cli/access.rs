@@ -9,7 +9,9 @@
 use zeroize::Zeroizing;
 
 use super::{CliError, Context, input};
-use crate::control::{Client, PeerView, RemovedView, Request, Response, StatusView, TokenView};
+use crate::control::{
+    Client, PeerView, RelayView, RemovedView, Request, Response, StatusView, TokenView,
+};
 use crate::device::{Device, expose};
 use crate::doc::Service;
 use crate::spawn::{Agent, Delivery};
@@ -239,6 +241,54 @@ impl Access {
         }
     }
 
+    pub fn add_relay(
+        &mut self,
+        ctx: &Context,
+        addrs: &str,
+        token: Option<&[u8]>,
+    ) -> Result<RelayView, CliError> {
+        match self {
+            Access::Direct => Ok(RelayView::of(
+                &Device::open(ctx.home.clone())?.add_relay(addrs, token)?,
+            )),
+            Access::Daemon(c) => relay_response(Self::call(
+                c,
+                &Request::RelayAdd {
+                    addrs: addrs.into(),
+                    token: token.map(<[u8]>::to_vec),
+                },
+            )?),
+        }
+    }
+
+    pub fn relays(&mut self, ctx: &Context) -> Result<Vec<RelayView>, CliError> {
+        match self {
+            Access::Direct => Ok(Device::open(ctx.home.clone())?
+                .relays()?
+                .iter()
+                .map(RelayView::of)
+                .collect()),
+            Access::Daemon(c) => match Self::call(c, &Request::RelayList)? {
+                Response::Relays(list) => Ok(list),
+                other => Err(unexpected(&other)),
+            },
+        }
+    }
+
+    pub fn remove_relay(&mut self, ctx: &Context, query: &str) -> Result<RelayView, CliError> {
+        match self {
+            Access::Direct => Ok(RelayView::of(
+                &Device::open(ctx.home.clone())?.remove_relay(query)?,
+            )),
+            Access::Daemon(c) => relay_response(Self::call(
+                c,
+                &Request::RelayRemove {
+                    query: query.into(),
+                },
+            )?),
+        }
+    }
+
     /// The credential for spawning `agent` here. Directly, the token is chosen before the
     /// passphrase is asked for, and the home is not held while the user types.
     pub fn credential(
@@ -277,6 +327,13 @@ impl Access {
                 }
             }
         }
+    }
+}
+
+fn relay_response(response: Response) -> Result<RelayView, CliError> {
+    match response {
+        Response::Relay(view) => Ok(view),
+        other => Err(unexpected(&other)),
     }
 }
 

@@ -47,6 +47,7 @@ fn loopback() -> MeshConfig {
         peers: Vec::new(),
         dial_known: true,
         redial_every: Duration::from_secs(3600),
+        ..MeshConfig::default()
     }
 }
 

@@ -195,3 +195,20 @@ pub fn line(prompt: &str) -> Result<Zeroizing<String>, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot read the answer: {e}")))?;
     Ok(Zeroizing::new(text.trim().to_string()))
 }
+
+/// A relay's access token: the first line of `path` (1 to 255 bytes).
+pub fn relay_token(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let line = first_line(&read_file(
+        path,
+        "cannot read the token file",
+        SMALL_SECRET_MAX,
+    )?);
+    let token = Zeroizing::new(line.trim_ascii().to_vec());
+    if token.is_empty() || token.len() > 255 {
+        return Err(CliError::Usage(format!(
+            "the access token in {} must be one line of 1 to 255 bytes",
+            path.display()
+        )));
+    }
+    Ok(token)
+}

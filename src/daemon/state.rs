@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::CliError;
 use crate::config::Config;
-use crate::control::{PeerView, RemovedView, Request, Response, StatusView, TokenView};
+use crate::control::{PeerView, RelayView, RemovedView, Request, Response, StatusView, TokenView};
 use crate::device::{Device, Unlocked, expose};
 use crate::doc::Service;
 use crate::net::{Host, NetView};
@@ -63,6 +63,8 @@ pub(super) fn changes_document(request: &Request) -> bool {
             | Request::SetDefault { .. }
             | Request::Import { .. }
             | Request::PeerRemove { .. }
+            | Request::RelayAdd { .. }
+            | Request::RelayRemove { .. }
             | Request::Unlock { .. }
     )
 }
@@ -248,6 +250,19 @@ impl State {
                     Ok(device.remove_member(key, &query)?)
                 })?;
                 Response::Removed(RemovedView::of(&self.device.state()?, &removed))
+            }
+            Request::RelayAdd { addrs, token } => {
+                let token = token.map(Zeroizing::new);
+                let relay = self
+                    .device
+                    .add_relay(&addrs, token.as_deref().map(Vec::as_slice))?;
+                Response::Relay(RelayView::of(&relay))
+            }
+            Request::RelayList => {
+                Response::Relays(self.device.relays()?.iter().map(RelayView::of).collect())
+            }
+            Request::RelayRemove { query } => {
+                Response::Relay(RelayView::of(&self.device.remove_relay(&query)?))
             }
             Request::PairOffer { .. }
             | Request::PairNext

@@ -60,7 +60,7 @@ impl Upkeep {
 }
 
 impl Device {
-    fn require_admin(&self, state: &VaultState) -> Result<(), DeviceError> {
+    pub(super) fn require_admin(&self, state: &VaultState) -> Result<(), DeviceError> {
         match state.members.get(&self.record.device_id) {
             Some(m) if m.is_active() && m.role == Role::Admin => Ok(()),
             _ => Err(DeviceError::InvalidInput(

@@ -106,6 +106,12 @@ impl Device {
 
     /// The next message for `peer`, if it has anything to learn.
     pub fn sync_generate(&mut self, peer: &DeviceId) -> Option<Vec<u8>> {
+        // A removal can land between the network noticing and this call: never offer the
+        // document to a device that is no longer an active member.
+        if !self.is_active_peer(peer) {
+            self.sessions.remove(peer);
+            return None;
+        }
         let heads = self.doc.heads();
         let session = self.sessions.get_mut(peer)?;
         match &session.paused_at {

@@ -19,9 +19,16 @@ fn damaged(why: &str) -> DocError {
 
 /// Accepts `bytes` only if it is a non-empty sequence of whole document or change chunks.
 pub(super) fn check_framing(bytes: &[u8]) -> Result<(), DocError> {
+    split(bytes).map(|_| ())
+}
+
+/// The chunks of `bytes` (type and whole chunk), if it is a non-empty sequence of whole
+/// document or change chunks.
+pub(super) fn split(bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, DocError> {
     if bytes.is_empty() {
         return Err(damaged("it is empty"));
     }
+    let mut chunks = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
         let Some(after_magic) = rest.strip_prefix(&MAGIC) else {
@@ -42,9 +49,16 @@ pub(super) fn check_framing(bytes: &[u8]) -> Result<(), DocError> {
         let Some(len) = len else {
             return Err(damaged("a chunk is longer than the bytes given"));
         };
+        let whole = rest.len() - body.len() + len;
+        chunks.push((kind, &rest[..whole]));
         rest = &body[len..];
     }
-    Ok(())
+    Ok(chunks)
+}
+
+/// Whether a chunk type is a (possibly compressed) change.
+pub(super) fn is_change(kind: u8) -> bool {
+    matches!(kind, CHANGE | COMPRESSED_CHANGE)
 }
 
 /// Reads an unsigned LEB128 of at most 10 bytes; returns the value and bytes used.

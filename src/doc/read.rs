@@ -298,6 +298,8 @@ pub(super) fn read_state(
         }
     }
 
+    let relays = read_relays(&info.id, &root.object("relays", ObjType::Map)?, &members)?;
+
     let audit_obj = root.object_id("audit", ObjType::List)?;
     let audit_len = doc.length(&audit_obj);
     // Concurrent appends can briefly exceed the bound by what each side appended.
@@ -325,8 +327,51 @@ pub(super) fn read_state(
         epochs,
         tokens,
         defaults,
+        relays,
         audit,
     })
+}
+
+/// Relay entries signed by an active admin; anything else under `relays` is ignored.
+fn read_relays(
+    vault: &VaultId,
+    f: &Fields<'_>,
+    members: &BTreeMap<DeviceId, Member>,
+) -> Result<BTreeMap<String, super::schema::Relay>, DocError> {
+    let keys = f.keys();
+    if keys.len() > limits::RELAYS_MAX {
+        return Err(schema("relays", "has too many entries"));
+    }
+    let mut relays = BTreeMap::new();
+    for id in keys {
+        let entry = f.object(&id, ObjType::Map)?;
+        let relay = super::schema::Relay {
+            id: id.clone(),
+            addrs: entry.str("addrs", limits::RELAY_ADDRS_MAX)?,
+            access_token: entry.opt_bytes("access_token", limits::RELAY_TOKEN_MAX)?,
+            added_by: entry.str("added_by", 32)?,
+            added_at: entry.time("added_at")?,
+            sig: entry.bytes("sig", 64)?,
+        };
+        let signer = relay
+            .added_by
+            .parse::<DeviceId>()
+            .ok()
+            .and_then(|d| members.get(&d))
+            .filter(|m| m.is_active() && m.role == Role::Admin);
+        let statement = handoff_protocol::binding::relay_statement(
+            vault,
+            &relay.id,
+            &relay.addrs,
+            relay.access_token.as_deref().unwrap_or_default(),
+            &relay.added_by,
+            relay.added_at,
+        );
+        if signer.is_some_and(|m| verify_signature(&m.identity_pub, &statement, &relay.sig)) {
+            relays.insert(id, relay);
+        }
+    }
+    Ok(relays)
 }
 
 /// Keeps the members whose record is signed along a chain from the anchors: the founder's

@@ -23,6 +23,9 @@ pub mod limits {
     pub const EPOCHS_MAX: usize = 4096;
     pub const TOKENS_MAX: usize = 10_000;
     pub const AUDIT_MAX: usize = 512;
+    pub const RELAYS_MAX: usize = 16;
+    pub const RELAY_ADDRS_MAX: usize = 2048;
+    pub const RELAY_TOKEN_MAX: usize = 255;
     /// Largest document accepted from a file or a peer, in bytes.
     pub const DOC_BYTES_MAX: usize = 64 * 1024 * 1024;
 }
@@ -314,6 +317,37 @@ pub struct Token {
     pub conflicted: bool,
 }
 
+/// `relays.<relay id>`: a relay every member uses, listed by an admin.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// 16 random bytes, hex.
+    pub id: String,
+    /// Multiaddrs, space-separated (best with `/p2p/<relay PeerId>`).
+    pub addrs: String,
+    /// The relay's shared access token, if it has one. Stored in the document so every member
+    /// (and every copy of the document) has it: it lets one use the relay's storage, never read
+    /// what is there.
+    pub access_token: Option<Vec<u8>>,
+    pub added_by: String,
+    pub added_at: i64,
+    /// Signature over [`handoff_protocol::binding::relay_statement`] by `added_by`, an admin.
+    pub sig: Vec<u8>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("id", &self.id)
+            .field("addrs", &self.addrs)
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("added_by", &self.added_by)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One `audit` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -358,6 +392,8 @@ pub struct VaultState {
     pub epochs: BTreeMap<EpochId, Epoch>,
     pub tokens: BTreeMap<TokenId, Token>,
     pub defaults: BTreeMap<Service, TokenId>,
+    /// Relays listed by a verified admin (others are ignored).
+    pub relays: BTreeMap<String, Relay>,
     pub audit: Vec<AuditEntry>,
 }
 

@@ -61,3 +61,32 @@ pub(super) fn build(
         .build();
     Ok(swarm)
 }
+
+/// What a relay client needs: streams, and pings to notice a dead relay.
+#[derive(NetworkBehaviour)]
+pub(super) struct ClientBehaviour {
+    pub ping: ping::Behaviour,
+    pub streams: libp2p_stream::Behaviour,
+}
+
+/// A small swarm for talking to a relay under `keypair` (this device's identity, or a
+/// throwaway one when it should not be known who deposits).
+pub(super) fn build_client(keypair: Keypair) -> Result<Swarm<ClientBehaviour>, NetError> {
+    let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    Ok(SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_behaviour(|_| ClientBehaviour {
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_EVERY)),
+            streams: libp2p_stream::Behaviour::new(),
+        })
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build())
+}

@@ -30,6 +30,7 @@ use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::gate::Gate;
 use super::mdns::{self, Discovery, Found, Ports};
 use super::pair::{self, Hello, Offer, OfferRequest, PairEvent, PairTicket};
+use super::relay::{self, RelayTarget};
 use super::session::{Counters, Report, Session};
 use super::{Host, MeshConfig, NetError, keypair, member_peers, on_device};
 
@@ -64,6 +65,10 @@ pub struct Stats {
     pub refusals_sent: u64,
     /// Connections the gate refused (non-members).
     pub connections_refused: u64,
+    /// Envelopes left at relays for members that were offline.
+    pub envelopes_deposited: u64,
+    /// Envelopes taken from this device's mailbox and applied.
+    pub envelopes_taken: u64,
 }
 
 #[derive(Debug)]
@@ -98,10 +103,10 @@ enum Internal {
     Session(Report),
     InboundSync(PeerId, Stream),
     InboundPair(PeerId, Stream, Hello),
-    Members {
-        peers: HashMap<PeerId, DeviceId>,
-        discovery: Option<[u8; 32]>,
-        known: Vec<(PeerId, Vec<Multiaddr>)>,
+    Members(MemberRead),
+    /// A relay round ended; `retry` if a deposit should be tried again later.
+    RelayRoundDone {
+        retry: bool,
     },
     OfferEnded {
         paired: bool,
@@ -136,11 +141,12 @@ impl Mesh {
     /// Returns once every listener is up.
     pub async fn start(host: Arc<dyn Host>, config: MeshConfig) -> Result<Mesh, NetError> {
         let secret = on_device(&host, |d, _| d.identity_secret()).await?;
+        let identity = keypair(&secret)?;
+        drop(secret);
         let mut registry = Registry::default();
         let counters = Arc::new(Counters::default());
         let gate = Gate::counting(counters.connections_refused.clone());
-        let mut swarm = behaviour::build(keypair(&secret)?, gate, &mut registry)?;
-        drop(secret);
+        let mut swarm = behaviour::build(identity.clone(), gate, &mut registry)?;
         let listen = listen(&mut swarm, &config.listen).await?;
         let peer_id = *swarm.local_peer_id();
         let mut control = swarm.behaviour().streams.new_control();
@@ -201,6 +207,12 @@ impl Mesh {
             refresh_again: false,
             static_peers: HashMap::new(),
             found_dials: HashMap::new(),
+            identity,
+            relays: Vec::new(),
+            subscriptions: HashMap::new(),
+            relay_due: None,
+            relay_running: false,
+            relay_again: false,
         };
         driver.static_peers = driver
             .config
@@ -209,8 +221,8 @@ impl Mesh {
             .map(|a| (a.clone(), None))
             .collect();
         // Know the members before anything can connect, so the gate never refuses one.
-        let (peers, discovery_secret, known) = read_members(&driver.host).await?;
-        driver.on_members(peers, discovery_secret, known);
+        let read = read_members(&driver.host).await?;
+        driver.on_members(read);
         let task = tokio::spawn(driver.run());
         Ok(Mesh {
             commands,
@@ -238,6 +250,8 @@ impl Mesh {
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             refusals_sent: c.refusals_sent.load(Ordering::Relaxed),
             connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            envelopes_deposited: c.envelopes_deposited.load(Ordering::Relaxed),
+            envelopes_taken: c.envelopes_taken.load(Ordering::Relaxed),
         }
     }
 
@@ -458,6 +472,16 @@ struct Driver {
     static_peers: HashMap<Multiaddr, Option<PeerId>>,
     /// Addresses found on the LAN and when they were last dialled.
     found_dials: HashMap<Multiaddr, tokio::time::Instant>,
+    /// This device's libp2p identity (relay subscriptions run under it).
+    identity: libp2p::identity::Keypair,
+    /// The relays the vault lists.
+    relays: Vec<RelayTarget>,
+    /// A subscription task per relay, by the relay's settings.
+    subscriptions: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// When offline members' changes go to the relays next.
+    relay_due: Option<tokio::time::Instant>,
+    relay_running: bool,
+    relay_again: bool,
 }
 
 impl Driver {
@@ -478,11 +502,16 @@ impl Driver {
                 changed = nudges.changed() => {
                     if changed.is_ok() {
                         self.refresh();
+                        self.schedule_relay(self.config.relay_grace);
                     }
                 }
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.redial();
+                    self.schedule_relay(Duration::ZERO);
+                }
                 _ = minute.tick() => self.advertise(),
                 () = sleep_until(offer_deadline) => self.expire_offer(),
+                () = sleep_until(self.relay_due) => self.relay_round(),
                 Some(_) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {}
             }
         };
@@ -501,6 +530,9 @@ impl Driver {
         .await;
         self.session_tasks.abort_all();
         self.helpers.abort_all();
+        for (_, task) in self.subscriptions.drain() {
+            task.abort();
+        }
         if let Some(discovery) = self.discovery.take() {
             discovery.shutdown();
         }
@@ -665,7 +697,8 @@ impl Driver {
         match message {
             Internal::Session(Report::Applied) => {
                 self.shared.applied.send_modify(|n| *n = n.wrapping_add(1));
-                // Other sessions offer what arrived; the member set may have changed.
+                // Other sessions offer what arrived (and so do the relays, through the nudge);
+                // the member set may have changed.
                 self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
             }
             Internal::Session(Report::Ended {
@@ -700,11 +733,15 @@ impl Driver {
                 }
             }
             Internal::InboundPair(peer, stream, hello) => self.on_pair_stream(peer, stream, hello),
-            Internal::Members {
-                peers,
-                discovery,
-                known,
-            } => self.on_members(peers, discovery, known),
+            Internal::Members(read) => self.on_members(read),
+            Internal::RelayRoundDone { retry } => {
+                self.relay_running = false;
+                if std::mem::take(&mut self.relay_again) {
+                    self.schedule_relay(self.config.relay_grace);
+                } else if retry {
+                    self.schedule_relay(self.config.relay_retry);
+                }
+            }
             Internal::OfferEnded { paired } => {
                 self.pairing_runs = false;
                 let expired = self
@@ -713,6 +750,10 @@ impl Driver {
                     .is_some_and(|o| matches!(o.state, OfferState::Expired));
                 if paired || expired {
                     self.close_offer();
+                }
+                if paired {
+                    // The new member's record is a change to offer everyone else.
+                    self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 // Otherwise strangers may still connect until the deadline, and a late or
                 // repeated attempt is told the code is used up.
@@ -751,7 +792,7 @@ impl Driver {
         tokio::spawn(pair::refuse(stream, why));
     }
 
-    /// Re-reads the member set (and what discovery needs) from the document.
+    /// Re-reads the member set (and what discovery and relaying need) from the document.
     fn refresh(&mut self) {
         if self.refreshing {
             self.refresh_again = true;
@@ -761,38 +802,19 @@ impl Driver {
         let host = self.host.clone();
         let internal = self.internal_tx.clone();
         tokio::spawn(async move {
-            let read = on_device(&host, |d, _| {
-                let peers = member_peers(d);
-                let discovery = d.state().ok().map(|s| s.info.discovery_secret);
-                let seen = d.peers_seen().unwrap_or_default();
-                (peers, discovery, seen)
-            })
-            .await;
-            if let Ok((peers, discovery, seen)) = read {
-                let known = seen
-                    .into_iter()
-                    .filter_map(|p| {
-                        let peer = peers.iter().find(|(_, d)| **d == p.device)?.0;
-                        let addrs: Vec<Multiaddr> =
-                            p.addr?.split(' ').filter_map(|a| a.parse().ok()).collect();
-                        Some((*peer, addrs))
-                    })
-                    .collect();
-                let _ = internal.send(Internal::Members {
-                    peers,
-                    discovery,
-                    known,
-                });
+            if let Ok(read) = read_members(&host).await {
+                let _ = internal.send(Internal::Members(read));
             }
         });
     }
 
-    fn on_members(
-        &mut self,
-        peers: HashMap<PeerId, DeviceId>,
-        discovery: Option<[u8; 32]>,
-        known: Vec<(PeerId, Vec<Multiaddr>)>,
-    ) {
+    fn on_members(&mut self, read: MemberRead) {
+        let MemberRead {
+            peers,
+            discovery,
+            known,
+            relays,
+        } = read;
         self.refreshing = false;
         let first = self.discovery_secret.is_none();
         let connected = self.connected();
@@ -808,9 +830,11 @@ impl Driver {
         for peer in connected {
             self.ensure_session(peer);
         }
+        self.keep_subscriptions(relays);
         if first {
             self.redial();
             self.advertise();
+            self.schedule_relay(self.config.relay_grace);
         }
         if std::mem::take(&mut self.refresh_again) {
             self.refresh();
@@ -950,20 +974,178 @@ impl Driver {
     }
 }
 
-/// What the driver keeps from the document: members by PeerId, the discovery secret, and
-/// where members were last seen.
-type MemberRead = (
-    HashMap<PeerId, DeviceId>,
-    Option<[u8; 32]>,
-    Vec<(PeerId, Vec<Multiaddr>)>,
-);
+impl Driver {
+    /// Keeps one subscription per listed relay (restarted when its settings change).
+    fn keep_subscriptions(&mut self, relays: Vec<RelayTarget>) {
+        let wanted: HashMap<String, RelayTarget> = relays
+            .iter()
+            .map(|r| (r.fingerprint(), r.clone()))
+            .collect();
+        self.subscriptions.retain(|key, task| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, target) in wanted {
+            if self.subscriptions.contains_key(&key) {
+                continue;
+            }
+            let task = tokio::spawn(keep_subscribed(
+                target,
+                self.identity.clone(),
+                self.host.clone(),
+                self.internal_tx.clone(),
+                self.shared.counters.clone(),
+            ));
+            self.subscriptions.insert(key, task);
+        }
+        self.relays = relays;
+    }
+
+    /// Asks for a relay round `after` from now (an earlier one already asked for stands).
+    fn schedule_relay(&mut self, after: Duration) {
+        if self.relays.is_empty() {
+            return;
+        }
+        if self.relay_running {
+            self.relay_again = true;
+            return;
+        }
+        let at = tokio::time::Instant::now() + after;
+        if self.relay_due.is_none_or(|due| at < due) {
+            self.relay_due = Some(at);
+        }
+    }
+
+    /// Leaves what offline members lack at every relay.
+    fn relay_round(&mut self) {
+        self.relay_due = None;
+        let offline: Vec<(DeviceId, PeerId)> = self
+            .members
+            .iter()
+            .filter(|(peer, _)| !self.swarm.is_connected(peer))
+            .map(|(peer, device)| (*device, *peer))
+            .collect();
+        if offline.is_empty() || self.relays.is_empty() {
+            return;
+        }
+        self.relay_running = true;
+        let host = self.host.clone();
+        let identity = self.identity.clone();
+        let relays = self.relays.clone();
+        let counters = self.shared.counters.clone();
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let retry = deposit_round(&host, &identity, &relays, offline, &counters).await;
+            let _ = internal.send(Internal::RelayRoundDone { retry });
+        });
+    }
+}
+
+/// Subscribes to this device's mailbox at `target`, again after every break (backing off).
+async fn keep_subscribed(
+    target: RelayTarget,
+    identity: libp2p::identity::Keypair,
+    host: Arc<dyn Host>,
+    internal: mpsc::UnboundedSender<Internal>,
+    counters: Arc<Counters>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = tokio::time::Instant::now();
+        let report = internal.clone();
+        let taken = counters.clone();
+        let applied = move |_new: usize| {
+            taken.envelopes_taken.fetch_add(1, Ordering::Relaxed);
+            let _ = report.send(Internal::Session(Report::Applied));
+        };
+        if let Err(e) = relay::subscribe(&target, &identity, &host, &applied).await {
+            tracing::debug!(relay = %target.id, error = %e, "relay subscription ended");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// One round of deposits: for each offline member, the changes it lacks, at every relay.
+/// Returns whether something should be tried again later.
+async fn deposit_round(
+    host: &Arc<dyn Host>,
+    identity: &libp2p::identity::Keypair,
+    relays: &[RelayTarget],
+    offline: Vec<(DeviceId, PeerId)>,
+    counters: &Counters,
+) -> bool {
+    let mut retry = false;
+    for (device, peer) in offline {
+        let outgoing = match on_device(host, move |d, _| d.relay_envelopes(&device)).await {
+            Ok(Ok(Some(outgoing))) => outgoing,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot seal envelopes for a member");
+                continue;
+            }
+            Err(_) => return false,
+        };
+        let batch: Vec<(PeerId, Vec<u8>)> = outgoing
+            .envelopes
+            .iter()
+            .map(|e| (peer, e.clone()))
+            .collect();
+        let mut stored = false;
+        for target in relays {
+            match relay::deposit(target, identity, &batch).await {
+                Ok(answers) if answers.iter().all(Result::is_ok) => {
+                    counters
+                        .envelopes_deposited
+                        .fetch_add(answers.len() as u64, Ordering::Relaxed);
+                    stored = true;
+                }
+                Ok(answers) => {
+                    let refusals: Vec<&'static str> = answers
+                        .iter()
+                        .filter_map(|a| a.err().map(|r| r.name()))
+                        .collect();
+                    tracing::warn!(relay = %target.id, ?refusals, "the relay refused envelopes; they stay here");
+                    retry |= answers.iter().any(|a| a.is_err_and(|r| r.is_transient()));
+                }
+                Err(e) => {
+                    tracing::info!(relay = %target.id, error = %e, "cannot leave envelopes at a relay now");
+                    retry = true;
+                }
+            }
+        }
+        if stored {
+            let _ = on_device(host, move |d, _| d.note_relayed(&device, &outgoing)).await;
+        }
+    }
+    retry
+}
+
+/// What the driver keeps from the document: members by PeerId, the discovery secret, where
+/// members were last seen, and the relays.
+struct MemberRead {
+    peers: HashMap<PeerId, DeviceId>,
+    discovery: Option<[u8; 32]>,
+    known: Vec<(PeerId, Vec<Multiaddr>)>,
+    relays: Vec<RelayTarget>,
+}
 
 async fn read_members(host: &Arc<dyn Host>) -> Result<MemberRead, NetError> {
-    let (peers, discovery, seen) = on_device(host, |d, _| {
+    let (peers, discovery, seen, relays) = on_device(host, |d, _| {
         let peers = member_peers(d);
-        let discovery = d.state().ok().map(|s| s.info.discovery_secret);
+        let state = d.state().ok();
+        let discovery = state.as_ref().map(|s| s.info.discovery_secret);
+        let relays = state
+            .map(|s| s.relays.values().map(RelayTarget::of).collect())
+            .unwrap_or_default();
         let seen = d.peers_seen().unwrap_or_default();
-        (peers, discovery, seen)
+        (peers, discovery, seen, relays)
     })
     .await?;
     let known = seen
@@ -974,7 +1156,12 @@ async fn read_members(host: &Arc<dyn Host>) -> Result<MemberRead, NetError> {
             Some((*peer, addrs))
         })
         .collect();
-    Ok((peers, discovery, known))
+    Ok(MemberRead {
+        peers,
+        discovery,
+        known,
+        relays,
+    })
 }
 
 fn is_unspecified(addr: &Multiaddr) -> bool {

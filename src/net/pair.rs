@@ -492,6 +492,7 @@ async fn serve_inner(
         let mut joiner = joiner;
         joiner.name = unique_name(&d.state()?, &proposed);
         let member = d.admit(&key, &joiner)?;
+        d.note_holds_all(&member.device)?;
         let anchors = d.anchors().clone();
         let welcome = WelcomeBody {
             vault: anchors.vault,
@@ -661,6 +662,7 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
             });
         if let Some(adder) = adder {
             device.note_peer_addr(&adder, &adder_addr.to_string())?;
+            device.note_holds_all(&adder)?;
         }
         Ok::<_, DeviceError>(device)
     })

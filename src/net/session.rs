@@ -37,6 +37,10 @@ pub(super) struct Counters {
     pub refusals_sent: AtomicU64,
     /// Connections the gate refused (shared with it).
     pub connections_refused: Arc<AtomicU64>,
+    /// Envelopes left at relays for members that were offline.
+    pub envelopes_deposited: AtomicU64,
+    /// Envelopes taken from this device's mailbox and applied.
+    pub envelopes_taken: AtomicU64,
 }
 
 /// What a session reports to the driver.

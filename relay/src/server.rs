@@ -1,0 +1,662 @@
+//! The relay's libp2p node: transports, a connection cap, and one task per stream.
+//!
+//! Each stream starts with a hello (version and access check), then carries deposits, a
+//! subscription and acks. A deposit is answered `Stored` only once it is durable, and wakes the
+//! recipient's subscription at once if it has one. A subscription first sends what is queued,
+//! oldest first, then each new envelope as it arrives; whatever is not acknowledged is sent
+//! again on the next subscription. A stream that sends garbage or an oversized frame gets its
+//! connection closed; every other client goes on being served.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use handoff_protocol::frame;
+use handoff_protocol::relay::{self as proto, Refusal, Request, Response};
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{
+    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, SwarmBuilder, noise, ping, tcp, yamux,
+};
+use subtle::ConstantTimeEq;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::metrics::Metrics;
+use crate::storage::{SqliteStorage, Storage, Store};
+use crate::{Access, Limits, RelayConfig, RelayError};
+
+/// How long a client has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of envelopes fetched for a subscriber at a time.
+const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How often expired envelopes and idle rate buckets are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Refuses connections beyond the cap before their handshake costs anything.
+#[derive(Debug)]
+struct ConnectionCap {
+    max: u32,
+    open: Arc<AtomicU32>,
+    refused: prometheus_client::metrics::counter::Counter,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the relay has as many connections as it may take")]
+struct Full;
+
+impl NetworkBehaviour for ConnectionCap {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            self.refused.inc();
+            return Err(ConnectionDenied::new(Full));
+        }
+        Ok(())
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(_) => {
+                self.open.fetch_add(1, Ordering::Relaxed);
+            }
+            FromSwarm::ConnectionClosed(_) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    cap: ConnectionCap,
+    ping: ping::Behaviour,
+    streams: libp2p_stream::Behaviour,
+}
+
+/// A client's deposit allowance (token bucket).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// What every stream task shares.
+struct Shared {
+    store: Store,
+    access: Access,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// The live subscription of each mailbox.
+    subscribers: Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
+    buckets: Mutex<HashMap<PeerId, Bucket>>,
+    disconnect: mpsc::UnboundedSender<PeerId>,
+}
+
+impl Shared {
+    /// Takes one deposit from `peer`'s allowance.
+    fn allow_deposit(&self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = buckets.entry(peer).or_insert(Bucket {
+            tokens: self.limits.deposit_burst,
+            at: now,
+        });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.limits.deposits_per_second;
+        bucket.tokens = (bucket.tokens + refill).min(self.limits.deposit_burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn subscribe(&self, mailbox: &[u8]) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(mailbox.to_vec(), notify.clone());
+        notify
+    }
+
+    fn unsubscribe(&self, mailbox: &[u8], notify: &Arc<Notify>) {
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if subscribers
+            .get(mailbox)
+            .is_some_and(|n| Arc::ptr_eq(n, notify))
+        {
+            subscribers.remove(mailbox);
+        }
+    }
+
+    fn wake(&self, mailbox: &[u8]) {
+        let subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(notify) = subscribers.get(mailbox) {
+            notify.notify_one();
+        }
+    }
+
+    fn admits(&self, peer: &PeerId, token: &[u8]) -> Result<(), Refusal> {
+        match &self.access {
+            Access::Open => Ok(()),
+            Access::Token(secret) => {
+                if bool::from(secret.as_slice().ct_eq(token)) {
+                    Ok(())
+                } else {
+                    Err(Refusal::Unauthorized)
+                }
+            }
+            Access::Allowlist(peers) => {
+                if peers.contains(peer) {
+                    Ok(())
+                } else {
+                    Err(Refusal::NotAllowed)
+                }
+            }
+        }
+    }
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    peer_id: PeerId,
+    listen: Vec<Multiaddr>,
+    metrics_addr: Option<std::net::SocketAddr>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    store_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The relay's identity, kept in its database so its PeerId survives restarts.
+fn identity(storage: &mut SqliteStorage) -> Result<libp2p::identity::Keypair, RelayError> {
+    const NAME: &str = "identity_ed25519";
+    if let Some(secret) = storage.setting(NAME)? {
+        let mut secret = zeroize::Zeroizing::new(secret);
+        return libp2p::identity::Keypair::ed25519_from_bytes(&mut secret[..])
+            .map_err(|e| RelayError::Start(format!("the stored identity key is damaged: {e}")));
+    }
+    let keypair = libp2p::identity::ed25519::Keypair::generate();
+    let secret = zeroize::Zeroizing::new(keypair.secret().as_ref().to_vec());
+    storage.set_setting(NAME, &secret)?;
+    Ok(keypair.into())
+}
+
+/// Makes the database and its WAL files private to the relay's user.
+fn make_private(db: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+impl Relay {
+    /// Opens the database, starts listening, and serves until [`Relay::stop`].
+    pub async fn start(config: RelayConfig) -> Result<Relay, RelayError> {
+        let mut storage = SqliteStorage::open(&config.db)?;
+        make_private(&config.db);
+        let keypair = identity(&mut storage)?;
+        let (store, store_thread) = Store::start(storage, config.limits)?;
+        let metrics = Arc::new(Metrics::new(store.totals.clone()));
+        let cap = ConnectionCap {
+            max: config.limits.max_connections,
+            open: Arc::new(AtomicU32::new(0)),
+            refused: metrics.connections_refused.clone(),
+        };
+        let start = |e: &dyn std::fmt::Display| RelayError::Start(e.to_string());
+        let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| start(&e))?
+            .with_quic()
+            .with_behaviour(|_| Behaviour {
+                cap,
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(30)),
+                ),
+                streams: libp2p_stream::Behaviour::new(),
+            })
+            .map_err(|e| start(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let listen = listen(&mut swarm, &config.listen).await?;
+        let peer_id = *swarm.local_peer_id();
+        let (stop, stop_rx) = watch::channel(false);
+        let metrics_addr = match config.metrics {
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| RelayError::Listen {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        })?;
+                let bound = listener.local_addr().ok();
+                tokio::spawn(crate::metrics::serve(
+                    listener,
+                    metrics.clone(),
+                    stop_rx.clone(),
+                ));
+                bound
+            }
+            None => None,
+        };
+        let mut control = swarm.behaviour().streams.new_control();
+        let incoming = control
+            .accept(StreamProtocol::new(proto::PROTOCOL))
+            .map_err(|e| start(&e))?;
+        let (disconnect, disconnects) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            store,
+            access: config.access.clone(),
+            limits: config.limits,
+            metrics,
+            subscribers: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            disconnect,
+        });
+        tracing::info!(%peer_id, listen = ?listen, "relay listening");
+        let task = tokio::spawn(run(
+            swarm,
+            incoming,
+            shared,
+            disconnects,
+            stop_rx,
+            config.ttl,
+        ));
+        Ok(Relay {
+            peer_id,
+            listen,
+            metrics_addr,
+            stop,
+            task: Some(task),
+            store_thread: Some(store_thread),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses it listens on, each with `/p2p/<its PeerId>` (what clients should dial:
+    /// it proves they reached this relay).
+    pub fn addrs(&self) -> Vec<Multiaddr> {
+        self.listen
+            .iter()
+            .map(|a| {
+                a.clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(self.peer_id))
+            })
+            .collect()
+    }
+
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stops serving: listeners close, streams end, the store finishes what it was given.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if let Some(thread) = self.store_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        tracing::info!("relay stopped");
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn listen(
+    swarm: &mut Swarm<Behaviour>,
+    addrs: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, RelayError> {
+    let mut waiting = std::collections::HashSet::new();
+    for addr in addrs {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| RelayError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        waiting.insert(id);
+    }
+    let mut bound = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !waiting.is_empty() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| RelayError::Listen {
+                addr: format!("{addrs:?}"),
+                reason: "no address came up".into(),
+            })?;
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                waiting.remove(&listener_id);
+                bound.push(address);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(RelayError::Listen {
+                    addr: format!("{addrs:?}"),
+                    reason: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(bound)
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    mut incoming: libp2p_stream::IncomingStreams,
+    shared: Arc<Shared>,
+    mut disconnects: mpsc::UnboundedReceiver<PeerId>,
+    mut stop: watch::Receiver<bool>,
+    ttl: Duration,
+) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    shared.metrics.connections.inc();
+                }
+                SwarmEvent::ConnectionClosed { .. } => {
+                    shared.metrics.connections.dec();
+                }
+                _ => {}
+            },
+            Some((peer, stream)) = incoming.next() => {
+                streams.spawn(serve_stream(shared.clone(), peer, stream));
+            }
+            Some(peer) = disconnects.recv() => {
+                let _ = swarm.disconnect_peer_id(peer);
+            }
+            _ = sweep.tick() => {
+                let cutoff = unix_now().saturating_sub(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Ok(n) = shared.store.expire(cutoff).await {
+                        shared.metrics.expired.inc_by(n);
+                    }
+                    // A bucket idle this long is full again: forgetting it changes nothing.
+                    if let Some(idle) = Instant::now().checked_sub(Duration::from_secs(600)) {
+                        shared
+                            .buckets
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .retain(|_, b| b.at > idle);
+                    }
+                });
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    streams.abort_all();
+    while streams.join_next().await.is_some() {}
+    shared.store.shutdown();
+}
+
+async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+) -> std::io::Result<()> {
+    let bytes = frame::encode(&response.encode(), proto::MAX_FRAME)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    stream.write_all(&bytes).await?;
+    stream.flush().await
+}
+
+/// One frame, `None` at a clean end of stream; a frame over the maximum is an error before
+/// any of it is read.
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    if stream.read(&mut header[..1]).await? == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut header[1..]).await?;
+    let len = frame::decode_len(header, proto::MAX_FRAME)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some(payload))
+}
+
+/// Serves one stream: hello, then deposits, a subscription and acks.
+async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
+    let (mut reader, mut writer) = stream.split();
+    let (out, mut responses) = mpsc::channel::<Response>(16);
+    let writing = tokio::spawn(async move {
+        while let Some(response) = responses.recv().await {
+            if write_frame(&mut writer, &response).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    let admitted = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader)).await {
+        Ok(Ok(Some(bytes))) => match Request::decode(&bytes) {
+            Ok(Request::Hello { version, token }) if version == proto::VERSION => {
+                shared.admits(&peer, &token)
+            }
+            Ok(Request::Hello { .. }) => Err(Refusal::Version),
+            _ => Err(Refusal::Malformed),
+        },
+        _ => Err(Refusal::Malformed),
+    };
+    if let Err(why) = admitted {
+        shared.metrics.refused(why);
+        let _ = out.send(Response::Refused(why)).await;
+        drop(out);
+        let _ = writing.await;
+        if why == Refusal::Malformed {
+            let _ = shared.disconnect.send(peer);
+        }
+        return;
+    }
+    if out.send(Response::Welcome).await.is_err() {
+        return;
+    }
+    let mailbox = peer.to_bytes();
+    let mut subscription: Option<(AbortOnDrop, Arc<Notify>)> = None;
+    loop {
+        let request = match read_frame(&mut reader).await {
+            Ok(Some(bytes)) => Request::decode(&bytes),
+            Ok(None) => break,
+            Err(_) => Err(handoff_protocol::DecodeError::Invalid {
+                what: "relay message",
+                reason: "an unreadable or oversized frame",
+            }),
+        };
+        match request {
+            Ok(Request::Deposit { to, envelope }) => {
+                let answer = if !shared.allow_deposit(peer) {
+                    Err(Refusal::RateLimited)
+                } else {
+                    shared.store.deposit(to.clone(), envelope, unix_now()).await
+                };
+                let response = match answer {
+                    Ok(id) => {
+                        shared.metrics.deposits.inc();
+                        shared.wake(&to);
+                        Response::Stored { id }
+                    }
+                    Err(why) => {
+                        shared.metrics.refused(why);
+                        Response::Refused(why)
+                    }
+                };
+                if out.send(response).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Request::Subscribe) => {
+                if subscription.is_none() {
+                    let notify = shared.subscribe(&mailbox);
+                    let task = tokio::spawn(deliver(
+                        shared.clone(),
+                        mailbox.clone(),
+                        notify.clone(),
+                        out.clone(),
+                    ));
+                    subscription = Some((AbortOnDrop(task), notify));
+                }
+            }
+            Ok(Request::Ack { ids }) => {
+                // Only this client's own mailbox: ids of anyone else's are not touched.
+                if let Ok(n) = shared.store.ack(mailbox.clone(), ids).await {
+                    shared.metrics.acked.inc_by(n as u64);
+                }
+            }
+            Ok(Request::Hello { .. }) | Err(_) => {
+                tracing::debug!("closed a relay connection that sent garbage");
+                shared.metrics.refused(Refusal::Malformed);
+                let _ = out.send(Response::Refused(Refusal::Malformed)).await;
+                let _ = shared.disconnect.send(peer);
+                break;
+            }
+        }
+    }
+    if let Some((task, notify)) = subscription {
+        drop(task);
+        shared.unsubscribe(&mailbox, &notify);
+    }
+    drop(out);
+    let _ = writing.await;
+}
+
+/// A task that ends with whatever owns it (a stream task aborted at shutdown takes its
+/// subscription with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends `mailbox`'s envelopes, queued then live, until the stream ends.
+async fn deliver(
+    shared: Arc<Shared>,
+    mailbox: Vec<u8>,
+    notify: Arc<Notify>,
+    out: mpsc::Sender<Response>,
+) {
+    let mut after = 0;
+    loop {
+        let rows = match shared
+            .store
+            .pending(mailbox.clone(), after, DELIVER_BATCH_BYTES)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a mailbox failed");
+                return;
+            }
+        };
+        if rows.is_empty() {
+            // A deposit since the read left a permit: no wake-up is lost.
+            notify.notified().await;
+            continue;
+        }
+        for (id, envelope) in rows {
+            if out.send(Response::Deliver { id, envelope }).await.is_err() {
+                return;
+            }
+            shared.metrics.deliveries.inc();
+            after = id;
+        }
+    }
+}
