@@ -225,6 +225,8 @@ pub struct StatusView {
     pub listen: Vec<String>,
     /// Members connected now (0 when no daemon runs).
     pub online: usize,
+    /// A pairing offer waits for its joiner.
+    pub offer_open: bool,
 }
 
 impl StatusView {
@@ -247,6 +249,7 @@ impl StatusView {
                 .unwrap_or_default(),
             listen: Vec::new(),
             online: 0,
+            offer_open: false,
             daemon_pid: None,
             unlocked_until: None,
             tokens: state.live_tokens().count(),

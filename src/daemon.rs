@@ -71,11 +71,14 @@ pub fn run(home: Home, options: &Options) -> Result<(), CliError> {
     runtime.block_on(serve(device, &socket, mesh_config))
 }
 
-/// The open pairing offer's two halves: the steps `peer add` waits for, and its answer.
+/// The open pairing offer's two halves: the steps `peer add` waits for, and its answer; and
+/// the control connection that opened it (when that client goes away, the offer is withdrawn:
+/// nobody would see who joins).
 #[derive(Debug, Default)]
 struct Pairing {
     events: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<PairEvent>>>,
     confirm: Mutex<Option<mpsc::UnboundedSender<bool>>>,
+    owner: Mutex<Option<u64>>,
 }
 
 /// What every connection shares.
@@ -85,6 +88,8 @@ struct Daemon {
     pairing: Pairing,
     own_uid: u32,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Numbers control connections (to know which one owns the pairing offer).
+    connections: std::sync::atomic::AtomicU64,
 }
 
 async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result<(), CliError> {
@@ -106,6 +111,7 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
         pairing: Pairing::default(),
         own_uid: rustix::process::getuid().as_raw(),
         stop,
+        connections: std::sync::atomic::AtomicU64::new(0),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::Internal(format!("cannot watch signals: {e}")))?;
@@ -131,8 +137,26 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
     Ok(())
 }
 
-/// Serves one client until it hangs up or misbehaves.
-async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>) {
+/// Serves one client until it hangs up or misbehaves; withdraws a pairing offer it opened.
+async fn connection(stream: UnixStream, daemon: Arc<Daemon>) {
+    let id = daemon
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serve_client(stream, &daemon, id).await;
+    let owned = {
+        let mut owner = daemon
+            .pairing
+            .owner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (*owner == Some(id)).then(|| owner.take()).is_some()
+    };
+    if owned {
+        let _ = daemon.mesh.cancel_offer().await;
+    }
+}
+
+async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
     let own_uid = daemon.own_uid;
     let peer_uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
     if !peer_allowed(own_uid, peer_uid) {
@@ -180,9 +204,25 @@ async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>) {
                 },
                 Ok(request) => {
                     shutdown = matches!(request, Request::Shutdown);
-                    answer(&daemon, request)
-                        .await
-                        .unwrap_or_else(|e| error_response(&e))
+                    if matches!(request, Request::PairOffer { .. }) {
+                        *daemon
+                            .pairing
+                            .owner
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
+                    }
+                    let waits = matches!(request, Request::PairNext);
+                    let answered = answer(daemon, request);
+                    if waits {
+                        // A client waiting for the next pairing step sends nothing meanwhile:
+                        // if its socket turns readable, it hung up (or misbehaves).
+                        tokio::select! {
+                            answer = answered => answer.unwrap_or_else(|e| error_response(&e)),
+                            () = hung_up(&stream) => return,
+                        }
+                    } else {
+                        answered.await.unwrap_or_else(|e| error_response(&e))
+                    }
                 }
             },
         };
@@ -324,6 +364,21 @@ async fn pair_next(daemon: &Arc<Daemon>) -> Result<Response, CliError> {
         *slot = None;
     }
     Ok(Response::PairStep(step))
+}
+
+/// Resolves when the client at the other end of `stream` closed it (or sent something while
+/// it should be waiting).
+async fn hung_up(stream: &UnixStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        match stream.try_read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {} // a stale wake-up
+            _ => return,
+        }
+    }
 }
 
 /// How often the auto-lock timer compares the wall clock with the deadline. Monotonic sleeps

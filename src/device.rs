@@ -104,6 +104,8 @@ pub struct Device {
     keys: DeviceKeys,
     /// Live sync sessions, one per connected peer.
     sessions: BTreeMap<DeviceId, peers::Session>,
+    /// Tokens of sync sessions opened so far.
+    next_session: u64,
 }
 
 fn check_name(name: &str, what: &str) -> Result<(), DeviceError> {
@@ -310,6 +312,7 @@ impl Device {
             record,
             keys,
             sessions: BTreeMap::new(),
+            next_session: 0,
         })
     }
 
@@ -342,6 +345,7 @@ impl Device {
             record,
             keys,
             sessions: BTreeMap::new(),
+            next_session: 0,
         })
     }
 

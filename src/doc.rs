@@ -249,6 +249,23 @@ impl VaultDoc {
     ) -> Result<usize, DocError> {
         use automerge::sync::SyncDoc;
         check_size(message.len())?;
+        let message = contain::contained(|| {
+            automerge::sync::Message::decode(message)
+                .map_err(|e| DocError::Damaged(format!("unreadable sync message ({e})")))
+        })?;
+        if message.changes.is_empty() {
+            // Heads, needs and bloom filters only: the document cannot change, so there is
+            // nothing to validate and no fork to make. The state changes only on success.
+            let doc = &mut self.doc;
+            let mut next = state.clone();
+            contain::contained(|| {
+                doc.sync()
+                    .receive_sync_message(&mut next, message)
+                    .map_err(|e| DocError::Damaged(e.to_string()))
+            })?;
+            *state = next;
+            return Ok(0);
+        }
         let before = self.state()?;
         let heads = self.doc.get_heads();
         let actor = self.doc.get_actor().clone();
@@ -256,8 +273,6 @@ impl VaultDoc {
         let mut next = state.clone();
         let anchors = &self.anchors;
         let (fork, next, count, valid) = contain::contained(move || {
-            let message = automerge::sync::Message::decode(message)
-                .map_err(|e| DocError::Damaged(format!("unreadable sync message ({e})")))?;
             for chunk in message.changes.iter() {
                 chunks::check_framing(chunk)?;
             }
@@ -427,6 +442,15 @@ impl VaultDoc {
         if t.deleted {
             self.put_changed(&obj, "deleted", true.into())?;
         }
+        Ok(())
+    }
+
+    /// Replaces the secret members derive their LAN discovery tags from (after a removal, so
+    /// the removed device no longer recognises the others on a network).
+    pub fn set_discovery_secret(&mut self, secret: &[u8; 32]) -> Result<(), DocError> {
+        self.touched();
+        let vault = self.map(&["vault"])?;
+        self.doc.put(&vault, "discovery_secret", bytes(secret))?;
         Ok(())
     }
 

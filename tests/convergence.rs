@@ -117,7 +117,7 @@ fn connect(nodes: &mut [Node], net: &Net) {
             if up && !open {
                 nodes[a].device.sync_open(ids[b], None).unwrap();
             } else if !up && open {
-                nodes[a].device.sync_close(&ids[b]);
+                nodes[a].device.sync_close(&ids[b], None);
             }
         }
     }

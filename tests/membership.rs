@@ -93,7 +93,10 @@ fn a_removed_device_opens_nothing_new_and_its_later_writes_are_refused() {
     let (mut b, bk) = join(&dir, &mut a, &ak, "desktop", Role::Admin);
     assert_eq!(expose(&b, &bk, "anthropic/old"), "sk-ant-BEFORE");
 
+    let discovery_before = a.state().unwrap().info.discovery_secret;
     let removed = a.remove_member(&ak, "desktop").unwrap();
+    // The removed device can no longer recognise the vault's LAN tags.
+    assert_ne!(a.state().unwrap().info.discovery_secret, discovery_before);
     assert_eq!(removed.member.device, b.device_id());
     assert_eq!(
         removed

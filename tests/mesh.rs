@@ -277,10 +277,10 @@ async fn a_wrong_code_fails_on_both_sides_and_burns_the_offer() {
         next_event(&mut ticket).await,
         PairEvent::Failed(PairFailure::WrongCode)
     );
-    // The right code no longer works: the offer had its one attempt.
+    // The right code no longer works: the offer had its one attempt, and the door is shut.
     let err = join_with(&a, "beta", &ticket.code).await.unwrap_err();
     assert!(
-        matches!(err, handoff::net::NetError::Pair(PairFailure::Used)),
+        matches!(err, handoff::net::NetError::Pair(PairFailure::Closed)),
         "{err}"
     );
     // And no one was admitted.
@@ -327,6 +327,32 @@ impl Raw {
         })
         .await
         .unwrap()
+    }
+
+    /// Waits until the other side closed every connection.
+    async fn closed(&mut self) {
+        tokio::time::timeout(WAIT, async {
+            while self.swarm.connected_peers().next().is_some() {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await
+        .expect("the connection is closed");
+    }
+
+    /// Waits for the dial just made to end in a refused or closed connection.
+    async fn refused(&mut self) {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::ConnectionClosed { .. }
+                    | SwarmEvent::OutgoingConnectionError { .. } => return,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the connection is refused");
     }
 
     /// Sends `messages` on a new pairing stream and returns the first answer.
@@ -407,16 +433,21 @@ async fn reflected_replayed_and_late_pairing_messages_are_refused() {
         PairEvent::Failed(PairFailure::WrongCode)
     );
 
-    // Replaying an honest-looking hello on the used offer: refused as used.
-    let replay = PairMessage::Hello {
-        version: 1,
-        nameplate: ticket.code.nameplate(),
-        spake: spake_message(&ticket.code, false),
-    };
-    let answer = raw.exchange(peer, std::slice::from_ref(&replay)).await;
-    assert_eq!(answer, PairMessage::Refused(PairRefusal::Used));
+    // The offer had its one attempt: the door is shut, and replaying the hello cannot even
+    // get a connection.
+    raw.closed().await;
+    let refused = a.mesh.stats().connections_refused;
+    raw.swarm.dial(a.addr()).unwrap();
+    raw.refused().await;
+    eventually("the replay's connection refused", || {
+        a.mesh.stats().connections_refused > refused
+    })
+    .await;
 
-    // Another nameplate: no such offer.
+    // A new offer: a hello with another nameplate is told there is no such offer, and does
+    // not use this one up — the honest joiner still gets in.
+    let mut ticket = a.offer(false).await;
+    let peer = raw.connect(a.addr()).await;
     let other = PairMessage::Hello {
         version: 1,
         nameplate: ticket.code.nameplate().wrapping_add(1),
@@ -424,6 +455,16 @@ async fn reflected_replayed_and_late_pairing_messages_are_refused() {
     };
     let answer = raw.exchange(peer, &[other]).await;
     assert_eq!(answer, PairMessage::Refused(PairRefusal::NoSession));
+    let joined = join_with(&a, "beta", &ticket.code).await;
+    assert!(joined.is_ok(), "{:?}", joined.err());
+    assert!(matches!(
+        next_event(&mut ticket).await,
+        PairEvent::Sas { .. }
+    ));
+    assert!(matches!(
+        next_event(&mut ticket).await,
+        PairEvent::Paired { .. }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,7 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
             "peer_id": v.peer_id,
             "listen": v.listen,
             "online": v.online,
+            "pairing_offer_open": v.offer_open,
             "home": ctx.home.root().display().to_string(),
         }));
     } else {

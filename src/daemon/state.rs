@@ -129,6 +129,7 @@ impl State {
                 view.unlocked_until = self.until;
                 view.listen.clone_from(&net.listen);
                 view.online = net.online.len();
+                view.offer_open = net.offer_open;
                 Response::Status(view)
             }
             Request::ListTokens => Response::Tokens(TokenView::all(&self.device.state()?)),

@@ -166,6 +166,8 @@ impl Device {
         let mut after = state.clone();
         after.members.insert(member.device, member.clone());
         let (epoch, resealed) = self.rotate(key, &after)?;
+        // The removed device knew how members find each other on a LAN: no longer.
+        self.doc.set_discovery_secret(&random_array()?)?;
         self.doc.append_audit(
             &self.record.device_id,
             "member.remove",

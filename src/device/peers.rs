@@ -31,6 +31,8 @@ pub struct PeerSeen {
 /// One peer's sync session.
 #[derive(Debug, Default)]
 pub(super) struct Session {
+    /// Which opening this is: a late close of an older session must not end a newer one.
+    token: u64,
     state: State,
     /// Set when the peer refused our last message: our heads then. Nothing more is offered
     /// until they change, so a refusal that nothing here can fix does not loop.
@@ -54,8 +56,9 @@ impl Device {
                 .is_ok_and(|s| s.members.get(device).is_some_and(|m| m.is_active()))
     }
 
-    /// Starts (or restarts) a sync session with `peer` from its persisted state.
-    pub fn sync_open(&mut self, peer: DeviceId, addr: Option<&str>) -> Result<(), SyncRefusal> {
+    /// Starts (or restarts) a sync session with `peer` from its persisted state; returns the
+    /// session's token for [`Device::sync_close`].
+    pub fn sync_open(&mut self, peer: DeviceId, addr: Option<&str>) -> Result<u64, SyncRefusal> {
         if !self.is_active_peer(&peer) {
             return Err(SyncRefusal::NotAMember(peer));
         }
@@ -68,18 +71,25 @@ impl Device {
         self.store
             .save_peer_sync(&peer, &state.encode(), unix_now(), addr)
             .map_err(DeviceError::from)?;
+        self.next_session += 1;
+        let token = self.next_session;
         self.sessions.insert(
             peer,
             Session {
+                token,
                 state,
                 paused_at: None,
             },
         );
-        Ok(())
+        Ok(token)
     }
 
-    /// Ends a session, keeping what the two agreed on for next time.
-    pub fn sync_close(&mut self, peer: &DeviceId) {
+    /// Ends a session (the one `token` opened, or whichever is open if `None`), keeping what
+    /// the two agreed on for next time.
+    pub fn sync_close(&mut self, peer: &DeviceId, token: Option<u64>) {
+        if token.is_some_and(|t| self.sessions.get(peer).is_none_or(|s| s.token != t)) {
+            return;
+        }
         if let Some(session) = self.sessions.remove(peer) {
             let _ = self
                 .store

@@ -159,8 +159,8 @@ impl FromStr for Role {
     }
 }
 
-/// `vault`: the vault's own record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `vault`: the vault's own record. `Debug` leaves out the discovery secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct VaultInfo {
     pub id: VaultId,
     pub name: String,
@@ -175,6 +175,17 @@ pub struct VaultInfo {
     pub recovery_sign_pub: [u8; 32],
     /// The recovery key's signature over the genesis statement (vault, founder, founder key).
     pub genesis_sig: Vec<u8>,
+}
+
+impl std::fmt::Debug for VaultInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultInfo")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("founder", &self.founder)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `members.<device id>`.

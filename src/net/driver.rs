@@ -12,7 +12,7 @@
 //! members, and starts sessions with connected members.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ADDRS_KEPT: usize = 8;
 /// How long an address found on the LAN is not dialled again.
 const FOUND_COOLDOWN: Duration = Duration::from_secs(60);
+/// Most pairing streams read at once (each waits for its hello under a timeout).
+const HELLOS_AT_ONCE: usize = 8;
 /// How long after a broken session (on a connection that stays up) a new one starts.
 const SESSION_RETRY: Duration = Duration::from_secs(5);
 
@@ -53,6 +55,8 @@ pub struct NetView {
     pub listen: Vec<String>,
     /// Connected members and the address of a connection to each.
     pub online: BTreeMap<DeviceId, String>,
+    /// A pairing offer waits for its joiner.
+    pub offer_open: bool,
 }
 
 /// Sync traffic so far (frame headers included), for tests and benchmarks.
@@ -95,6 +99,7 @@ enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<(), NetError>>),
     Offer(Box<Offer>, oneshot::Sender<Result<(), NetError>>),
     Disconnect(PeerId),
+    CancelOffer,
     Stop(oneshot::Sender<()>),
 }
 
@@ -114,6 +119,8 @@ enum Internal {
     Found(Found),
     /// Try a session with this peer again.
     Retry(PeerId),
+    /// Reading the member set failed: read it again.
+    RefreshFailed,
 }
 
 /// The running mesh. Dropping it stops the node (sessions persist their state first when
@@ -131,6 +138,7 @@ impl std::fmt::Debug for Command {
             Command::Dial(..) => "Dial",
             Command::Offer(..) => "Offer",
             Command::Disconnect(_) => "Disconnect",
+            Command::CancelOffer => "CancelOffer",
             Command::Stop(_) => "Stop",
         })
     }
@@ -159,7 +167,12 @@ impl Mesh {
             .map_err(|e| NetError::Transport(e.to_string()))?;
         let mut helpers = tokio::task::JoinSet::new();
         helpers.spawn(accept_sync(sync_in, internal_tx.clone()));
-        helpers.spawn(accept_pair(pair_in, internal_tx.clone()));
+        let offer_waiting = Arc::new(AtomicBool::new(false));
+        helpers.spawn(accept_pair(
+            pair_in,
+            internal_tx.clone(),
+            offer_waiting.clone(),
+        ));
         let discovery = if config.mdns {
             let discovery = Discovery::start()?;
             let events = discovery.browse()?;
@@ -174,6 +187,7 @@ impl Mesh {
                 peer_id: peer_id.to_string(),
                 listen: listen.iter().map(ToString::to_string).collect(),
                 online: BTreeMap::new(),
+                offer_open: false,
             }),
             counters,
             registry: Mutex::new(registry),
@@ -198,6 +212,7 @@ impl Mesh {
             session_tasks: tokio::task::JoinSet::new(),
             helpers,
             offer: None,
+            offer_waiting,
             pairing_runs: false,
             discovery,
             discovery_secret: None,
@@ -293,6 +308,11 @@ impl Mesh {
         Ok(ticket)
     }
 
+    /// Withdraws a pairing offer still waiting for its joiner (its owner went away).
+    pub async fn cancel_offer(&self) -> Result<(), NetError> {
+        self.send(Command::CancelOffer).await
+    }
+
     /// Closes every connection to `device`'s PeerId now.
     pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetError> {
         self.send(Command::Disconnect(peer)).await
@@ -383,12 +403,17 @@ async fn accept_sync(
 async fn accept_pair(
     mut incoming: libp2p_stream::IncomingStreams,
     internal: mpsc::UnboundedSender<Internal>,
+    waiting: Arc<AtomicBool>,
 ) {
     let mut hellos = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             next = incoming.next() => {
                 let Some((peer, mut stream)) = next else { return };
+                // Nothing to pair with, or strangers piling up: the stream is dropped unread.
+                if !waiting.load(Ordering::Relaxed) || hellos.len() >= HELLOS_AT_ONCE {
+                    continue;
+                }
                 hellos.spawn(async move {
                     pair::read_hello(&mut stream).await.ok().map(|h| (peer, stream, h))
                 });
@@ -460,6 +485,8 @@ struct Driver {
     /// Acceptors and the LAN browser: they live as long as the node.
     helpers: tokio::task::JoinSet<()>,
     offer: Option<OpenOffer>,
+    /// Whether an offer waits for its joiner (read by the pairing acceptor).
+    offer_waiting: Arc<AtomicBool>,
     /// A pairing runs on an accepted stream.
     pairing_runs: bool,
     discovery: Option<Discovery>,
@@ -635,6 +662,21 @@ impl Driver {
                 self.sessions.remove(&peer);
                 self.swarm.behaviour_mut().gate.close_peer(peer);
             }
+            Command::CancelOffer => {
+                if let Some(open) = &mut self.offer
+                    && matches!(open.state, OfferState::Waiting(_))
+                    && let OfferState::Waiting(offer) =
+                        std::mem::replace(&mut open.state, OfferState::Expired)
+                {
+                    tracing::info!("pairing offer withdrawn");
+                    let _ = offer
+                        .events
+                        .send(PairEvent::Failed(pair::PairFailure::Local(
+                            "the offer was withdrawn".into(),
+                        )));
+                    self.close_offer();
+                }
+            }
             Command::Stop(_) => {}
         }
     }
@@ -665,12 +707,16 @@ impl Driver {
             state: OfferState::Waiting(offer),
         });
         self.swarm.behaviour_mut().gate.allow_guests(true);
+        self.offer_waiting.store(true, Ordering::Relaxed);
+        self.shared.view().offer_open = true;
         tracing::info!(nameplate, "pairing offer open");
         Ok(())
     }
 
     /// Stops accepting guests and withdraws the advertisement; the offer's record stays.
     fn close_offer(&mut self) {
+        self.offer_waiting.store(false, Ordering::Relaxed);
+        self.shared.view().offer_open = false;
         if let Some(discovery) = &mut self.discovery {
             discovery.withdraw_pairing();
         }
@@ -680,7 +726,9 @@ impl Driver {
     fn expire_offer(&mut self) {
         let Some(open) = &mut self.offer else { return };
         open.deadline = far_future();
-        if let OfferState::Waiting(offer) = std::mem::replace(&mut open.state, OfferState::Expired)
+        if matches!(open.state, OfferState::Waiting(_))
+            && let OfferState::Waiting(offer) =
+                std::mem::replace(&mut open.state, OfferState::Expired)
         {
             tracing::info!("pairing offer expired");
             let _ = offer
@@ -743,24 +791,22 @@ impl Driver {
                 }
             }
             Internal::OfferEnded { paired } => {
+                // (The offer itself stays recorded as taken until a new one replaces it.)
                 self.pairing_runs = false;
-                let expired = self
-                    .offer
-                    .as_ref()
-                    .is_some_and(|o| matches!(o.state, OfferState::Expired));
-                if paired || expired {
-                    self.close_offer();
-                }
+                // One attempt per offer: the door closes whatever came of it.
+                self.close_offer();
                 if paired {
                     // The new member's record is a change to offer everyone else.
                     self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
                 }
-                // Otherwise strangers may still connect until the deadline, and a late or
-                // repeated attempt is told the code is used up.
                 self.refresh();
             }
             Internal::Found(found) => self.on_found(found),
             Internal::Retry(peer) => self.ensure_session(peer),
+            Internal::RefreshFailed => {
+                self.refreshing = false;
+                self.refresh();
+            }
         }
     }
 
@@ -771,6 +817,7 @@ impl Driver {
             Some(open) => match std::mem::replace(&mut open.state, OfferState::Taken) {
                 OfferState::Waiting(offer) => {
                     self.pairing_runs = true;
+                    self.offer_waiting.store(false, Ordering::Relaxed);
                     let host = self.host.clone();
                     let me = self.shared.peer_id;
                     let internal = self.internal_tx.clone();
@@ -802,8 +849,16 @@ impl Driver {
         let host = self.host.clone();
         let internal = self.internal_tx.clone();
         tokio::spawn(async move {
-            if let Ok(read) = read_members(&host).await {
-                let _ = internal.send(Internal::Members(read));
+            match read_members(&host).await {
+                Ok(read) => {
+                    let _ = internal.send(Internal::Members(read));
+                }
+                Err(e) => {
+                    // Never leave the member set stale for good: try again shortly.
+                    tracing::warn!(error = %e, "cannot read the member set; trying again");
+                    tokio::time::sleep(SESSION_RETRY).await;
+                    let _ = internal.send(Internal::RefreshFailed);
+                }
             }
         });
     }
@@ -890,6 +945,7 @@ impl Driver {
             reports,
             counters: self.shared.counters.clone(),
             addr,
+            token: None,
         };
         self.session_tasks.spawn(session.run());
         self.sessions.insert(

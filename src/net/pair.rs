@@ -39,6 +39,10 @@ use crate::doc::{Member, Role};
 pub const OFFER_LIFETIME: Duration = Duration::from_secs(600);
 /// How long one protocol step may take (not counting a user reading the SAS).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stranger has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A hello's frame payload: tag, version, nameplate, SPAKE2 message.
+const HELLO_LEN: usize = 1 + 1 + 2 + proto::SPAKE2_LEN;
 /// How long a joiner looks for the adder on the LAN.
 const FIND_TIMEOUT: Duration = Duration::from_secs(60);
 const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
@@ -220,7 +224,8 @@ pub(super) struct Hello {
 
 /// Reads the `Hello` a joiner opens with.
 pub(super) async fn read_hello(stream: &mut Stream) -> Result<Hello, PairFailure> {
-    match recv(stream, STEP_TIMEOUT).await? {
+    // Exactly a hello's size: a stranger's stream costs no more than that before it is matched.
+    match recv_at_most(stream, HELLO_TIMEOUT, HELLO_LEN).await? {
         PairMessage::Hello {
             version,
             nameplate,
@@ -248,7 +253,15 @@ async fn send(stream: &mut Stream, message: &PairMessage) -> Result<(), PairFail
 
 /// The next message; a refusal from the other side becomes its failure.
 async fn recv(stream: &mut Stream, timeout: Duration) -> Result<PairMessage, PairFailure> {
-    let bytes = tokio::time::timeout(timeout, read_frame(stream, proto::MAX_FRAME))
+    recv_at_most(stream, timeout, proto::MAX_FRAME).await
+}
+
+async fn recv_at_most(
+    stream: &mut Stream,
+    timeout: Duration,
+    max: usize,
+) -> Result<PairMessage, PairFailure> {
+    let bytes = tokio::time::timeout(timeout, read_frame(stream, max))
         .await
         .map_err(|_| PairFailure::Timeout)?
         .map_err(|e| PairFailure::Connection(e.to_string()))?

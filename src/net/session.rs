@@ -26,6 +26,8 @@ use crate::device::SyncRefusal;
 
 /// How long opening the outbound stream may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one message may take to write.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Counters of sync traffic (payload bytes, frame headers included).
 #[derive(Debug, Default)]
@@ -70,6 +72,8 @@ pub(super) struct Session {
     pub reports: mpsc::UnboundedSender<Report>,
     pub counters: Arc<Counters>,
     pub addr: Option<String>,
+    /// The device's token for this session, once opened.
+    pub token: Option<u64>,
 }
 
 /// A frame the peer sent, or why its stream ended.
@@ -112,7 +116,9 @@ impl Session {
             }
         };
         let device = self.device;
-        let _ = on_device(&self.host, move |d, _| d.sync_close(&device)).await;
+        if let Some(token) = self.token {
+            let _ = on_device(&self.host, move |d, _| d.sync_close(&device, Some(token))).await;
+        }
         let _ = self.reports.send(Report::Ended {
             peer,
             id: self.id,
@@ -126,8 +132,13 @@ impl Session {
         let opened = on_device(&self.host, move |d, _| d.sync_open(device, addr.as_deref()))
             .await
             .map_err(|_| End::Broken("the device is gone"))?;
-        if opened.is_err() {
-            return Err(End::NotMember);
+        match opened {
+            Ok(token) => self.token = Some(token),
+            Err(SyncRefusal::NotAMember(_)) => return Err(End::NotMember),
+            Err(SyncRefusal::Device(e)) => {
+                tracing::warn!(error = %e, "cannot open a sync session");
+                return Err(End::Broken("this device could not open the session"));
+            }
         }
         let protocol = StreamProtocol::new(proto::PROTOCOL);
         let mut out =
@@ -155,7 +166,9 @@ impl Session {
                     offer = true;
                 }
                 Some(stream) = self.inbound.recv() => {
-                    // The peer (re)started its side: start ours afresh too.
+                    // The peer (re)started its side: only its new stream counts, and ours
+                    // starts afresh too.
+                    readers.abort_all();
                     let _ = on_device(&self.host, move |d, _| d.sync_reset(&device)).await;
                     readers.spawn(read_loop(stream, frames_tx.clone(), self.counters.clone()));
                     offer = true;
@@ -218,8 +231,10 @@ impl Session {
 
     async fn send(&self, out: &mut Stream, frame: &SyncFrame) -> Result<(), End> {
         let bytes = frame.encode();
-        write_frame(out, &bytes, proto::MAX_FRAME)
+        // A peer that stops reading must not wedge the session (and this device's view of it).
+        tokio::time::timeout(WRITE_TIMEOUT, write_frame(out, &bytes, proto::MAX_FRAME))
             .await
+            .map_err(|_| End::Broken("the peer stopped reading"))?
             .map_err(|_| End::Broken("writing to the peer failed"))?;
         self.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
         self.counters

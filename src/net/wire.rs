@@ -33,7 +33,8 @@ pub(super) async fn read_frame<S: AsyncRead + Unpin>(
     }
     stream.read_exact(&mut header[1..]).await?;
     let len = frame::decode_len(header, max).map_err(invalid)?;
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    // Start small: the buffer grows as bytes arrive, so a length prefix alone costs little.
+    let mut payload = Vec::with_capacity(len.min(1024));
     stream
         .take(u64::try_from(len).unwrap_or(u64::MAX))
         .read_to_end(&mut payload)

@@ -252,8 +252,8 @@ fn a_wrong_code_fails_on_both_sides_and_the_offer_is_used_up() {
         "--name",
         "beta",
     ]);
-    let line = stale.fails_with(5).to_string();
-    assert!(line.contains("already tried once"), "{line}");
+    let line = stale.fails_with(7).to_string();
+    assert!(line.contains("expired or been used"), "{line}");
     let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
     assert_eq!(peers.as_array().unwrap().len(), 1, "no one was admitted");
 }
@@ -353,4 +353,27 @@ fn bad_pairing_input_gets_one_line_and_a_distinct_code() {
     let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
     assert_eq!(peers[0]["this_device"], true);
     assert_eq!(peers[0]["role"], "admin");
+}
+
+#[test]
+fn an_offer_whose_peer_add_is_killed_is_withdrawn() {
+    let a = admin();
+    let mut offer = Offer::open(&a);
+    let (code, addr) = (offer.code(), offer.addr());
+    let open = |home: &TestHome| {
+        let status: Value = serde_json::from_str(&home.ok(&["--json", "status"])).unwrap();
+        status["pairing_offer_open"] == true
+    };
+    assert!(open(&a));
+    offer.child.kill().unwrap();
+    offer.child.wait().unwrap();
+    // No one watches the offer now: the daemon withdraws it rather than admit anyone unseen.
+    eventually("the offer withdrawn", || !open(&a));
+    let b = TestHome::new();
+    let line = b
+        .run(&["peer", "join", &code, "--addr", &addr, "--yes", "--no-mdns"])
+        .fails_with(7)
+        .to_string();
+    assert!(line.contains("closed the connection"), "{line}");
+    assert!(!b.db().exists());
 }
