@@ -1,13 +1,15 @@
 //! `handoff demo`: the whole flow end to end on loopback, in temporary homes, with built-in
 //! sample values and the real key-derivation parameters.
 //!
-//! A laptop creates a vault and stores a token; its mesh node offers pairing, and a desktop
-//! joins with the code over loopback (SPAKE2 + Noise, the SAS shown on both sides). The two
-//! sync edits both ways. The desktop then starts an agent (a stand-in shell script) with the
-//! credential materialized in the agent's environment only, and the agent proves it holds
-//! exactly the token by reporting its hash. Finally the laptop is lost, and a third device
-//! regains the vault from the desktop's export and the recovery code. The homes are removed
-//! afterwards.
+//! A laptop creates a vault, stores a token and lists a blind relay (started here, on
+//! loopback). Its mesh node offers pairing, and a desktop joins with the code (SPAKE2 + Noise,
+//! the SAS shown on both sides). The two sync edits both ways. Then they are never online at
+//! the same time: the desktop goes away, the laptop rotates the token and goes away too, and
+//! the desktop, back, finds the new value waiting at the relay, which could read none of it.
+//! The desktop starts an agent (a stand-in shell script) with the credential materialized in
+//! the agent's environment only, and the agent proves it holds exactly the token by reporting
+//! its hash. Finally the laptop is lost, and a third device regains the vault from the
+//! desktop's export and the recovery code. The homes are removed afterwards.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +49,8 @@ fn loopback() -> MeshConfig {
         peers: Vec::new(),
         dial_known: true,
         redial_every: Duration::from_secs(3600),
-        ..MeshConfig::default()
+        relay_grace: Duration::from_millis(200),
+        relay_retry: Duration::from_millis(500),
     }
 }
 
@@ -135,6 +138,20 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
         Ok::<_, CliError>(())
     })?;
     step("laptop: stored anthropic/work, sealed with XChaCha20-Poly1305 under the epoch key");
+    let relay_token = hex(&random_array::<16>()?);
+    let mut relay_config = handoff_relay::RelayConfig::new(
+        root.join("relay.db"),
+        handoff_relay::Access::Token(zeroize::Zeroizing::new(relay_token.as_bytes().to_vec())),
+    );
+    relay_config.listen = vec![crate::net::parse_addr("/ip4/127.0.0.1/tcp/0")?];
+    let relay = handoff_relay::Relay::start(relay_config)
+        .await
+        .map_err(|e| failed(&e.to_string()))?;
+    let relay_addr = relay.addrs()[0].to_string();
+    laptop.with(|d, _| d.add_relay(&relay_addr, Some(relay_token.as_bytes())))?;
+    step(&format!(
+        "relay: blind relay on {relay_addr}; the laptop lists it for every member"
+    ));
     let laptop_mesh = Mesh::start(laptop.clone(), loopback()).await?;
     let laptop_addr = laptop_mesh.view().listen[0].clone();
     step(&format!("laptop: mesh node listening on {laptop_addr}"));
@@ -225,9 +242,57 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     .await?;
     step("laptop: reads openai/personal, added on the desktop a moment ago");
 
+    // Never online together: the desktop leaves, the laptop rotates the key and leaves, the
+    // desktop comes back to find it at the relay.
+    desktop_mesh.stop().await;
+    step("desktop: offline");
+    let rotated = format!("sk-ant-demo-rotated-{}", hex(&random_array::<12>()?));
+    laptop.with(|d, k| {
+        let k = k.ok_or_else(|| failed("the laptop is locked"))?;
+        d.add_token(
+            k,
+            Service::Anthropic,
+            "work",
+            rotated.as_bytes(),
+            true,
+            true,
+        )?;
+        Ok::<_, CliError>(())
+    })?;
+    laptop_mesh.changed();
+    tokio::time::timeout(WAIT, async {
+        while laptop_mesh.stats().envelopes_deposited == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| failed("the laptop left nothing at the relay"))?;
+    step("laptop: rotated anthropic/work and left the change at the relay, sealed to the desktop");
+    laptop_mesh.stop().await;
+    step("laptop: offline");
+    let desktop_mesh = Mesh::start(desktop.clone(), loopback()).await?;
+    until(
+        &desktop_mesh,
+        &desktop,
+        "the desktop never took its envelope",
+        |d, k| reveals(d, k, "anthropic/work", &rotated),
+    )
+    .await?;
+    step("desktop: back; drained its mailbox at the relay and reads the rotated key");
+    let relay_db = std::fs::read(root.join("relay.db")).unwrap_or_default();
+    let relay_wal = std::fs::read(root.join("relay.db-wal")).unwrap_or_default();
+    let relay_saw = [&relay_db, &relay_wal].iter().any(|bytes| {
+        [rotated.as_bytes(), work_key.as_bytes()]
+            .iter()
+            .any(|s| bytes.windows(s.len()).any(|w| w == *s))
+    });
+    step(&format!(
+        "relay: plaintext token in its database: {relay_saw}"
+    ));
+
     // A spawn on the desktop: the credential exists only in the agent's environment.
     let report = root.join("agent-report");
-    let matched = spawn_demo_agent(&desktop, &report, &work_key)?;
+    let matched = spawn_demo_agent(&desktop, &report, &rotated)?;
     step(&format!(
         "desktop: started an agent with ANTHROPIC_API_KEY in its environment only; it holds exactly the token: {matched}"
     ));
@@ -237,7 +302,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
         .flat_map(|home| std::fs::read_dir(home).into_iter().flatten().flatten())
         .filter_map(|entry| std::fs::read(entry.path()).ok())
         .any(|bytes| {
-            [work_key.as_bytes(), personal.as_bytes()]
+            [work_key.as_bytes(), personal.as_bytes(), rotated.as_bytes()]
                 .iter()
                 .any(|s| bytes.windows(s.len()).any(|w| w == *s))
         });
@@ -247,8 +312,8 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
 
     // Recovery: the laptop is lost; a tablet regains the vault from the desktop's export.
     let export = desktop.with(|d, _| d.export());
-    laptop_mesh.stop().await;
     desktop_mesh.stop().await;
+    relay.stop().await;
     drop(laptop);
     std::fs::remove_dir_all(root.join("laptop")).ok();
     step("laptop: lost (its home is deleted)");
@@ -259,17 +324,19 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
         &code,
     )?;
     let key = tablet.unlock(passphrase.as_bytes())?;
-    let recovered = reveals(&tablet, &key, "anthropic/work", &work_key)
+    let recovered = reveals(&tablet, &key, "anthropic/work", &rotated)
         && reveals(&tablet, &key, "openai/personal", &personal);
     step(&format!(
         "tablet: recovered the vault from the desktop's export and the recovery code; reads both tokens: {recovered}"
     ));
 
-    let ok = sas_match && matched && !leaked && recovered;
+    let ok = sas_match && matched && !leaked && !relay_saw && recovered;
     if json {
         print_json(&json!({
             "ok": ok,
             "paired": sas_match,
+            "through_relay": true,
+            "relay_saw_plaintext": relay_saw,
             "spawn_credential": matched,
             "plaintext_on_disk": leaked,
             "recovered": recovered,
