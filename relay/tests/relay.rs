@@ -307,3 +307,28 @@ async fn a_refused_deposit_is_retried_and_nothing_is_lost() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_admits_only_its_peers() {
+    let allowed = Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(
+        dir.path(),
+        None,
+        &[
+            "--access",
+            "allowlist",
+            "--allow",
+            &allowed.peer.to_string(),
+        ],
+    );
+    let mut allowed = allowed;
+    allowed.connect(&relay.addr).await;
+    assert_eq!(allowed.hello("").await.1, Response::Welcome);
+    let mut other = Client::new();
+    other.connect(&relay.addr).await;
+    assert_eq!(
+        other.hello(TOKEN).await.1,
+        Response::Refused(Refusal::NotAllowed)
+    );
+}

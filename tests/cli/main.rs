@@ -32,6 +32,7 @@ mod export_recover;
 mod hardening;
 mod lan;
 mod peers;
+mod relays;
 mod round_trip;
 mod secrecy_on_disk;
 mod spawn;

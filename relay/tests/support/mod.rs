@@ -42,7 +42,8 @@ pub struct RelayProc {
 }
 
 impl RelayProc {
-    /// Starts a relay with its database and log in `dir` (a fresh port, or `port`).
+    /// Starts a relay with its database and log in `dir` (a fresh port, or `port`), with the
+    /// shared token unless `extra` names another `--access`.
     pub fn start(dir: &Path, port: Option<u16>, extra: &[&str]) -> RelayProc {
         let token = dir.join("token");
         if !token.exists() {
@@ -58,8 +59,16 @@ impl RelayProc {
             .arg(format!("/ip4/127.0.0.1/tcp/{}", port.unwrap_or(0)))
             .arg("--db")
             .arg(dir.join("relay.db"))
-            .args(["--access", "token", "--token-file"])
-            .arg(&token)
+            .args(if extra.contains(&"--access") {
+                Vec::new()
+            } else {
+                vec![
+                    std::ffi::OsString::from("--access"),
+                    "token".into(),
+                    "--token-file".into(),
+                    token.clone().into_os_string(),
+                ]
+            })
             .args(["--metrics", "127.0.0.1:0"])
             .args(extra)
             .env_remove("HANDOFF_RELAY_LOG")
