@@ -269,7 +269,8 @@ impl StatusView {
 }
 
 /// What the CLI asks. A `passphrase` rides along only when the daemon said it is locked.
-#[derive(Debug, Serialize, Deserialize)]
+/// `Debug` names the request only: several carry secrets.
+#[derive(Serialize, Deserialize)]
 pub enum Request {
     Ping,
     Status,
@@ -341,8 +342,8 @@ pub enum Request {
     Shutdown,
 }
 
-/// What the daemon answers.
-#[derive(Debug, Serialize, Deserialize)]
+/// What the daemon answers. `Debug` names the answer only: several carry secrets.
+#[derive(Serialize, Deserialize)]
 pub enum Response {
     Pong {
         pid: u32,
@@ -373,6 +374,30 @@ pub enum Response {
         exit: u8,
         message: String,
     },
+}
+
+/// The name of a serialized enum variant (what `Debug` shows of requests and responses).
+fn variant_name<T: Serialize>(value: &T) -> String {
+    match ciborium::Value::serialized(value) {
+        Ok(ciborium::Value::Text(name)) => name,
+        Ok(ciborium::Value::Map(entries)) => entries
+            .first()
+            .and_then(|(k, _)| k.as_text().map(str::to_string))
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(..)", variant_name(self))
+    }
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(..)", variant_name(self))
+    }
 }
 
 /// A frame's envelope.
@@ -487,5 +512,25 @@ mod tests {
         assert!(matches!(req, Request::Reveal { ref query, .. } if query == "anthropic/work"));
         assert!(check_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
         assert!(decode_envelope(b"\xff\x00garbage").is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let request = Request::AddToken {
+            service: "anthropic".into(),
+            label: "work".into(),
+            secret: b"sk-ant-SECRET".to_vec(),
+            default: false,
+            replace: false,
+            passphrase: Some(b"hunter2-passphrase".to_vec()),
+        };
+        let shown = format!("{request:?}");
+        assert_eq!(shown, "AddToken(..)");
+        let response = Response::Credential {
+            delivery: crate::spawn::Delivery::Env(vec!["X".into()]),
+            secret: b"sk-ant-SECRET".to_vec(),
+        };
+        assert_eq!(format!("{response:?}"), "Credential(..)");
+        assert_eq!(format!("{:?}", Request::Ping), "Ping(..)");
     }
 }

@@ -196,7 +196,7 @@ pub(super) fn add(ctx: &Context, args: &AddArgs) -> Result<(), CliError> {
             offer.code,
             when(offer.expires_at)
         );
-        println!("On the new device run:  handoff peer join {}", offer.code);
+        println!("On the new device run `handoff peer join` and type the code at its prompt.");
         if let Some(link) = &offer.link
             && let Some(qr) = crate::net::code::qr(link)
         {
