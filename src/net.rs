@@ -67,6 +67,15 @@ pub enum NetError {
     HostGone,
 }
 
+impl From<handoff_relay::listen::ListenFailure> for NetError {
+    fn from(f: handoff_relay::listen::ListenFailure) -> NetError {
+        NetError::Listen {
+            addr: f.addr,
+            reason: f.reason,
+        }
+    }
+}
+
 /// Lends the device to the mesh for one operation at a time, with the vault key while it is
 /// unlocked. The owner serializes these with its own operations (one lock).
 pub trait Host: Send + Sync + 'static {

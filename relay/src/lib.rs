@@ -15,8 +15,11 @@
 //! - [`storage`]: the durable store (SQLite behind a trait) and its quota accounting.
 //! - `server`: the libp2p node, the connection cap, and one task per stream.
 //! - `metrics`: counters and the Prometheus text endpoint.
+//! - [`listen`]: starting listeners and waiting for their addresses (the handoff node uses it
+//!   too).
 #![forbid(unsafe_code)]
 
+pub mod listen;
 mod metrics;
 mod server;
 pub mod storage;
@@ -41,6 +44,15 @@ pub enum RelayError {
     Listen { addr: String, reason: String },
     #[error("cannot start the relay: {0}")]
     Start(String),
+}
+
+impl From<listen::ListenFailure> for RelayError {
+    fn from(f: listen::ListenFailure) -> RelayError {
+        RelayError::Listen {
+            addr: f.addr,
+            reason: f.reason,
+        }
+    }
 }
 
 /// Who may use the relay.

@@ -33,6 +33,8 @@ use crate::metrics::Metrics;
 use crate::storage::{SqliteStorage, Storage, Store};
 use crate::{Access, Limits, RelayConfig, RelayError};
 
+/// How long the listeners have to come up.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of envelopes fetched for a subscriber at a time.
@@ -292,7 +294,7 @@ impl Relay {
             .map_err(|e| start(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
-        let listen = listen(&mut swarm, &config.listen).await?;
+        let listen = crate::listen::listen_all(&mut swarm, &config.listen, LISTEN_TIMEOUT).await?;
         let peer_id = *swarm.local_peer_id();
         let (stop, stop_rx) = watch::channel(false);
         let metrics_addr = match config.metrics {
@@ -384,49 +386,6 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
-}
-
-async fn listen(
-    swarm: &mut Swarm<Behaviour>,
-    addrs: &[Multiaddr],
-) -> Result<Vec<Multiaddr>, RelayError> {
-    let mut waiting = std::collections::HashSet::new();
-    for addr in addrs {
-        let id = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| RelayError::Listen {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        waiting.insert(id);
-    }
-    let mut bound = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !waiting.is_empty() {
-        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
-            .await
-            .map_err(|_| RelayError::Listen {
-                addr: format!("{addrs:?}"),
-                reason: "no address came up".into(),
-            })?;
-        match event {
-            SwarmEvent::NewListenAddr {
-                listener_id,
-                address,
-            } => {
-                waiting.remove(&listener_id);
-                bound.push(address);
-            }
-            SwarmEvent::ListenerError { error, .. } => {
-                return Err(RelayError::Listen {
-                    addr: format!("{addrs:?}"),
-                    reason: error.to_string(),
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(bound)
 }
 
 async fn run(

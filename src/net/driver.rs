@@ -11,7 +11,7 @@
 //! applied from a peer), updates the gate, ends sessions with peers that are no longer
 //! members, and starts sessions with connected members.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,7 +155,8 @@ impl Mesh {
         let counters = Arc::new(Counters::default());
         let gate = Gate::counting(counters.connections_refused.clone());
         let mut swarm = behaviour::build(identity.clone(), gate, &mut registry)?;
-        let listen = listen(&mut swarm, &config.listen).await?;
+        let listen =
+            handoff_relay::listen::listen_all(&mut swarm, &config.listen, LISTEN_TIMEOUT).await?;
         let peer_id = *swarm.local_peer_id();
         let mut control = swarm.behaviour().streams.new_control();
         let (internal_tx, internal) = mpsc::unbounded_channel();
@@ -340,51 +341,6 @@ impl Drop for Mesh {
             task.abort();
         }
     }
-}
-
-/// Starts every listener and waits until each has an address.
-async fn listen(
-    swarm: &mut Swarm<Behaviour>,
-    addrs: &[Multiaddr],
-) -> Result<Vec<Multiaddr>, NetError> {
-    let mut waiting = HashSet::new();
-    for addr in addrs {
-        let id = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        waiting.insert(id);
-    }
-    let mut bound = Vec::new();
-    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
-    while !waiting.is_empty() {
-        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
-            .await
-            .map_err(|_| NetError::Listen {
-                addr: format!("{addrs:?}"),
-                reason: "no address came up".into(),
-            })?;
-        match event {
-            SwarmEvent::NewListenAddr {
-                listener_id,
-                address,
-            } => {
-                waiting.remove(&listener_id);
-                bound.push(address);
-            }
-            SwarmEvent::ListenerClosed { reason: Err(e), .. }
-            | SwarmEvent::ListenerError { error: e, .. } => {
-                return Err(NetError::Listen {
-                    addr: format!("{addrs:?}"),
-                    reason: e.to_string(),
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(bound)
 }
 
 async fn accept_sync(
