@@ -14,87 +14,28 @@
 //! Run: `cargo bench --bench mesh`. Bounded: every wait has a deadline.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::sync::Arc;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::mesh::{Node, bare_swarm, join_request, loopback, prepare_join};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
-use handoff::doc::{Role, Service};
-use handoff::home::Home;
-use handoff::net::{JoinRequest, LinkHints, Mesh, MeshConfig, Multiaddr, OfferRequest, Owned};
-use handoff::vault::KdfParams;
+use handoff::device::Device;
+use handoff::doc::Service;
+use libp2p::StreamProtocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, SwarmBuilder};
 
-const LIGHT_KDF: KdfParams = KdfParams {
-    m_kib: 1024,
-    t: 1,
-    p: 1,
-};
-const PASSPHRASE: &[u8] = b"bench passphrase";
-const WAIT: Duration = Duration::from_secs(120);
 const KEY: &str = "sk-ant-api03-0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
 
-fn config() -> MeshConfig {
-    MeshConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        mdns: false,
-        peers: Vec::new(),
-        dial_known: false,
-        redial_every: Duration::from_secs(3600),
-        ..MeshConfig::default()
-    }
+/// What the bench reads of a node beyond what the tests do.
+trait Measured {
+    fn transport_bytes(&self) -> u64;
+    fn substream_bytes(&self) -> u64;
+    async fn converged_with(&self, other: &Node);
 }
 
-fn new_device(name: &str) -> NewDevice<'_> {
-    NewDevice {
-        name,
-        passphrase: PASSPHRASE,
-        kdf: LIGHT_KDF,
-    }
-}
-
-struct Node {
-    host: Arc<Owned>,
-    mesh: Mesh,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(dir: tempfile::TempDir, device: Device, key: Unlocked) -> Node {
-        let host = Owned::new(device, Some(key));
-        let mesh = Mesh::start(host.clone(), config()).await.unwrap();
-        Node {
-            host,
-            mesh,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> Multiaddr {
-        self.mesh.view().listen[0].parse().unwrap()
-    }
-
-    fn add(&self, label: &str) -> handoff_protocol::TokenId {
-        let id = self.host.with(|d, k| {
-            d.add_token(
-                k.unwrap(),
-                Service::Anthropic,
-                label,
-                KEY.as_bytes(),
-                false,
-                false,
-            )
-            .unwrap()
-        });
-        self.mesh.changed();
-        id
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.host.with(|d, _| d.heads_hex())
-    }
-
+impl Measured for Node {
     /// Bytes through this node's TCP sockets (payload of the TCP segments: Noise, Yamux and
     /// handoff's frames), as the kernel counts them for sockets on its listen port, both ways.
     fn transport_bytes(&self) -> u64 {
@@ -132,68 +73,23 @@ impl Node {
             .sum()
     }
 
-    /// Waits until `check` holds, re-checking whenever this node applies a peer's changes.
-    async fn until(&self, check: impl Fn(&Node) -> bool) {
-        let mut applied = self.mesh.applied();
-        tokio::time::timeout(WAIT, async {
-            while !check(self) {
-                let _ = tokio::time::timeout(Duration::from_millis(50), applied.changed()).await;
-            }
-        })
-        .await
-        .expect("the mesh converges within the bench's deadline");
+    /// Waits until this node's heads are `other`'s.
+    async fn converged_with(&self, other: &Node) {
+        self.until("the mesh converges", |n| n.heads() == other.heads())
+            .await;
     }
-}
-
-async fn founder() -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let (device, _) = Device::init(
-        Home::at(dir.path().join("home")),
-        &new_device("alpha"),
-        "bench",
-    )
-    .unwrap();
-    let key = device.unlock(PASSPHRASE).unwrap();
-    Node::start(dir, device, key).await
 }
 
 /// Pairs a new device through `a` over the network; returns it (not started) and how long the
 /// pairing took and how many bytes `a`'s streams moved for it (the connection is closed by the
 /// time it ends, so its socket counters are gone).
 async fn pair(a: &Node, name: &str) -> (tempfile::TempDir, Device, Duration, u64) {
-    let key = a.host.with(|_, k| k.unwrap().duplicate());
-    let ticket = a
-        .mesh
-        .offer(OfferRequest {
-            role: Role::Member,
-            name: None,
-            long_code: false,
-            auto_confirm: true,
-            lifetime: handoff::net::OFFER_LIFETIME,
-            key,
-        })
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pending =
-        PendingJoin::prepare(Home::at(dir.path().join("home")), &new_device(name)).unwrap();
+    let ticket = a.offer(false).await;
+    let (dir, pending) = prepare_join(name);
+    let request = join_request(a, &ticket.code);
     let bytes_before = a.substream_bytes();
     let started = Instant::now();
-    let device = handoff::net::join(
-        pending,
-        JoinRequest {
-            code: ticket.code.clone(),
-            hints: LinkHints {
-                peer: None,
-                addrs: vec![a.addr()],
-            },
-            mdns: false,
-            confirm: Box::new(|_| true),
-            progress: Box::new(|_| {}),
-        },
-    )
-    .await
-    .unwrap();
+    let device = handoff::net::join(pending, request).await.unwrap();
     let took = started.elapsed();
     a.mesh.changed();
     (dir, device, took, a.substream_bytes() - bytes_before)
@@ -214,21 +110,6 @@ struct Bare {
     client: libp2p::Swarm<libp2p_stream::Behaviour>,
     stream: libp2p::Stream,
     server: tokio::task::JoinHandle<()>,
-}
-
-fn bare_swarm() -> libp2p::Swarm<libp2p_stream::Behaviour> {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build()
 }
 
 const ECHO: StreamProtocol = StreamProtocol::new("/bench/echo/1");
@@ -345,13 +226,13 @@ async fn run() {
     println!("mesh benchmarks on loopback (TCP, Noise, Yamux), {adds} adds");
 
     // --- add-to-readable latency and bytes per change ---
-    let a = founder().await;
+    let a = Node::founder(loopback(false)).await;
     let (dir, device, _, _) = pair(&a, "beta").await;
-    let key = device.unlock(PASSPHRASE).unwrap();
-    let b = Node::start(dir, device, key).await;
+    let key = device.unlock(common::PASSPHRASE).unwrap();
+    let b = Node::start(dir, device, key, loopback(false)).await;
     b.mesh.dial(a.addr()).await.unwrap();
-    a.add("warmup");
-    b.until(|n| n.heads() == a.heads()).await;
+    a.add("warmup", KEY);
+    b.converged_with(&a).await;
 
     let mut latencies = Vec::with_capacity(adds);
     let mut local = Vec::with_capacity(adds);
@@ -362,16 +243,16 @@ async fn run() {
     let export_before = a.host.with(|d, _| d.export());
     for i in 0..adds {
         let started = Instant::now();
-        let id = a.add(&format!("t{i}"));
+        let id = a.add(&format!("t{i}"), KEY);
         local.push(started.elapsed());
-        b.until(|n| {
+        b.until("the new token on b", |n| {
             n.host
                 .with(|d, _| d.state().unwrap().tokens.contains_key(&id))
         })
         .await;
         latencies.push(started.elapsed());
         // Let the last acknowledgements settle so each add is measured on a quiet mesh.
-        a.until(|n| n.heads() == b.heads()).await;
+        a.converged_with(&b).await;
     }
     let sync_bytes = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received - sync_before;
     let wire_bytes = a.transport_bytes() - wire_before;
@@ -427,7 +308,7 @@ async fn run() {
     b.mesh.stop().await;
 
     // --- first sync of a 1,000-token vault ---
-    let a = founder().await;
+    let a = Node::founder(loopback(false)).await;
     // c joins now and then goes away while the vault grows.
     let (c_dir, c_device, _, _) = pair(&a, "gamma").await;
     let started = Instant::now();
@@ -457,13 +338,13 @@ async fn run() {
 
     let (_d_dir, _d_device, pair_took, pair_bytes) = pair(&a, "delta").await;
 
-    let c_key = c_device.unlock(PASSPHRASE).unwrap();
-    let c = Node::start(c_dir, c_device, c_key).await;
+    let c_key = c_device.unlock(common::PASSPHRASE).unwrap();
+    let c = Node::start(c_dir, c_device, c_key, loopback(false)).await;
     let wire_before = a.transport_bytes();
     let sync_before = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received;
     let started = Instant::now();
     c.mesh.dial(a.addr()).await.unwrap();
-    c.until(|n| n.heads() == a.heads()).await;
+    c.converged_with(&a).await;
     let catch_up = started.elapsed();
     let catch_up_wire = a.transport_bytes() - wire_before;
     let catch_up_sync = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received - sync_before;

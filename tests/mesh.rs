@@ -8,158 +8,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::mesh::{Node, WAIT, bare_swarm, join_with, loopback};
 use futures::StreamExt;
-use handoff::device::{Device, PendingJoin, Unlocked};
-use handoff::doc::{Role, Service};
-use handoff::home::Home;
-use handoff::net::{
-    JoinRequest, LinkHints, Mesh, MeshConfig, Multiaddr, OfferRequest, Owned, PairCode, PairEvent,
-    PairFailure, PairTicket,
-};
+use handoff::doc::Role;
+use handoff::net::{Multiaddr, PairCode, PairEvent, PairFailure, PairTicket};
 use handoff_protocol::frame;
 use handoff_protocol::pairing::{PairMessage, PairRefusal};
+use libp2p::StreamProtocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, SwarmBuilder};
-
-/// Longest any one wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(30);
-
-fn logs() {
-    if std::env::var_os("HANDOFF_TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-fn loopback() -> MeshConfig {
-    logs();
-    MeshConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        mdns: false,
-        peers: Vec::new(),
-        dial_known: true,
-        redial_every: Duration::from_secs(3600),
-        ..MeshConfig::default()
-    }
-}
-
-struct Node {
-    host: Arc<Owned>,
-    mesh: Mesh,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(dir: tempfile::TempDir, device: Device, key: Unlocked) -> Node {
-        let host = Owned::new(device, Some(key));
-        let mesh = Mesh::start(host.clone(), loopback()).await.unwrap();
-        Node {
-            host,
-            mesh,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> Multiaddr {
-        self.mesh.view().listen[0].parse().unwrap()
-    }
-
-    fn add(&self, label: &str, secret: &str) {
-        self.host.with(|d, k| {
-            d.add_token(
-                k.unwrap(),
-                Service::Anthropic,
-                label,
-                secret.as_bytes(),
-                false,
-                false,
-            )
-            .unwrap()
-        });
-        self.mesh.changed();
-    }
-
-    fn reveal(&self, query: &str) -> Option<String> {
-        self.host.with(|d, k| {
-            d.reveal(k.unwrap(), query)
-                .ok()
-                .map(|(_, s)| String::from_utf8(handoff::device::expose(&s).to_vec()).unwrap())
-        })
-    }
-
-    /// Waits until `check` holds on this node, re-checking whenever it applies a peer's changes.
-    async fn until(&self, what: &str, check: impl Fn(&Node) -> bool) {
-        let mut applied = self.mesh.applied();
-        let result = tokio::time::timeout(WAIT, async {
-            loop {
-                if check(self) {
-                    return;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
-            }
-        })
-        .await;
-        assert!(result.is_ok(), "timed out waiting for: {what}");
-    }
-
-    async fn offer(&self, long_code: bool) -> PairTicket {
-        self.offer_lasting(long_code, handoff::net::OFFER_LIFETIME)
-            .await
-    }
-
-    async fn offer_lasting(&self, long_code: bool, lifetime: Duration) -> PairTicket {
-        let key = self.host.with(|_, k| k.unwrap().duplicate());
-        self.mesh
-            .offer(OfferRequest {
-                role: Role::Member,
-                name: None,
-                long_code,
-                auto_confirm: true,
-                lifetime,
-                key,
-            })
-            .await
-            .unwrap()
-    }
-}
-
-fn founder() -> (tempfile::TempDir, Device, Unlocked) {
-    let dir = tempfile::tempdir().unwrap();
-    let (device, key) = common::founder(Home::at(dir.path().join("home")), "alpha");
-    (dir, device, key)
-}
-
-/// Joins through `adder` over the network with `code`; the new device, unlocked.
-async fn join_with(
-    adder: &Node,
-    name: &str,
-    code: &PairCode,
-) -> Result<(tempfile::TempDir, Device, Unlocked), handoff::net::NetError> {
-    let dir = tempfile::tempdir().unwrap();
-    let pending =
-        PendingJoin::prepare(Home::at(dir.path().join("home")), &common::new_device(name)).unwrap();
-    let request = JoinRequest {
-        code: code.clone(),
-        hints: LinkHints {
-            peer: None,
-            addrs: vec![adder.addr()],
-        },
-        mdns: false,
-        confirm: Box::new(|sas| {
-            assert_eq!(sas.split(' ').count(), 4);
-            true
-        }),
-        progress: Box::new(|_| {}),
-    };
-    let device = handoff::net::join(pending, request).await?;
-    let key = device.unlock(common::PASSPHRASE).unwrap();
-    Ok((dir, device, key))
-}
 
 /// Waits until `check` holds, looking again every few milliseconds, under the test deadline
 /// (for conditions no event announces, such as a connection the other side refused).
@@ -183,8 +41,7 @@ async fn next_event(ticket: &mut PairTicket) -> PairEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_with_a_code_then_sync_both_ways() {
-    let (dir, device, key) = founder();
-    let a = Node::start(dir, device, key).await;
+    let a = Node::founder(loopback(true)).await;
     a.add("before", "sk-ant-before-pairing");
 
     let mut ticket = a.offer(false).await;
@@ -201,7 +58,7 @@ async fn pair_with_a_code_then_sync_both_ways() {
         other => panic!("expected a pairing, got {other:?}"),
     }
     // The welcome carried the vault: the new member reads the old token at once.
-    let b = Node::start(dir, device, key).await;
+    let b = Node::start(dir, device, key, loopback(true)).await;
     assert_eq!(
         b.reveal("anthropic/before").as_deref(),
         Some("sk-ant-before-pairing")
@@ -260,8 +117,7 @@ async fn settled(nodes: &[&Node]) -> Vec<handoff::net::Stats> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_code_fails_on_both_sides_and_burns_the_offer() {
-    let (dir, device, key) = founder();
-    let a = Node::start(dir, device, key).await;
+    let a = Node::founder(loopback(true)).await;
     let mut ticket = a.offer(false).await;
     // Same nameplate, other words.
     let right = ticket.code.text().to_string();
@@ -297,18 +153,7 @@ struct Raw {
 
 impl Raw {
     fn new() -> Raw {
-        let swarm = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default(),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let swarm = bare_swarm();
         let control = swarm.behaviour().new_control();
         Raw { swarm, control }
     }
@@ -414,8 +259,7 @@ fn spake_message(code: &PairCode, side_a: bool) -> [u8; 33] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflected_replayed_and_late_pairing_messages_are_refused() {
-    let (dir, device, key) = founder();
-    let a = Node::start(dir, device, key).await;
+    let a = Node::founder(loopback(true)).await;
     let mut raw = Raw::new();
     let mut ticket = a.offer(false).await;
     let peer = raw.connect(a.addr()).await;
@@ -469,8 +313,7 @@ async fn reflected_replayed_and_late_pairing_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_is_closed_out_before_any_sync_message_is_answered() {
-    let (dir, device, key) = founder();
-    let a = Node::start(dir, device, key).await;
+    let a = Node::founder(loopback(true)).await;
     a.add("secret", "sk-ant-not-for-strangers");
     let mut raw = Raw::new();
     raw.swarm.dial(a.addr()).unwrap();
@@ -507,13 +350,12 @@ async fn paired(adder: &Node, name: &str) -> Node {
     ));
     // The adder's own document now holds the new member; its mesh re-reads members.
     adder.mesh.changed();
-    Node::start(dir, device, key).await
+    Node::start(dir, device, key, loopback(true)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_device_is_shut_out_and_opens_nothing_new() {
-    let (dir, device, key) = founder();
-    let a = Node::start(dir, device, key).await;
+    let a = Node::founder(loopback(true)).await;
     let b = paired(&a, "beta").await;
     let c = paired(&a, "gamma").await;
     b.mesh.dial(a.addr()).await.unwrap();
@@ -585,8 +427,7 @@ async fn a_removed_device_is_shut_out_and_opens_nothing_new() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_offer_admits_no_one() {
-    let (dir, device, key) = founder();
-    let a = Node::start(dir, device, key).await;
+    let a = Node::founder(loopback(true)).await;
     let mut ticket = a.offer_lasting(false, Duration::from_millis(200)).await;
     assert_eq!(
         next_event(&mut ticket).await,

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test crate uses its own part of these helpers
 
+pub mod mesh;
+
 use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
 use handoff::doc::Role;
 use handoff::home::Home;
