@@ -10,6 +10,9 @@
 //! Run: `cargo bench -p handoff-relay`. Bounded: fixed counts, every wait under a deadline.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,7 @@ use handoff_protocol::relay::{MAX_FRAME, Request, Response};
 use handoff_relay::{Access, Limits, Relay, RelayConfig};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, SwarmBuilder};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
 const WAIT: Duration = Duration::from_secs(300);
 const CLIENTS: usize = 8;
@@ -34,18 +37,7 @@ const BARE: StreamProtocol = StreamProtocol::new("/bench/ack/1");
 type Swarm = libp2p::Swarm<libp2p_stream::Behaviour>;
 
 fn swarm() -> Swarm {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build()
+    support::common::mesh::bare_swarm()
 }
 
 /// A client swarm driven in the background, and a stream to the server.

@@ -91,10 +91,7 @@ pub struct SqliteStorage {
 impl SqliteStorage {
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         let display = path.display().to_string();
-        let err = |source| StorageError::Sqlite {
-            path: display.clone(),
-            source,
-        };
+        let err = sqlite_error(&display);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -112,7 +109,7 @@ impl SqliteStorage {
         let known = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
         if version > known {
             return Err(StorageError::TooNew {
-                path: display,
+                path: display.clone(),
                 version,
             });
         }
@@ -125,7 +122,7 @@ impl SqliteStorage {
         }
         Ok(Self {
             conn,
-            path: display,
+            path: display.clone(),
         })
     }
 
@@ -139,11 +136,7 @@ impl SqliteStorage {
 
 impl Storage for SqliteStorage {
     fn insert(&mut self, batch: &[NewEnvelope<'_>]) -> Result<Vec<u64>, StorageError> {
-        let path = self.path.clone();
-        let err = |source| StorageError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let err = sqlite_error(&self.path);
         let tx = self.conn.transaction().map_err(err)?;
         let mut ids = Vec::with_capacity(batch.len());
         {
@@ -168,11 +161,7 @@ impl Storage for SqliteStorage {
         after: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        let path = self.path.clone();
-        let err = |source| StorageError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let err = sqlite_error(&self.path);
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let mut stmt = self
             .conn
@@ -199,11 +188,7 @@ impl Storage for SqliteStorage {
     }
 
     fn delete(&mut self, mailbox: &[u8], ids: &[u64]) -> Result<Vec<u64>, StorageError> {
-        let path = self.path.clone();
-        let err = |source| StorageError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let err = sqlite_error(&self.path);
         let tx = self.conn.transaction().map_err(err)?;
         let mut sizes = Vec::new();
         {
@@ -225,32 +210,9 @@ impl Storage for SqliteStorage {
     }
 
     fn expire(&mut self, before: i64) -> Result<Vec<(Vec<u8>, Usage)>, StorageError> {
-        let path = self.path.clone();
-        let err = |source| StorageError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let err = sqlite_error(&self.path);
         let tx = self.conn.transaction().map_err(err)?;
-        let lost = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT mailbox, count(*), sum(length(body)) FROM envelopes
-                     WHERE stored_at < ?1 GROUP BY mailbox",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([before], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        Usage {
-                            envelopes: unsigned(r.get(1)?),
-                            bytes: unsigned(r.get(2)?),
-                        },
-                    ))
-                })
-                .map_err(err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
-        };
+        let lost = usage_by_mailbox(&tx, "WHERE stored_at < ?1", [before]).map_err(err)?;
         tx.execute("DELETE FROM envelopes WHERE stored_at < ?1", [before])
             .map_err(err)?;
         tx.commit().map_err(err)?;
@@ -258,27 +220,8 @@ impl Storage for SqliteStorage {
     }
 
     fn usage(&mut self) -> Result<Vec<(Vec<u8>, Usage)>, StorageError> {
-        let path = self.path.clone();
-        let err = |source| StorageError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let mut stmt = self
-            .conn
-            .prepare("SELECT mailbox, count(*), sum(length(body)) FROM envelopes GROUP BY mailbox")
-            .map_err(err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    Usage {
-                        envelopes: unsigned(r.get(1)?),
-                        bytes: unsigned(r.get(2)?),
-                    },
-                ))
-            })
-            .map_err(err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        let err = sqlite_error(&self.path);
+        usage_by_mailbox(&self.conn, "", []).map_err(err)
     }
 
     fn setting(&mut self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -304,6 +247,35 @@ impl Storage for SqliteStorage {
 }
 
 /// SQLite integers are signed; counts and sizes never are.
+/// Names the database in an error of SQLite's.
+fn sqlite_error(path: &str) -> impl Fn(rusqlite::Error) -> StorageError + Copy + '_ {
+    move |source| StorageError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Envelopes and bytes per mailbox among the rows `filter` (a WHERE clause, or nothing) keeps.
+fn usage_by_mailbox(
+    conn: &rusqlite::Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<(Vec<u8>, Usage)>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT mailbox, count(*), sum(length(body)) FROM envelopes {filter} GROUP BY mailbox"
+    ))?;
+    let rows = stmt.query_map(params, |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            Usage {
+                envelopes: unsigned(r.get(1)?),
+                bytes: unsigned(r.get(2)?),
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
 fn unsigned(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }

@@ -4,6 +4,10 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test uses its own part; a panic is the report
 
+/// handoff's own test helpers: devices on light Argon2, bare libp2p clients.
+#[path = "../../../tests/common/mod.rs"]
+pub mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,24 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
+use handoff::device::{Device, PendingJoin, Unlocked};
 use handoff::doc::{Role, Service};
 use handoff::home::Home;
 use handoff::net::{Mesh, MeshConfig, Multiaddr, Owned};
-use handoff::vault::KdfParams;
 use handoff_protocol::frame;
 use handoff_protocol::relay::{MAX_FRAME, Request, Response};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, StreamProtocol, SwarmBuilder};
+use libp2p::{PeerId, StreamProtocol};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 pub const TOKEN: &str = "relay-access-token-for-tests";
-pub const PASSPHRASE: &[u8] = b"relay test passphrase";
-const LIGHT_KDF: KdfParams = KdfParams {
-    m_kib: 1024,
-    t: 1,
-    p: 1,
-};
 
 /// The relay binary running in the background.
 pub struct RelayProc {
@@ -180,14 +177,6 @@ pub struct Node {
     pub mesh: Option<Mesh>,
 }
 
-pub fn new_device(name: &str) -> NewDevice<'_> {
-    NewDevice {
-        name,
-        passphrase: PASSPHRASE,
-        kdf: LIGHT_KDF,
-    }
-}
-
 pub fn config() -> MeshConfig {
     MeshConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -206,7 +195,7 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let (device, _) = Device::init(
             Home::at(dir.path().join("home")),
-            &new_device(name),
+            &common::new_device(name),
             "vault",
         )
         .unwrap();
@@ -214,7 +203,7 @@ impl Node {
     }
 
     fn holding(name: &str, dir: tempfile::TempDir, device: Device) -> Node {
-        let key = device.unlock(PASSPHRASE).unwrap();
+        let key = device.unlock(common::PASSPHRASE).unwrap();
         Node {
             name: name.into(),
             dir,
@@ -228,7 +217,8 @@ impl Node {
     pub fn admit(&self, name: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let pending =
-            PendingJoin::prepare(Home::at(dir.path().join("home")), &new_device(name)).unwrap();
+            PendingJoin::prepare(Home::at(dir.path().join("home")), &common::new_device(name))
+                .unwrap();
         let (export, anchors, adder) = self.with(|d, k| {
             let member = d.admit(k.unwrap(), &pending.joiner(Role::Member)).unwrap();
             d.note_holds_all(&member.device).unwrap();
@@ -250,7 +240,7 @@ impl Node {
     pub async fn go_online(&mut self) {
         if self.host.is_none() {
             let device = Device::open(self.home()).unwrap();
-            let key = device.unlock(PASSPHRASE).unwrap();
+            let key = device.unlock(common::PASSPHRASE).unwrap();
             self.host = Some(Owned::new(device, Some(key)));
         }
         let host = self.host.clone().unwrap();
@@ -317,18 +307,7 @@ pub struct Client {
 
 impl Client {
     pub fn new() -> Client {
-        let swarm = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default().nodelay(true),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build();
+        let swarm = common::mesh::bare_swarm();
         let peer = *swarm.local_peer_id();
         Client {
             swarm,
