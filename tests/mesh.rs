@@ -419,8 +419,10 @@ async fn a_removed_device_is_shut_out_and_opens_nothing_new() {
     c.host.with(|d, _| d.remove_token("anthropic/old").unwrap());
     c.mesh.changed();
     let late = c.host.with(|d, _| d.export());
-    let refused = a.host.with(|d, _| d.import(&late));
-    assert!(refused.is_err(), "a took c's late write");
+    for (name, member) in [("a", &a), ("b", &b)] {
+        let refused = member.host.with(|d, _| d.import(&late));
+        assert!(refused.is_err(), "{name} took c's late write");
+    }
     assert_eq!(a.reveal("anthropic/old").as_deref(), Some("sk-ant-old"));
     assert_eq!(b.reveal("anthropic/old").as_deref(), Some("sk-ant-old"));
 }
