@@ -201,6 +201,18 @@ impl VaultDoc {
     /// new. Actor ids are claims, not signatures: what an injected change cannot do is make a
     /// member, a wrap or an anchor trusted, because those are checked by signature.
     pub fn ingest(&mut self, data: &[u8]) -> Result<usize, DocError> {
+        Ok(self.ingest_if(data, |_| true)?.unwrap_or(0))
+    }
+
+    /// As [`ingest`](Self::ingest), but the result is kept only if `admit` accepts the
+    /// validated state it leads to; `None` when it did not (the document is unchanged). A
+    /// relayed envelope's sender must be a member of the vault its changes make, which may
+    /// be one that admits the sender.
+    pub fn ingest_if(
+        &mut self,
+        data: &[u8],
+        admit: impl FnOnce(&VaultState) -> bool,
+    ) -> Result<Option<usize>, DocError> {
         check_size(data.len())?;
         chunks::check_framing(data)?;
         let before = self.state()?;
@@ -215,9 +227,12 @@ impl VaultDoc {
             let (count, state) = check_fork(&mut fork, anchors, &heads, &before)?;
             Ok((fork, count, state))
         })?;
+        if !admit(&state) {
+            return Ok(None);
+        }
         self.doc = fork;
         self.valid = state.into();
-        Ok(count)
+        Ok(Some(count))
     }
 
     /// The next Automerge sync message for a peer, or `None` when it has nothing to learn.
@@ -514,9 +529,34 @@ impl VaultDoc {
         })
     }
 
-    /// Whether changes are waiting for dependencies this document lacks.
-    pub fn has_missing_deps(&mut self) -> bool {
-        !self.doc.get_missing_deps(&[]).is_empty()
+    /// Whether some change in `data` (change chunks) depends on a change that is neither in
+    /// `data` nor applied here.
+    pub fn lacks_deps_of(&mut self, data: &[u8]) -> Result<bool, DocError> {
+        let chunks = chunks::split(data)?;
+        let (hashes, deps) = contain::contained(|| {
+            let mut hashes = std::collections::HashSet::new();
+            let mut deps = Vec::new();
+            for (kind, chunk) in chunks {
+                if !chunks::is_change(kind) {
+                    continue;
+                }
+                let change = automerge::Change::try_from(chunk)
+                    .map_err(|e| DocError::Damaged(e.to_string()))?;
+                deps.extend(change.deps().iter().copied());
+                hashes.insert(change.hash());
+            }
+            Ok((hashes, deps))
+        })?;
+        let outside: Vec<ChangeHash> = deps.into_iter().filter(|d| !hashes.contains(d)).collect();
+        Ok(!self.holds(&outside))
+    }
+
+    /// Whether every one of `changes` is applied here (not unknown, nor queued waiting for
+    /// a dependency this document lacks).
+    pub fn holds(&mut self, changes: &[ChangeHash]) -> bool {
+        changes
+            .iter()
+            .all(|h| self.doc.get_change_by_hash(h).is_some())
     }
 
     /// Makes `token` the default of `service`, or clears the default.

@@ -191,3 +191,65 @@ fn concurrent_removals_by_two_admins_both_hold_and_the_higher_bound_wins() {
     assert_eq!(expose(&a, &ak, "anthropic/c1"), "sk-ant-C1");
     assert_eq!(expose(&b, &bk, "anthropic/c1"), "sk-ant-C1");
 }
+
+/// Relayed envelopes at the document level. A member admitted while the recipient was away
+/// brings its own admission in its envelope; changes waiting for one the recipient lacks keep
+/// their envelope at the relay until they apply; a removed member's envelope is refused.
+#[test]
+fn relayed_envelopes_from_a_new_member_apply_and_from_a_removed_one_are_refused() {
+    use handoff::device::Taken;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ak) = founder(&dir);
+    let (mut b, bk) = join(&dir, &mut a, &ak, "desktop", Role::Member);
+    // b is away while a admits c; b has never heard of c.
+    let (mut c, ck) = join(&dir, &mut a, &ak, "phone", Role::Member);
+    let add = |c: &mut Device, label: &str, secret: &[u8]| {
+        c.add_token(&ck, Service::Anthropic, label, secret, false, false)
+            .unwrap();
+    };
+    add(&mut c, "first", b"sk-ant-FIRST-FROM-C");
+    let first = c.relay_envelopes(&b.device_id()).unwrap().unwrap();
+    c.note_relayed(&b.device_id(), &first).unwrap();
+    add(&mut c, "second", b"sk-ant-SECOND-FROM-C");
+    let second = c.relay_envelopes(&b.device_id()).unwrap().unwrap();
+    c.note_relayed(&b.device_id(), &second).unwrap();
+
+    // Delivered out of order: the second waits for the first, and is taken again after it.
+    for envelope in &second.envelopes {
+        assert_eq!(b.take_envelope(envelope).unwrap(), Taken::Waiting);
+    }
+    assert!(b.reveal(&bk, "anthropic/second").is_err());
+    for envelope in &first.envelopes {
+        assert!(matches!(
+            b.take_envelope(envelope).unwrap(),
+            Taken::Applied(n) if n > 0
+        ));
+    }
+    for envelope in &second.envelopes {
+        assert!(matches!(
+            b.take_envelope(envelope).unwrap(),
+            Taken::Applied(_)
+        ));
+    }
+    assert_eq!(expose(&b, &bk, "anthropic/first"), "sk-ant-FIRST-FROM-C");
+    assert_eq!(expose(&b, &bk, "anthropic/second"), "sk-ant-SECOND-FROM-C");
+    // Taking an envelope again changes nothing.
+    let heads = b.heads_hex();
+    assert_eq!(
+        b.take_envelope(&first.envelopes[0]).unwrap(),
+        Taken::Applied(0)
+    );
+    assert_eq!(b.heads_hex(), heads);
+
+    // Once b knows c is removed, c's envelopes are refused.
+    a.import(&c.export()).unwrap();
+    a.remove_member(&ak, "phone").unwrap();
+    b.import(&a.export()).unwrap();
+    add(&mut c, "late", b"sk-ant-LATE-FROM-C");
+    let late = c.relay_envelopes(&b.device_id()).unwrap().unwrap();
+    assert!(matches!(
+        b.take_envelope(&late.envelopes[0]).unwrap(),
+        Taken::Rejected(_)
+    ));
+    assert!(b.reveal(&bk, "anthropic/late").is_err());
+}

@@ -72,6 +72,33 @@ async fn devices_never_online_together_converge_through_restarts_and_a_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_admitted_while_the_recipient_was_away_reaches_it_through_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(dir.path(), None, &[]);
+    let a = Node::founder("alpha");
+    list_relay(&a, &relay);
+    let mut b = a.admit("beta");
+    // b is away when a admits c: b has never heard of c.
+    let mut c = a.admit("gamma");
+    let c_id = c.with(|d, _| d.device_id());
+    c.go_online().await;
+    c.add("from-c", "sk-ant-from-the-new-member");
+    eventually("c's envelopes at the relay", || {
+        c.mesh().stats().envelopes_deposited >= 2
+    })
+    .await;
+    c.go_offline().await;
+
+    // b takes c's envelope: it carries c's admission, so b learns c and its token at once.
+    b.go_online().await;
+    eventually("c's token on b", || {
+        b.reveal("anthropic/from-c").as_deref() == Some("sk-ant-from-the-new-member")
+    })
+    .await;
+    assert!(b.with(|d, _| d.state().unwrap().members[&c_id].is_active()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_keeps_no_token_vault_id_or_sender() {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(dir.path(), None, &[]);

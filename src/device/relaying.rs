@@ -14,12 +14,14 @@ use handoff_protocol::DeviceId;
 use handoff_protocol::envelope::{Inner, Kind};
 
 use super::{Device, DeviceError};
-use crate::doc::schema::{Member, Relay};
+use crate::doc::schema::{Member, Relay, VaultState};
 use crate::doc::unix_now;
 use crate::vault::{envelope, random_array};
 
 /// Most heads remembered per peer besides the synced ones (the newest are kept).
 const KNOWN_HEADS_MAX: usize = 32;
+
+const NOT_A_MEMBER: &str = "it is not from an active member of this vault";
 
 /// Most body bytes in one envelope (its sealing and framing stay under the relay's megabyte).
 const BODY_MAX: usize = handoff_protocol::envelope::MAX_ENVELOPE - 16 * 1024;
@@ -38,8 +40,8 @@ pub struct Outgoing {
 pub enum Taken {
     /// Applied and persisted (how many changes were new): acknowledge it.
     Applied(usize),
-    /// Applied, but some of its changes wait for changes this device has not seen yet: keep
-    /// it at the relay and take it again later.
+    /// Not applied yet, or not wholly: some of its changes wait for changes this device has
+    /// not seen yet. Keep it at the relay and take it again once something new applied.
     Waiting,
     /// It can never apply here (not sealed to this device, not from an active member of this
     /// vault, changes every member refuses): acknowledge it so it is not offered again.
@@ -174,17 +176,24 @@ impl Device {
         }
         let vault = self.state()?.info.id;
         let mailbox = self.keys.secrets().1;
+        // In causal order, up to the first change too large for an envelope: it, and what
+        // comes after it, wait for a direct sync (the recipient could apply none of what
+        // depends on it), and the peer is noted as holding only what was sealed.
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         for change in changes {
             if change.len() > BODY_MAX {
                 tracing::warn!("a change too large for a relay envelope waits for a direct sync");
-                continue;
+                break;
             }
             match bodies.last_mut() {
                 Some(body) if body.len() + change.len() <= BODY_MAX => body.extend(change),
                 _ => bodies.push(change),
             }
         }
+        if bodies.is_empty() {
+            return Ok(None);
+        }
+        let heads = crate::doc::VaultDoc::heads_of_changes(&bodies.concat())?;
         let mut envelopes = Vec::with_capacity(bodies.len());
         for body in bodies {
             seq += 1;
@@ -203,7 +212,7 @@ impl Device {
         }
         Ok(Some(Outgoing {
             envelopes,
-            heads: self.doc.heads(),
+            heads,
             seq,
         }))
     }
@@ -260,32 +269,47 @@ impl Device {
         if inner.vault != state.info.id {
             return Ok(Taken::Rejected("it belongs to another vault".into()));
         }
-        let from_member = state.members.get(&inner.sender).is_some_and(|m| {
-            m.is_active() && m.mailbox_pub == sender_key && m.device != self.record.device_id
-        });
-        if !from_member {
-            return Ok(Taken::Rejected(
-                "it is not from an active member of this vault".into(),
-            ));
-        }
         if inner.kind != Kind::DocChanges {
             return Ok(Taken::Rejected(
                 "this version of handoff does not take that kind of envelope".into(),
             ));
         }
-        let new = match self.doc.ingest(&inner.body) {
-            Ok(new) => new,
+        // The sender must be an active member whose mailbox key sealed the envelope: of this
+        // document, or, for a sender this device has not heard of, of the document the
+        // envelope's own changes make (a member added while this device was away sends the
+        // changes that admit it). A removed or impostor sender is refused either way.
+        let me = self.record.device_id;
+        let is_sender = |state: &VaultState| {
+            state
+                .members
+                .get(&inner.sender)
+                .is_some_and(|m| m.is_active() && m.mailbox_pub == sender_key && m.device != me)
+        };
+        if state.members.contains_key(&inner.sender) && !is_sender(&state) {
+            return Ok(Taken::Rejected(NOT_A_MEMBER.into()));
+        }
+        let new = match self.doc.ingest_if(&inner.body, is_sender) {
+            Ok(Some(new)) => new,
+            // A sender this device has not heard of, whose admission may be among changes
+            // still to come (a newer envelope delivered first): wait for them.
+            Ok(None) if self.doc.lacks_deps_of(&inner.body).unwrap_or(false) => {
+                return Ok(Taken::Waiting);
+            }
+            Ok(None) => return Ok(Taken::Rejected(NOT_A_MEMBER.into())),
             Err(e) => return Ok(Taken::Rejected(e.to_string())),
         };
         if new > 0 {
             self.persist()?;
             self.vouch()?;
         }
+        let Ok(heads) = crate::doc::VaultDoc::heads_of_changes(&inner.body) else {
+            return Ok(Taken::Rejected("its changes are malformed".into()));
+        };
         // The sender holds what it sent: never send it back.
-        if let Ok(heads) = crate::doc::VaultDoc::heads_of_changes(&inner.body) {
-            self.note_known(&inner.sender, &heads, None)?;
-        }
-        if self.doc.has_missing_deps() {
+        self.note_known(&inner.sender, &heads, None)?;
+        // Changes that wait for a dependency are held in memory only: the envelope stays at
+        // the relay until they apply (it is taken again, at no cost, when it comes back).
+        if !self.doc.holds(&heads) {
             return Ok(Taken::Waiting);
         }
         Ok(Taken::Applied(new))

@@ -30,6 +30,8 @@ use crate::device::Taken;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long one answer from a relay may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of envelopes held in memory while their changes wait for others.
+const WAITING_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// A relay as the vault lists it.
 #[derive(Clone)]
@@ -248,6 +250,32 @@ pub(crate) async fn deposit(
     Ok(answers)
 }
 
+/// Takes one delivered envelope: whether to acknowledge it, and how many changes it brought
+/// (`None` while it waits for changes not seen yet).
+async fn take(
+    host: &Arc<dyn Host>,
+    target: &RelayTarget,
+    envelope: &[u8],
+) -> Result<(bool, Option<usize>), RelayFailure> {
+    let envelope = envelope.to_vec();
+    let taken = on_device(host, move |d, _| d.take_envelope(&envelope))
+        .await
+        .map_err(|e| RelayFailure::Broken(e.to_string()))?;
+    Ok(match taken {
+        Ok(Taken::Applied(new)) => (true, Some(new)),
+        Ok(Taken::Waiting) => (false, None),
+        Ok(Taken::Rejected(why)) => {
+            tracing::warn!(relay = %target.id, why, "dropped an envelope that cannot apply");
+            (true, Some(0))
+        }
+        Err(e) => {
+            // Not taken (the store failed): leave it at the relay for next time.
+            tracing::warn!(error = %e, "could not take an envelope");
+            (false, Some(0))
+        }
+    })
+}
+
 /// Drains this device's mailbox at `target` and stays subscribed, applying what arrives,
 /// until the connection breaks. `applied` is called after changes were applied.
 pub(crate) async fn subscribe(
@@ -260,33 +288,38 @@ pub(crate) async fn subscribe(
     let mut stream = open(&mut link, target).await?;
     send(&mut stream, &Request::Subscribe).await?;
     tracing::info!(relay = %target.id, "subscribed to this device's mailbox");
+    // Envelopes whose changes wait for others, taken again whenever something new applies
+    // (the relay delivers each once per subscription). Past the bound they wait for the
+    // next subscription instead.
+    let mut waiting: Vec<(u64, Vec<u8>)> = Vec::new();
     while let Some(response) = recv(&mut stream, None).await? {
         let Response::Deliver { id, envelope } = response else {
             continue;
         };
-        let taken = on_device(host, move |d, _| d.take_envelope(&envelope))
-            .await
-            .map_err(|e| RelayFailure::Broken(e.to_string()))?;
-        let ack = match taken {
-            Ok(Taken::Applied(new)) => {
-                if new > 0 {
-                    applied(new);
-                }
-                true
-            }
-            Ok(Taken::Waiting) => false,
-            Ok(Taken::Rejected(why)) => {
-                tracing::warn!(relay = %target.id, why, "dropped an envelope that cannot apply");
-                true
-            }
-            Err(e) => {
-                // Not taken (the store failed): leave it at the relay for next time.
-                tracing::warn!(error = %e, "could not take an envelope");
-                false
-            }
-        };
+        let (ack, new) = take(host, target, &envelope).await?;
         if ack {
             send(&mut stream, &Request::Ack { ids: vec![id] }).await?;
+        } else if new.is_none()
+            && waiting.iter().map(|(_, e)| e.len()).sum::<usize>() + envelope.len()
+                <= WAITING_MAX_BYTES
+        {
+            waiting.push((id, envelope));
+        }
+        let mut progress = new.unwrap_or(0);
+        while progress > 0 {
+            applied(progress);
+            progress = 0;
+            let mut still = Vec::new();
+            for (id, envelope) in std::mem::take(&mut waiting) {
+                let (ack, new) = take(host, target, &envelope).await?;
+                progress += new.unwrap_or(0);
+                if ack {
+                    send(&mut stream, &Request::Ack { ids: vec![id] }).await?;
+                } else {
+                    still.push((id, envelope));
+                }
+            }
+            waiting = still;
         }
     }
     Err(RelayFailure::Broken(
