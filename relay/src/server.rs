@@ -37,6 +37,10 @@ use crate::{Access, Limits, RelayConfig, RelayError};
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest hello: read before the client is admitted, so no larger than it must be.
+const HELLO_MAX: usize = 16 + proto::MAX_TOKEN;
+/// How long the rest of a frame may take once its first byte came.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of envelopes fetched for a subscriber at a time.
 const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often expired envelopes and idle rate buckets are swept.
@@ -77,6 +81,8 @@ impl NetworkBehaviour for ConnectionCap {
         Ok(())
     }
 
+    /// Checked again once the handshake is done: many handshakes may be under way at once,
+    /// and only established connections are counted.
     fn handle_established_inbound_connection(
         &mut self,
         _: ConnectionId,
@@ -84,6 +90,10 @@ impl NetworkBehaviour for ConnectionCap {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            self.refused.inc();
+            return Err(ConnectionDenied::new(Full));
+        }
         Ok(dummy::ConnectionHandler)
     }
 
@@ -146,6 +156,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The live subscription of each mailbox.
     subscribers: Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
+    delivering: Mutex<HashMap<Vec<u8>, tokio::task::AbortHandle>>,
     buckets: Mutex<HashMap<PeerId, Bucket>>,
     disconnect: mpsc::UnboundedSender<PeerId>,
 }
@@ -182,6 +193,20 @@ impl Shared {
         notify
     }
 
+    /// Makes `task` the one delivering `mailbox`'s envelopes, ending the one before: a client
+    /// gets one delivery task however many streams it subscribes on (each would hold a batch
+    /// of envelopes in memory for a reader that may never read).
+    fn delivering_to(&self, mailbox: &[u8], task: tokio::task::AbortHandle) {
+        let old = self
+            .delivering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(mailbox.to_vec(), task);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
     fn unsubscribe(&self, mailbox: &[u8], notify: &Arc<Notify>) {
         let mut subscribers = self
             .subscribers
@@ -192,6 +217,10 @@ impl Shared {
             .is_some_and(|n| Arc::ptr_eq(n, notify))
         {
             subscribers.remove(mailbox);
+            self.delivering
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(mailbox);
         }
     }
 
@@ -327,6 +356,7 @@ impl Relay {
             limits: config.limits,
             metrics,
             subscribers: Mutex::new(HashMap::new()),
+            delivering: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             disconnect,
         });
@@ -451,25 +481,34 @@ async fn write_frame<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// One frame, `None` at a clean end of stream; a frame over the maximum is an error before
-/// any of it is read.
-async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Vec<u8>>> {
+/// One frame of at most `max` bytes, `None` at a clean end of stream; a frame over the
+/// maximum is an error before any of it is read. The stream may be quiet between frames,
+/// but once a frame has begun the rest of it must come within [`FRAME_TIMEOUT`].
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
     let mut header = [0u8; frame::HEADER_LEN];
     if stream.read(&mut header[..1]).await? == 0 {
         return Ok(None);
     }
-    stream.read_exact(&mut header[1..]).await?;
-    let len = frame::decode_len(header, proto::MAX_FRAME)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
-    (&mut *stream)
-        .take(len as u64)
-        .read_to_end(&mut payload)
-        .await?;
-    if payload.len() < len {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(Some(payload))
+    let rest = async {
+        stream.read_exact(&mut header[1..]).await?;
+        let len = frame::decode_len(header, max)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let mut payload = Vec::with_capacity(len.min(64 * 1024));
+        (&mut *stream)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .await?;
+        if payload.len() < len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Some(payload))
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, rest)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Serves one stream: hello, then deposits, a subscription and acks.
@@ -484,16 +523,17 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
         }
         let _ = writer.close().await;
     });
-    let admitted = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader)).await {
-        Ok(Ok(Some(bytes))) => match Request::decode(&bytes) {
-            Ok(Request::Hello { version, token }) if version == proto::VERSION => {
-                shared.admits(&peer, &token)
-            }
-            Ok(Request::Hello { .. }) => Err(Refusal::Version),
+    let admitted =
+        match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader, HELLO_MAX)).await {
+            Ok(Ok(Some(bytes))) => match Request::decode(&bytes) {
+                Ok(Request::Hello { version, token }) if version == proto::VERSION => {
+                    shared.admits(&peer, &token)
+                }
+                Ok(Request::Hello { .. }) => Err(Refusal::Version),
+                _ => Err(Refusal::Malformed),
+            },
             _ => Err(Refusal::Malformed),
-        },
-        _ => Err(Refusal::Malformed),
-    };
+        };
     if let Err(why) = admitted {
         shared.metrics.refused(why);
         let _ = out.send(Response::Refused(why)).await;
@@ -510,7 +550,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
     let mailbox = peer.to_bytes();
     let mut subscription: Option<(AbortOnDrop, Arc<Notify>)> = None;
     loop {
-        let request = match read_frame(&mut reader).await {
+        let request = match read_frame(&mut reader, proto::MAX_FRAME).await {
             Ok(Some(bytes)) => Request::decode(&bytes),
             Ok(None) => break,
             Err(_) => Err(handoff_protocol::DecodeError::Invalid {
@@ -522,6 +562,9 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
             Ok(Request::Deposit { to, envelope }) => {
                 let answer = if !shared.allow_deposit(peer) {
                     Err(Refusal::RateLimited)
+                } else if PeerId::from_bytes(&to).is_err() {
+                    // No one could ever drain it.
+                    Err(Refusal::Malformed)
                 } else {
                     shared.store.deposit(to.clone(), envelope, unix_now()).await
                 };
@@ -549,6 +592,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
                         notify.clone(),
                         out.clone(),
                     ));
+                    shared.delivering_to(&mailbox, task.abort_handle());
                     subscription = Some((AbortOnDrop(task), notify));
                 }
             }

@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use handoff_protocol::relay::{Refusal, Request, Response};
 use support::{Client, Node, RelayProc, TOKEN, contains, eventually};
 
@@ -306,6 +308,54 @@ async fn a_subscribed_recipient_gets_a_deposit_at_once() {
             other => panic!("expected a delivery, got {other:?}"),
         }
     }
+
+    // A second subscription, on another stream, takes over: it gets the mailbox from the
+    // start (nothing was acknowledged) and what comes next; the first delivers no more.
+    let (mut again, _) = recipient.hello(TOKEN).await;
+    recipient.send_only(&mut again, &Request::Subscribe).await;
+    let to = recipient.peer.to_bytes();
+    for n in 0..5u8 {
+        match recipient.next(&mut again).await {
+            Some(Response::Deliver { envelope, .. }) => assert_eq!(envelope, vec![n; 32]),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        sender
+            .request(
+                &mut out,
+                &Request::Deposit {
+                    to,
+                    envelope: vec![9; 32],
+                },
+            )
+            .await,
+        Some(Response::Stored { .. })
+    ));
+    match recipient.next(&mut again).await {
+        Some(Response::Deliver { envelope, .. }) => assert_eq!(envelope, vec![9; 32]),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+    // An observation window, not a wait: the superseded stream must stay silent.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), recipient.next(&mut inbox)).await;
+    assert!(
+        quiet.is_err(),
+        "the superseded subscription delivered: {quiet:?}"
+    );
+
+    // A recipient that is not a PeerId could never be drained: refused, typed.
+    assert_eq!(
+        sender
+            .request(
+                &mut out,
+                &Request::Deposit {
+                    to: vec![7; 20],
+                    envelope: vec![1; 8],
+                },
+            )
+            .await,
+        Some(Response::Refused(Refusal::Malformed))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
