@@ -54,10 +54,12 @@ impl RelayTarget {
     pub fn of(relay: &crate::doc::Relay) -> Self {
         Self {
             id: relay.id.clone(),
+            // Only addresses that name the relay: the token and envelopes go to no one else.
             addrs: relay
                 .addrs
                 .split_whitespace()
                 .filter_map(|a| a.parse().ok())
+                .filter(super::names_peer)
                 .collect(),
             token: relay.access_token.clone().map(Zeroizing::new),
         }

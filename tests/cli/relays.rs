@@ -35,6 +35,9 @@ fn relays(home: TestHome) {
 
     // Bad input: one line, a distinct code, nothing written.
     home.run(&["relay", "add", "not-a-multiaddr"]).fails_with(2);
+    // An address that does not name the relay would hand its token to whoever answers.
+    home.run(&["relay", "add", "/ip4/127.0.0.1/tcp/4002"])
+        .fails_with(2);
     home.run(&["relay", "add", ADDR, "--token-file", "/nonexistent/token"])
         .fails_with(5);
     home.run(&["relay", "rm", "ffffffff"]).fails_with(2);
