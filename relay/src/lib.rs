@@ -83,9 +83,9 @@ pub struct Limits {
     pub max_envelope: usize,
     /// Envelopes one mailbox may hold.
     pub mailbox_envelopes: u64,
-    /// Bytes one mailbox may hold.
+    /// Bytes one mailbox may hold (bodies, and [`storage::ROW_COST`] per envelope).
     pub mailbox_bytes: u64,
-    /// Bytes the whole relay may hold.
+    /// Bytes the whole relay may hold (bodies, and [`storage::ROW_COST`] per envelope).
     pub total_bytes: u64,
     /// Deposits per second a client (PeerId) may make, sustained.
     pub deposits_per_second: f64,

@@ -54,10 +54,10 @@ enum Command {
         /// Envelopes one mailbox may hold.
         #[arg(long, default_value_t = Limits::default().mailbox_envelopes)]
         max_mailbox_envelopes: u64,
-        /// Bytes one mailbox may hold.
+        /// Bytes one mailbox may hold (each envelope counts 256 bytes besides its body).
         #[arg(long, default_value_t = Limits::default().mailbox_bytes)]
         max_mailbox_bytes: u64,
-        /// Bytes the whole relay may hold.
+        /// Bytes the whole relay may hold (each envelope counts 256 bytes besides its body).
         #[arg(long, default_value_t = Limits::default().total_bytes)]
         max_total_bytes: u64,
         /// Sustained deposits per second per client.

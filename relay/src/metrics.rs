@@ -88,7 +88,7 @@ impl Metrics {
         );
         registry.register(
             "queued_bytes",
-            "Bytes of envelopes waiting for their recipient",
+            "Bytes charged for envelopes waiting for their recipient (bodies and a fixed cost each)",
             m.queued_bytes.clone(),
         );
         Self {

@@ -201,7 +201,9 @@ impl Storage for SqliteStorage {
                 let id = i64::try_from(*id).unwrap_or(-1);
                 let mut rows = stmt.query(params![id, mailbox]).map_err(err)?;
                 if let Some(row) = rows.next().map_err(err)? {
-                    sizes.push(unsigned(row.get::<_, i64>(0).map_err(err)?));
+                    sizes.push(charged(
+                        usize::try_from(row.get::<_, i64>(0).map_err(err)?).unwrap_or(0),
+                    ));
                 }
             }
         }
@@ -247,6 +249,16 @@ impl Storage for SqliteStorage {
 }
 
 /// SQLite integers are signed; counts and sizes never are.
+/// Bytes charged against the quotas for each envelope besides its body: its recipient, row
+/// and index entries on disk. Without it, a flood of tiny envelopes would fill the disk many
+/// times over while counting as almost nothing.
+pub const ROW_COST: u64 = 256;
+
+/// What an envelope of `body_len` bytes counts against the quotas.
+fn charged(body_len: usize) -> u64 {
+    body_len as u64 + ROW_COST
+}
+
 /// Names the database in an error of SQLite's.
 fn sqlite_error(path: &str) -> impl Fn(rusqlite::Error) -> StorageError + Copy + '_ {
     move |source| StorageError::Sqlite {
@@ -265,13 +277,13 @@ fn usage_by_mailbox(
         "SELECT mailbox, count(*), sum(length(body)) FROM envelopes {filter} GROUP BY mailbox"
     ))?;
     let rows = stmt.query_map(params, |r| {
-        Ok((
-            r.get::<_, Vec<u8>>(0)?,
+        Ok((r.get::<_, Vec<u8>>(0)?, {
+            let envelopes = unsigned(r.get(1)?);
             Usage {
-                envelopes: unsigned(r.get(1)?),
-                bytes: unsigned(r.get(2)?),
-            },
-        ))
+                envelopes,
+                bytes: unsigned(r.get(2)?) + envelopes * ROW_COST,
+            }
+        }))
     })?;
     rows.collect()
 }
@@ -536,7 +548,7 @@ impl<S: Storage> Owner<S> {
         let mut accepted = Vec::new();
         let mut answers = Vec::with_capacity(batch.len());
         for (mailbox, body, at, reply) in batch {
-            let size = body.len() as u64;
+            let size = charged(body.len());
             let current = tentative
                 .get(&mailbox)
                 .copied()
@@ -586,7 +598,7 @@ impl<S: Storage> Owner<S> {
                 for (mailbox, usage) in tentative {
                     self.usage.insert(mailbox, usage);
                 }
-                let bytes: u64 = accepted.iter().map(|(_, b, _)| b.len() as u64).sum();
+                let bytes: u64 = accepted.iter().map(|(_, b, _)| charged(b.len())).sum();
                 self.totals
                     .envelopes
                     .fetch_add(accepted.len() as u64, Ordering::Relaxed);
@@ -612,8 +624,8 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             mailbox_envelopes: 3,
-            mailbox_bytes: 100,
-            total_bytes: 150,
+            mailbox_bytes: 100 + 3 * ROW_COST,
+            total_bytes: 150 + 5 * ROW_COST,
             ..Limits::default()
         }
     }
@@ -634,14 +646,16 @@ mod tests {
             Err(Refusal::MailboxFull)
         );
         assert_eq!(
-            store.deposit(b.clone(), vec![2; 101], 10).await,
+            store
+                .deposit(b.clone(), vec![2; 101 + 2 * ROW_COST as usize], 10)
+                .await,
             Err(Refusal::MailboxFull)
         );
         store.deposit(b.clone(), vec![2; 80], 10).await.unwrap();
         assert_eq!(
             store.deposit(b.clone(), vec![2; 20], 10).await,
             Err(Refusal::RelayFull),
-            "140 of 150 bytes held"
+            "140 of 150 bytes held (besides the per-envelope cost)"
         );
         // Another mailbox cannot ack a's envelopes.
         assert_eq!(store.ack(b.clone(), ids.clone()).await.unwrap(), 0);
