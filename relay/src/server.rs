@@ -539,7 +539,9 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
         let _ = out.send(Response::Refused(why)).await;
         drop(out);
         let _ = writing.await;
-        if why == Refusal::Malformed {
+        // Garbage, or a wrong token: the connection ends, so each guess at the token costs
+        // a new handshake.
+        if matches!(why, Refusal::Malformed | Refusal::Unauthorized) {
             let _ = shared.disconnect.send(peer);
         }
         return;

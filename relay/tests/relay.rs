@@ -165,6 +165,8 @@ async fn mailboxes_are_private_and_every_refusal_is_typed() {
     stranger.connect(&relay.addr).await;
     let (_, answer) = stranger.hello("not-the-token").await;
     assert_eq!(answer, Response::Refused(Refusal::Unauthorized));
+    // A wrong token ends the connection: each guess costs a new handshake.
+    stranger.closed().await;
 
     let mut owner = Client::new();
     let mut other = Client::new();
