@@ -246,9 +246,17 @@ fn a_daemon_killed_outright_leaves_nothing_that_blocks_the_next() {
     )
     .unwrap();
     // Bounded wait for the process to be gone (its lock goes with it; the socket file stays).
+    // A zombie leader is not enough: its other threads may still be exiting, holding the
+    // files they share (the listening socket among them), until the last one is gone.
     let deadline = Instant::now() + Duration::from_secs(10);
+    let exiting = || {
+        let zombie =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+        !zombie || threads > 1
+    };
     while rustix::process::test_kill_process(rustix::process::Pid::from_raw(pid).unwrap()).is_ok()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+        && exiting()
     {
         assert!(Instant::now() < deadline, "the daemon did not die");
         std::thread::sleep(Duration::from_millis(20));
