@@ -512,42 +512,16 @@ impl VaultDoc {
     /// The heads of the change set in `data` (change chunks): the changes no other change in
     /// it depends on. Whoever sent `data` holds at least these.
     pub fn heads_of_changes(data: &[u8]) -> Result<Vec<ChangeHash>, DocError> {
-        let chunks = chunks::split(data)?;
-        contain::contained(|| {
-            let mut hashes = Vec::new();
-            let mut deps = std::collections::HashSet::new();
-            for (kind, chunk) in chunks {
-                if !chunks::is_change(kind) {
-                    continue;
-                }
-                let change = automerge::Change::try_from(chunk)
-                    .map_err(|e| DocError::Damaged(e.to_string()))?;
-                deps.extend(change.deps().iter().copied());
-                hashes.push(change.hash());
-            }
-            Ok(hashes.into_iter().filter(|h| !deps.contains(h)).collect())
-        })
+        let (hashes, deps) = change_links(data)?;
+        Ok(hashes.into_iter().filter(|h| !deps.contains(h)).collect())
     }
 
     /// Whether some change in `data` (change chunks) depends on a change that is neither in
     /// `data` nor applied here.
     pub fn lacks_deps_of(&mut self, data: &[u8]) -> Result<bool, DocError> {
-        let chunks = chunks::split(data)?;
-        let (hashes, deps) = contain::contained(|| {
-            let mut hashes = std::collections::HashSet::new();
-            let mut deps = Vec::new();
-            for (kind, chunk) in chunks {
-                if !chunks::is_change(kind) {
-                    continue;
-                }
-                let change = automerge::Change::try_from(chunk)
-                    .map_err(|e| DocError::Damaged(e.to_string()))?;
-                deps.extend(change.deps().iter().copied());
-                hashes.insert(change.hash());
-            }
-            Ok((hashes, deps))
-        })?;
-        let outside: Vec<ChangeHash> = deps.into_iter().filter(|d| !hashes.contains(d)).collect();
+        let (hashes, deps) = change_links(data)?;
+        let inside: std::collections::HashSet<ChangeHash> = hashes.into_iter().collect();
+        let outside: Vec<ChangeHash> = deps.into_iter().filter(|d| !inside.contains(d)).collect();
         Ok(!self.holds(&outside))
     }
 
@@ -688,6 +662,28 @@ fn check_no_regression(before: &VaultState, after: &VaultState) -> Result<(), Do
         return Err(DocError::Regression("the current key epoch moved back"));
     }
     Ok(())
+}
+
+/// The hashes of the changes in `data` (change chunks), in order, and every change they name
+/// as a dependency.
+fn change_links(
+    data: &[u8],
+) -> Result<(Vec<ChangeHash>, std::collections::HashSet<ChangeHash>), DocError> {
+    let chunks = chunks::split(data)?;
+    contain::contained(|| {
+        let mut hashes = Vec::new();
+        let mut deps = std::collections::HashSet::new();
+        for (kind, chunk) in chunks {
+            if !chunks::is_change(kind) {
+                continue;
+            }
+            let change =
+                automerge::Change::try_from(chunk).map_err(|e| DocError::Damaged(e.to_string()))?;
+            deps.extend(change.deps().iter().copied());
+            hashes.push(change.hash());
+        }
+        Ok((hashes, deps))
+    })
 }
 
 fn fork_vault_id(doc: &AutoCommit) -> Option<VaultId> {
