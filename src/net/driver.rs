@@ -10,29 +10,35 @@
 //! The member set comes from the document: the driver re-reads it after every change (local or
 //! applied from a peer), updates the gate, ends sessions with peers that are no longer
 //! members, and starts sessions with connected members.
+//!
+//! The handle and start-up are in `handle`, the relay subscriptions and deposit rounds in
+//! `relays`; the event loop itself is here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use handoff_protocol::DeviceId;
-use handoff_protocol::pairing::{self as pair_proto, PairRefusal};
-use handoff_protocol::sync as sync_proto;
+use handoff_protocol::pairing::PairRefusal;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify};
+use libp2p::{Multiaddr, PeerId, Stream, Swarm, identify};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::behaviour::{self, Behaviour, BehaviourEvent};
-use super::gate::Gate;
+use super::behaviour::{Behaviour, BehaviourEvent};
 use super::mdns::{self, Discovery, Found, Ports};
-use super::pair::{self, Hello, Offer, OfferRequest, PairEvent, PairTicket};
-use super::relay::{self, RelayTarget};
+use super::pair::{self, Hello, Offer, PairEvent};
+use super::relay::RelayTarget;
 use super::session::{Counters, Report, Session};
-use super::{Host, MeshConfig, NetError, keypair, member_peers, on_device};
+use super::{Host, MeshConfig, NetError, member_peers, on_device};
+
+mod handle;
+mod relays;
+
+pub use handle::{Mesh, NetView, Stats};
 
 /// How long `start` waits for its listeners.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,34 +52,6 @@ const FOUND_COOLDOWN: Duration = Duration::from_secs(60);
 const HELLOS_AT_ONCE: usize = 8;
 /// How long after a broken session (on a connection that stays up) a new one starts.
 const SESSION_RETRY: Duration = Duration::from_secs(5);
-
-/// What the owner can read about the mesh at any time.
-#[derive(Debug, Clone, Default)]
-pub struct NetView {
-    pub peer_id: String,
-    /// Addresses this node listens on.
-    pub listen: Vec<String>,
-    /// Connected members and the address of a connection to each.
-    pub online: BTreeMap<DeviceId, String>,
-    /// A pairing offer waits for its joiner.
-    pub offer_open: bool,
-}
-
-/// Sync traffic so far (frame headers included), for tests and benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub frames_sent: u64,
-    pub bytes_sent: u64,
-    pub frames_received: u64,
-    pub bytes_received: u64,
-    pub refusals_sent: u64,
-    /// Connections the gate refused (non-members).
-    pub connections_refused: u64,
-    /// Envelopes left at relays for members that were offline.
-    pub envelopes_deposited: u64,
-    /// Envelopes taken from this device's mailbox and applied.
-    pub envelopes_taken: u64,
-}
 
 #[derive(Debug)]
 struct Shared {
@@ -123,15 +101,6 @@ enum Internal {
     RefreshFailed,
 }
 
-/// The running mesh. Dropping it stops the node (sessions persist their state first when
-/// [`Mesh::stop`] is used).
-#[derive(Debug)]
-pub struct Mesh {
-    commands: mpsc::Sender<Command>,
-    shared: Arc<Shared>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -141,260 +110,6 @@ impl std::fmt::Debug for Command {
             Command::CancelOffer => "CancelOffer",
             Command::Stop(_) => "Stop",
         })
-    }
-}
-
-impl Mesh {
-    /// Starts the node for `host`'s device: listens, dials what it knows, discovers on the LAN.
-    /// Returns once every listener is up.
-    pub async fn start(host: Arc<dyn Host>, config: MeshConfig) -> Result<Mesh, NetError> {
-        let secret = on_device(&host, |d, _| d.identity_secret()).await?;
-        let identity = keypair(&secret)?;
-        drop(secret);
-        let mut registry = Registry::default();
-        let counters = Arc::new(Counters::default());
-        let gate = Gate::counting(counters.connections_refused.clone());
-        let mut swarm = behaviour::build(identity.clone(), gate, &mut registry)?;
-        let listen =
-            handoff_relay::listen::listen_all(&mut swarm, &config.listen, LISTEN_TIMEOUT).await?;
-        let peer_id = *swarm.local_peer_id();
-        let mut control = swarm.behaviour().streams.new_control();
-        let (internal_tx, internal) = mpsc::unbounded_channel();
-        let sync_in = control
-            .accept(StreamProtocol::new(sync_proto::PROTOCOL))
-            .map_err(|e| NetError::Transport(e.to_string()))?;
-        let pair_in = control
-            .accept(StreamProtocol::new(pair_proto::PROTOCOL))
-            .map_err(|e| NetError::Transport(e.to_string()))?;
-        let mut helpers = tokio::task::JoinSet::new();
-        helpers.spawn(accept_sync(sync_in, internal_tx.clone()));
-        let offer_waiting = Arc::new(AtomicBool::new(false));
-        helpers.spawn(accept_pair(
-            pair_in,
-            internal_tx.clone(),
-            offer_waiting.clone(),
-        ));
-        let discovery = if config.mdns {
-            let discovery = Discovery::start()?;
-            let events = discovery.browse()?;
-            helpers.spawn(browse(events, internal_tx.clone()));
-            Some(discovery)
-        } else {
-            None
-        };
-        let shared = Arc::new(Shared {
-            peer_id,
-            view: Mutex::new(NetView {
-                peer_id: peer_id.to_string(),
-                listen: listen.iter().map(ToString::to_string).collect(),
-                online: BTreeMap::new(),
-                offer_open: false,
-            }),
-            counters,
-            registry: Mutex::new(registry),
-            nudge: watch::channel(0).0,
-            applied: watch::channel(0).0,
-        });
-        let (commands, command_rx) = mpsc::channel(16);
-        let mut driver = Driver {
-            swarm,
-            host,
-            control,
-            config,
-            shared: shared.clone(),
-            commands: command_rx,
-            internal,
-            internal_tx,
-            members: HashMap::new(),
-            connections: HashMap::new(),
-            known: Vec::new(),
-            sessions: HashMap::new(),
-            next_session: 0,
-            session_tasks: tokio::task::JoinSet::new(),
-            helpers,
-            offer: None,
-            offer_waiting,
-            pairing_runs: false,
-            discovery,
-            discovery_secret: None,
-            advertised_hour: None,
-            listen,
-            refreshing: false,
-            refresh_again: false,
-            static_peers: HashMap::new(),
-            found_dials: HashMap::new(),
-            identity,
-            relays: Vec::new(),
-            subscriptions: HashMap::new(),
-            relay_due: None,
-            relay_running: false,
-            relay_again: false,
-        };
-        driver.static_peers = driver
-            .config
-            .peers
-            .iter()
-            .map(|a| (a.clone(), None))
-            .collect();
-        // Know the members before anything can connect, so the gate never refuses one.
-        let read = read_members(&driver.host).await?;
-        driver.on_members(read);
-        let task = tokio::spawn(driver.run());
-        Ok(Mesh {
-            commands,
-            shared,
-            task: Some(task),
-        })
-    }
-
-    pub fn peer_id(&self) -> PeerId {
-        self.shared.peer_id
-    }
-
-    /// Listen addresses, who is online, this node's PeerId.
-    pub fn view(&self) -> NetView {
-        self.shared.view().clone()
-    }
-
-    /// Sync traffic so far.
-    pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
-        Stats {
-            frames_sent: c.frames_sent.load(Ordering::Relaxed),
-            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-            frames_received: c.frames_received.load(Ordering::Relaxed),
-            bytes_received: c.bytes_received.load(Ordering::Relaxed),
-            refusals_sent: c.refusals_sent.load(Ordering::Relaxed),
-            connections_refused: c.connections_refused.load(Ordering::Relaxed),
-            envelopes_deposited: c.envelopes_deposited.load(Ordering::Relaxed),
-            envelopes_taken: c.envelopes_taken.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Bytes through the transports (Noise/TLS, Yamux and all), as Prometheus text.
-    pub fn transport_metrics(&self) -> String {
-        let mut out = String::new();
-        let registry = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
-    }
-
-    /// The document changed here: every session offers the change.
-    pub fn changed(&self) {
-        self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// A receiver that changes whenever changes from a peer were applied.
-    pub fn applied(&self) -> watch::Receiver<u64> {
-        self.shared.applied.subscribe()
-    }
-
-    /// Dials an address (a member's; anyone else is refused by the gate).
-    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Dial(addr, tx)).await?;
-        rx.await.map_err(|_| NetError::Stopped)?
-    }
-
-    /// Opens a pairing offer; its events and confirmation travel through the ticket.
-    pub async fn offer(&self, request: OfferRequest) -> Result<PairTicket, NetError> {
-        let (offer, ticket) = Offer::open(request)?;
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Offer(Box::new(offer), tx)).await?;
-        rx.await.map_err(|_| NetError::Stopped)??;
-        Ok(ticket)
-    }
-
-    /// Withdraws a pairing offer still waiting for its joiner (its owner went away).
-    pub async fn cancel_offer(&self) -> Result<(), NetError> {
-        self.send(Command::CancelOffer).await
-    }
-
-    /// Closes every connection to `device`'s PeerId now.
-    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetError> {
-        self.send(Command::Disconnect(peer)).await
-    }
-
-    async fn send(&self, command: Command) -> Result<(), NetError> {
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| NetError::Stopped)
-    }
-
-    /// Stops the node: sessions persist their sync state, listeners close. Returns when done.
-    pub async fn stop(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-async fn accept_sync(
-    mut incoming: libp2p_stream::IncomingStreams,
-    internal: mpsc::UnboundedSender<Internal>,
-) {
-    while let Some((peer, stream)) = incoming.next().await {
-        if internal.send(Internal::InboundSync(peer, stream)).is_err() {
-            return;
-        }
-    }
-}
-
-/// Reads each pairing stream's `Hello` (concurrently, each under its own timeout) before the
-/// driver matches it to an offer.
-async fn accept_pair(
-    mut incoming: libp2p_stream::IncomingStreams,
-    internal: mpsc::UnboundedSender<Internal>,
-    waiting: Arc<AtomicBool>,
-) {
-    let mut hellos = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            next = incoming.next() => {
-                let Some((peer, mut stream)) = next else { return };
-                // Nothing to pair with, or strangers piling up: the stream is dropped unread.
-                if !waiting.load(Ordering::Relaxed) || hellos.len() >= HELLOS_AT_ONCE {
-                    continue;
-                }
-                hellos.spawn(async move {
-                    pair::read_hello(&mut stream).await.ok().map(|h| (peer, stream, h))
-                });
-            }
-            Some(done) = hellos.join_next(), if !hellos.is_empty() => {
-                if let Ok(Some((peer, stream, hello))) = done
-                    && internal.send(Internal::InboundPair(peer, stream, hello)).is_err()
-                {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn browse(
-    events: mdns_sd::Receiver<mdns_sd::ServiceEvent>,
-    internal: mpsc::UnboundedSender<Internal>,
-) {
-    while let Ok(event) = events.recv_async().await {
-        if let Some(found) = mdns::found(&event)
-            && internal.send(Internal::Found(found)).is_err()
-        {
-            return;
-        }
     }
 }
 
@@ -984,159 +699,6 @@ impl Driver {
                 .dial(DialOpts::unknown_peer_id().address(addr).build());
         }
     }
-}
-
-impl Driver {
-    /// Keeps one subscription per listed relay (restarted when its settings change).
-    fn keep_subscriptions(&mut self, relays: Vec<RelayTarget>) {
-        let wanted: HashMap<String, RelayTarget> = relays
-            .iter()
-            .map(|r| (r.fingerprint(), r.clone()))
-            .collect();
-        self.subscriptions.retain(|key, task| {
-            let keep = wanted.contains_key(key);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (key, target) in wanted {
-            if self.subscriptions.contains_key(&key) {
-                continue;
-            }
-            let task = tokio::spawn(keep_subscribed(
-                target,
-                self.identity.clone(),
-                self.host.clone(),
-                self.internal_tx.clone(),
-                self.shared.counters.clone(),
-            ));
-            self.subscriptions.insert(key, task);
-        }
-        self.relays = relays;
-    }
-
-    /// Asks for a relay round `after` from now (an earlier one already asked for stands).
-    fn schedule_relay(&mut self, after: Duration) {
-        if self.relays.is_empty() {
-            return;
-        }
-        if self.relay_running {
-            self.relay_again = true;
-            return;
-        }
-        let at = tokio::time::Instant::now() + after;
-        if self.relay_due.is_none_or(|due| at < due) {
-            self.relay_due = Some(at);
-        }
-    }
-
-    /// Leaves what offline members lack at every relay.
-    fn relay_round(&mut self) {
-        self.relay_due = None;
-        let offline: Vec<(DeviceId, PeerId)> = self
-            .members
-            .iter()
-            .filter(|(peer, _)| !self.swarm.is_connected(peer))
-            .map(|(peer, device)| (*device, *peer))
-            .collect();
-        if offline.is_empty() || self.relays.is_empty() {
-            return;
-        }
-        self.relay_running = true;
-        let host = self.host.clone();
-        let identity = self.identity.clone();
-        let relays = self.relays.clone();
-        let counters = self.shared.counters.clone();
-        let internal = self.internal_tx.clone();
-        tokio::spawn(async move {
-            let retry = deposit_round(&host, &identity, &relays, offline, &counters).await;
-            let _ = internal.send(Internal::RelayRoundDone { retry });
-        });
-    }
-}
-
-/// Subscribes to this device's mailbox at `target`, again after every break (backing off).
-async fn keep_subscribed(
-    target: RelayTarget,
-    identity: libp2p::identity::Keypair,
-    host: Arc<dyn Host>,
-    internal: mpsc::UnboundedSender<Internal>,
-    counters: Arc<Counters>,
-) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let started = tokio::time::Instant::now();
-        let report = internal.clone();
-        let taken = counters.clone();
-        let applied = move |_new: usize| {
-            taken.envelopes_taken.fetch_add(1, Ordering::Relaxed);
-            let _ = report.send(Internal::Session(Report::Applied));
-        };
-        if let Err(e) = relay::subscribe(&target, &identity, &host, &applied).await {
-            tracing::debug!(relay = %target.id, error = %e, "relay subscription ended");
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
-    }
-}
-
-/// One round of deposits: for each offline member, the changes it lacks, at every relay.
-/// Returns whether something should be tried again later.
-async fn deposit_round(
-    host: &Arc<dyn Host>,
-    identity: &libp2p::identity::Keypair,
-    relays: &[RelayTarget],
-    offline: Vec<(DeviceId, PeerId)>,
-    counters: &Counters,
-) -> bool {
-    let mut retry = false;
-    for (device, peer) in offline {
-        let outgoing = match on_device(host, move |d, _| d.relay_envelopes(&device)).await {
-            Ok(Ok(Some(outgoing))) => outgoing,
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot seal envelopes for a member");
-                continue;
-            }
-            Err(_) => return false,
-        };
-        let batch: Vec<(PeerId, Vec<u8>)> = outgoing
-            .envelopes
-            .iter()
-            .map(|e| (peer, e.clone()))
-            .collect();
-        let mut stored = false;
-        for target in relays {
-            match relay::deposit(target, identity, &batch).await {
-                Ok(answers) if answers.iter().all(Result::is_ok) => {
-                    counters
-                        .envelopes_deposited
-                        .fetch_add(answers.len() as u64, Ordering::Relaxed);
-                    stored = true;
-                }
-                Ok(answers) => {
-                    let refusals: Vec<&'static str> = answers
-                        .iter()
-                        .filter_map(|a| a.err().map(|r| r.name()))
-                        .collect();
-                    tracing::warn!(relay = %target.id, ?refusals, "the relay refused envelopes; they stay here");
-                    retry |= answers.iter().any(|a| a.is_err_and(|r| r.is_transient()));
-                }
-                Err(e) => {
-                    tracing::info!(relay = %target.id, error = %e, "cannot leave envelopes at a relay now");
-                    retry = true;
-                }
-            }
-        }
-        if stored {
-            let _ = on_device(host, move |d, _| d.note_relayed(&device, &outgoing)).await;
-        }
-    }
-    retry
 }
 
 /// What the driver keeps from the document: members by PeerId, the discovery secret, where
