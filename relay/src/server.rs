@@ -148,6 +148,12 @@ struct Bucket {
     at: Instant,
 }
 
+/// A mailbox's live subscription: what wakes its delivery task, and the task.
+struct Subscriber {
+    notify: Arc<Notify>,
+    task: tokio::task::AbortHandle,
+}
+
 /// What every stream task shares.
 struct Shared {
     store: Store,
@@ -155,8 +161,7 @@ struct Shared {
     limits: Limits,
     metrics: Arc<Metrics>,
     /// The live subscription of each mailbox.
-    subscribers: Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
-    delivering: Mutex<HashMap<Vec<u8>, tokio::task::AbortHandle>>,
+    subscribers: Mutex<HashMap<Vec<u8>, Subscriber>>,
     buckets: Mutex<HashMap<PeerId, Bucket>>,
     disconnect: mpsc::UnboundedSender<PeerId>,
 }
@@ -184,27 +189,34 @@ impl Shared {
         }
     }
 
-    fn subscribe(&self, mailbox: &[u8]) -> Arc<Notify> {
+    /// Starts `mailbox`'s delivery task with a new wake-up and makes it the live one, ending
+    /// the one before: a client gets one delivery task however many streams it subscribes on
+    /// (each would hold a batch of envelopes in memory for a reader that may never read).
+    fn subscribe(
+        &self,
+        mailbox: &[u8],
+        start: impl FnOnce(Arc<Notify>) -> tokio::task::JoinHandle<()>,
+    ) -> (AbortOnDrop, Arc<Notify>) {
+        // Started under the lock: a deposit's wake-up comes either before (and the task's
+        // first read finds the envelope) or after (and reaches the new task).
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let notify = Arc::new(Notify::new());
-        self.subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(mailbox.to_vec(), notify.clone());
-        notify
-    }
-
-    /// Makes `task` the one delivering `mailbox`'s envelopes, ending the one before: a client
-    /// gets one delivery task however many streams it subscribes on (each would hold a batch
-    /// of envelopes in memory for a reader that may never read).
-    fn delivering_to(&self, mailbox: &[u8], task: tokio::task::AbortHandle) {
-        let old = self
-            .delivering
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(mailbox.to_vec(), task);
+        let task = start(notify.clone());
+        let old = subscribers.insert(
+            mailbox.to_vec(),
+            Subscriber {
+                notify: notify.clone(),
+                task: task.abort_handle(),
+            },
+        );
+        drop(subscribers);
         if let Some(old) = old {
-            old.abort();
+            old.task.abort();
         }
+        (AbortOnDrop(task), notify)
     }
 
     fn unsubscribe(&self, mailbox: &[u8], notify: &Arc<Notify>) {
@@ -214,13 +226,9 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if subscribers
             .get(mailbox)
-            .is_some_and(|n| Arc::ptr_eq(n, notify))
+            .is_some_and(|s| Arc::ptr_eq(&s.notify, notify))
         {
             subscribers.remove(mailbox);
-            self.delivering
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(mailbox);
         }
     }
 
@@ -229,8 +237,8 @@ impl Shared {
             .subscribers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(notify) = subscribers.get(mailbox) {
-            notify.notify_one();
+        if let Some(subscriber) = subscribers.get(mailbox) {
+            subscriber.notify.notify_one();
         }
     }
 
@@ -356,7 +364,6 @@ impl Relay {
             limits: config.limits,
             metrics,
             subscribers: Mutex::new(HashMap::new()),
-            delivering: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             disconnect,
         });
@@ -587,15 +594,14 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
             }
             Ok(Request::Subscribe) => {
                 if subscription.is_none() {
-                    let notify = shared.subscribe(&mailbox);
-                    let task = tokio::spawn(deliver(
-                        shared.clone(),
-                        mailbox.clone(),
-                        notify.clone(),
-                        out.clone(),
-                    ));
-                    shared.delivering_to(&mailbox, task.abort_handle());
-                    subscription = Some((AbortOnDrop(task), notify));
+                    subscription = Some(shared.subscribe(&mailbox, |notify| {
+                        tokio::spawn(deliver(
+                            shared.clone(),
+                            mailbox.clone(),
+                            notify,
+                            out.clone(),
+                        ))
+                    }));
                 }
             }
             Ok(Request::Ack { ids }) => {

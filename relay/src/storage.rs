@@ -125,13 +125,6 @@ impl SqliteStorage {
             path: display.clone(),
         })
     }
-
-    fn err(&self, source: rusqlite::Error) -> StorageError {
-        StorageError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
-    }
 }
 
 impl Storage for SqliteStorage {
@@ -233,7 +226,7 @@ impl Storage for SqliteStorage {
                 r.get(0)
             })
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(sqlite_error(&self.path))
     }
 
     fn set_setting(&mut self, name: &str, value: &[u8]) -> Result<(), StorageError> {
@@ -243,7 +236,7 @@ impl Storage for SqliteStorage {
                  ON CONFLICT(name) DO UPDATE SET value = ?2",
                 params![name, value],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(sqlite_error(&self.path))?;
         Ok(())
     }
 }
@@ -538,11 +531,7 @@ impl<S: Storage> Owner<S> {
 
     /// Checks each deposit against the limits (counting the ones before it in the batch),
     /// writes the accepted ones in one transaction, then answers every one.
-    #[allow(clippy::type_complexity)]
-    fn deposit(
-        &mut self,
-        batch: Vec<(Vec<u8>, Vec<u8>, i64, oneshot::Sender<Result<u64, Refusal>>)>,
-    ) {
+    fn deposit(&mut self, batch: Vec<Waiting>) {
         let mut total = self.totals.bytes.load(Ordering::Relaxed);
         let mut tentative: HashMap<Vec<u8>, Usage> = HashMap::new();
         let mut accepted = Vec::new();
