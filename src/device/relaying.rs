@@ -77,6 +77,16 @@ impl Device {
                 "give the relay's address (a multiaddr, as `handoff-relay serve` prints it)".into(),
             ));
         }
+        // Each address must name the relay (`/p2p/<PeerId>`): otherwise whoever answers there
+        // would be handed the access token and the envelopes.
+        if let Some(bad) = addrs.split_whitespace().find(|a| {
+            !a.parse::<libp2p::Multiaddr>()
+                .is_ok_and(|a| crate::net::names_peer(&a))
+        }) {
+            return Err(DeviceError::InvalidInput(format!(
+                "'{bad}' does not name the relay: give the address ending in /p2p/<PeerId> that `handoff-relay serve` prints"
+            )));
+        }
         if token
             .is_some_and(|t| t.is_empty() || t.len() > crate::doc::schema::limits::RELAY_TOKEN_MAX)
         {

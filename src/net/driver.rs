@@ -552,7 +552,14 @@ impl Driver {
         self.members = peers;
         self.publish_online();
         self.known = known;
-        self.discovery_secret = discovery;
+        if self.discovery_secret != discovery {
+            // A removal rotated the secret: the old tag goes at once, not at the next hour.
+            self.discovery_secret = discovery;
+            self.advertised_hour = None;
+            if !first {
+                self.advertise();
+            }
+        }
         for peer in connected {
             self.ensure_session(peer);
         }

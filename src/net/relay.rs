@@ -252,34 +252,41 @@ pub(crate) async fn deposit(
     Ok(answers)
 }
 
-/// Takes one delivered envelope: whether to acknowledge it, and how many changes it brought
-/// (`None` while it waits for changes not seen yet).
+/// What to do with a delivered envelope once this device has tried to take it.
+enum Outcome {
+    /// Acknowledge it: applied (bringing `new` changes), or never applicable here.
+    Ack { new: usize },
+    /// Its changes wait for others: take it again once something new applies.
+    Wait,
+    /// Not taken (the store failed): leave it at the relay for next time.
+    Keep,
+}
+
 async fn take(
     host: &Arc<dyn Host>,
     target: &RelayTarget,
     envelope: &[u8],
-) -> Result<(bool, Option<usize>), RelayFailure> {
+) -> Result<Outcome, RelayFailure> {
     let envelope = envelope.to_vec();
     let taken = on_device(host, move |d, _| d.take_envelope(&envelope))
         .await
         .map_err(|e| RelayFailure::Broken(e.to_string()))?;
     Ok(match taken {
-        Ok(Taken::Applied(new)) => (true, Some(new)),
-        Ok(Taken::Waiting) => (false, None),
+        Ok(Taken::Applied(new)) => Outcome::Ack { new },
+        Ok(Taken::Waiting) => Outcome::Wait,
         Ok(Taken::Rejected(why)) => {
             tracing::warn!(relay = %target.id, why, "dropped an envelope that cannot apply");
-            (true, Some(0))
+            Outcome::Ack { new: 0 }
         }
         Err(e) => {
-            // Not taken (the store failed): leave it at the relay for next time.
             tracing::warn!(error = %e, "could not take an envelope");
-            (false, Some(0))
+            Outcome::Keep
         }
     })
 }
 
 /// Drains this device's mailbox at `target` and stays subscribed, applying what arrives,
-/// until the connection breaks. `applied` is called after changes were applied.
+/// until the connection breaks. `applied` is called for each envelope that brought new changes.
 pub(crate) async fn subscribe(
     target: &RelayTarget,
     identity: &Keypair,
@@ -298,27 +305,36 @@ pub(crate) async fn subscribe(
         let Response::Deliver { id, envelope } = response else {
             continue;
         };
-        let (ack, new) = take(host, target, &envelope).await?;
-        if ack {
-            send(&mut stream, &Request::Ack { ids: vec![id] }).await?;
-        } else if new.is_none()
-            && waiting.iter().map(|(_, e)| e.len()).sum::<usize>() + envelope.len()
-                <= WAITING_MAX_BYTES
-        {
-            waiting.push((id, envelope));
-        }
-        let mut progress = new.unwrap_or(0);
-        while progress > 0 {
-            applied(progress);
-            progress = 0;
+        let mut progress = match take(host, target, &envelope).await? {
+            Outcome::Ack { new } => {
+                send(&mut stream, &Request::Ack { ids: vec![id] }).await?;
+                if new > 0 {
+                    applied(new);
+                }
+                new > 0
+            }
+            Outcome::Wait => {
+                let held: usize = waiting.iter().map(|(_, e)| e.len()).sum();
+                if held + envelope.len() <= WAITING_MAX_BYTES {
+                    waiting.push((id, envelope));
+                }
+                false
+            }
+            Outcome::Keep => false,
+        };
+        while progress {
+            progress = false;
             let mut still = Vec::new();
             for (id, envelope) in std::mem::take(&mut waiting) {
-                let (ack, new) = take(host, target, &envelope).await?;
-                progress += new.unwrap_or(0);
-                if ack {
-                    send(&mut stream, &Request::Ack { ids: vec![id] }).await?;
-                } else {
-                    still.push((id, envelope));
+                match take(host, target, &envelope).await? {
+                    Outcome::Ack { new } => {
+                        send(&mut stream, &Request::Ack { ids: vec![id] }).await?;
+                        if new > 0 {
+                            applied(new);
+                            progress = true;
+                        }
+                    }
+                    Outcome::Wait | Outcome::Keep => still.push((id, envelope)),
                 }
             }
             waiting = still;
