@@ -21,7 +21,6 @@
 //! - `mdns`: LAN discovery with mDNS/DNS-SD.
 //! - `relay`: the client side of the blind relay: deposits for offline members, this
 //!   device's mailbox drained and acknowledged once applied.
-//! - `wire`: reading and writing frames on a stream.
 
 mod behaviour;
 pub mod code;
@@ -31,7 +30,6 @@ mod mdns;
 pub mod pair;
 mod relay;
 mod session;
-mod wire;
 
 pub use code::{LinkHints, PairCode};
 pub use driver::{Mesh, NetView, Stats};

@@ -15,14 +15,15 @@
 //! - [`storage`]: the durable store (SQLite behind a trait) and its quota accounting.
 //! - `server`: the libp2p node, the connection cap, and one task per stream.
 //! - `metrics`: counters and the Prometheus text endpoint.
-//! - [`listen`]: starting listeners and waiting for their addresses (the handoff node uses it
-//!   too).
+//! - [`listen`]: starting listeners and waiting for their addresses, and [`wire`]: frames on
+//!   a stream (the handoff node uses both).
 #![forbid(unsafe_code)]
 
 pub mod listen;
 mod metrics;
 mod server;
 pub mod storage;
+pub mod wire;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

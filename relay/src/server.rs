@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use handoff_protocol::frame;
 use handoff_protocol::relay::{self as proto, Refusal, Request, Response};
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
@@ -31,6 +30,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::storage::{SqliteStorage, Storage, Store};
+use crate::wire;
 use crate::{Access, Limits, RelayConfig, RelayError};
 
 /// How long the listeners have to come up.
@@ -482,40 +482,16 @@ async fn write_frame<S: AsyncWrite + Unpin>(
     stream: &mut S,
     response: &Response,
 ) -> std::io::Result<()> {
-    let bytes = frame::encode(&response.encode(), proto::MAX_FRAME)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    stream.write_all(&bytes).await?;
-    stream.flush().await
+    wire::write_frame(stream, &response.encode(), proto::MAX_FRAME).await
 }
 
-/// One frame of at most `max` bytes, `None` at a clean end of stream; a frame over the
-/// maximum is an error before any of it is read. The stream may be quiet between frames,
-/// but once a frame has begun the rest of it must come within [`FRAME_TIMEOUT`].
+/// One frame of at most `max` bytes, `None` at a clean end of stream; once a frame has begun
+/// the rest of it must come within [`FRAME_TIMEOUT`].
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     max: usize,
 ) -> std::io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; frame::HEADER_LEN];
-    if stream.read(&mut header[..1]).await? == 0 {
-        return Ok(None);
-    }
-    let rest = async {
-        stream.read_exact(&mut header[1..]).await?;
-        let len = frame::decode_len(header, max)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        let mut payload = Vec::with_capacity(len.min(64 * 1024));
-        (&mut *stream)
-            .take(len as u64)
-            .read_to_end(&mut payload)
-            .await?;
-        if payload.len() < len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(Some(payload))
-    };
-    tokio::time::timeout(FRAME_TIMEOUT, rest)
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    wire::read_frame_within(stream, max, FRAME_TIMEOUT).await
 }
 
 /// Serves one stream: hello, then deposits, a subscription and acks.

@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use handoff_protocol::DeviceId;
 use handoff_protocol::pairing::{self as proto, PairMessage, PairRefusal, Sealed, WelcomeBody};
+use handoff_relay::wire::{read_frame, write_frame};
 use libp2p::{PeerId, Stream};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use super::code::PairCode;
-use super::wire::{read_frame, write_frame};
 use super::{Host, NetError, on_device};
 use crate::device::{DeviceError, Joiner, Unlocked};
 use crate::doc::{Member, Role};

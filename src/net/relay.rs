@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use handoff_protocol::relay::{self as proto, Refusal, Request, Response};
+use handoff_relay::wire::{read_frame, write_frame};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
@@ -22,7 +23,6 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use zeroize::Zeroizing;
 
-use super::wire::{read_frame, write_frame};
 use super::{Host, behaviour, on_device};
 use crate::device::Taken;
 

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use handoff_protocol::DeviceId;
 use handoff_protocol::sync::{self as proto, Refusal, SyncFrame};
+use handoff_relay::wire::{read_frame, write_frame};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::wire::{read_frame, write_frame};
 use super::{Host, on_device};
 use crate::device::SyncRefusal;
 
