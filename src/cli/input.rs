@@ -204,7 +204,7 @@ pub fn relay_token(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
         SMALL_SECRET_MAX,
     )?);
     let token = Zeroizing::new(line.trim_ascii().to_vec());
-    if token.is_empty() || token.len() > 255 {
+    if token.is_empty() || token.len() > crate::doc::schema::limits::RELAY_TOKEN_MAX {
         return Err(CliError::Usage(format!(
             "the access token in {} must be one line of 1 to 255 bytes",
             path.display()

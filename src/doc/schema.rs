@@ -25,7 +25,7 @@ pub mod limits {
     pub const AUDIT_MAX: usize = 512;
     pub const RELAYS_MAX: usize = 16;
     pub const RELAY_ADDRS_MAX: usize = 2048;
-    pub const RELAY_TOKEN_MAX: usize = 255;
+    pub const RELAY_TOKEN_MAX: usize = handoff_protocol::relay::MAX_TOKEN;
     /// Largest document accepted from a file or a peer, in bytes.
     pub const DOC_BYTES_MAX: usize = 64 * 1024 * 1024;
 }
