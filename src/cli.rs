@@ -608,6 +608,17 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
     .map(|()| 0)
 }
 
+/// Only an admin device can open a pairing offer.
+pub(crate) fn require_adder(device: &crate::device::Device) -> Result<(), CliError> {
+    if device.is_admin() {
+        Ok(())
+    } else {
+        Err(CliError::Usage(
+            "only an admin device can add devices; run `handoff peer add` on an admin".into(),
+        ))
+    }
+}
+
 /// What every command needs besides its own arguments.
 #[derive(Debug)]
 pub(crate) struct Context {

@@ -184,6 +184,26 @@ pub struct OfferView {
     pub expires_at: i64,
 }
 
+impl OfferView {
+    /// What `peer add` shows of `ticket`, an offer `mesh` opened (with the link for a QR code
+    /// when `qr`).
+    pub fn of(ticket: &crate::net::PairTicket, mesh: &crate::net::Mesh, qr: bool) -> OfferView {
+        let view = mesh.view();
+        let link = qr.then(|| {
+            let addrs: Vec<crate::net::Multiaddr> =
+                view.listen.iter().filter_map(|a| a.parse().ok()).collect();
+            ticket.code.link(&mesh.peer_id(), &addrs).to_string()
+        });
+        OfferView {
+            code: ticket.code.text().to_string(),
+            link,
+            peer_id: view.peer_id,
+            addrs: view.listen,
+            expires_at: ticket.expires_at,
+        }
+    }
+}
+
 /// One step of a pairing, as `peer add` follows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PairStep {

@@ -308,11 +308,7 @@ async fn pair_offer(
     let shared = daemon.state.clone();
     let key = tokio::task::spawn_blocking(move || {
         let mut state = lock_state(&shared);
-        if !state.device.is_admin() {
-            return Err(CliError::Usage(
-                "only an admin device can add devices; run `handoff peer add` on an admin".into(),
-            ));
-        }
+        crate::cli::require_adder(&state.device)?;
         state.key_copy(passphrase)
     })
     .await
@@ -328,17 +324,7 @@ async fn pair_offer(
             key,
         })
         .await?;
-    let view = daemon.mesh.view();
-    let addrs: Vec<crate::net::Multiaddr> =
-        view.listen.iter().filter_map(|a| a.parse().ok()).collect();
-    let link = qr.then(|| ticket.code.link(&daemon.mesh.peer_id(), &addrs).to_string());
-    let offered = OfferView {
-        code: ticket.code.text().to_string(),
-        link,
-        peer_id: view.peer_id,
-        addrs: view.listen,
-        expires_at: ticket.expires_at,
-    };
+    let offered = OfferView::of(&ticket, &daemon.mesh, qr);
     *daemon.pairing.events.lock().await = Some(ticket.events);
     *daemon
         .pairing

@@ -77,11 +77,7 @@ impl Offerer {
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let mesh_config = config.net.mesh(&args.listen, args.no_mdns)?;
         let device = Device::open(ctx.home.clone())?;
-        if !device.is_admin() {
-            return Err(CliError::Usage(
-                "only an admin device can add devices; run `handoff peer add` on an admin".into(),
-            ));
-        }
+        super::require_adder(&device)?;
         let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
         let key = device.unlock(&passphrase)?;
         let offer_key = key.duplicate();
@@ -101,18 +97,7 @@ impl Offerer {
                 .await?;
             Ok::<_, crate::net::NetError>((mesh, ticket))
         })?;
-        let view = mesh.view();
-        let addrs: Vec<crate::net::Multiaddr> =
-            view.listen.iter().filter_map(|a| a.parse().ok()).collect();
-        let offered = OfferView {
-            code: ticket.code.text().to_string(),
-            link: args
-                .qr
-                .then(|| ticket.code.link(&mesh.peer_id(), &addrs).to_string()),
-            peer_id: view.peer_id,
-            addrs: view.listen,
-            expires_at: ticket.expires_at,
-        };
+        let offered = OfferView::of(&ticket, &mesh, args.qr);
         Ok((
             Offerer::Direct {
                 runtime,
