@@ -6,6 +6,7 @@
 //! - [`vault`]: keys, passphrase and recovery, DEK epochs, token sealing (crypto only).
 //! - [`doc`]: the Automerge vault document: schema, typed reads and writes, validation.
 //! - [`store`]: SQLite persistence of device keys, the document and per-peer sync state.
+//! - [`entropy`]: the one source of randomness and record time (seedable in tests).
 //! - [`home`]: the home directory, its permissions, the one-owner lock, process hardening.
 //! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon;
 //!   membership (admit, remove with rotation, upkeep) and per-peer sync sessions.
@@ -25,6 +26,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod doc;
+pub mod entropy;
 pub mod home;
 pub mod net;
 pub mod spawn;

@@ -70,14 +70,14 @@ pub enum VaultError {
 /// Fills a fresh array from the OS random generator.
 pub fn random_array<const N: usize>() -> Result<[u8; N], VaultError> {
     let mut out = [0u8; N];
-    getrandom::fill(&mut out).map_err(|e| VaultError::Random(e.to_string()))?;
+    crate::entropy::fill(&mut out).map_err(|e| VaultError::Random(e.to_string()))?;
     Ok(out)
 }
 
 /// A fresh random 32-byte secret key.
 pub fn random_key() -> Result<Key32, VaultError> {
     let mut key = SecretBox::new(Box::new([0u8; 32]));
-    getrandom::fill(secrecy::ExposeSecretMut::expose_secret_mut(&mut key))
+    crate::entropy::fill(secrecy::ExposeSecretMut::expose_secret_mut(&mut key).as_mut_slice())
         .map_err(|e| VaultError::Random(e.to_string()))?;
     Ok(key)
 }
