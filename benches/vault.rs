@@ -153,13 +153,13 @@ fn sync_until_quiet(a: &mut VaultDoc, b: &mut VaultDoc) -> (usize, usize) {
     let (mut bytes, mut messages) = (0, 0);
     for _ in 0..64 {
         let mut moved = false;
-        if let Some(m) = a.sync_message(&mut sa) {
+        if let Some(m) = a.sync_message(&mut sa, true) {
             bytes += m.len();
             messages += 1;
             b.receive_sync(&mut sb, &m).unwrap();
             moved = true;
         }
-        if let Some(m) = b.sync_message(&mut sb) {
+        if let Some(m) = b.sync_message(&mut sb, true) {
             bytes += m.len();
             messages += 1;
             a.receive_sync(&mut sa, &m).unwrap();

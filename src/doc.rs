@@ -69,9 +69,7 @@ pub struct VaultDoc {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    crate::entropy::now()
 }
 
 /// The Automerge actor a device writes with: its device id.
@@ -236,16 +234,24 @@ impl VaultDoc {
     }
 
     /// The next Automerge sync message for a peer, or `None` when it has nothing to learn.
-    /// The peer's side of the state comes from its messages, so the engine runs contained here
-    /// too: on a failure the session starts afresh instead of the process going down.
-    pub fn sync_message(&mut self, state: &mut automerge::sync::State) -> Option<Vec<u8>> {
+    /// Without `with_changes`, the message says only what this document has and needs (its
+    /// heads, a summary, requests), so a peer that refuses our changes can still send us its
+    /// own. The peer's side of the state comes from its messages, so the engine runs contained
+    /// here too: on a failure the session starts afresh instead of the process going down.
+    pub fn sync_message(
+        &mut self,
+        state: &mut automerge::sync::State,
+        with_changes: bool,
+    ) -> Option<Vec<u8>> {
         use automerge::sync::SyncDoc;
         let doc = &mut self.doc;
         let generated = contain::contained(|| {
-            Ok(doc
-                .sync()
-                .generate_sync_message(state)
-                .map(automerge::sync::Message::encode))
+            Ok(doc.sync().generate_sync_message(state).map(|mut message| {
+                if !with_changes {
+                    message.changes = Vec::<Vec<u8>>::new().into();
+                }
+                message.encode()
+            }))
         });
         generated.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "could not build a sync message; starting the session afresh");

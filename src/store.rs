@@ -74,7 +74,15 @@ const MIGRATIONS: &[&str] = &[
     // of the envelopes sealed for it.
     "ALTER TABLE peer_sync ADD COLUMN known_heads BLOB;
      ALTER TABLE peer_sync ADD COLUMN relay_seq INTEGER NOT NULL DEFAULT 0;",
+    // 4: since when, and why, this device and a peer cannot converge (a change one of them
+    // refuses), for `status` and `peer list`.
+    "ALTER TABLE peer_sync ADD COLUMN out_of_sync_since INTEGER;
+     ALTER TABLE peer_sync ADD COLUMN out_of_sync_why TEXT;",
 ];
+
+/// What `peers` returns of each peer: device, last seen, addresses, and since when and why
+/// the two are out of sync.
+pub type PeerRow = (DeviceId, i64, Option<String>, Option<(i64, String)>);
 
 /// A peer's persisted sync state, when it was last seen (Unix seconds) and its address.
 pub type PeerSync = (Vec<u8>, i64, Option<String>);
@@ -377,11 +385,14 @@ impl Store {
         Ok(())
     }
 
-    /// Every peer with a sync row: device, last seen, addresses.
-    pub fn peers(&self) -> Result<Vec<(DeviceId, i64, Option<String>)>, StoreError> {
+    /// Every peer with a sync row.
+    pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT device_id, seen_at, addr FROM peer_sync ORDER BY device_id")
+            .prepare(
+                "SELECT device_id, seen_at, addr, out_of_sync_since, out_of_sync_why
+                 FROM peer_sync ORDER BY device_id",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -389,6 +400,8 @@ impl Store {
                     r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             })
             .map_err(|e| self.err(e))?
@@ -396,8 +409,48 @@ impl Store {
             .map_err(|e| self.err(e))?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, seen, addr)| Some((DeviceId::from_slice(&id).ok()?, seen, addr)))
+            .filter_map(|(id, seen, addr, since, why)| {
+                let out = since.map(|t| (t, why.unwrap_or_default()));
+                Some((DeviceId::from_slice(&id).ok()?, seen, addr, out))
+            })
             .collect())
+    }
+
+    /// Whether this device and `device` are recorded out of sync.
+    pub fn is_out_of_sync(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        use rusqlite::OptionalExtension;
+        let since: Option<Option<i64>> = self
+            .conn
+            .query_row(
+                "SELECT out_of_sync_since FROM peer_sync WHERE device_id = ?1",
+                [device.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(since.flatten().is_some())
+    }
+
+    /// Records that this device and `device` cannot converge since `since`, because `why`
+    /// (keeping an earlier `since`); `None` clears it.
+    pub fn set_out_of_sync(
+        &self,
+        device: &DeviceId,
+        out: Option<(i64, &str)>,
+    ) -> Result<(), StoreError> {
+        let (since, why) = out.map_or((None, None), |(t, w)| (Some(t), Some(w)));
+        self.conn
+            .execute(
+                "INSERT INTO peer_sync (device_id, state, seen_at, out_of_sync_since, out_of_sync_why)
+                 VALUES (?1, x'', 0, ?2, ?3)
+                 ON CONFLICT(device_id) DO UPDATE SET
+                 out_of_sync_since = CASE WHEN ?2 IS NULL THEN NULL
+                     ELSE coalesce(out_of_sync_since, ?2) END,
+                 out_of_sync_why = ?3",
+                rusqlite::params![device.as_bytes().as_slice(), since, why],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Records where a peer can be reached, keeping its sync state.

@@ -5,11 +5,15 @@
 //!
 //! ```text
 //! sync-frame = %x01 automerge-sync-message      ; Automerge's own sync message, opaque here
-//!            / %x02 refusal(u8)                 ; the last message was not taken
+//!            / %x02 refusal(u8) [count(u8) head(32)*count]   ; a message was not taken
 //! refusal    = 1 (not a member) / 2 (changes refused) / 3 (malformed)
 //! ```
-//! A refusal tells the sender to stop offering until its document changes (the receiver
-//! starts its side of the session afresh), so a change no member accepts does not loop.
+//! A refusal names the heads the refused message was written at (the heads field of the
+//! Automerge message; none if it did not parse; an older peer sends no count). The sender
+//! stops offering while its document is still at those heads (the receiver starts its side
+//! of the session afresh), so a change no member accepts does not loop; if its document has
+//! moved on since (a refusal can cross a newer message on the wire), it starts afresh at
+//! once, so a refusal never ends in silence while there is something new to offer.
 
 use crate::DecodeError;
 
@@ -58,20 +62,25 @@ impl Refusal {
     }
 }
 
+/// Heads a refusal names at most (a document has a handful; more are sent as none).
+pub const MAX_REFUSED_HEADS: usize = 255;
+
 /// One message on a sync stream.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SyncFrame {
     /// An Automerge sync message.
     Sync(Vec<u8>),
-    /// The receiver refused the last message.
-    Refused(Refusal),
+    /// The receiver refused a message, written at `heads` (empty: unknown).
+    Refused { why: Refusal, heads: Vec<[u8; 32]> },
 }
 
 impl std::fmt::Debug for SyncFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SyncFrame::Sync(m) => write!(f, "Sync({} bytes)", m.len()),
-            SyncFrame::Refused(r) => write!(f, "Refused({r:?})"),
+            SyncFrame::Refused { why, heads } => {
+                write!(f, "Refused({why:?}, {} heads)", heads.len())
+            }
         }
     }
 }
@@ -81,7 +90,7 @@ impl SyncFrame {
     pub fn encoded_len(&self) -> usize {
         match self {
             SyncFrame::Sync(m) => 1 + m.len(),
-            SyncFrame::Refused(_) => 2,
+            SyncFrame::Refused { heads, .. } => 3 + 32 * heads.len(),
         }
     }
 
@@ -93,9 +102,19 @@ impl SyncFrame {
                 out.push(TAG_SYNC);
                 out.extend_from_slice(m);
             }
-            SyncFrame::Refused(r) => {
+            SyncFrame::Refused { why, heads } => {
                 out.push(TAG_REFUSED);
-                out.push(r.code());
+                out.push(why.code());
+                // Callers keep to MAX_REFUSED_HEADS; past it, say nothing rather than lie.
+                let heads = if heads.len() > MAX_REFUSED_HEADS {
+                    &[][..]
+                } else {
+                    &heads[..]
+                };
+                out.push(heads.len() as u8);
+                for h in heads {
+                    out.extend_from_slice(h);
+                }
             }
         }
         out
@@ -124,18 +143,36 @@ impl SyncFrame {
                 what: WHAT,
                 needed: 1,
             }),
-            [TAG_REFUSED, code] => {
-                Refusal::from_code(*code)
-                    .map(SyncFrame::Refused)
-                    .ok_or(DecodeError::Invalid {
-                        what: WHAT,
-                        reason: "unknown refusal code",
-                    })
+            [TAG_REFUSED, code, rest @ ..] => {
+                let why = Refusal::from_code(*code).ok_or(DecodeError::Invalid {
+                    what: WHAT,
+                    reason: "unknown refusal code",
+                })?;
+                let heads = match rest {
+                    // An older peer names no heads.
+                    [] => Vec::new(),
+                    [count, hashes @ ..] => {
+                        let count = usize::from(*count);
+                        if hashes.len() < 32 * count {
+                            return Err(DecodeError::Incomplete {
+                                what: WHAT,
+                                needed: 32 * count - hashes.len(),
+                            });
+                        }
+                        if hashes.len() > 32 * count {
+                            return Err(DecodeError::Invalid {
+                                what: WHAT,
+                                reason: "a refusal runs past its heads",
+                            });
+                        }
+                        hashes
+                            .chunks_exact(32)
+                            .map(|h| <[u8; 32]>::try_from(h).unwrap_or([0; 32]))
+                            .collect()
+                    }
+                };
+                Ok(SyncFrame::Refused { why, heads })
             }
-            [TAG_REFUSED, ..] => Err(DecodeError::Invalid {
-                what: WHAT,
-                reason: "a refusal is one byte",
-            }),
             _ => Err(DecodeError::Invalid {
                 what: WHAT,
                 reason: "unknown message tag",
@@ -152,12 +189,15 @@ mod tests {
     fn frames() -> impl Strategy<Value = SyncFrame> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 1..512).prop_map(SyncFrame::Sync),
-            prop_oneof![
-                Just(Refusal::NotAMember),
-                Just(Refusal::ChangesRefused),
-                Just(Refusal::Malformed)
-            ]
-            .prop_map(SyncFrame::Refused),
+            (
+                prop_oneof![
+                    Just(Refusal::NotAMember),
+                    Just(Refusal::ChangesRefused),
+                    Just(Refusal::Malformed)
+                ],
+                proptest::collection::vec(any::<[u8; 32]>(), 0..4)
+            )
+                .prop_map(|(why, heads)| SyncFrame::Refused { why, heads }),
         ]
     }
 
@@ -197,5 +237,26 @@ mod tests {
             SyncFrame::decode(&[TAG_SYNC]),
             Err(DecodeError::Invalid { .. })
         ));
+        assert!(matches!(
+            SyncFrame::decode(&[TAG_REFUSED, 2, 1, 0]),
+            Err(DecodeError::Incomplete { .. })
+        ));
+        let mut long = vec![TAG_REFUSED, 2, 0];
+        long.push(9);
+        assert!(matches!(
+            SyncFrame::decode(&long),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn a_refusal_from_an_older_peer_names_no_heads() {
+        assert_eq!(
+            SyncFrame::decode(&[TAG_REFUSED, 2]).unwrap(),
+            SyncFrame::Refused {
+                why: Refusal::ChangesRefused,
+                heads: Vec::new()
+            }
+        );
     }
 }

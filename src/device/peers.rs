@@ -26,6 +26,9 @@ pub struct PeerSeen {
     pub seen_at: i64,
     /// The addresses it was last reachable at (space-separated multiaddrs).
     pub addr: Option<String>,
+    /// Since when (Unix seconds), and why, the two cannot converge: one refuses a change the
+    /// other holds. Cleared once they hold the same heads.
+    pub out_of_sync: Option<(i64, String)>,
 }
 
 /// One peer's sync session.
@@ -34,9 +37,13 @@ pub(super) struct Session {
     /// Which opening this is: a late close of an older session must not end a newer one.
     token: u64,
     state: State,
-    /// Set when the peer refused our last message: our heads then. Nothing more is offered
-    /// until they change, so a refusal that nothing here can fix does not loop.
+    /// Set when the peer refused a message written at our current heads: those heads.
+    /// Nothing more is offered until they change, so a refusal that nothing here can fix does
+    /// not loop.
     paused_at: Option<Vec<ChangeHash>>,
+    /// Whether the store records the two as out of sync (a mirror, so clearing costs a write
+    /// only when there is something to clear).
+    out_of_sync: bool,
 }
 
 impl Session {
@@ -71,6 +78,10 @@ impl Device {
         self.store
             .save_peer_sync(&peer, &state.encode(), unix_now(), addr)
             .map_err(DeviceError::from)?;
+        let out_of_sync = self
+            .store
+            .is_out_of_sync(&peer)
+            .map_err(DeviceError::from)?;
         self.next_session += 1;
         let token = self.next_session;
         self.sessions.insert(
@@ -79,6 +90,7 @@ impl Device {
                 token,
                 state,
                 paused_at: None,
+                out_of_sync,
             },
         );
         Ok(token)
@@ -105,13 +117,51 @@ impl Device {
         }
     }
 
-    /// `peer` refused our last message: offer nothing more until this document changes, then
-    /// offer everything afresh.
-    pub fn sync_refused(&mut self, peer: &DeviceId) {
+    /// `peer` refused a message of ours written at `refused_at` (empty: unknown, taken as
+    /// now). If this document is still there, nothing more is offered until it changes, and
+    /// the two are recorded out of sync; if it has moved on since (the refusal crossed a newer
+    /// message), the session starts afresh at once and offers everything again. Either way a
+    /// refusal never leaves the two silent while this side has something new.
+    pub fn sync_refused(&mut self, peer: &DeviceId, refused_at: &[[u8; 32]], why: &str) {
         let heads = self.doc.heads();
-        if let Some(session) = self.sessions.get_mut(peer) {
-            session.paused_at = Some(heads);
+        let mut at: Vec<ChangeHash> = refused_at.iter().map(|h| ChangeHash(*h)).collect();
+        if at.is_empty() {
+            at.clone_from(&heads);
         }
+        at.sort();
+        let mut now = heads.clone();
+        now.sort();
+        let Some(session) = self.sessions.get_mut(peer) else {
+            return;
+        };
+        session.restart();
+        if at == now {
+            session.paused_at = Some(heads);
+            self.mark_out_of_sync(peer, Some(why));
+        }
+    }
+
+    /// Records (or, with `None`, clears) that this device and `peer` cannot converge.
+    fn mark_out_of_sync(&mut self, peer: &DeviceId, why: Option<&str>) {
+        let Some(session) = self.sessions.get_mut(peer) else {
+            return;
+        };
+        if why.is_none() && !session.out_of_sync {
+            return;
+        }
+        session.out_of_sync = why.is_some();
+        let out = why.map(|w| (unix_now(), w));
+        if let Err(e) = self.store.set_out_of_sync(peer, out) {
+            tracing::warn!(error = %e, "cannot record a peer's sync standing");
+        }
+    }
+
+    /// The heads a sync message says its sender was at (empty if it does not parse), to
+    /// name in a refusal.
+    pub fn sync_message_heads(message: &[u8]) -> Vec<[u8; 32]> {
+        automerge::sync::Message::decode(message)
+            .map(|m| m.heads.iter().map(|h| h.0).collect())
+            .unwrap_or_default()
     }
 
     /// The next message for `peer`, if it has anything to learn.
@@ -124,15 +174,19 @@ impl Device {
         }
         let heads = self.doc.heads();
         let session = self.sessions.get_mut(peer)?;
-        match &session.paused_at {
-            Some(at) if *at == heads => return None,
+        let with_changes = match &session.paused_at {
+            // Still where the peer refused us: tell it what we have and need, so it can send
+            // us what we lack (that may be what makes our changes acceptable to it), but do
+            // not offer again the changes it refused.
+            Some(at) if *at == heads => false,
             Some(_) => {
                 session.paused_at = None;
                 session.restart();
+                true
             }
-            None => {}
-        }
-        self.doc.sync_message(&mut session.state)
+            None => true,
+        };
+        self.doc.sync_message(&mut session.state, with_changes)
     }
 
     /// Applies `peer`'s sync message: validated as a whole, persisted before it returns.
@@ -143,18 +197,42 @@ impl Device {
             return Err(SyncRefusal::NotAMember(*peer));
         }
         let session = self.sessions.entry(*peer).or_default();
-        let new = self
-            .doc
-            .receive_sync(&mut session.state, message)
-            .map_err(DeviceError::from)?;
+        let new = match self.doc.receive_sync(&mut session.state, message) {
+            Ok(new) => new,
+            Err(e) => {
+                let reason = format!("this device refuses its changes ({e})");
+                self.mark_out_of_sync(peer, Some(&reason));
+                return Err(DeviceError::from(e).into());
+            }
+        };
         if new > 0 {
             self.persist()?;
             self.vouch()?;
         }
+        self.clear_if_in_sync(peer);
         // The sync state itself is saved when the session closes: losing it to a crash costs
         // only a longer exchange next time, while saving it here would cost a disk flush per
         // message.
         Ok(new)
+    }
+
+    /// Clears the out-of-sync mark once this device and `peer` hold the same heads.
+    fn clear_if_in_sync(&mut self, peer: &DeviceId) {
+        let Some(session) = self.sessions.get(peer) else {
+            return;
+        };
+        if !session.out_of_sync {
+            return;
+        }
+        let mut ours = self.doc.heads();
+        ours.sort();
+        let theirs = session.state.their_heads.clone().map(|mut h| {
+            h.sort();
+            h
+        });
+        if theirs.as_ref() == Some(&ours) {
+            self.mark_out_of_sync(peer, None);
+        }
     }
 
     /// Every peer this device has synced with.
@@ -163,10 +241,11 @@ impl Device {
             .store
             .peers()?
             .into_iter()
-            .map(|(device, seen_at, addr)| PeerSeen {
+            .map(|(device, seen_at, addr, out_of_sync)| PeerSeen {
                 device,
                 seen_at,
                 addr,
+                out_of_sync,
             })
             .collect())
     }

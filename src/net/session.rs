@@ -175,12 +175,20 @@ impl Session {
                 }
                 Some(frame) = frames.recv() => match frame {
                     Ok(SyncFrame::Sync(message)) => offer = self.receive(&mut out, message).await?,
-                    Ok(SyncFrame::Refused(why)) => {
+                    Ok(SyncFrame::Refused { why, heads }) => {
                         tracing::info!(peer = %self.peer, ?why, "a peer refused our changes");
-                        let _ = on_device(&self.host, move |d, _| d.sync_refused(&device)).await;
+                        let reason = refusal_text(why);
+                        let _ = on_device(&self.host, move |d, _| {
+                            d.sync_refused(&device, &heads, reason);
+                        })
+                        .await;
+                        // Paused if our document is where the refused message was written;
+                        // otherwise the session started afresh and has something to offer.
+                        offer = true;
                     }
                     Err(()) => {
-                        let _ = self.send(&mut out, &SyncFrame::Refused(Refusal::Malformed)).await;
+                        let malformed = SyncFrame::Refused { why: Refusal::Malformed, heads: Vec::new() };
+                        let _ = self.send(&mut out, &malformed).await;
                         return Err(End::Broken("the peer's stream failed"));
                     }
                 },
@@ -192,6 +200,7 @@ impl Session {
     /// Applies one message; returns whether to offer one back.
     async fn receive(&mut self, out: &mut Stream, message: Vec<u8>) -> Result<bool, End> {
         let device = self.device;
+        let heads = crate::device::Device::sync_message_heads(&message);
         let result = on_device(&self.host, move |d, key| {
             let received = d.sync_receive(&device, &message);
             if let (Ok(new), Some(key)) = (&received, key)
@@ -213,18 +222,25 @@ impl Session {
                 Ok(true)
             }
             Err(SyncRefusal::NotAMember(_)) => {
-                let _ = self
-                    .send(out, &SyncFrame::Refused(Refusal::NotAMember))
-                    .await;
+                let refused = SyncFrame::Refused {
+                    why: Refusal::NotAMember,
+                    heads,
+                };
+                let _ = self.send(out, &refused).await;
                 Err(End::NotMember)
             }
             Err(SyncRefusal::Device(e)) => {
                 tracing::warn!(peer = %self.peer, error = %e, "refused a peer's changes");
                 let _ = on_device(&self.host, move |d, _| d.sync_reset(&device)).await;
                 self.counters.refusals_sent.fetch_add(1, Ordering::Relaxed);
-                self.send(out, &SyncFrame::Refused(Refusal::ChangesRefused))
-                    .await?;
-                Ok(false)
+                let refused = SyncFrame::Refused {
+                    why: Refusal::ChangesRefused,
+                    heads,
+                };
+                self.send(out, &refused).await?;
+                // Our side starts afresh: offering now tells the peer what we hold, so if its
+                // document has moved on it sends what we lack instead of falling silent.
+                Ok(true)
             }
         }
     }
@@ -248,4 +264,13 @@ impl Session {
 enum End {
     NotMember,
     Broken(&'static str),
+}
+
+/// What a peer's refusal says, for `status` and `peer list`.
+fn refusal_text(why: Refusal) -> &'static str {
+    match why {
+        Refusal::NotAMember => "it does not count this device as a member",
+        Refusal::ChangesRefused => "it refuses changes this device holds",
+        _ => "it could not read a message from this device",
+    }
 }

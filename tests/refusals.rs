@@ -1,0 +1,191 @@
+//! A refused sync message must lead to a resync, never to silence: the smallest forms of the
+//! divergences the seeded convergence simulation found, on real devices (SQLite, keys,
+//! Automerge) with the network played by hand.
+//!
+//! The setting of both: admins A, B and C; C removes B while B writes a token that only A
+//! sees. A then holds changes of B's past the bound C knows, and C refuses them until A, on
+//! learning of the removal, vouches for what it already held.
+
+#![allow(clippy::unwrap_used)] // a panic is the failure report
+
+mod common;
+
+use handoff::device::{Device, Unlocked};
+use handoff::doc::{Role, Service};
+use handoff::home::Home;
+use handoff_protocol::DeviceId;
+
+struct Node {
+    device: Device,
+    key: Unlocked,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn id(&self) -> DeviceId {
+        self.device.device_id()
+    }
+}
+
+fn founder() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, key) = common::founder(Home::at(dir.path().join("home")), "a");
+    Node {
+        device,
+        key,
+        _dir: dir,
+    }
+}
+
+fn pair(admin: &mut Node, name: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, key) = common::join(
+        Home::at(dir.path().join("home")),
+        name,
+        &mut admin.device,
+        &admin.key,
+        Role::Admin,
+    );
+    Node {
+        device,
+        key,
+        _dir: dir,
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    Taken,
+    Refused,
+}
+
+/// Delivers `msg` from `from` to `to` as a session does: a refusal resets the receiver's side
+/// and tells the sender the heads the message was written at.
+fn deliver(from: &mut Node, to: &mut Node, msg: &[u8]) -> Delivery {
+    let (f, t) = (from.id(), to.id());
+    match to.device.sync_receive(&f, msg) {
+        Ok(_) => Delivery::Taken,
+        Err(_) => {
+            to.device.sync_reset(&f);
+            let heads = Device::sync_message_heads(msg);
+            from.device
+                .sync_refused(&t, &heads, "it refuses changes this device holds");
+            Delivery::Refused
+        }
+    }
+}
+
+/// Both directions, in turn, until neither has anything to say (bounded).
+fn exchange(x: &mut Node, y: &mut Node) {
+    for _ in 0..50 {
+        let mut quiet = true;
+        if let Some(m) = x.device.sync_generate(&y.id()) {
+            deliver(x, y, &m);
+            quiet = false;
+        }
+        if let Some(m) = y.device.sync_generate(&x.id()) {
+            deliver(y, x, &m);
+            quiet = false;
+        }
+        if quiet {
+            return;
+        }
+    }
+    panic!("the two never went quiet");
+}
+
+fn open(x: &mut Node, y: &mut Node) {
+    x.device.sync_open(y.id(), None).unwrap();
+    y.device.sync_open(x.id(), None).unwrap();
+}
+
+/// A, B, C in sync; then C removes B while B writes a token A takes. Returns (A, B, C).
+fn setting() -> (Node, Node, Node) {
+    let mut a = founder();
+    let mut b = pair(&mut a, "b");
+    let mut c = pair(&mut a, "c");
+    open(&mut a, &mut b);
+    open(&mut a, &mut c);
+    exchange(&mut a, &mut b);
+    exchange(&mut a, &mut c);
+    exchange(&mut a, &mut b);
+    assert_eq!(a.device.heads_hex(), c.device.heads_hex());
+    let b_id = b.id().to_hex();
+    c.device.remove_member(&c.key, &b_id).unwrap();
+    b.device
+        .add_token(
+            &b.key,
+            Service::Anthropic,
+            "late",
+            b"sk-ant-late",
+            false,
+            false,
+        )
+        .unwrap();
+    exchange(&mut a, &mut b);
+    (a, b, c)
+}
+
+fn converged(a: &mut Node, c: &mut Node) {
+    assert_eq!(
+        a.device.heads_hex(),
+        c.device.heads_hex(),
+        "A and C were left with different documents"
+    );
+    let state = a.device.state().unwrap();
+    let b = state.members.values().find(|m| m.name == "b").unwrap();
+    assert!(!b.is_active(), "A never learned of the removal");
+    let out = a.device.peers_seen().unwrap();
+    assert!(
+        out.iter().all(|p| p.out_of_sync.is_none()),
+        "converged devices still show as out of sync: {out:?}"
+    );
+}
+
+/// The refusal of a message crosses C's own message on the wire: by the time it arrives, A
+/// has taken the removal and vouched, so its document moved on. A must offer again at once
+/// (it used to pause at its new heads, and fell silent for good).
+#[test]
+fn a_refusal_that_arrives_after_the_sender_moved_on_starts_a_resync() {
+    let (mut a, _b, mut c) = setting();
+    let to_c = a
+        .device
+        .sync_generate(&c.id())
+        .expect("A has B's token to offer");
+    // C's removal reaches A first (A vouches for the changes it holds)...
+    let removal = c
+        .device
+        .sync_generate(&a.id())
+        .expect("C has the removal to offer");
+    assert_eq!(deliver(&mut c, &mut a, &removal), Delivery::Taken);
+    let b = a.device.state().unwrap();
+    assert!(b.members.values().any(|m| m.name == "b" && !m.is_active()));
+    // ...then A's older message reaches C and is refused.
+    assert_eq!(deliver(&mut a, &mut c, &to_c), Delivery::Refused);
+    exchange(&mut a, &mut c);
+    converged(&mut a, &mut c);
+}
+
+/// A's message is refused while A still stands where it wrote it, so A pauses. C starts
+/// afresh and asks what A has; A must still answer with what it has and needs (not the
+/// refused changes), or C can never send A the removal that lets A vouch.
+#[test]
+fn a_paused_sender_still_answers_so_the_refuser_can_send_what_it_lacks() {
+    let (mut a, _b, mut c) = setting();
+    let to_c = a
+        .device
+        .sync_generate(&c.id())
+        .expect("A has B's token to offer");
+    assert_eq!(deliver(&mut a, &mut c, &to_c), Delivery::Refused);
+    let out = a.device.peers_seen().unwrap();
+    let mark = out.iter().find(|p| p.device == c.id()).unwrap();
+    assert!(
+        mark.out_of_sync
+            .as_ref()
+            .is_some_and(|(_, why)| why.contains("refuses")),
+        "the refusal is not shown: {mark:?}"
+    );
+    exchange(&mut a, &mut c);
+    converged(&mut a, &mut c);
+}
