@@ -116,32 +116,48 @@ async fn settled(nodes: &[&Node]) -> Vec<handoff::net::Stats> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_code_fails_on_both_sides_and_burns_the_offer() {
+async fn a_wrong_code_voids_that_code_and_the_offer_goes_on_under_a_fresh_one() {
     let a = Node::founder(loopback(true)).await;
     let mut ticket = a.offer(false).await;
     // Same nameplate, other words.
-    let right = ticket.code.text().to_string();
-    let wrong_text = format!("{}-zoo-zoo-zoo", ticket.code.nameplate());
-    assert_ne!(right, wrong_text);
+    let right = ticket.code.clone();
+    let wrong_text = format!("{}-zoo-zoo-zoo", right.nameplate());
+    assert_ne!(right.text(), wrong_text);
     let (wrong, _) = PairCode::parse(&wrong_text).unwrap();
     let err = join_with(&a, "mallory", &wrong).await.unwrap_err();
     assert!(
         matches!(err, handoff::net::NetError::Pair(PairFailure::WrongCode)),
         "{err}"
     );
-    assert_eq!(
-        next_event(&mut ticket).await,
-        PairEvent::Failed(PairFailure::WrongCode)
-    );
-    // The right code no longer works: the offer had its one attempt, and the door is shut.
-    let err = join_with(&a, "beta", &ticket.code).await.unwrap_err();
+    // The owner is told, and handed a fresh code at once.
+    let fresh = match next_event(&mut ticket).await {
+        PairEvent::Renewed { code, why, .. } => {
+            assert_eq!(why, PairFailure::WrongCode);
+            code
+        }
+        other => panic!("expected a fresh code, got {other:?}"),
+    };
+    assert_ne!(fresh.text(), right.text());
+    // The tried code is void, and a joiner with it is told so.
+    let err = join_with(&a, "beta", &right).await.unwrap_err();
     assert!(
-        matches!(err, handoff::net::NetError::Pair(PairFailure::Closed)),
+        matches!(err, handoff::net::NetError::Pair(PairFailure::Used)),
         "{err}"
     );
-    // And no one was admitted.
+    assert_eq!(a.host.with(|d, _| d.state().unwrap().members.len()), 1);
+    // The fresh one admits the real device.
+    let (_dir, device, _key) = join_with(&a, "beta", &fresh).await.unwrap();
+    assert!(matches!(
+        next_event(&mut ticket).await,
+        PairEvent::Sas { .. }
+    ));
+    assert!(matches!(
+        next_event(&mut ticket).await,
+        PairEvent::Paired { .. }
+    ));
     let members = a.host.with(|d, _| d.state().unwrap().members.len());
-    assert_eq!(members, 1);
+    assert_eq!(members, 2);
+    assert!(a.host.with(|d, _| d.is_active_peer(&device.device_id())));
 }
 
 /// A raw libp2p client speaking the pairing protocol by hand, to send what an honest joiner
@@ -183,21 +199,6 @@ impl Raw {
         })
         .await
         .expect("the connection is closed");
-    }
-
-    /// Waits for the dial just made to end in a refused or closed connection.
-    async fn refused(&mut self) {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match self.swarm.select_next_some().await {
-                    SwarmEvent::ConnectionClosed { .. }
-                    | SwarmEvent::OutgoingConnectionError { .. } => return,
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("the connection is refused");
     }
 
     /// Sends `messages` on a new pairing stream and returns the first answer.
@@ -270,28 +271,31 @@ async fn reflected_replayed_and_late_pairing_messages_are_refused() {
         spake: spake_message(&ticket.code, true),
     };
     let answer = raw.exchange(peer, &[reflected]).await;
-    // The adder answers its SPAKE2 message, then finds the side wrong and refuses.
+    // The adder answers its SPAKE2 message, then finds the side wrong and refuses: that
+    // code is void, the offer goes on under a fresh one, and the prober is disconnected.
     assert!(matches!(answer, PairMessage::Spake(_)), "{answer:?}");
-    assert_eq!(
-        next_event(&mut ticket).await,
-        PairEvent::Failed(PairFailure::WrongCode)
-    );
-
-    // The offer had its one attempt: the door is shut, and replaying the hello cannot even
-    // get a connection.
+    let fresh = match next_event(&mut ticket).await {
+        PairEvent::Renewed { code, why, .. } => {
+            assert_eq!(why, PairFailure::WrongCode);
+            code
+        }
+        other => panic!("expected a fresh code, got {other:?}"),
+    };
     raw.closed().await;
-    let refused = a.mesh.stats().connections_refused;
-    raw.swarm.dial(a.addr()).unwrap();
-    raw.refused().await;
-    eventually("the replay's connection refused", || {
-        a.mesh.stats().connections_refused > refused
-    })
-    .await;
 
-    // A new offer: a hello with another nameplate is told there is no such offer, and does
-    // not use this one up — the honest joiner still gets in.
-    let mut ticket = a.offer(false).await;
+    // Replaying the hello: the code it names is void, and it is told so.
     let peer = raw.connect(a.addr()).await;
+    let replay = PairMessage::Hello {
+        version: 1,
+        nameplate: ticket.code.nameplate(),
+        spake: spake_message(&ticket.code, false),
+    };
+    let answer = raw.exchange(peer, &[replay]).await;
+    assert_eq!(answer, PairMessage::Refused(PairRefusal::Used));
+    ticket.code = fresh;
+
+    // A hello with another nameplate is told there is no such offer, and does not void this
+    // one — the honest joiner still gets in.
     let other = PairMessage::Hello {
         version: 1,
         nameplate: ticket.code.nameplate().wrapping_add(1),

@@ -1,14 +1,14 @@
 //! Pairing codes and the short authentication string (SAS).
 //!
-//! A terminal code is `NN-word-word-word`: a nameplate (10–99) that tells the joiner which
+//! A terminal code is `NNNN-word-word-word`: a nameplate (1000–9999) that tells the joiner which
 //! offer it means, then three words of the 2048-word BIP-39 English list, 33 bits the user
 //! types. SPAKE2 makes those bits enough: an active attacker gets one guess per code, and a
 //! recorded exchange gives nothing to test guesses against offline. A phone scans a QR code
-//! instead, which carries a 128-bit secret (`NN-` and 26 base32 letters) with the adder's
+//! instead, which carries a 128-bit secret (`NNNN-` and 26 base32 letters) with the adder's
 //! PeerId and addresses:
 //!
 //! ```text
-//! handoff://pair?v=1&code=NN-<26 letters a-z2-7>&peer=<PeerId>&addr=<multiaddr>&addr=...
+//! handoff://pair?v=1&code=NNNN-<26 letters a-z2-7>&peer=<PeerId>&addr=<multiaddr>&addr=...
 //! ```
 //! The SAS is four words from the same list, taken from a hash of the pairing handshake, so
 //! the two screens show the same words exactly when the two devices share one session.
@@ -36,7 +36,7 @@ const URI_PREFIX: &str = "handoff://pair?";
 #[non_exhaustive]
 pub enum CodeError {
     #[error(
-        "a pairing code looks like 42-apple-river-stone (the number, then three words); check what you typed"
+        "a pairing code looks like 4217-apple-river-stone (the number, then three words); check what you typed"
     )]
     Shape,
     #[error("'{0}' is not one of the pairing words; check the code")]
@@ -69,9 +69,15 @@ fn words() -> &'static [&'static str; 2048] {
     Language::English.word_list()
 }
 
+/// Nameplates are 1000–9999: four digits to type, and few enough offers live at once that a
+/// stranger guessing one blindly hits it rarely (one reading it from mDNS voids just that
+/// code; the offer goes on under a fresh one).
+const NAMEPLATES: std::ops::RangeInclusive<u16> = 1000..=9999;
+
 fn random_nameplate() -> Result<u16, VaultError> {
     let [a, b] = random_array::<2>()?;
-    Ok(10 + u16::from_be_bytes([a, b]) % 90)
+    let span = NAMEPLATES.end() - NAMEPLATES.start() + 1;
+    Ok(NAMEPLATES.start() + u16::from_be_bytes([a, b]) % span)
 }
 
 impl PairCode {
@@ -110,7 +116,7 @@ impl PairCode {
         Ok(Self { nameplate, text })
     }
 
-    /// Reads a code as typed (`42-apple-river-stone`, any case, spaces for dashes) or a
+    /// Reads a code as typed (`4217-apple-river-stone`, any case, spaces for dashes) or a
     /// `handoff://pair?...` link, which may also say where the adder is.
     pub fn parse(input: &str) -> Result<(Self, LinkHints), CodeError> {
         let input = input.trim();
@@ -236,7 +242,7 @@ mod tests {
     fn generated_codes_parse_back_to_themselves() {
         for _ in 0..50 {
             let code = PairCode::generate().unwrap();
-            assert!((10..100).contains(&code.nameplate()));
+            assert!(NAMEPLATES.contains(&code.nameplate()));
             assert_eq!(code.text().split('-').count(), 4);
             let (parsed, hints) = PairCode::parse(&code.text().to_uppercase()).unwrap();
             assert_eq!(parsed, code);

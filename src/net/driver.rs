@@ -91,9 +91,8 @@ enum Internal {
     RelayRoundDone {
         retry: bool,
     },
-    OfferEnded {
-        paired: bool,
-    },
+    /// An attempt by the joiner at this PeerId ended.
+    OfferEnded(PeerId, pair::Attempt),
     Found(Found),
     /// Try a session with this peer again.
     Retry(PeerId),
@@ -127,7 +126,15 @@ struct OpenOffer {
     nameplate: u16,
     deadline: tokio::time::Instant,
     state: OfferState,
+    /// Nameplates of this offer's codes that were tried and voided (the latest few), so a
+    /// late try with one is told it is void rather than that there is no such offer.
+    voided: Vec<u16>,
+    /// Its owner withdrew it while an attempt ran: it must not wait again.
+    withdrawn: bool,
 }
+
+/// How many voided nameplates an offer remembers.
+const VOIDED_KEPT: usize = 16;
 
 enum OfferState {
     Waiting(Box<Offer>),
@@ -334,6 +341,9 @@ impl Driver {
                 self.swarm.behaviour_mut().gate.close_peer(peer);
             }
             Command::CancelOffer => {
+                if let Some(open) = &mut self.offer {
+                    open.withdrawn = true;
+                }
                 if let Some(open) = &mut self.offer
                     && matches!(open.state, OfferState::Waiting(_))
                     && let OfferState::Waiting(offer) =
@@ -366,6 +376,12 @@ impl Driver {
                 "a newer pairing offer replaced this one".into(),
             )));
         }
+        self.wait_for_joiner(offer, Vec::new());
+        Ok(())
+    }
+
+    /// Opens the door for `offer`'s joiner and advertises its nameplate on the LAN.
+    fn wait_for_joiner(&mut self, offer: Box<Offer>, voided: Vec<u16>) {
         let nameplate = offer.code.nameplate();
         if let Some(discovery) = &mut self.discovery
             && let Err(e) = discovery.advertise_pairing(nameplate, Ports::of(&self.listen))
@@ -376,12 +392,77 @@ impl Driver {
             nameplate,
             deadline: tokio::time::Instant::from_std(offer.deadline),
             state: OfferState::Waiting(offer),
+            voided,
+            withdrawn: false,
         });
         self.swarm.behaviour_mut().gate.allow_guests(true);
         self.offer_waiting.store(true, Ordering::Relaxed);
         self.shared.view().offer_open = true;
         tracing::info!(nameplate, "pairing offer open");
-        Ok(())
+    }
+
+    /// An attempt on the offer ended: a new member, the offer over, or its code voided and
+    /// the offer waiting again under a fresh one.
+    fn attempt_ended(&mut self, joiner: PeerId, attempt: pair::Attempt) {
+        self.pairing_runs = false;
+        match attempt {
+            pair::Attempt::Void(mut offer, why) => {
+                // Whoever failed pays a new handshake for another try.
+                if !self.members.contains_key(&joiner) {
+                    self.swarm.behaviour_mut().gate.close_peer(joiner);
+                }
+                let (mut voided, withdrawn) = self
+                    .offer
+                    .take()
+                    .map(|open| {
+                        let mut v = open.voided;
+                        v.push(open.nameplate);
+                        (v, open.withdrawn)
+                    })
+                    .unwrap_or_default();
+                let excess = voided.len().saturating_sub(VOIDED_KEPT);
+                voided.drain(..excess);
+                match offer.renew() {
+                    _ if withdrawn => {
+                        let _ = offer
+                            .events
+                            .send(PairEvent::Failed(pair::PairFailure::Local(
+                                "the offer was withdrawn".into(),
+                            )));
+                        self.close_offer();
+                    }
+                    Ok(()) => {
+                        tracing::warn!(failure = %why, "a pairing attempt failed; the offer goes on under a fresh code");
+                        let link = offer.long_code.then(|| {
+                            offer
+                                .code
+                                .link(&self.shared.peer_id, &self.listen)
+                                .to_string()
+                        });
+                        let _ = offer.events.send(PairEvent::Renewed {
+                            code: offer.code.clone(),
+                            link,
+                            why,
+                        });
+                        self.wait_for_joiner(offer, voided);
+                    }
+                    Err(e) => {
+                        let _ = offer
+                            .events
+                            .send(PairEvent::Failed(pair::PairFailure::Local(e.to_string())));
+                        self.close_offer();
+                    }
+                }
+            }
+            pair::Attempt::Paired => {
+                // (The offer stays recorded as taken until a new one replaces it.)
+                self.close_offer();
+                // The new member's record is a change to offer everyone else.
+                self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            pair::Attempt::Failed => self.close_offer(),
+        }
+        self.refresh();
     }
 
     /// Stops accepting guests and withdraws the advertisement; the offer's record stays.
@@ -461,17 +542,7 @@ impl Driver {
                     self.schedule_relay(self.config.relay_retry);
                 }
             }
-            Internal::OfferEnded { paired } => {
-                // (The offer itself stays recorded as taken until a new one replaces it.)
-                self.pairing_runs = false;
-                // One attempt per offer: the door closes whatever came of it.
-                self.close_offer();
-                if paired {
-                    // The new member's record is a change to offer everyone else.
-                    self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
-                }
-                self.refresh();
-            }
+            Internal::OfferEnded(peer, attempt) => self.attempt_ended(peer, attempt),
             Internal::Found(found) => self.on_found(found),
             Internal::Retry(peer) => self.ensure_session(peer),
             Internal::RefreshFailed => {
@@ -484,19 +555,22 @@ impl Driver {
     fn on_pair_stream(&mut self, peer: PeerId, stream: Stream, hello: Hello) {
         let why = match &mut self.offer {
             None => PairRefusal::NoSession,
+            Some(open) if open.voided.contains(&hello.nameplate) => PairRefusal::Used,
             Some(open) if open.nameplate != hello.nameplate => PairRefusal::NoSession,
             Some(open) => match std::mem::replace(&mut open.state, OfferState::Taken) {
                 OfferState::Waiting(offer) => {
                     self.pairing_runs = true;
                     self.offer_waiting.store(false, Ordering::Relaxed);
+                    // The code is being tried: nobody else should be pointed at it.
+                    if let Some(discovery) = &mut self.discovery {
+                        discovery.withdraw_pairing();
+                    }
                     let host = self.host.clone();
                     let me = self.shared.peer_id;
                     let internal = self.internal_tx.clone();
                     tokio::spawn(async move {
-                        let paired = pair::serve(stream, hello, *offer, host, me, peer)
-                            .await
-                            .is_ok();
-                        let _ = internal.send(Internal::OfferEnded { paired });
+                        let attempt = pair::serve(stream, hello, *offer, host, me, peer).await;
+                        let _ = internal.send(Internal::OfferEnded(peer, attempt));
                     });
                     return;
                 }

@@ -5,7 +5,9 @@
 //!    (side A). Both identities are the two PeerIds, so the key is bound to this connection.
 //! 2. `Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s`, the joiner initiating, each side's static key
 //!    its mailbox key, psk = the SPAKE2 key, prologue = both PeerIds. A wrong code fails the
-//!    third message; the adder says so and the offer is used up (one attempt per code).
+//!    third message; the adder says so and that code is void (one attempt per code). The
+//!    offer itself goes on under a fresh code, which its owner shows at once, so a stranger
+//!    who guesses or reads a nameplate cannot end a `peer add` with one bad try.
 //! 3. The adder sends `Ready`; both show the SAS (from the handshake hash) and ask their user
 //!    to compare it, unless told to skip that.
 //! 4. The joiner sends its keys (`Joined`); the adder checks they are the keys that proved
@@ -53,7 +55,7 @@ const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 #[non_exhaustive]
 pub enum PairFailure {
     #[error(
-        "pairing failed: the codes did not match (a typo, or someone else tried); that code is used up, run `handoff peer add` for a new one"
+        "pairing failed: the codes did not match (a typo, or someone else tried); that code is void: use the new code `handoff peer add` shows now"
     )]
     WrongCode,
     #[error(
@@ -61,7 +63,7 @@ pub enum PairFailure {
     )]
     NoOffer,
     #[error(
-        "pairing failed: that code was already tried once; run `handoff peer add` for a new one"
+        "pairing failed: that code was already tried once and is void; use the new code `handoff peer add` shows, or run it again"
     )]
     Used,
     #[error(
@@ -131,6 +133,14 @@ pub enum PairEvent {
     /// The codes matched; compare these words with the other screen, then confirm (unless the
     /// offer confirms by itself).
     Sas { sas: String },
+    /// Someone tried a code that did not match (or broke off before proving it): that code is
+    /// void, and the offer goes on waiting under this fresh one.
+    Renewed {
+        code: PairCode,
+        /// The `handoff://pair?...` link for a QR code, when the offer has a long code.
+        link: Option<String>,
+        why: PairFailure,
+    },
     /// The device is a member now.
     Paired {
         device: DeviceId,
@@ -171,6 +181,8 @@ pub struct OfferRequest {
 #[derive(Debug)]
 pub(super) struct Offer {
     pub code: PairCode,
+    /// A 128-bit code (for a QR code) rather than three words.
+    pub long_code: bool,
     pub role: Role,
     pub name: Option<String>,
     pub auto_confirm: bool,
@@ -181,6 +193,17 @@ pub(super) struct Offer {
 }
 
 impl Offer {
+    /// Voids this offer's code for a fresh one of the same kind.
+    pub fn renew(&mut self) -> Result<(), NetError> {
+        self.code = if self.long_code {
+            PairCode::generate_long()
+        } else {
+            PairCode::generate()
+        }
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+        Ok(())
+    }
+
     pub fn open(request: OfferRequest) -> Result<(Self, PairTicket), NetError> {
         let code = if request.long_code {
             PairCode::generate_long()
@@ -195,6 +218,7 @@ impl Offer {
             .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
         let offer = Offer {
             code: code.clone(),
+            long_code: request.long_code,
             role: request.role,
             name: request.name,
             auto_confirm: request.auto_confirm,
@@ -393,7 +417,20 @@ async fn recv_sealed(
     }
 }
 
-/// The adder's side, on a stream whose `Hello` matched this offer. Ends the offer either way.
+/// How an attempt on an offer ended.
+#[derive(Debug)]
+pub(super) enum Attempt {
+    /// The device is a member now.
+    Paired,
+    /// The offer is over: the joiner proved the code, then the pairing failed (declined,
+    /// expired, broken after the handshake).
+    Failed,
+    /// The joiner never proved the code (a wrong code, a stranger's probe, a broken-off
+    /// handshake): that code is void, and the offer comes back to wait under a fresh one.
+    Void(Box<Offer>, PairFailure),
+}
+
+/// The adder's side, on a stream whose `Hello` matched this offer.
 pub(super) async fn serve(
     mut stream: Stream,
     hello: Hello,
@@ -401,26 +438,31 @@ pub(super) async fn serve(
     host: Arc<dyn Host>,
     me: PeerId,
     them: PeerId,
-) -> Result<Member, PairFailure> {
-    let result = serve_inner(&mut stream, hello, &mut offer, host, me, them).await;
-    match &result {
+) -> Attempt {
+    let mut proved = false;
+    let result = serve_inner(&mut stream, hello, &mut offer, host, me, them, &mut proved).await;
+    if let Err(e) = &result
+        && !matches!(e, PairFailure::Connection(_))
+    {
+        // Tell the joiner, unless it is the one that hung up.
+        let _ = send(&mut stream, &PairMessage::Refused(e.refusal())).await;
+    }
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    match result {
         Ok(member) => {
             let _ = offer.events.send(PairEvent::Paired {
                 device: member.device,
                 name: member.name.clone(),
                 role: member.role,
             });
+            Attempt::Paired
         }
+        Err(e) if !proved && Instant::now() < offer.deadline => Attempt::Void(Box::new(offer), e),
         Err(e) => {
-            // Tell the joiner, unless it is the one that said no.
-            if !matches!(e, PairFailure::Connection(_)) {
-                let _ = send(&mut stream, &PairMessage::Refused(e.refusal())).await;
-            }
-            let _ = offer.events.send(PairEvent::Failed(e.clone()));
+            let _ = offer.events.send(PairEvent::Failed(e));
+            Attempt::Failed
         }
     }
-    let _ = futures::AsyncWriteExt::close(&mut stream).await;
-    result
 }
 
 async fn serve_inner(
@@ -430,6 +472,7 @@ async fn serve_inner(
     host: Arc<dyn Host>,
     me: PeerId,
     them: PeerId,
+    proved: &mut bool,
 ) -> Result<Member, PairFailure> {
     if hello.version != proto::VERSION {
         return Err(PairFailure::Version);
@@ -457,6 +500,9 @@ async fn serve_inner(
     // The psk enters here: a different code fails this message's authentication.
     hs.read_message(&third, &mut scratch)
         .map_err(|_| PairFailure::WrongCode)?;
+    // From here on the joiner knows the code: a failure ends the offer instead of voiding
+    // the code.
+    *proved = true;
     let remote_static = hs
         .get_remote_static()
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
