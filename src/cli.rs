@@ -6,17 +6,25 @@
 //! or stdin. See [`input`].
 //!
 //! # Layout
-//! - [`input`]: reading passphrases, tokens and recovery codes.
+//! - [`input`]: reading passphrases, tokens and recovery codes; [`output`]: writing results.
 //! - `vault_cmds`: `init`, `status`, `export`, `import`, `recover`.
 //! - `token_cmds`: `token add|list|show|rm|default`.
 //! - `peer_cmds`: `peer add|join|list|remove`.
 //! - `relay_cmds`: `relay add|list|rm`.
 //! - `demo`: the end-to-end demonstration on temporary homes.
 
+/// `println!` for command output: a reader that went away ends output quietly (see
+/// [`output`]).
+macro_rules! say {
+    () => { $crate::cli::output::line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::output::line(format_args!($($arg)*)) };
+}
+
 mod access;
 mod daemon_cmds;
 mod demo;
 pub mod input;
+pub mod output;
 mod peer_cmds;
 mod relay_cmds;
 mod session_cmds;
@@ -44,8 +52,9 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Read the passphrase from this file's first line instead of the terminal.
-    #[arg(long, global = true, value_name = "F", env = "HANDOFF_PASSPHRASE_FILE")]
+    /// Read the passphrase from this file's first line instead of the terminal [env:
+    /// HANDOFF_PASSPHRASE_FILE; empty counts as unset].
+    #[arg(long, global = true, value_name = "F")]
     pub passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -424,6 +433,16 @@ pub(crate) fn pair_step(event: crate::net::PairEvent) -> crate::control::PairSte
     use crate::net::PairEvent;
     match event {
         PairEvent::Sas { sas } => PairStep::Sas { sas },
+        PairEvent::Renewed { code, link, why } => PairStep::Renewed {
+            code: code.text().to_string(),
+            link,
+            message: match why {
+                crate::net::PairFailure::WrongCode => {
+                    "someone tried a wrong code; that code is void".to_string()
+                }
+                other => format!("a pairing attempt broke off ({other}); that code is void"),
+            },
+        },
         PairEvent::Paired { device, name, role } => PairStep::Paired {
             device_id: device.to_hex(),
             name,
@@ -482,7 +501,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
     let ctx = Context {
         home: crate::home::Home::locate(cli.home).map_err(DeviceError::from)?,
         json: cli.json,
-        passphrase_file: cli.passphrase_file,
+        passphrase_file: cli
+            .passphrase_file
+            .or_else(|| crate::home::env_path("HANDOFF_PASSPHRASE_FILE")),
     };
     match cli.command {
         Command::Init { name, vault_name } => vault_cmds::init(&ctx, name, &vault_name),
@@ -667,5 +688,5 @@ pub(crate) fn write_stdout_line(bytes: &[u8]) -> std::io::Result<()> {
 
 /// Prints one JSON value on stdout.
 pub(crate) fn print_json(value: &serde_json::Value) {
-    println!("{value}");
+    say!("{value}");
 }

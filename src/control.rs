@@ -4,8 +4,10 @@
 //! Transport: the Unix socket `$HANDOFF_HOME/daemon.sock` (0600 in the 0700 home; the daemon
 //! also checks the peer's uid with SO_PEERCRED). Each message is a frame: a `u32` big-endian
 //! length, then a CBOR map `{ v: VERSION, body: Request | Response }`. One request, one response,
-//! in order, on a connection. A frame over [`MAX_FRAME`] or that does not decode closes the
-//! connection; a frame of another version gets an error response naming the versions.
+//! in order, on a connection. Frames decode straight into the typed message. A request over
+//! [`MAX_REQUEST`] (an import: over [`MAX_IMPORT`]), or that does not decode, closes the
+//! connection; a frame of another version gets an error response naming the versions. Byte
+//! fields travel as CBOR byte strings.
 //!
 //! Secrets cross this socket (a revealed token, a credential for a local spawn, a passphrase
 //! for a one-shot unlock) only between processes of the same user on the same machine.
@@ -21,9 +23,13 @@ use crate::doc::{Token, VaultState};
 use crate::spawn::Delivery;
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
-/// Largest frame accepted (room for an import of the largest document).
-pub const MAX_FRAME: usize = 80 * 1024 * 1024;
+pub const VERSION: u32 = 2;
+/// Largest request frame but an import's: the largest token with room to spare.
+pub const MAX_REQUEST: usize = 1024 * 1024;
+/// Largest import request: the largest document the vault accepts, with its envelope.
+pub const MAX_IMPORT: usize = crate::doc::schema::limits::DOC_BYTES_MAX + 4096;
+/// Largest response frame (an export of the largest document, with room to spare).
+pub const MAX_RESPONSE: usize = crate::doc::schema::limits::DOC_BYTES_MAX + 1024 * 1024;
 
 /// A token as commands show it: never its secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +79,44 @@ pub struct MemberView {
     pub active: bool,
 }
 
+/// A member this device cannot converge with, as `status` and `peer list` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutOfSyncView {
+    pub device_id: String,
+    pub name: String,
+    /// Unix seconds since when.
+    pub since: i64,
+    pub why: String,
+}
+
+impl OutOfSyncView {
+    /// Every member this device is recorded out of sync with.
+    pub fn all(seen: &[crate::device::PeerSeen], state: &VaultState) -> Vec<Self> {
+        seen.iter()
+            .filter_map(|p| {
+                let (since, why) = p.out_of_sync.clone()?;
+                let member = state.members.get(&p.device).filter(|m| m.is_active())?;
+                Some(Self {
+                    device_id: p.device.to_hex(),
+                    name: member.name.clone(),
+                    since,
+                    why,
+                })
+            })
+            .collect()
+    }
+
+    /// The line a person reads.
+    pub fn line(&self, when: impl Fn(i64) -> String) -> String {
+        format!(
+            "out of sync with {} since {}, because {}",
+            self.name,
+            when(self.since),
+            self.why
+        )
+    }
+}
+
 /// A member as `peer list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerView {
@@ -88,6 +132,8 @@ pub struct PeerView {
     pub last_seen: Option<i64>,
     /// Where it is (connected) or was last reachable.
     pub address: Option<String>,
+    /// Since when, and why, this device cannot converge with it.
+    pub out_of_sync: Option<OutOfSyncView>,
 }
 
 impl PeerView {
@@ -118,6 +164,15 @@ impl PeerView {
                     address: live
                         .cloned()
                         .or_else(|| record.and_then(|r| r.addr.clone())),
+                    out_of_sync: record.and_then(|r| {
+                        let (since, why) = r.out_of_sync.clone()?;
+                        Some(OutOfSyncView {
+                            device_id: m.device.to_hex(),
+                            name: m.name.clone(),
+                            since,
+                            why,
+                        })
+                    }),
                 }
             })
             .collect();
@@ -211,6 +266,12 @@ pub enum PairStep {
     Sas {
         sas: String,
     },
+    /// The last code was tried and is void; the offer waits under this fresh one.
+    Renewed {
+        code: String,
+        link: Option<String>,
+        message: String,
+    },
     Paired {
         device_id: String,
         name: String,
@@ -247,6 +308,8 @@ pub struct StatusView {
     pub online: usize,
     /// A pairing offer waits for its joiner.
     pub offer_open: bool,
+    /// Members this device cannot converge with.
+    pub out_of_sync: Vec<OutOfSyncView>,
 }
 
 impl StatusView {
@@ -270,6 +333,10 @@ impl StatusView {
             listen: Vec::new(),
             online: 0,
             offer_open: false,
+            out_of_sync: device
+                .peers_seen()
+                .map(|seen| OutOfSyncView::all(&seen, state))
+                .unwrap_or_default(),
             daemon_pid: None,
             unlocked_until: None,
             tokens: state.live_tokens().count(),
@@ -301,13 +368,16 @@ pub enum Request {
     AddToken {
         service: String,
         label: String,
+        #[serde(with = "serde_bytes")]
         secret: Vec<u8>,
         default: bool,
         replace: bool,
+        #[serde(with = "serde_bytes")]
         passphrase: Option<Vec<u8>>,
     },
     Reveal {
         query: String,
+        #[serde(with = "serde_bytes")]
         passphrase: Option<Vec<u8>>,
     },
     RemoveToken {
@@ -318,9 +388,11 @@ pub enum Request {
     },
     Export,
     Import {
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     Unlock {
+        #[serde(with = "serde_bytes")]
         passphrase: Vec<u8>,
         seconds: Option<u64>,
     },
@@ -328,10 +400,12 @@ pub enum Request {
     PeerList,
     PeerRemove {
         query: String,
+        #[serde(with = "serde_bytes")]
         passphrase: Option<Vec<u8>>,
     },
     RelayAdd {
         addrs: String,
+        #[serde(with = "serde_bytes")]
         token: Option<Vec<u8>>,
     },
     RelayList,
@@ -344,6 +418,7 @@ pub enum Request {
         role: String,
         qr: bool,
         auto_confirm: bool,
+        #[serde(with = "serde_bytes")]
         passphrase: Option<Vec<u8>>,
     },
     /// Waits for the open offer's next step.
@@ -357,6 +432,7 @@ pub enum Request {
         agent: String,
         service: Option<String>,
         profile: Option<String>,
+        #[serde(with = "serde_bytes")]
         passphrase: Option<Vec<u8>>,
     },
     Shutdown,
@@ -374,12 +450,14 @@ pub enum Response {
     Token(TokenView),
     Secret {
         token: TokenView,
+        #[serde(with = "serde_bytes")]
         secret: Vec<u8>,
     },
-    Exported(Vec<u8>),
+    Exported(#[serde(with = "serde_bytes")] Vec<u8>),
     Imported(usize),
     Credential {
         delivery: Delivery,
+        #[serde(with = "serde_bytes")]
         secret: Vec<u8>,
     },
     Peers(Vec<PeerView>),
@@ -441,28 +519,68 @@ pub enum ControlError {
 
 /// Encodes a frame: length, then the CBOR envelope.
 pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, ControlError> {
-    let mut payload = Vec::new();
-    ciborium::into_writer(&Envelope { v: VERSION, body }, &mut payload)
+    let mut frame = vec![0u8; 4];
+    ciborium::into_writer(&Envelope { v: VERSION, body }, &mut frame)
         .map_err(|e| ControlError::Malformed(e.to_string()))?;
-    let len = u32::try_from(payload.len()).map_err(|_| ControlError::TooLarge(payload.len()))?;
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&payload);
+    let len = frame.len() - 4;
+    let len = u32::try_from(len).map_err(|_| ControlError::TooLarge(len))?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
     Ok(frame)
 }
 
-/// Checks a frame length read from the wire.
-pub fn check_len(len: [u8; 4]) -> Result<usize, ControlError> {
+/// Checks a frame length read from the wire against `max`.
+pub fn check_len(len: [u8; 4], max: usize) -> Result<usize, ControlError> {
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(ControlError::TooLarge(len));
     }
     Ok(len)
 }
 
-/// Decodes a frame payload into its version and body (not yet typed).
-pub fn decode_envelope(payload: &[u8]) -> Result<Envelope<ciborium::Value>, ControlError> {
-    ciborium::from_reader(payload).map_err(|e| ControlError::Malformed(e.to_string()))
+/// The bytes every import request's payload starts with, up to its document's byte-string
+/// header: the daemon admits a frame over [`MAX_REQUEST`] only when it starts so.
+pub fn import_prefix() -> Vec<u8> {
+    let mut payload = Vec::new();
+    // An empty byte string encodes as one byte (0x40) at the very end; what precedes it is the
+    // same for every import.
+    let _ = ciborium::into_writer(
+        &Envelope {
+            v: VERSION,
+            body: Request::Import { data: Vec::new() },
+        },
+        &mut payload,
+    );
+    payload.pop();
+    payload
+}
+
+/// Why a frame payload is not a message of this protocol version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undecodable {
+    /// A well-formed envelope of another version.
+    Version(u32),
+    /// Not an envelope this side understands.
+    Malformed(String),
+}
+
+/// Only the version of an envelope, the body skipped without building anything.
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u32,
+}
+
+/// Decodes a frame payload straight into `T` (no generic value tree: a hostile frame costs
+/// no more memory than its own bytes). An envelope of another version is told apart, so the
+/// answer can name both versions.
+pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Undecodable> {
+    match ciborium::from_reader::<Envelope<T>, _>(payload) {
+        Ok(env) if env.v == VERSION => Ok(env.body),
+        Ok(env) => Err(Undecodable::Version(env.v)),
+        Err(e) => match ciborium::from_reader::<VersionOnly, _>(payload) {
+            Ok(VersionOnly { v }) if v != VERSION => Err(Undecodable::Version(v)),
+            _ => Err(Undecodable::Malformed(e.to_string())),
+        },
+    }
 }
 
 /// The CLI's connection to a running daemon.
@@ -497,19 +615,20 @@ impl Client {
         if let Err(e) = self.stream.read_exact(&mut len) {
             return Err(written.err().unwrap_or(e).into());
         }
-        let mut payload = vec![0u8; check_len(len)?];
-        self.stream.read_exact(&mut payload)?;
-        let envelope = decode_envelope(&payload)?;
-        if envelope.v != VERSION {
-            return Err(ControlError::Malformed(format!(
-                "the daemon speaks control version {}, this CLI {VERSION}: restart the daemon",
-                envelope.v
-            )));
+        let len = check_len(len, MAX_RESPONSE)?;
+        let mut payload = Vec::with_capacity(len);
+        (&mut self.stream)
+            .take(len as u64)
+            .read_to_end(&mut payload)?;
+        if payload.len() != len {
+            return Err(ControlError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        envelope
-            .body
-            .deserialized()
-            .map_err(|e| ControlError::Malformed(e.to_string()))
+        decode(&payload).map_err(|e| match e {
+            Undecodable::Version(v) => ControlError::Malformed(format!(
+                "the daemon speaks control version {v}, this CLI {VERSION}: restart the daemon"
+            )),
+            Undecodable::Malformed(why) => ControlError::Malformed(why),
+        })
     }
 }
 
@@ -521,17 +640,66 @@ mod tests {
     fn frames_round_trip_and_carry_the_version() {
         let frame = encode(&Request::Reveal {
             query: "anthropic/work".into(),
+            passphrase: Some(b"pass".to_vec()),
+        })
+        .unwrap();
+        let len = check_len(frame[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        let req: Request = decode(&frame[4..]).unwrap();
+        assert!(matches!(req, Request::Reveal { ref query, .. } if query == "anthropic/work"));
+        assert!(check_len((MAX_REQUEST as u32 + 1).to_be_bytes(), MAX_REQUEST).is_err());
+        assert!(matches!(
+            decode::<Request>(b"\xff\x00garbage"),
+            Err(Undecodable::Malformed(_))
+        ));
+        let mut other = Vec::new();
+        ciborium::into_writer(
+            &Envelope {
+                v: 99u32,
+                body: "?",
+            },
+            &mut other,
+        )
+        .unwrap();
+        assert_eq!(
+            decode::<Request>(&other).err(),
+            Some(Undecodable::Version(99))
+        );
+    }
+
+    #[test]
+    fn an_import_starts_with_the_import_prefix_and_nothing_else_does() {
+        let prefix = import_prefix();
+        let import = encode(&Request::Import {
+            data: vec![7u8; 70_000],
+        })
+        .unwrap();
+        assert!(import[4..].starts_with(&prefix));
+        // Bytes travel as one byte string: the frame is the data plus a few bytes.
+        assert!(import.len() < 70_000 + 64);
+        let add = encode(&Request::AddToken {
+            service: "anthropic".into(),
+            label: "x".into(),
+            secret: vec![0; 100],
+            default: false,
+            replace: false,
             passphrase: None,
         })
         .unwrap();
-        let len = check_len(frame[..4].try_into().unwrap()).unwrap();
-        assert_eq!(len, frame.len() - 4);
-        let env = decode_envelope(&frame[4..]).unwrap();
-        assert_eq!(env.v, VERSION);
-        let req: Request = env.body.deserialized().unwrap();
-        assert!(matches!(req, Request::Reveal { ref query, .. } if query == "anthropic/work"));
-        assert!(check_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
-        assert!(decode_envelope(b"\xff\x00garbage").is_err());
+        assert!(!add[4..].starts_with(&prefix));
+    }
+
+    #[test]
+    fn hostile_payloads_fail_without_building_them() {
+        // An array of a million zeros where a request belongs, and deep nesting.
+        let mut zeros = vec![0xa2, 0x61, b'v', 0x02, 0x64, b'b', b'o', b'd', b'y', 0x9a];
+        zeros.extend_from_slice(&1_000_000u32.to_be_bytes());
+        zeros.extend(std::iter::repeat_n(0u8, 1_000_000));
+        assert!(decode::<Request>(&zeros).is_err());
+        let mut deep = vec![0xa2, 0x61, b'v', 0x02, 0x64, b'b', b'o', b'd', b'y'];
+        deep.extend(std::iter::repeat_n(0x81u8, 100_000));
+        deep.push(0);
+        assert!(decode::<Request>(&deep).is_err());
     }
 
     #[test]

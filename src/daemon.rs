@@ -9,6 +9,7 @@
 //! that mutex. An unlock arms a timer that locks again at its deadline, and the key is dropped
 //! (zeroized) then. A malformed or oversized frame closes that connection only.
 
+mod clients;
 mod state;
 
 pub use state::DEFAULT_UNLOCK;
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -28,6 +29,8 @@ use crate::device::Device;
 use crate::doc::Role;
 use crate::home::Home;
 use crate::net::{Mesh, MeshConfig, OfferRequest, PairEvent};
+use clients::{Clients, Incoming};
+use handoff_relay::descriptors::AcceptBackoff;
 use state::{State, changes_document, lock_state, unix_now};
 
 /// Command-line settings of `daemon start` that override `config.toml`.
@@ -63,6 +66,9 @@ pub fn run(home: Home, options: &Options) -> Result<(), CliError> {
         }
         other => other.into(),
     })?;
+    // Every connection, control or mesh, is a descriptor; use all the system allows.
+    let files = handoff_relay::descriptors::raise_open_files_limit();
+    tracing::debug!(?files, "open files limit");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,8 +94,8 @@ struct Daemon {
     pairing: Pairing,
     own_uid: u32,
     stop: tokio::sync::watch::Sender<bool>,
-    /// Numbers control connections (to know which one owns the pairing offer).
-    connections: std::sync::atomic::AtomicU64,
+    /// The live control connections (numbered, to know which one owns the pairing offer).
+    clients: Arc<Clients>,
 }
 
 async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result<(), CliError> {
@@ -111,19 +117,28 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
         pairing: Pairing::default(),
         own_uid: rustix::process::getuid().as_raw(),
         stop,
-        connections: std::sync::atomic::AtomicU64::new(0),
+        clients: Arc::new(Clients::default()),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::Internal(format!("cannot watch signals: {e}")))?;
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "daemon serving");
     let mut connections = tokio::task::JoinSet::new();
+    let mut accept_errors = AcceptBackoff::default();
     loop {
         tokio::select! {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                connections.spawn(connection(stream, daemon.clone()));
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    accept_errors.reset();
+                    // Beyond the cap, the longest-waiting connection makes room; if all are
+                    // busy answering, the newcomer is closed.
+                    let Some(place) = daemon.clients.admit() else { continue };
+                    let id = place.id;
+                    let abort = connections.spawn(connection(stream, daemon.clone(), place));
+                    daemon.clients.set_abort(id, abort);
+                }
+                Err(e) => accept_errors.wait(&e, "control socket").await,
+            },
             _ = stop_rx.changed() => break,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -138,10 +153,8 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
 }
 
 /// Serves one client until it hangs up or misbehaves; withdraws a pairing offer it opened.
-async fn connection(stream: UnixStream, daemon: Arc<Daemon>) {
-    let id = daemon
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+async fn connection(stream: UnixStream, daemon: Arc<Daemon>, place: clients::Place) {
+    let id = place.id;
     serve_client(stream, &daemon, id).await;
     let owned = {
         let mut owner = daemon
@@ -154,6 +167,7 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) {
     if owned {
         let _ = daemon.mesh.cancel_offer().await;
     }
+    drop(place);
 }
 
 async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
@@ -172,64 +186,51 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
     }
     loop {
         let mut shutdown = false;
-        let mut len = [0u8; 4];
-        if stream.read_exact(&mut len).await.is_err() {
-            return; // hung up
-        }
-        let Ok(len) = control::check_len(len) else {
-            tracing::warn!("closed a control connection that sent an oversized frame");
-            return;
-        };
-        let mut payload = vec![0u8; len];
-        if stream.read_exact(&mut payload).await.is_err() {
-            return;
-        }
-        let response = match control::decode_envelope(&payload) {
-            Err(_) => {
-                tracing::warn!("closed a control connection that sent an undecodable frame");
+        let response = match daemon.clients.next_request(id, &mut stream).await {
+            Ok(None) => return, // hung up, or idle too long
+            Err(e) => {
+                tracing::warn!("closed a control connection that sent {e}");
                 return;
             }
-            Ok(env) if env.v != control::VERSION => Response::Error {
+            Ok(Some(Incoming::OtherVersion(v))) => Response::Error {
                 exit: Exit::Usage as u8,
                 message: format!(
-                    "control protocol version {} is not supported; this daemon speaks {}: upgrade or restart it",
-                    env.v,
+                    "control protocol version {v} is not supported; this daemon speaks {}: upgrade or restart it",
                     control::VERSION
                 ),
             },
-            Ok(env) => match env.body.deserialized::<Request>() {
-                Err(e) => Response::Error {
-                    exit: Exit::Usage as u8,
-                    message: format!("unknown control request: {e}"),
-                },
-                Ok(request) => {
-                    shutdown = matches!(request, Request::Shutdown);
-                    if matches!(request, Request::PairOffer { .. }) {
-                        *daemon
-                            .pairing
-                            .owner
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
-                    }
-                    let waits = matches!(request, Request::PairNext);
-                    let answered = answer(daemon, request);
-                    if waits {
-                        // A client waiting for the next pairing step sends nothing meanwhile:
-                        // if its socket turns readable, it hung up (or misbehaves).
-                        tokio::select! {
-                            answer = answered => answer.unwrap_or_else(|e| error_response(&e)),
-                            () = hung_up(&stream) => return,
-                        }
-                    } else {
-                        answered.await.unwrap_or_else(|e| error_response(&e))
-                    }
+            Ok(Some(Incoming::Request(request))) => {
+                let request = *request;
+                shutdown = matches!(request, Request::Shutdown);
+                if matches!(request, Request::PairOffer { .. }) {
+                    *daemon
+                        .pairing
+                        .owner
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
+                    daemon.clients.set_owner(id);
                 }
-            },
+                let waits = matches!(request, Request::PairNext);
+                let answered = answer(daemon, request);
+                if waits {
+                    // A client waiting for the next pairing step sends nothing meanwhile:
+                    // if its socket turns readable, it hung up (or misbehaves).
+                    tokio::select! {
+                        answer = answered => answer.unwrap_or_else(|e| error_response(&e)),
+                        () = hung_up(&stream) => return,
+                    }
+                } else {
+                    answered.await.unwrap_or_else(|e| error_response(&e))
+                }
+            }
         };
         let Ok(frame) = control::encode(&response) else {
             return;
         };
-        let written = stream.write_all(&frame).await.is_ok();
+        // A client that stops reading its answer is not waited on for ever.
+        let written = tokio::time::timeout(clients::IDLE_TIMEOUT, stream.write_all(&frame))
+            .await
+            .is_ok_and(|w| w.is_ok());
         if shutdown {
             let _ = daemon.stop.send(true); // after the answer is out
         }
@@ -346,7 +347,7 @@ async fn pair_next(daemon: &Arc<Daemon>) -> Result<Response, CliError> {
             message: "the pairing offer ended".into(),
         },
     };
-    if !matches!(step, PairStep::Sas { .. }) {
+    if !matches!(step, PairStep::Sas { .. } | PairStep::Renewed { .. }) {
         *slot = None;
     }
     Ok(Response::PairStep(step))

@@ -72,6 +72,14 @@ pub fn with_user_umask<T>(start: impl FnOnce() -> T) -> T {
     started
 }
 
+/// The environment variable `name` as a path, if it is set to something: an empty value
+/// counts as unset, as shells and users mean it (`HANDOFF_PASSPHRASE_FILE= handoff ...`).
+pub fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// A handoff home directory.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -81,16 +89,13 @@ pub struct Home {
 impl Home {
     /// `--home`, else `HANDOFF_HOME`, else the platform data directory.
     pub fn locate(explicit: Option<PathBuf>) -> Result<Self, HomeError> {
-        if let Some(root) = explicit.or_else(|| std::env::var_os("HANDOFF_HOME").map(PathBuf::from))
-        {
+        if let Some(root) = explicit.or_else(|| env_path("HANDOFF_HOME")) {
             return Ok(Self { root });
         }
         let data = if cfg!(target_os = "macos") {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join("Library/Application Support"))
+            env_path("HOME").map(|h| h.join("Library/Application Support"))
         } else {
-            std::env::var_os("XDG_DATA_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            env_path("XDG_DATA_HOME").or_else(|| env_path("HOME").map(|h| h.join(".local/share")))
         };
         data.map(|d| Self {
             root: d.join("handoff"),

@@ -19,7 +19,12 @@ fn main() -> ExitCode {
             })
             .init();
     }
-    match handoff::cli::run(cli) {
+    let result = handoff::cli::run(cli);
+    // A reader that went away (`| head`) ends output quietly, with the status of a program
+    // stopped by SIGPIPE.
+    let output_failed = handoff::cli::output::failure_status();
+    match result {
+        Ok(_) if output_failed.is_some() => ExitCode::from(output_failed.unwrap_or(1)),
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             // One line whatever the source said (an SQL error can quote a multi-line query).

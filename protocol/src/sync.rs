@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! sync-frame = %x01 automerge-sync-message      ; Automerge's own sync message, opaque here
-//!            / %x02 refusal(u8) [count(u8) head(32)*count]   ; a message was not taken
+//!            / %x02 refusal(u8) [count(u8, 1..) head(32)*count]   ; a message was not taken
 //! refusal    = 1 (not a member) / 2 (changes refused) / 3 (malformed)
 //! ```
 //! A refusal names the heads the refused message was written at (the heads field of the
@@ -90,6 +90,11 @@ impl SyncFrame {
     pub fn encoded_len(&self) -> usize {
         match self {
             SyncFrame::Sync(m) => 1 + m.len(),
+            SyncFrame::Refused { heads, .. }
+                if heads.is_empty() || heads.len() > MAX_REFUSED_HEADS =>
+            {
+                2
+            }
             SyncFrame::Refused { heads, .. } => 3 + 32 * heads.len(),
         }
     }
@@ -105,15 +110,13 @@ impl SyncFrame {
             SyncFrame::Refused { why, heads } => {
                 out.push(TAG_REFUSED);
                 out.push(why.code());
-                // Callers keep to MAX_REFUSED_HEADS; past it, say nothing rather than lie.
-                let heads = if heads.len() > MAX_REFUSED_HEADS {
-                    &[][..]
-                } else {
-                    &heads[..]
-                };
-                out.push(heads.len() as u8);
-                for h in heads {
-                    out.extend_from_slice(h);
+                // No heads (or past MAX_REFUSED_HEADS: say nothing rather than lie) is the
+                // two-byte form older peers send.
+                if !heads.is_empty() && heads.len() <= MAX_REFUSED_HEADS {
+                    out.push(heads.len() as u8);
+                    for h in heads {
+                        out.extend_from_slice(h);
+                    }
                 }
             }
         }
@@ -151,6 +154,12 @@ impl SyncFrame {
                 let heads = match rest {
                     // An older peer names no heads.
                     [] => Vec::new(),
+                    [0, ..] => {
+                        return Err(DecodeError::Invalid {
+                            what: WHAT,
+                            reason: "a refusal naming no heads leaves out the count",
+                        });
+                    }
                     [count, hashes @ ..] => {
                         let count = usize::from(*count);
                         if hashes.len() < 32 * count {

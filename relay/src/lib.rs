@@ -15,10 +15,12 @@
 //! - [`storage`]: the durable store (SQLite behind a trait) and its quota accounting.
 //! - `server`: the libp2p node, the connection cap, and one task per stream.
 //! - `metrics`: counters and the Prometheus text endpoint.
-//! - [`listen`]: starting listeners and waiting for their addresses, and [`wire`]: frames on
-//!   a stream (the handoff node uses both).
+//! - [`listen`]: starting listeners and waiting for their addresses, [`wire`]: frames on a
+//!   stream, and [`descriptors`]: connection caps before the handshake, the open-files
+//!   limit and accept back-off (the handoff node uses all three).
 #![forbid(unsafe_code)]
 
+pub mod descriptors;
 pub mod listen;
 mod metrics;
 mod server;
@@ -94,6 +96,8 @@ pub struct Limits {
     pub deposit_burst: f64,
     /// Connections open at once.
     pub max_connections: u32,
+    /// Incoming connections whose handshake is under way at once.
+    pub max_pending: u32,
 }
 
 impl Default for Limits {
@@ -106,6 +110,7 @@ impl Default for Limits {
             deposits_per_second: 50.0,
             deposit_burst: 500.0,
             max_connections: 4096,
+            max_pending: 128,
         }
     }
 }

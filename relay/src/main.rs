@@ -69,6 +69,10 @@ enum Command {
         /// Connections open at once.
         #[arg(long, default_value_t = Limits::default().max_connections)]
         max_connections: u32,
+        /// Incoming connections still in their handshake at once (the rest are refused
+        /// before any handshake work).
+        #[arg(long, default_value_t = Limits::default().max_pending)]
+        max_pending: u32,
     },
 }
 
@@ -113,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         rate,
         burst,
         max_connections,
+        max_pending,
     } = cli.command;
     let access = match access {
         AccessMode::Token => {
@@ -162,8 +167,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         deposits_per_second: rate,
         deposit_burst: burst,
         max_connections,
+        max_pending,
         ..Limits::default()
     };
+    let files = handoff_relay::descriptors::raise_open_files_limit();
+    tracing::debug!(?files, "open files limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -78,7 +78,7 @@ impl Metrics {
         registry.register("connections", "Connections open now", m.connections.clone());
         registry.register(
             "connections_refused",
-            "Connections refused because the relay had as many as it may take",
+            "Connections refused before their handshake: over the cap of pending, open or per-client connections",
             m.connections_refused.clone(),
         );
         registry.register(
@@ -122,13 +122,21 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut backoff = crate::descriptors::AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.changed() => return,
         };
-        let Ok((mut socket, _)) = accepted else {
-            continue;
+        let mut socket = match accepted {
+            Ok((socket, _)) => {
+                backoff.reset();
+                socket
+            }
+            Err(e) => {
+                backoff.wait(&e, "metrics listener").await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {

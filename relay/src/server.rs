@@ -8,20 +8,12 @@
 //! connection closed; every other client goes on being served.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use handoff_protocol::relay::{self as proto, Refusal, Request, Response};
-use libp2p::core::Endpoint;
-use libp2p::core::transport::PortUse;
-use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
-};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol, Swarm, SwarmBuilder, noise, ping, tcp, yamux,
 };
@@ -43,6 +35,10 @@ const HELLO_MAX: usize = 16 + proto::MAX_TOKEN;
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of envelopes fetched for a subscriber at a time.
 const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Handshakes under way at once from one address.
+const PENDING_PER_ADDRESS: u32 = 8;
+/// Connections one client (PeerId) may hold at once.
+const PER_PEER_CONNECTIONS: u32 = 8;
 /// How often expired envelopes and idle rate buckets are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -52,91 +48,10 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Refuses connections beyond the cap before their handshake costs anything.
-#[derive(Debug)]
-struct ConnectionCap {
-    max: u32,
-    open: Arc<AtomicU32>,
-    refused: prometheus_client::metrics::counter::Counter,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the relay has as many connections as it may take")]
-struct Full;
-
-impl NetworkBehaviour for ConnectionCap {
-    type ConnectionHandler = dummy::ConnectionHandler;
-    type ToSwarm = Infallible;
-
-    fn handle_pending_inbound_connection(
-        &mut self,
-        _: ConnectionId,
-        _: &Multiaddr,
-        _: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        if self.open.load(Ordering::Relaxed) >= self.max {
-            self.refused.inc();
-            return Err(ConnectionDenied::new(Full));
-        }
-        Ok(())
-    }
-
-    /// Checked again once the handshake is done: many handshakes may be under way at once,
-    /// and only established connections are counted.
-    fn handle_established_inbound_connection(
-        &mut self,
-        _: ConnectionId,
-        _: PeerId,
-        _: &Multiaddr,
-        _: &Multiaddr,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        if self.open.load(Ordering::Relaxed) >= self.max {
-            self.refused.inc();
-            return Err(ConnectionDenied::new(Full));
-        }
-        Ok(dummy::ConnectionHandler)
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        _: ConnectionId,
-        _: PeerId,
-        _: &Multiaddr,
-        _: Endpoint,
-        _: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(dummy::ConnectionHandler)
-    }
-
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        match event {
-            FromSwarm::ConnectionEstablished(_) => {
-                self.open.fetch_add(1, Ordering::Relaxed);
-            }
-            FromSwarm::ConnectionClosed(_) => {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-    }
-
-    fn on_connection_handler_event(
-        &mut self,
-        _: PeerId,
-        _: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
-        match event {}
-    }
-
-    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        Poll::Pending
-    }
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    cap: ConnectionCap,
+    limits: libp2p::connection_limits::Behaviour,
+    per_address: crate::descriptors::PendingPerAddress,
     ping: ping::Behaviour,
     streams: libp2p_stream::Behaviour,
 }
@@ -306,10 +221,13 @@ impl Relay {
         let keypair = identity(&mut storage)?;
         let (store, store_thread) = Store::start(storage, config.limits)?;
         let metrics = Arc::new(Metrics::new(store.totals.clone()));
-        let cap = ConnectionCap {
-            max: config.limits.max_connections,
-            open: Arc::new(AtomicU32::new(0)),
-            refused: metrics.connections_refused.clone(),
+        // Counted before the handshake: connections that never finish one cannot pin the
+        // relay's descriptors, and each lasts at most the swarm's connection timeout.
+        let caps = crate::descriptors::ConnectionCaps {
+            pending_incoming: config.limits.max_pending,
+            pending_per_address: PENDING_PER_ADDRESS,
+            established_incoming: config.limits.max_connections,
+            per_peer: PER_PEER_CONNECTIONS,
         };
         let start = |e: &dyn std::fmt::Display| RelayError::Start(e.to_string());
         let mut swarm = SwarmBuilder::with_existing_identity(keypair)
@@ -322,7 +240,8 @@ impl Relay {
             .map_err(|e| start(&e))?
             .with_quic()
             .with_behaviour(|_| Behaviour {
-                cap,
+                limits: crate::descriptors::connection_limits(caps),
+                per_address: crate::descriptors::PendingPerAddress::new(caps),
                 ping: ping::Behaviour::new(
                     ping::Config::new().with_interval(Duration::from_secs(30)),
                 ),
@@ -443,6 +362,12 @@ async fn run(
                 }
                 SwarmEvent::ConnectionClosed { .. } => {
                     shared.metrics.connections.dec();
+                }
+                SwarmEvent::IncomingConnectionError {
+                    error: libp2p::swarm::ListenError::Denied { .. },
+                    ..
+                } => {
+                    shared.metrics.connections_refused.inc();
                 }
                 _ => {}
             },

@@ -411,3 +411,62 @@ async fn an_allowlist_admits_only_its_peers() {
         Response::Refused(Refusal::NotAllowed)
     );
 }
+
+/// Connections that never finish a handshake are refused past the pending cap before any
+/// handshake work, and each is dropped by the connection timeout: however many a stranger
+/// holds, a real client still connects, subscribes and gets a deposit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_handshake_do_not_keep_clients_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(dir.path(), None, &["--max-pending", "16"]);
+    // A stranger on another loopback address holds 600 raw TCP connections open, sending
+    // nothing: past its few pending slots, each is refused before any handshake.
+    let held = hold_connections([127, 0, 0, 2], relay.port, 600).await;
+    let mut recipient = Client::new();
+    recipient.connect(&relay.addr).await;
+    let (mut inbox, _) = recipient.hello(TOKEN).await;
+    recipient.send_only(&mut inbox, &Request::Subscribe).await;
+    let mut sender = Client::new();
+    sender.connect(&relay.addr).await;
+    let (mut out, _) = sender.hello(TOKEN).await;
+    let stored = sender
+        .request(
+            &mut out,
+            &Request::Deposit {
+                to: recipient.peer.to_bytes(),
+                envelope: vec![7; 64],
+            },
+        )
+        .await;
+    assert!(
+        matches!(stored, Some(Response::Stored { .. })),
+        "{stored:?}"
+    );
+    match recipient.next(&mut inbox).await {
+        Some(Response::Deliver { envelope, .. }) => assert_eq!(envelope, vec![7; 64]),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+    // The cap refused the excess before any handshake, and says so in the metrics.
+    assert!(
+        relay.metric("handoff_relay_connections_refused_total") > 0,
+        "{}",
+        relay.metrics_text()
+    );
+    drop(held);
+}
+
+/// Opens `n` TCP connections from `from` (a loopback address) to `port` and holds them.
+async fn hold_connections(from: [u8; 4], port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+        let connected = tokio::time::timeout(Duration::from_secs(5), socket.connect(target)).await;
+        match connected {
+            Ok(Ok(stream)) => held.push(stream),
+            other => panic!("cannot connect to the relay's port: {other:?}"),
+        }
+    }
+    held
+}

@@ -91,7 +91,7 @@ pub(super) fn start(
             if ctx.json {
                 print_json(&json!({"pid": pid, "log": log_path(ctx).display().to_string()}));
             } else {
-                println!(
+                say!(
                     "Daemon started (pid {pid}). Logs: {}",
                     log_path(ctx).display()
                 );
@@ -121,7 +121,7 @@ pub(super) fn start(
 
 pub(super) fn stop(ctx: &Context) -> Result<(), CliError> {
     let Some((mut client, pid, _)) = ping(ctx) else {
-        println!("No daemon is running.");
+        say!("No daemon is running.");
         return Ok(());
     };
     client
@@ -141,7 +141,7 @@ pub(super) fn stop(ctx: &Context) -> Result<(), CliError> {
         .home
         .lock(WAIT)
         .map_err(crate::device::DeviceError::from)?;
-    println!("Daemon stopped.");
+    say!("Daemon stopped.");
     Ok(())
 }
 
@@ -159,7 +159,7 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
             || "locked".to_string(),
             |t| format!("unlocked until {}", when(t)),
         );
-        println!("running (pid {pid}), {lock}");
+        say!("running (pid {pid}), {lock}");
     }
     Ok(())
 }
@@ -172,7 +172,7 @@ pub(super) fn logs(ctx: &Context) -> Result<(), CliError> {
     })?;
     let lines: Vec<&str> = text.lines().collect();
     for line in &lines[lines.len().saturating_sub(200)..] {
-        println!("{line}");
+        say!("{line}");
     }
     Ok(())
 }
@@ -221,7 +221,7 @@ fn service_unit(ctx: &Context) -> Result<(PathBuf, String), CliError> {
 pub(super) fn install(ctx: &Context, print: bool) -> Result<(), CliError> {
     let (path, text) = service_unit(ctx)?;
     if print {
-        print!("{text}");
+        crate::cli::output::text(format_args!("{text}"));
         return Ok(());
     }
     if let Some(dir) = path.parent() {
@@ -236,11 +236,11 @@ pub(super) fn install(ctx: &Context, print: bool) -> Result<(), CliError> {
         path: path.clone(),
         source,
     })?;
-    println!("Wrote {}.", path.display());
+    say!("Wrote {}.", path.display());
     if cfg!(target_os = "macos") {
-        println!("Start it now: launchctl load {}", path.display());
+        say!("Start it now: launchctl load {}", path.display());
     } else {
-        println!(
+        say!(
             "Start it now and at login: systemctl --user daemon-reload && systemctl --user enable --now handoff"
         );
     }
@@ -250,12 +250,12 @@ pub(super) fn install(ctx: &Context, print: bool) -> Result<(), CliError> {
 pub(super) fn uninstall(ctx: &Context) -> Result<(), CliError> {
     let (path, _) = service_unit(ctx)?;
     match std::fs::remove_file(&path) {
-        Ok(()) => println!(
+        Ok(()) => say!(
             "Removed {}. Stop a running daemon with `handoff daemon stop`.",
             path.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("Nothing to remove: {} does not exist.", path.display())
+            say!("Nothing to remove: {} does not exist.", path.display())
         }
         Err(source) => {
             return Err(CliError::File {
@@ -297,7 +297,7 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
             if ctx.json {
                 print_json(&json!({"unlocked_until": until}));
             } else {
-                println!("Unlocked until {}.", when(until));
+                say!("Unlocked until {}.", when(until));
             }
             Ok(())
         }
@@ -315,7 +315,7 @@ pub(super) fn lock(ctx: &Context) -> Result<(), CliError> {
                 .call(&Request::Lock)
                 .map_err(|e| CliError::Internal(e.to_string()))?
             {
-                Response::Done => println!("Locked."),
+                Response::Done => say!("Locked."),
                 Response::Error { exit, message } => {
                     return Err(CliError::Remote { exit, message });
                 }
@@ -326,7 +326,7 @@ pub(super) fn lock(ctx: &Context) -> Result<(), CliError> {
                 }
             }
         }
-        None => println!("No daemon is running; the vault key is not held anywhere."),
+        None => say!("No daemon is running; the vault key is not held anywhere."),
     }
     Ok(())
 }

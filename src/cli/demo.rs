@@ -104,7 +104,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     let started = Instant::now();
     let step = |text: &str| {
         if !json {
-            println!("[{:>6.2}s] {text}", started.elapsed().as_secs_f64());
+            say!("[{:>6.2}s] {text}", started.elapsed().as_secs_f64());
         }
     };
     let passphrase = hex(&random_array::<16>()?);
@@ -342,7 +342,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
             "recovered": recovered,
         }));
     } else {
-        println!("{}", if ok { "demo ok" } else { "demo FAILED" });
+        say!("{}", if ok { "demo ok" } else { "demo FAILED" });
     }
     if ok {
         Ok(())

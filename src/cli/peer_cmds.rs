@@ -176,20 +176,20 @@ pub(super) fn add(ctx: &Context, args: &AddArgs) -> Result<(), CliError> {
             "expires_at": offer.expires_at,
         }));
     } else {
-        println!(
+        say!(
             "Pairing code: {}   (valid until {}, one attempt)",
             offer.code,
             when(offer.expires_at)
         );
-        println!("On the new device run `handoff peer join` and type the code at its prompt.");
+        say!("On the new device run `handoff peer join` and type the code at its prompt.");
         if let Some(link) = &offer.link
             && let Some(qr) = crate::net::code::qr(link)
         {
-            println!("or scan this with the phone:\n{qr}");
+            say!("or scan this with the phone:\n{qr}");
         }
-        println!("This device listens on: {}", offer.addrs.join(" "));
-        println!("(from another network, add --addr with one of these)");
-        println!("Waiting for the new device...");
+        say!("This device listens on: {}", offer.addrs.join(" "));
+        say!("(from another network, add --addr with one of these)");
+        say!("Waiting for the new device...");
     }
     let result = follow(ctx, &mut offerer, args.yes);
     offerer.finish();
@@ -203,11 +203,31 @@ fn follow(ctx: &Context, offerer: &mut Offerer, yes: bool) -> Result<(), CliErro
                 if ctx.json {
                     print_json(&json!({ "sas": sas }));
                 } else {
-                    println!("Both screens should show:  {sas}");
+                    say!("Both screens should show:  {sas}");
                 }
                 if !yes {
                     let accept = input::confirm("Do the words match? [y/N] ")?;
                     offerer.confirm(accept)?;
+                }
+            }
+            PairStep::Renewed {
+                code,
+                link,
+                message,
+            } => {
+                if ctx.json {
+                    print_json(&json!({
+                        "renewed": {"code": code, "link": link, "reason": message}
+                    }));
+                } else {
+                    say!("{message}.");
+                    say!("New pairing code: {code}   (same deadline, one attempt)");
+                    if let Some(link) = &link
+                        && let Some(qr) = crate::net::code::qr(link)
+                    {
+                        say!("or scan this with the phone:\n{qr}");
+                    }
+                    say!("Waiting for the new device...");
                 }
             }
             PairStep::Paired {
@@ -220,7 +240,7 @@ fn follow(ctx: &Context, offerer: &mut Offerer, yes: bool) -> Result<(), CliErro
                         "paired": {"device_id": device_id, "name": name, "role": role}
                     }));
                 } else {
-                    println!("Paired '{name}' ({device_id}) as {role}.");
+                    say!("Paired '{name}' ({device_id}) as {role}.");
                 }
                 return Ok(());
             }
@@ -267,13 +287,13 @@ pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
             if quiet {
                 print_json(&json!({ "sas": sas }));
             } else {
-                println!("Both screens should show:  {sas}");
+                say!("Both screens should show:  {sas}");
             }
             yes || input::confirm("Do the words match? [y/N] ").unwrap_or(false)
         }),
         progress: Box::new(move |line| {
             if !quiet {
-                println!("{line}");
+                say!("{line}");
             }
         }),
     };
@@ -292,13 +312,13 @@ pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
             "role": role,
         }));
     } else {
-        println!(
+        say!(
             "Joined vault '{}' as '{}' ({}), {role}.",
             state.info.name,
             name,
             device.device_id()
         );
-        println!("Start the daemon to stay in sync:  handoff daemon start");
+        say!("Start the daemon to stay in sync:  handoff daemon start");
     }
     Ok(())
 }
@@ -309,9 +329,12 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
         print_json(&serde_json::to_value(&peers).unwrap_or_default());
         return Ok(());
     }
-    println!(
+    say!(
         "{:<20} {:<7} {:<12} {:<22} ADDRESS",
-        "NAME", "ROLE", "STATUS", "LAST SEEN"
+        "NAME",
+        "ROLE",
+        "STATUS",
+        "LAST SEEN"
     );
     for p in &peers {
         let status = if p.this_device {
@@ -326,7 +349,7 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
             }
         };
         let seen = p.last_seen.map_or_else(|| "-".into(), when);
-        println!(
+        say!(
             "{:<20} {:<7} {:<12} {:<22} {}",
             p.name,
             p.role,
@@ -334,6 +357,9 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
             seen,
             p.address.as_deref().unwrap_or("-")
         );
+    }
+    for out in peers.iter().filter_map(|p| p.out_of_sync.as_ref()) {
+        say!("{}", out.line(when));
     }
     Ok(())
 }
@@ -344,20 +370,22 @@ pub(super) fn remove(ctx: &Context, query: &str) -> Result<(), CliError> {
         print_json(&serde_json::to_value(&removed).unwrap_or_default());
         return Ok(());
     }
-    println!(
+    say!(
         "Removed '{}' ({}). The vault key was rotated (generation {}): it opens nothing \
          added or changed from now on, and members refuse its connections and changes.",
-        removed.name, removed.device_id, removed.epoch_generation
+        removed.name,
+        removed.device_id,
+        removed.epoch_generation
     );
     if removed.exposed.is_empty() {
-        println!("It could read no token.");
+        say!("It could read no token.");
     } else {
-        println!(
+        say!(
             "It could read these {} tokens and may still know them; rotate them at the vendor:",
             removed.exposed.len()
         );
         for t in &removed.exposed {
-            println!("  {}/{} ({})", t.service, t.label, &t.id[..8]);
+            say!("  {}/{} ({})", t.service, t.label, &t.id[..8]);
         }
     }
     Ok(())

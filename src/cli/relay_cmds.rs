@@ -23,7 +23,7 @@ pub(super) fn add(
     if ctx.json {
         print_json(&serde_json::to_value(&relay).unwrap_or_default());
     } else {
-        println!(
+        say!(
             "Added relay {} ({}){}; every member will use it.",
             relay.id,
             relay.addrs.join(" "),
@@ -44,10 +44,10 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
         return Ok(());
     }
     if relays.is_empty() {
-        println!("No relays. Add one with `handoff relay add ADDR --token-file F`.");
+        say!("No relays. Add one with `handoff relay add ADDR --token-file F`.");
     }
     for r in &relays {
-        println!(
+        say!(
             "{}  {}  token: {}  added {}",
             r.id,
             r.addrs.join(" "),
@@ -63,7 +63,7 @@ pub(super) fn remove(ctx: &Context, query: &str) -> Result<(), CliError> {
     if ctx.json {
         print_json(&json!({"removed": relay.id}));
     } else {
-        println!("Removed relay {} ({}).", relay.id, relay.addrs.join(" "));
+        say!("Removed relay {} ({}).", relay.id, relay.addrs.join(" "));
     }
     Ok(())
 }

@@ -122,12 +122,12 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
     if ctx.json {
         print_json(&json!({"session": id, "mode": mode}));
     } else if mode == "tmux" {
-        println!(
+        say!(
             "Session {id} started in tmux ({}): `handoff session attach {id}`.",
             SessionRecord::tmux_name(&id)
         );
     } else {
-        println!(
+        say!(
             "Session {id} started in the background; output: {}",
             session::log_path(ctx.home.root(), &id).display()
         );
@@ -180,15 +180,19 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
         return Ok(());
     }
     if records.is_empty() {
-        println!("No sessions. Start one with `handoff spawn AGENT --detach`.");
+        say!("No sessions. Start one with `handoff spawn AGENT --detach`.");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<10} {:<10} {:<11} {:<11} {:<21} DIR",
-        "ID", "AGENT", "MODE", "STATE", "STARTED"
+        "ID",
+        "AGENT",
+        "MODE",
+        "STATE",
+        "STARTED"
     );
     for r in &records {
-        println!(
+        say!(
             "{:<10} {:<10} {:<11} {:<11} {:<21} {}",
             r.id,
             r.agent,
@@ -212,7 +216,7 @@ fn find(ctx: &Context, id: &str) -> Result<SessionRecord, CliError> {
 pub(super) fn stop(ctx: &Context, id: &str) -> Result<(), CliError> {
     let record = find(ctx, id)?;
     if !record.is_running() {
-        println!(
+        say!(
             "Session {} has already ended ({}).",
             record.id,
             state(&record)
@@ -236,7 +240,7 @@ pub(super) fn stop(ctx: &Context, id: &str) -> Result<(), CliError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("Stopped session {}.", record.id);
+    say!("Stopped session {}.", record.id);
     Ok(())
 }
 
@@ -257,7 +261,7 @@ pub(super) fn attach(ctx: &Context, id: &str) -> Result<i32, CliError> {
     match &record.log {
         Some(log) => {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            print!("{text}");
+            crate::cli::output::text(format_args!("{text}"));
             if record.is_running() {
                 eprintln!(
                     "(a background session has no terminal to attach to; this is its output so far)"

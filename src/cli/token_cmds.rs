@@ -35,7 +35,7 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                 );
             } else {
                 let verb = if replace { "Saved" } else { "Added" };
-                println!(
+                say!(
                     "{verb} {}/{} ({}).",
                     token.service,
                     token.label,
@@ -67,15 +67,13 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             if ctx.json {
                 print_json(&json!({"removed": token.id}));
             } else {
-                println!(
+                say!(
                     "Removed {}/{} ({}).",
                     token.service,
                     token.label,
                     &token.id[..8]
                 );
-                println!(
-                    "Devices that had it may still know it: rotate it at the vendor if in doubt."
-                );
+                say!("Devices that had it may still know it: rotate it at the vendor if in doubt.");
             }
         }
         TokenCommand::Default { id } => {
@@ -83,9 +81,11 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             if ctx.json {
                 print_json(&json!({"default": token.id, "service": token.service}));
             } else {
-                println!(
+                say!(
                     "{}/{} is now the default for {}.",
-                    token.service, token.label, token.service
+                    token.service,
+                    token.label,
+                    token.service
                 );
             }
         }
@@ -123,12 +123,16 @@ fn list(ctx: &Context, tokens: &[TokenView]) {
         return;
     }
     if tokens.is_empty() {
-        println!("No tokens yet. Add one with `handoff token add SERVICE`.");
+        say!("No tokens yet. Add one with `handoff token add SERVICE`.");
         return;
     }
-    println!(
+    say!(
         "{:<10} {:<20} {:<20} {:<12} {:<8} UPDATED",
-        "ID", "SERVICE", "LABEL", "KIND", "DEFAULT"
+        "ID",
+        "SERVICE",
+        "LABEL",
+        "KIND",
+        "DEFAULT"
     );
     for t in tokens {
         let label = if t.conflict {
@@ -136,7 +140,7 @@ fn list(ctx: &Context, tokens: &[TokenView]) {
         } else {
             t.label.clone()
         };
-        println!(
+        say!(
             "{:<10} {:<20} {:<20} {:<12} {:<8} {}",
             &t.id[..8],
             t.service,
@@ -153,15 +157,15 @@ fn show(ctx: &Context, t: &TokenView) {
         print_json(&token_json(t));
         return;
     }
-    println!("id       {}", t.id);
-    println!("service  {}", t.service);
-    println!("label    {}", t.label);
-    println!("kind     {}", t.kind);
-    println!("default  {}", if t.default { "yes" } else { "no" });
+    say!("id       {}", t.id);
+    say!("service  {}", t.service);
+    say!("label    {}", t.label);
+    say!("kind     {}", t.kind);
+    say!("default  {}", if t.default { "yes" } else { "no" });
     if t.conflict {
-        println!("conflict concurrent edits left several values; the newest is shown");
+        say!("conflict concurrent edits left several values; the newest is shown");
     }
-    println!("created  {} by {}", when(t.created_at), t.created_by);
-    println!("updated  {} by {}", when(t.updated_at), t.updated_by);
-    println!("secret   (hidden; --reveal prints it)");
+    say!("created  {} by {}", when(t.created_at), t.created_by);
+    say!("updated  {} by {}", when(t.updated_at), t.updated_by);
+    say!("secret   (hidden; --reveal prints it)");
 }

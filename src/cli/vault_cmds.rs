@@ -126,6 +126,7 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
             "listen": v.listen,
             "online": v.online,
             "pairing_offer_open": v.offer_open,
+            "out_of_sync": v.out_of_sync,
             "home": ctx.home.root().display().to_string(),
         }));
     } else {
@@ -133,18 +134,21 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
             Some(until) => format!("unlocked until {}", when(until)),
             None => "locked: commands that read or add a token ask for the passphrase".into(),
         };
-        println!("vault    {} ({})", v.vault_name, v.vault_id);
-        println!("device   {} ({}), {}", v.device_name, v.device_id, v.role);
-        println!("lock     {lock}");
-        println!("daemon   {daemon}");
-        println!("tokens   {}", v.tokens);
-        println!("members  {active} active, {} online", v.online);
-        println!("peer id  {}", v.peer_id);
+        say!("vault    {} ({})", v.vault_name, v.vault_id);
+        say!("device   {} ({}), {}", v.device_name, v.device_id, v.role);
+        say!("lock     {lock}");
+        say!("daemon   {daemon}");
+        say!("tokens   {}", v.tokens);
+        say!("members  {active} active, {} online", v.online);
+        say!("peer id  {}", v.peer_id);
         if !v.listen.is_empty() {
-            println!("listen   {}", v.listen.join(" "));
+            say!("listen   {}", v.listen.join(" "));
         }
-        println!("epoch    generation {}", v.epoch_generation);
-        println!("home     {}", ctx.home.root().display());
+        say!("epoch    generation {}", v.epoch_generation);
+        for out in &v.out_of_sync {
+            say!("sync     {}", out.line(when));
+        }
+        say!("home     {}", ctx.home.root().display());
     }
     Ok(())
 }
@@ -242,7 +246,7 @@ pub(super) fn import(ctx: &Context, file: &Path) -> Result<(), CliError> {
     if ctx.json {
         print_json(&json!({"new_changes": new}));
     } else {
-        println!("Merged {new} new change(s) from {}.", file.display());
+        say!("Merged {new} new change(s) from {}.", file.display());
     }
     Ok(())
 }
@@ -281,7 +285,7 @@ pub(super) fn recover(
             &json!({"device_id": device.device_id().to_hex(), "vault_id": state.info.id.to_hex(), "tokens": tokens}),
         );
     } else {
-        println!(
+        say!(
             "Recovered vault '{}' on new device '{}' ({}); {tokens} token(s) readable.",
             state.info.name,
             name,

@@ -1,5 +1,6 @@
 //! The swarm: transports (TCP with Noise and Yamux; QUIC, whose TLS 1.3 handshake proves the
-//! same PeerId), and the behaviours every handoff node runs: the gate, identify (peers learn
+//! same PeerId), and the behaviours every handoff node runs: connection caps counted before
+//! the handshake, the gate, identify (peers learn
 //! each other's listen addresses), ping (dead connections are noticed) and plain streams for
 //! handoff's own protocols.
 
@@ -20,8 +21,22 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 /// How long a connection with no stream open stays up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Caps on incoming connections, counted before the handshake: strangers that connect and
+/// never finish one pin at most `pending_incoming` descriptors, each for the swarm's
+/// connection timeout, and one address at most `pending_per_address`. A vault has at most
+/// 256 members.
+const CAPS: handoff_relay::descriptors::ConnectionCaps =
+    handoff_relay::descriptors::ConnectionCaps {
+        pending_incoming: 32,
+        pending_per_address: 4,
+        established_incoming: 512,
+        per_peer: 8,
+    };
+
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    pub limits: libp2p::connection_limits::Behaviour,
+    pub per_address: handoff_relay::descriptors::PendingPerAddress,
     pub gate: Gate,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -46,6 +61,8 @@ pub(super) fn build(
         .with_quic()
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| Behaviour {
+            limits: handoff_relay::descriptors::connection_limits(CAPS),
+            per_address: handoff_relay::descriptors::PendingPerAddress::new(CAPS),
             gate,
             // Identify only on connect and when our addresses change: an idle mesh is quiet.
             identify: identify::Behaviour::new(

@@ -57,13 +57,9 @@ fn raw_exchange(socket: &std::path::Path, frame: &[u8]) -> Option<Response> {
     stream.shutdown(std::net::Shutdown::Write).ok()?;
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).ok()?;
-    let mut payload = vec![0u8; control::check_len(len).unwrap()];
+    let mut payload = vec![0u8; control::check_len(len, control::MAX_RESPONSE).unwrap()];
     stream.read_exact(&mut payload).unwrap();
-    control::decode_envelope(&payload)
-        .unwrap()
-        .body
-        .deserialized()
-        .ok()
+    control::decode(&payload).ok()
 }
 
 #[test]
@@ -86,7 +82,8 @@ fn control_socket_refuses_other_versions_garbage_and_other_users() {
     frame.extend_from_slice(&payload);
     match raw_exchange(&socket, &frame) {
         Some(Response::Error { message, .. }) => assert!(
-            message.contains("version 99") && message.contains("speaks 1"),
+            message.contains("version 99")
+                && message.contains(&format!("speaks {}", control::VERSION)),
             "{message}"
         ),
         other => panic!("expected a version error, got {other:?}"),
@@ -139,8 +136,7 @@ fn control_socket_refuses_other_versions_garbage_and_other_users() {
             );
             let reply = hex::decode(raw.stdout.trim()).unwrap_or_default();
             assert!(reply.len() > 4, "{raw:?}");
-            let env = control::decode_envelope(&reply[4..]).unwrap();
-            match env.body.deserialized::<Response>().unwrap() {
+            match control::decode::<Response>(&reply[4..]).unwrap() {
                 Response::Error { message, .. } => {
                     assert!(message.contains("refusing uid 65534"), "{message}");
                 }

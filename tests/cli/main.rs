@@ -30,6 +30,7 @@ mod demo;
 mod durability;
 mod export_recover;
 mod hardening;
+mod hostile;
 mod lan;
 mod peers;
 mod relays;

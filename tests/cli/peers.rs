@@ -90,7 +90,7 @@ fn join(new: &TestHome, offer: &Offer, code: &str, name: &str) -> Output {
 }
 
 /// Pairs `new` (an empty home) through `admin` and starts its daemon.
-fn pair(admin: &TestHome, new: &TestHome, name: &str) {
+pub(crate) fn pair(admin: &TestHome, new: &TestHome, name: &str) {
     let offer = Offer::open(admin);
     let code = offer.code();
     let joined = join(new, &offer, &code, name);
@@ -104,7 +104,7 @@ fn pair(admin: &TestHome, new: &TestHome, name: &str) {
 }
 
 /// Waits (polling the processes, under a deadline) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + CONVERGE;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -222,40 +222,71 @@ fn three_daemons_converge_on_concurrent_edits_and_each_reads_every_token() {
 }
 
 #[test]
-fn a_wrong_code_fails_on_both_sides_and_the_offer_is_used_up() {
+fn a_wrong_code_voids_that_code_and_peer_add_goes_on_with_a_fresh_one() {
     let a = admin();
     let offer = Offer::open(&a);
     let right = offer.code();
     let nameplate = right.split('-').next().unwrap().to_string();
     let wrong = format!("{nameplate}-zoo-zoo-zoo");
     assert_ne!(wrong, right);
-    let b = TestHome::new();
-    let line = join(&b, &offer, &wrong, "mallory")
+    // A stranger who read the nameplate tries a guess.
+    let mallory = TestHome::new();
+    let line = join(&mallory, &offer, &wrong, "mallory")
         .fails_with(4)
         .to_string();
     assert!(line.contains("codes did not match"), "{line}");
-    assert!(!b.db().exists(), "a failed join leaves no device behind");
-    let addr = offer.addr();
-    let added = offer.finish();
-    assert_eq!(added.code, Some(4), "{added:?}");
-    assert!(added.stderr.contains("codes did not match"), "{added:?}");
+    assert!(
+        !mallory.db().exists(),
+        "a failed join leaves no device behind"
+    );
 
-    // The offer had its one attempt: the right code is refused now, and says why.
-    let stale = b.run(&[
-        "peer",
-        "join",
-        &right,
-        "--addr",
-        &addr,
-        "--yes",
-        "--no-mdns",
-        "--name",
-        "beta",
-    ]);
-    let line = stale.fails_with(7).to_string();
-    assert!(line.contains("expired or been used"), "{line}");
+    // `peer add` says so plainly and goes on waiting under a fresh code, by itself.
+    let renewed: Value = serde_json::from_str(
+        &offer
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("peer add shows a fresh code"),
+    )
+    .unwrap();
+    let fresh = renewed["renewed"]["code"].as_str().unwrap().to_string();
+    assert!(
+        renewed["renewed"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("someone tried a wrong code"),
+        "{renewed}"
+    );
+    assert_ne!(fresh, right);
+
+    // The code that was tried is void, and says so.
+    let b = TestHome::new();
+    let stale = join(&b, &offer, &right, "beta");
+    let line = stale.fails_with(5).to_string();
+    assert!(line.contains("void"), "{line}");
+    assert!(!b.db().exists());
+
+    // The real device uses the fresh code.
+    let joined = join(&b, &offer, &fresh, "beta");
+    assert_eq!(joined.code, Some(0), "{joined:?}");
+    let added = offer.finish();
+    assert_eq!(added.code, Some(0), "{added:?}");
+    assert!(added.stdout.contains("\"paired\""), "{added:?}");
     let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
-    assert_eq!(peers.as_array().unwrap().len(), 1, "no one was admitted");
+    let names: Vec<&str> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "only the real device was admitted: {names:?}"
+    );
+    assert!(
+        names.contains(&"beta") && !names.contains(&"mallory"),
+        "{names:?}"
+    );
 }
 
 #[test]

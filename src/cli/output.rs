@@ -1,0 +1,63 @@
+//! Standard output for commands, a line at a time. When the reader goes away
+//! (`handoff session list | head`), output stops quietly: nothing more is written, the command
+//! finishes what it was doing (so temporary files and the document are left as they should
+//! be), and `main` exits with the status a shell expects of a program stopped by SIGPIPE
+//! (141), never a panic and a backtrace. Any other write error is reported once, the same
+//! way, as an internal error.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Nothing went wrong writing.
+const FINE: u8 = 0;
+/// The reader went away.
+const BROKEN_PIPE: u8 = 1;
+/// Writing failed otherwise.
+const FAILED: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(FINE);
+
+/// Writes `args` and a newline to stdout (see the module docs).
+pub fn line(args: std::fmt::Arguments<'_>) {
+    write(args, true);
+}
+
+/// Writes `args` to stdout as they are.
+pub fn text(args: std::fmt::Arguments<'_>) {
+    write(args, false);
+}
+
+fn write(args: std::fmt::Arguments<'_>, newline: bool) {
+    if STATE.load(Ordering::Relaxed) != FINE {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        let state = if e.kind() == std::io::ErrorKind::BrokenPipe {
+            BROKEN_PIPE
+        } else {
+            FAILED
+        };
+        STATE.store(state, Ordering::Relaxed);
+    }
+}
+
+/// The exit status output asks for, if writing failed: 141 for a reader that went away, 1
+/// for any other failure.
+pub fn failure_status() -> Option<u8> {
+    match STATE.load(Ordering::Relaxed) {
+        BROKEN_PIPE => Some(128 + 13),
+        FAILED => Some(1),
+        _ => None,
+    }
+}
