@@ -90,3 +90,38 @@ fn export_never_writes_through_an_existing_temporary_file() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
     assert!(!out_path.exists());
 }
+
+/// `handoff token list | head` and its kind: a reader that goes away ends the output quietly,
+/// with the status of a program stopped by SIGPIPE, never a panic. In both modes.
+fn a_reader_that_goes_away_ends_output_quietly(home: TestHome) {
+    home.init();
+    home.add("anthropic", "work", "sk-ant-PIPE", &[]);
+    for args in [
+        &["token", "list"][..],
+        &["--json", "status"],
+        &["session", "list"],
+    ] {
+        let mut child = home.command(args).spawn().unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = crate::support::finish(child, Duration::from_secs(60));
+        assert_eq!(out.code, Some(141), "{args:?}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {out:?}");
+    }
+}
+crate::both_modes!(a_reader_that_goes_away_ends_output_quietly);
+
+#[test]
+fn an_empty_passphrase_file_variable_counts_as_unset() {
+    let home = TestHome::new();
+    home.init();
+    home.add("anthropic", "work", "sk-ant-EMPTY-VAR", &[]);
+    let run = |args: &[&str]| {
+        let mut cmd = home.command(args);
+        cmd.env("HANDOFF_PASSPHRASE_FILE", "");
+        crate::support::finish(cmd.spawn().unwrap(), Duration::from_secs(60))
+    };
+    let listed = run(&["token", "list"]);
+    assert_eq!(listed.code, Some(0), "{listed:?}");
+    // No passphrase source at all: locked (3), not a usage error.
+    run(&["token", "show", "anthropic/work", "--reveal"]).fails_with(3);
+}
