@@ -186,6 +186,7 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
     }
     loop {
         let mut shutdown = false;
+        let mut budget = None;
         let response = match daemon.clients.next_request(id, &mut stream).await {
             Ok(None) => return, // hung up, or idle too long
             Err(e) => {
@@ -199,20 +200,14 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
                     control::VERSION
                 ),
             },
-            Ok(Some(Incoming::Request(request))) => {
+            Ok(Some(Incoming::Request(request, permit))) => {
+                budget = permit;
                 let request = *request;
                 shutdown = matches!(request, Request::Shutdown);
-                if matches!(request, Request::PairOffer { .. }) {
-                    *daemon
-                        .pairing
-                        .owner
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
-                    daemon.clients.set_owner(id);
-                }
+                let offers = matches!(request, Request::PairOffer { .. });
                 let waits = matches!(request, Request::PairNext);
                 let answered = answer(daemon, request);
-                if waits {
+                let response = if waits {
                     // A client waiting for the next pairing step sends nothing meanwhile:
                     // if its socket turns readable, it hung up (or misbehaves).
                     tokio::select! {
@@ -221,16 +216,31 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
                     }
                 } else {
                     answered.await.unwrap_or_else(|e| error_response(&e))
+                };
+                // Only a connection whose offer opened owns it (one at a time): a refused
+                // offer takes neither the real one's owner nor a place that is never evicted.
+                if offers && matches!(response, Response::Offered(_)) {
+                    *daemon
+                        .pairing
+                        .owner
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
+                    daemon.clients.set_owner(id);
                 }
+                response
             }
         };
         let Ok(frame) = control::encode(&response) else {
             return;
         };
-        // A client that stops reading its answer is not waited on for ever.
-        let written = tokio::time::timeout(clients::IDLE_TIMEOUT, stream.write_all(&frame))
+        // A client that stops reading its answer is not waited on for ever, and may be
+        // evicted meanwhile.
+        daemon.clients.waiting(id);
+        let written = tokio::time::timeout(clients::WRITE_TIMEOUT, stream.write_all(&frame))
             .await
             .is_ok_and(|w| w.is_ok());
+        drop(frame);
+        drop(budget);
         if shutdown {
             let _ = daemon.stop.send(true); // after the answer is out
         }

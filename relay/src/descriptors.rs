@@ -41,11 +41,11 @@ pub struct ConnectionCaps {
     pub per_peer: u32,
 }
 
-/// The behaviour that enforces `caps`.
+/// The behaviour that enforces `caps` on established connections (the pending ones are
+/// [`PendingPerAddress`]'s).
 pub fn connection_limits(caps: ConnectionCaps) -> connection_limits::Behaviour {
     connection_limits::Behaviour::new(
         ConnectionLimits::default()
-            .with_max_pending_incoming(Some(caps.pending_incoming))
             .with_max_established_incoming(Some(caps.established_incoming))
             .with_max_established_per_peer(Some(caps.per_peer)),
     )
@@ -99,25 +99,34 @@ impl AcceptBackoff {
     }
 }
 
-/// Refuses an incoming connection while its address already has as many handshakes under way
-/// as it may (see the module docs).
+/// Refuses an incoming TCP connection before its handshake while as many handshakes are under
+/// way as may be, in all or from its address, or while the established incoming connections
+/// are at their cap (see the module docs). QUIC connections are not counted here: they hold
+/// no descriptor while pending, and their first packet's source address is not verified, so
+/// counting them would let spoofed packets fill the slots TCP clients need.
 #[derive(Debug)]
 pub struct PendingPerAddress {
     max: u32,
+    max_total: u32,
+    max_established: u32,
     pending: HashMap<ConnectionId, IpAddr>,
     per_address: HashMap<IpAddr, u32>,
+    established: std::collections::HashSet<ConnectionId>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("too many handshakes under way from one address")]
+#[error("too many connections or handshakes under way (in all, or from one address)")]
 struct TooManyFromOneAddress;
 
 impl PendingPerAddress {
     pub fn new(caps: ConnectionCaps) -> Self {
         Self {
             max: caps.pending_per_address,
+            max_total: caps.pending_incoming,
+            max_established: caps.established_incoming,
             pending: HashMap::new(),
             per_address: HashMap::new(),
+            established: std::collections::HashSet::new(),
         }
     }
 
@@ -155,6 +164,17 @@ impl NetworkBehaviour for PendingPerAddress {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
+        if remote
+            .iter()
+            .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+        {
+            return Ok(());
+        }
+        if self.established.len() >= self.max_established as usize
+            || self.pending.len() >= self.max_total as usize
+        {
+            return Err(ConnectionDenied::new(TooManyFromOneAddress));
+        }
         let Some(ip) = source(remote) else {
             return Ok(());
         };
@@ -190,8 +210,15 @@ impl NetworkBehaviour for PendingPerAddress {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ListenFailure(failure) = event {
-            self.done(failure.connection_id);
+        match event {
+            FromSwarm::ListenFailure(failure) => self.done(failure.connection_id),
+            FromSwarm::ConnectionEstablished(c) if c.endpoint.is_listener() => {
+                self.established.insert(c.connection_id);
+            }
+            FromSwarm::ConnectionClosed(c) => {
+                self.established.remove(&c.connection_id);
+            }
+            _ => {}
         }
     }
 

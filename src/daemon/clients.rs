@@ -33,8 +33,11 @@ use crate::control::{self, Request, Undecodable};
 
 /// Control connections served at once.
 pub(super) const MAX_CONNECTIONS: usize = 64;
-/// How long a connection may wait between requests.
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection may wait between requests. Generous: a CLI may hold its connection
+/// while its user types a passphrase; under load the cap's eviction frees places anyway.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long writing an answer may take (the connection is evictable meanwhile).
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the rest of a frame may take once its length arrived.
 pub(super) const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames up to this size are read without reserving from the budget.
@@ -149,9 +152,14 @@ impl Clients {
     }
 
     /// Connection `id` opened the pairing offer: it is never evicted and waits as long as the
-    /// offer lives.
+    /// offer lives. There is one owner at a time: a previous one goes back to waiting.
     pub fn set_owner(&self, id: u64) {
-        if let Some(entry) = self.lock().get_mut(&id) {
+        let mut entries = self.lock();
+        for entry in entries.values_mut().filter(|e| e.phase == Phase::Owner) {
+            entry.phase = Phase::Waiting;
+            entry.since = Instant::now();
+        }
+        if let Some(entry) = entries.get_mut(&id) {
             entry.phase = Phase::Owner;
         }
     }
@@ -215,8 +223,7 @@ impl Clients {
             // An import's document is taken out of the frame in place: it costs its own
             // bytes once, not a second copy.
             let request = take_import(payload, prefix.len()).ok_or(FrameError::Malformed)?;
-            drop(permit);
-            return Ok(Some(Incoming::Request(Box::new(request))));
+            return Ok(Some(Incoming::Request(Box::new(request), permit)));
         }
         let decoded = if len > SMALL_FRAME {
             tokio::task::spawn_blocking(move || control::decode::<Request>(&payload))
@@ -225,9 +232,8 @@ impl Clients {
         } else {
             control::decode::<Request>(&payload)
         };
-        drop(permit);
         match decoded {
-            Ok(request) => Ok(Some(Incoming::Request(Box::new(request)))),
+            Ok(request) => Ok(Some(Incoming::Request(Box::new(request), permit))),
             Err(Undecodable::Version(v)) => Ok(Some(Incoming::OtherVersion(v))),
             Err(Undecodable::Malformed(why)) => {
                 tracing::debug!(why, "an undecodable control frame");
@@ -300,7 +306,9 @@ fn take_import(mut payload: Vec<u8>, at: usize) -> Option<Request> {
 /// What a connection's next frame held.
 #[derive(Debug)]
 pub(super) enum Incoming {
-    Request(Box<Request>),
+    /// A request, with its share of the large-frame budget: kept until it is answered, since
+    /// the request (an import's document) lives that long.
+    Request(Box<Request>, Option<OwnedSemaphorePermit>),
     /// An envelope of another protocol version.
     OtherVersion(u32),
 }

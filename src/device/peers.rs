@@ -44,10 +44,16 @@ pub(super) struct Session {
     /// Whether the store records the two as out of sync (a mirror, so clearing costs a write
     /// only when there is something to clear).
     out_of_sync: bool,
+    /// The reason last recorded, so a repeated refusal costs no write.
+    out_of_sync_why: Option<String>,
+    /// While paused: the last message sent without changes. The same one is not sent twice,
+    /// so two devices that cannot converge fall quiet instead of trading heads for ever.
+    last_stripped: Option<Vec<u8>>,
 }
 
 impl Session {
     fn restart(&mut self) {
+        self.last_stripped = None;
         let shared = std::mem::take(&mut self.state.shared_heads);
         self.state = State::new();
         self.state.shared_heads = shared;
@@ -91,6 +97,8 @@ impl Device {
                 state,
                 paused_at: None,
                 out_of_sync,
+                out_of_sync_why: None,
+                last_stripped: None,
             },
         );
         Ok(token)
@@ -146,11 +154,28 @@ impl Device {
         let Some(session) = self.sessions.get_mut(peer) else {
             return;
         };
+        // Peer-influenced text (an error can quote a map key): one line, no control
+        // characters, bounded.
+        let why: Option<String> = why.map(|w| {
+            let mut clean: String = w
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(200)
+                .collect();
+            if w.chars().count() > 200 {
+                clean.push('…');
+            }
+            clean
+        });
+        if session.out_of_sync == why.is_some() && session.out_of_sync_why == why {
+            return;
+        }
         if why.is_none() && !session.out_of_sync {
             return;
         }
         session.out_of_sync = why.is_some();
-        let out = why.map(|w| (unix_now(), w));
+        session.out_of_sync_why.clone_from(&why);
+        let out = why.as_deref().map(|w| (unix_now(), w));
         if let Err(e) = self.store.set_out_of_sync(peer, out) {
             tracing::warn!(error = %e, "cannot record a peer's sync standing");
         }
@@ -186,7 +211,14 @@ impl Device {
             }
             None => true,
         };
-        self.doc.sync_message(&mut session.state, with_changes)
+        let message = self.doc.sync_message(&mut session.state, with_changes)?;
+        if !with_changes {
+            if session.last_stripped.as_ref() == Some(&message) {
+                return None;
+            }
+            session.last_stripped = Some(message.clone());
+        }
+        Some(message)
     }
 
     /// Applies `peer`'s sync message: validated as a whole, persisted before it returns.

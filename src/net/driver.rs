@@ -126,15 +126,15 @@ struct OpenOffer {
     nameplate: u16,
     deadline: tokio::time::Instant,
     state: OfferState,
-    /// Nameplates of this offer's codes that were tried and voided (the latest few), so a
-    /// late try with one is told it is void rather than that there is no such offer.
+    /// Nameplates of this offer's codes that were tried and voided (at most [`MAX_VOIDED`]),
+    /// so a late try with one is told it is void rather than that there is no such offer.
     voided: Vec<u16>,
     /// Its owner withdrew it while an attempt ran: it must not wait again.
     withdrawn: bool,
 }
 
-/// How many voided nameplates an offer remembers.
-const VOIDED_KEPT: usize = 16;
+/// How many codes of one offer may be voided before the offer ends.
+const MAX_VOIDED: usize = 16;
 
 enum OfferState {
     Waiting(Box<Offer>),
@@ -411,7 +411,7 @@ impl Driver {
                 if !self.members.contains_key(&joiner) {
                     self.swarm.behaviour_mut().gate.close_peer(joiner);
                 }
-                let (mut voided, withdrawn) = self
+                let (voided, withdrawn) = self
                     .offer
                     .take()
                     .map(|open| {
@@ -420,15 +420,30 @@ impl Driver {
                         (v, open.withdrawn)
                     })
                     .unwrap_or_default();
-                let excess = voided.len().saturating_sub(VOIDED_KEPT);
-                voided.drain(..excess);
-                match offer.renew() {
+                // A fresh nameplate, never one already voided (that would turn the real
+                // joiner away as "used").
+                let mut renewed = offer.renew();
+                for _ in 0..8 {
+                    if renewed.is_err() || !voided.contains(&offer.code.nameplate()) {
+                        break;
+                    }
+                    renewed = offer.renew();
+                }
+                match renewed {
                     _ if withdrawn => {
                         let _ = offer
                             .events
                             .send(PairEvent::Failed(pair::PairFailure::Local(
                                 "the offer was withdrawn".into(),
                             )));
+                        self.close_offer();
+                    }
+                    // Someone keeps trying: past a few voided codes the offer ends, so
+                    // guesses per offer stay few (each one a full handshake).
+                    _ if voided.len() > MAX_VOIDED => {
+                        let _ = offer.events.send(PairEvent::Failed(pair::PairFailure::Local(
+                            format!("{MAX_VOIDED} codes were tried and voided; someone may be guessing. Run `handoff peer add` again")
+                        )));
                         self.close_offer();
                     }
                     Ok(()) => {
