@@ -361,17 +361,15 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
 
 fn check(seed: u64, nodes: &mut [Node], ledger: &Ledger) -> Result<Vec<String>, String> {
     let fail = |what: String| Err(format!("seed {seed}: {what}"));
-    // A device admitted by an admin after that admin's removal (concurrently, in another
-    // partition) was never admitted: the founder, never removed, says who is in.
+    // The founder, never removed, says who is in, both ways: a device admitted by an admin
+    // after that admin's removal (concurrently, in another partition) was never admitted, and
+    // a removal written by an admin past its own removal's bound never took effect.
     let founder = nodes[0].device.state().unwrap();
     for node in nodes.iter_mut() {
-        if !founder
+        node.removed = !founder
             .members
             .get(&node.id())
-            .is_some_and(|m| m.is_active())
-        {
-            node.removed = true;
-        }
+            .is_some_and(|m| m.is_active());
     }
     let live: Vec<usize> = (0..nodes.len()).filter(|&i| !nodes[i].removed).collect();
     let heads: BTreeSet<Vec<String>> = live.iter().map(|&i| nodes[i].device.heads_hex()).collect();
