@@ -50,8 +50,14 @@ pub enum DocError {
     UnvouchedFounder,
     #[error("the document would undo trusted state ({0}): refusing it")]
     Regression(&'static str),
+    /// `owed`: the removed members whose changes this device holds past the bound the refused
+    /// document gives them, with the last sequence number held. Vouching for those (see
+    /// `Device::vouch_for_refused`) is what lets the other side take this document.
     #[error("a change was written by {actor}, which is not a member allowed to write")]
-    ForeignAuthor { actor: String },
+    ForeignAuthor {
+        actor: String,
+        owed: Vec<(DeviceId, u64)>,
+    },
     #[error("document operation failed: {0}")]
     Automerge(#[from] automerge::AutomergeError),
 }
@@ -395,6 +401,9 @@ impl VaultDoc {
             self.put_changed(&entry, "at", r.at.into())?;
             self.put_changed(&entry, "after_seq", r.after_seq.into())?;
             self.put_changed(&entry, "sig", bytes(&r.sig))?;
+            if r.vouch || self.doc.get(&entry, "vouch")?.is_some() {
+                self.put_changed(&entry, "vouch", r.vouch.into())?;
+            }
         }
         Ok(())
     }
@@ -627,26 +636,64 @@ fn check_fork(
         if !allowed {
             return Err(DocError::ForeignAuthor {
                 actor: change.actor_id().to_hex_string(),
+                owed: held_past_bounds(fork, &state, &new_changes),
             });
         }
     }
     Ok((new_changes.len(), state))
 }
 
+/// The members `state` shows removed whose changes the document held before `new` arrived
+/// past their bound in `state`, each with the last sequence number held. Two sides that each
+/// took changes from a device the other removed refuse each other until both vouch for what
+/// they hold: this says what to vouch for, from a document that was refused.
+fn held_past_bounds(
+    fork: &mut AutoCommit,
+    state: &VaultState,
+    new: &[automerge::Change],
+) -> Vec<(DeviceId, u64)> {
+    let new: std::collections::HashSet<ChangeHash> = new.iter().map(|c| c.hash()).collect();
+    let removed: Vec<(&Member, u64)> = state
+        .members
+        .values()
+        .filter_map(|m| Some((m, m.write_bound()?)))
+        .collect();
+    if removed.is_empty() {
+        return Vec::new();
+    }
+    let mut held = vec![0u64; removed.len()];
+    for change in fork.get_changes_meta(&[]) {
+        if new.contains(&change.hash) {
+            continue;
+        }
+        let actor = change.actor.to_bytes();
+        if let Some(i) = removed.iter().position(|(m, _)| m.actor == actor) {
+            held[i] = held[i].max(change.seq);
+        }
+    }
+    removed
+        .iter()
+        .zip(held)
+        .filter(|((_, bound), held)| held > bound)
+        .map(|((m, _), held)| (m.device, held))
+        .collect()
+}
+
 /// Outside changes may add to trusted state but never take from it: every verified member
-/// stays verified, a removal stays, every epoch keeps its generation and its trusted wraps, and
-/// the current epoch never moves back. Otherwise one crafted change could make every token
-/// unreadable or bring back an epoch a removed device knows.
+/// stays verified, a removal stays, and every epoch keeps its generation and its trusted wraps.
+/// Otherwise one crafted change could make every token unreadable or bring back an epoch a
+/// removed device knows.
 fn check_no_regression(before: &VaultState, after: &VaultState) -> Result<(), DocError> {
     for (id, member) in &before.members {
         let Some(now) = after.members.get(id) else {
             return Err(DocError::Regression("a verified member lost its standing"));
         };
-        // An entry may be re-signed with a higher bound by its own signer, never lowered.
+        // An entry may be re-signed with a higher bound by its own signer, never lowered, and a
+        // removal never becomes a vouch.
         let kept = |r: &schema::Removal| {
             now.removals
                 .iter()
-                .any(|n| n.by == r.by && n.after_seq >= r.after_seq)
+                .any(|n| n.by == r.by && n.after_seq >= r.after_seq && (r.vouch || !n.vouch))
         };
         if !member.removals.iter().all(kept) {
             return Err(DocError::Regression("a removal was undone or lowered"));
@@ -663,10 +710,12 @@ fn check_no_regression(before: &VaultState, after: &VaultState) -> Result<(), Do
             return Err(DocError::Regression("a trusted key wrap was broken"));
         }
     }
-    let current = |s: &VaultState| s.current_epoch().map(|e| (e.generation, e.id));
-    if current(after) < current(before) {
-        return Err(DocError::Regression("the current key epoch moved back"));
-    }
+    // The current epoch is the newest an active admin (or the recovery key) wrapped. With the
+    // checks above it can only move back when every admin that wrapped it has been removed by a
+    // signed removal: an admin removed concurrently with a rotation it made. That is no
+    // regression (its epoch is one a removed device knows), and refusing it would leave the
+    // devices that saw the rotation unable to ever take the removal. The epoch that takes over
+    // was made by an active admin, and upkeep rotates past it if it reaches an outsider.
     Ok(())
 }
 

@@ -2,15 +2,16 @@
 //! divergences the seeded convergence simulation found, on real devices (SQLite, keys,
 //! Automerge) with the network played by hand.
 //!
-//! The setting of both: admins A, B and C; C removes B while B writes a token that only A
-//! sees. A then holds changes of B's past the bound C knows, and C refuses them until A, on
-//! learning of the removal, vouches for what it already held.
+//! The setting of the first two: admins A, B and C; C removes B while B writes a token that
+//! only A sees. A then holds changes of B's past the bound C knows, and C refuses them until A,
+//! on learning of the removal, vouches for what it already held. The last two are concurrent
+//! removals: of an admin while it rotated, and of two devices each side took changes from.
 
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
 mod common;
 
-use handoff::device::{Device, Unlocked};
+use handoff::device::{Device, Unlocked, expose};
 use handoff::doc::{Role, Service};
 use handoff::home::Home;
 use handoff_protocol::DeviceId;
@@ -38,13 +39,17 @@ fn founder() -> Node {
 }
 
 fn pair(admin: &mut Node, name: &str) -> Node {
+    pair_as(admin, name, Role::Admin)
+}
+
+fn pair_as(admin: &mut Node, name: &str, role: Role) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let (device, key) = common::join(
         Home::at(dir.path().join("home")),
         name,
         &mut admin.device,
         &admin.key,
-        Role::Admin,
+        role,
     );
     Node {
         device,
@@ -190,4 +195,134 @@ fn a_paused_sender_still_answers_so_the_refuser_can_send_what_it_lacks() {
     );
     exchange(&mut a, &mut c);
     converged(&mut a, &mut c);
+}
+
+fn removed(node: &Node, name: &str) -> bool {
+    let state = node.device.state().unwrap();
+    !state
+        .members
+        .values()
+        .find(|m| m.name == name)
+        .unwrap()
+        .is_active()
+}
+
+fn same_document(x: &mut Node, y: &mut Node) {
+    assert_eq!(
+        x.device.heads_hex(),
+        y.device.heads_hex(),
+        "the two were left with different documents"
+    );
+}
+
+/// Admin B rotates twice (removing C, then D) while the founder A, who has not seen either,
+/// removes B. A device that took B's rotations must still take the removal, although the
+/// current epoch then moves back to A's (B's epochs lose their standing with B): it used to
+/// refuse it as "the current key epoch moved back", and A refused B's changes past A's bound,
+/// for good.
+#[test]
+fn an_admin_removed_while_it_rotated_is_removed_everywhere() {
+    let mut a = founder();
+    let mut b = pair(&mut a, "b");
+    let mut c = pair(&mut a, "c");
+    let mut d = pair(&mut a, "d");
+    let mut e = pair(&mut a, "e");
+    a.device
+        .add_token(&a.key, Service::Anthropic, "t", b"sk-ant-t", false, false)
+        .unwrap();
+    for other in [&mut b, &mut c, &mut d, &mut e] {
+        open(&mut a, other);
+        exchange(&mut a, other);
+    }
+    open(&mut b, &mut e);
+    exchange(&mut b, &mut e);
+    same_document(&mut a, &mut b);
+    b.device.remove_member(&b.key, &c.id().to_hex()).unwrap();
+    b.device.remove_member(&b.key, &d.id().to_hex()).unwrap();
+    exchange(&mut b, &mut e);
+    a.device.remove_member(&a.key, &b.id().to_hex()).unwrap();
+    let before = e
+        .device
+        .state()
+        .unwrap()
+        .current_epoch()
+        .unwrap()
+        .generation;
+    exchange(&mut a, &mut e);
+    same_document(&mut a, &mut e);
+    for gone in ["b", "c", "d"] {
+        assert!(
+            removed(&a, gone) && removed(&e, gone),
+            "{gone} is not removed"
+        );
+    }
+    let after = e.device.state().unwrap().current_epoch().unwrap().clone();
+    assert!(after.generation < before, "the epoch did not move back");
+    // A's epoch still reaches C and D (A did not know of their removal): upkeep moves on.
+    let upkeep = a.device.upkeep(&a.key).unwrap();
+    assert!(upkeep.rotated, "{upkeep:?}");
+    exchange(&mut a, &mut e);
+    same_document(&mut a, &mut e);
+    let state = e.device.state().unwrap();
+    let current = state.current_epoch().unwrap();
+    for gone in [&b, &c, &d] {
+        let wrapped = current
+            .wraps
+            .keys()
+            .any(|r| *r == handoff_protocol::dek_wrap::Recipient::Device(gone.id()));
+        assert!(!wrapped, "the current epoch still reaches a removed device");
+    }
+    let (_, secret) = e.device.reveal(&e.key, "anthropic/t").unwrap();
+    assert_eq!(expose(&secret), b"sk-ant-t");
+}
+
+/// Admins A and B, members X and Y. Apart, A removes Y and B removes X, while X writes a
+/// token that A takes and Y one that B takes. Each side then holds changes of a device the
+/// other removed, past the bound the other knows, so each refuses the other: neither could
+/// take the removal that makes it vouch. Each must vouch from the document it refused.
+#[test]
+fn two_sides_that_each_removed_a_device_the_other_took_from_both_vouch() {
+    let mut a = founder();
+    let mut b = pair(&mut a, "b");
+    let mut x = pair_as(&mut a, "x", Role::Member);
+    let mut y = pair_as(&mut a, "y", Role::Member);
+    for other in [&mut b, &mut x, &mut y] {
+        open(&mut a, other);
+        exchange(&mut a, other);
+    }
+    open(&mut b, &mut y);
+    exchange(&mut b, &mut y);
+    exchange(&mut a, &mut b);
+    same_document(&mut a, &mut b);
+    a.device.remove_member(&a.key, &y.id().to_hex()).unwrap();
+    b.device.remove_member(&b.key, &x.id().to_hex()).unwrap();
+    for (node, label) in [(&mut x, "from-x"), (&mut y, "from-y")] {
+        let secret = format!("sk-ant-{label}");
+        node.device
+            .add_token(
+                &node.key,
+                Service::Anthropic,
+                label,
+                secret.as_bytes(),
+                false,
+                false,
+            )
+            .unwrap();
+    }
+    exchange(&mut a, &mut x);
+    exchange(&mut b, &mut y);
+    exchange(&mut a, &mut b);
+    same_document(&mut a, &mut b);
+    for node in [&a, &b] {
+        assert!(removed(node, "x") && removed(node, "y"));
+    }
+    for node in [&mut a, &mut b] {
+        for label in ["from-x", "from-y"] {
+            let (_, secret) = node
+                .device
+                .reveal(&node.key, &format!("anthropic/{label}"))
+                .unwrap();
+            assert_eq!(expose(&secret), format!("sk-ant-{label}").as_bytes());
+        }
+    }
 }

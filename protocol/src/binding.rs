@@ -20,6 +20,8 @@ pub const GENESIS_DOMAIN: &[u8] = b"handoff/v1/genesis";
 pub const MEMBER_DOMAIN: &[u8] = b"handoff/v1/member";
 /// Domain of the statement by which an admin (or the recovery key) removes a member.
 pub const REMOVAL_DOMAIN: &[u8] = b"handoff/v1/member-removal";
+/// Domain of the statement by which a member vouches for a removed member's changes it holds.
+pub const VOUCH_DOMAIN: &[u8] = b"handoff/v1/member-vouch";
 /// Domain of the AD that binds a passphrase-wrapped device key to its device.
 pub const DEVICE_KEY_DOMAIN: &[u8] = b"handoff/v1/device-key";
 /// Domain of the statement an admin signs to list a relay in the vault.
@@ -155,6 +157,25 @@ pub fn removal_statement(
         .finish()
 }
 
+/// The statement a member signs to vouch for the changes it holds from `device`, up to
+/// `held_seq`: if `device` is removed, its changes up to there are accepted everywhere. A vouch
+/// never removes anyone, whoever signs it.
+pub fn vouch_statement(
+    vault: &VaultId,
+    device: &DeviceId,
+    by: &str,
+    at: i64,
+    held_seq: u64,
+) -> Vec<u8> {
+    Transcript::new(VOUCH_DOMAIN)
+        .field(vault.as_bytes())
+        .field(device.as_bytes())
+        .field(by.as_bytes())
+        .field(&at.to_be_bytes())
+        .field(&held_seq.to_be_bytes())
+        .finish()
+}
+
 /// The statement an admin signs for a relay entry: every member will dial these addresses and
 /// leave envelopes there, so only an admin may name them.
 pub fn relay_statement(
@@ -252,6 +273,15 @@ mod tests {
         assert_ne!(
             dek_wrap_ad(&V, &E, &device),
             dek_wrap_ad(&V, &E, &Recipient::Recovery)
+        );
+    }
+
+    #[test]
+    fn a_vouch_never_reads_as_a_removal() {
+        let device = DeviceId::from_bytes([4; 16]);
+        assert_ne!(
+            vouch_statement(&V, &device, "ab", 7, 3),
+            removal_statement(&V, &device, "ab", 7, 3)
         );
     }
 }

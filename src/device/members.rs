@@ -14,11 +14,12 @@
 
 use std::collections::BTreeMap;
 
-use handoff_protocol::binding::removal_statement;
+use handoff_protocol::binding::{removal_statement, vouch_statement};
 use handoff_protocol::dek_wrap::Recipient;
 use handoff_protocol::{DeviceId, EpochId};
 
 use super::{Device, DeviceError, Unlocked, check_name, sign_member, signed_wrap};
+use crate::doc::DocError;
 use crate::doc::schema::Removal;
 use crate::doc::schema::{Epoch, Member, Role, Token, VaultState};
 use crate::doc::unix_now;
@@ -184,57 +185,101 @@ impl Device {
     }
 
     fn sign_removal(&self, state: &VaultState, device: &DeviceId, after_seq: u64) -> Removal {
+        self.sign_entry(state, device, after_seq, false)
+    }
+
+    /// This device's entry under `device`'s removals: a removal, or with `vouch` a vouch for
+    /// the changes it holds from `device` up to `after_seq`.
+    fn sign_entry(
+        &self,
+        state: &VaultState,
+        device: &DeviceId,
+        after_seq: u64,
+        vouch: bool,
+    ) -> Removal {
         let by = self.record.device_id.to_hex();
         let at = unix_now();
+        let statement = if vouch {
+            vouch_statement
+        } else {
+            removal_statement
+        };
         let sig = self
             .keys
-            .sign(&removal_statement(
-                &state.info.id,
-                device,
-                &by,
-                at,
-                after_seq,
-            ))
+            .sign(&statement(&state.info.id, device, &by, at, after_seq))
             .to_vec();
         Removal {
             by,
             at,
             after_seq,
             sig,
+            vouch,
         }
     }
 
-    /// Raises the bound of removals over changes this device already holds from the removed
-    /// device (accepted before it learned of the removal). Needs no unlock. Returns whether it
-    /// wrote anything.
+    /// Vouches for the changes this device holds from members its document shows removed,
+    /// past their bound (taken before it learned of the removal). Needs no unlock. Returns
+    /// whether it wrote anything.
     pub fn vouch(&mut self) -> Result<bool, DeviceError> {
+        let state = self.state()?;
+        let owed: Vec<(DeviceId, u64)> = state
+            .members
+            .values()
+            .filter_map(|m| {
+                let held = self.doc.last_seq(&m.actor);
+                (held > m.write_bound()?).then_some((m.device, held))
+            })
+            .collect();
+        self.vouch_for(&owed)
+    }
+
+    /// Signs this device's vouch for each `(member, last sequence number held)`: from
+    /// [`vouch`](Self::vouch), or from a document this device refused because it lacked them
+    /// ([`DocError::ForeignAuthor`]). There the member may
+    /// not be removed in this document yet; the vouch does nothing here until a removal does,
+    /// and lets the side that removed it take this document. A removal this device signed
+    /// stays a removal, re-signed with the higher bound. Needs no unlock; returns whether it
+    /// wrote anything.
+    fn vouch_for(&mut self, owed: &[(DeviceId, u64)]) -> Result<bool, DeviceError> {
         let state = self.state()?;
         let me = self.record.device_id;
         if !state.members.get(&me).is_some_and(Member::is_active) {
             return Ok(false);
         }
+        let mine = me.to_hex();
         let mut wrote = false;
-        for member in state.members.values() {
-            let Some(bound) = member.write_bound() else {
+        for &(device, held) in owed {
+            let Some(member) = state.members.get(&device).filter(|_| device != me) else {
                 continue;
             };
-            let held = self.doc.last_seq(&member.actor);
-            if held > bound && member.device != me {
-                let mut updated = member.clone();
-                let mine = me.to_hex();
-                updated.removals.retain(|r| r.by != mine);
-                updated
-                    .removals
-                    .push(self.sign_removal(&state, &member.device, held));
-                self.doc.put_member(&updated)?;
-                wrote = true;
+            let own = member.removals.iter().find(|r| r.by == mine);
+            if own.is_some_and(|r| r.after_seq >= held) {
+                continue;
             }
+            let vouch = own.is_none_or(|r| r.vouch);
+            let mut updated = member.clone();
+            updated.removals.retain(|r| r.by != mine);
+            updated
+                .removals
+                .push(self.sign_entry(&state, &device, held, vouch));
+            self.doc.put_member(&updated)?;
+            wrote = true;
         }
         if wrote {
             self.doc.commit("member.vouch");
             self.persist()?;
         }
         Ok(wrote)
+    }
+
+    /// After refusing a document for changes by a removed member: vouches for what this device
+    /// holds of the members it shows removed, so that its own document becomes one the other
+    /// side can take (and then the refused one becomes acceptable too).
+    pub(super) fn vouch_for_refused(&mut self, refusal: &DocError) -> Result<bool, DeviceError> {
+        match refusal {
+            DocError::ForeignAuthor { owed, .. } if !owed.is_empty() => self.vouch_for(owed),
+            _ => Ok(false),
+        }
     }
 
     /// Repairs the epoch invariant and re-seals tokens under older epochs. Needs the unlocked

@@ -306,7 +306,10 @@ impl Device {
                 return Ok(Taken::Waiting);
             }
             Ok(None) => return Ok(Taken::Rejected(NOT_A_MEMBER.into())),
-            Err(e) => return Ok(Taken::Rejected(e.to_string())),
+            Err(e) => {
+                self.vouch_for_refused(&e)?;
+                return Ok(Taken::Rejected(e.to_string()));
+            }
         };
         if new > 0 {
             self.persist()?;

@@ -418,11 +418,11 @@ fn verify_members(
     (verified, pending.into_keys().collect())
 }
 
-/// Keeps the removal entries that verify. A removal takes effect only with an entry signed by
-/// the recovery key or a verified admin. Entries by other verified members (never the removed
-/// device itself) count only to raise the bound: a member that accepted the removed device's
-/// changes before it learned of the removal vouches for them, so that every device converges
-/// on the same changes. Forged or foreign entries have no effect.
+/// Keeps the removal entries that verify. A removal takes effect only with a removal entry
+/// signed by the recovery key or a verified admin. Vouches, and removal entries by members that
+/// are not admins, count only to raise the bound: a member that accepted the removed device's
+/// changes before it learned of the removal vouches for them, so that every device converges on
+/// the same changes. Nobody signs for itself; forged or foreign entries have no effect.
 fn verify_removals(
     vault: &VaultId,
     anchors: &TrustAnchors,
@@ -442,17 +442,18 @@ fn verify_removals(
             } else {
                 keys.get(&r.by).map(|(k, _)| k)
             };
-            let statement = handoff_protocol::binding::removal_statement(
-                vault,
-                &member.device,
-                &r.by,
-                r.at,
-                r.after_seq,
-            );
+            let statement = if r.vouch {
+                handoff_protocol::binding::vouch_statement
+            } else {
+                handoff_protocol::binding::removal_statement
+            };
+            let statement = statement(vault, &member.device, &r.by, r.at, r.after_seq);
             key.is_some_and(|k| verify_signature(k, &statement, &r.sig))
         });
         let decided = member.removals.iter().any(|r| {
-            r.by == Recipient::RECOVERY_NAME || keys.get(&r.by).is_some_and(|(_, admin)| *admin)
+            !r.vouch
+                && (r.by == Recipient::RECOVERY_NAME
+                    || keys.get(&r.by).is_some_and(|(_, admin)| *admin))
         });
         if !decided {
             member.removals.clear();
@@ -496,6 +497,7 @@ fn read_member(device: DeviceId, f: &Fields<'_>) -> Result<Member, DocError> {
                 at: entry.time("at")?,
                 after_seq: entry.u64("after_seq")?,
                 sig: entry.bytes("sig", 64)?,
+                vouch: entry.bool_or_false("vouch")?,
                 by,
             });
         }

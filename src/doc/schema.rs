@@ -205,21 +205,28 @@ pub struct Member {
     pub sig: Vec<u8>,
     /// Device id (hex) of the admin who admitted this member, `recovery`, or the founder itself.
     pub signer: String,
-    /// Signed removals of this member (`removals.<by>`), only the ones that verify. Several
-    /// admins may remove the same device concurrently; each keeps its own entry.
+    /// Signed removals of this member (`removals.<by>`), only the ones that verify, and only
+    /// once one of them is a removal by an admin or the recovery key (until then the member is
+    /// active and vouches for it do nothing). Several admins may remove the same device
+    /// concurrently; each keeps its own entry.
     pub removals: Vec<Removal>,
 }
 
-/// One remover's signed removal of a member.
+/// One signer's entry under a member's removals: a removal, or a vouch for the changes the
+/// signer holds from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removal {
-    /// Device id (hex) of the removing admin, or `recovery`.
+    /// Device id (hex) of the signer, or `recovery`.
     pub by: String,
     pub at: i64,
     /// The last change sequence number of the removed device's actor that is accepted.
     pub after_seq: u64,
-    /// Signature over [`handoff_protocol::binding::removal_statement`] by `by`.
+    /// Signature over [`handoff_protocol::binding::removal_statement`] by `by`, or over
+    /// [`handoff_protocol::binding::vouch_statement`] for a vouch.
     pub sig: Vec<u8>,
+    /// Only raises the bound: `by` holds the member's changes up to `after_seq` (taken before
+    /// it knew of a removal). Never removes anyone.
+    pub vouch: bool,
 }
 
 impl Member {
