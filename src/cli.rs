@@ -491,7 +491,7 @@ fn device_exit(e: &DeviceError) -> Exit {
         DeviceError::AlreadyInitialized(_) | DeviceError::DuplicateLabel { .. } => Exit::Conflict,
         DeviceError::TokenNotFound(_) => Exit::NotFound,
         DeviceError::AmbiguousToken { .. } | DeviceError::InvalidInput(_) => Exit::Usage,
-        DeviceError::NoAccess(_) => Exit::Locked,
+        DeviceError::NoAccess(_) | DeviceError::KeyNeedsRotation => Exit::Locked,
         DeviceError::Inconsistent(_) => Exit::Damaged,
     }
 }

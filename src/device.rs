@@ -62,6 +62,10 @@ pub enum DeviceError {
     DuplicateLabel { service: Service, label: String },
     #[error("this device holds no key for epoch {0}; another admin must grant it access")]
     NoAccess(EpochId),
+    #[error(
+        "the vault key is one a removed device may hold; an admin must rotate it first (its next unlock does)"
+    )]
+    KeyNeedsRotation,
     #[error("{0}")]
     InvalidInput(String),
     #[error("the device record and the vault document disagree: {0}")]
@@ -463,7 +467,22 @@ impl Device {
     ) -> Result<TokenId, DeviceError> {
         check_label(label)?;
         check_secret(service, secret)?;
-        let state = self.state()?;
+        let mut state = self.state()?;
+        let reaches_outsider = |state: &VaultState| {
+            state
+                .current_epoch()
+                .is_some_and(|e| state.reaches_outsider(e))
+        };
+        if reaches_outsider(&state) {
+            // An admin rotates past it now; anyone else must wait for one.
+            self.require_admin(&state)
+                .map_err(|_| DeviceError::KeyNeedsRotation)?;
+            self.upkeep(key)?;
+            state = self.state()?;
+            if reaches_outsider(&state) {
+                return Err(DeviceError::KeyNeedsRotation);
+            }
+        }
         let epoch = state
             .current_epoch()
             .ok_or(DeviceError::Inconsistent("the vault has no key epoch"))?;

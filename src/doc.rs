@@ -315,6 +315,26 @@ impl VaultDoc {
         Ok(count)
     }
 
+    /// The entry `by` wrote under `member`'s removals, as this document holds it whether or not
+    /// it counts here: its bound, and whether it is a vouch. `None` if there is none (or it is
+    /// not one map with a number in it).
+    pub fn removal_entry(&self, member: &DeviceId, by: &str) -> Option<(u64, bool)> {
+        let entry = self
+            .map(&["members", &member.to_hex(), "removals", by])
+            .ok()?;
+        let scalar = |key: &str| match self.doc.get(&entry, key).ok()? {
+            Some((automerge::Value::Scalar(v), _)) => Some(v.into_owned()),
+            _ => None,
+        };
+        let after_seq = match scalar("after_seq")? {
+            ScalarValue::Uint(n) => n,
+            ScalarValue::Int(n) => u64::try_from(n).ok()?,
+            _ => return None,
+        };
+        let vouch = matches!(scalar("vouch"), Some(ScalarValue::Boolean(true)));
+        Some((after_seq, vouch))
+    }
+
     /// The highest change sequence number this document holds from `actor` (0 if none).
     pub fn last_seq(&mut self, actor: &[u8]) -> u64 {
         self.doc
@@ -709,13 +729,27 @@ fn check_no_regression(before: &VaultState, after: &VaultState) -> Result<(), Do
         if epoch.wraps.keys().any(|r| !now.wraps.contains_key(r)) {
             return Err(DocError::Regression("a trusted key wrap was broken"));
         }
+        // An epoch may stop being one that can be current only because every admin that
+        // wrapped it has been removed: an admin removed concurrently with a rotation it made.
+        // Not by a wrap rewritten under another signer's name, or anything else.
+        let signers_removed = || {
+            epoch.wraps.values().all(|w| {
+                w.signer
+                    .parse::<DeviceId>()
+                    .ok()
+                    .and_then(|d| after.members.get(&d))
+                    .is_some_and(|m| !m.is_active())
+            })
+        };
+        if epoch.current_eligible && !now.current_eligible && !signers_removed() {
+            return Err(DocError::Regression("a key epoch lost its standing"));
+        }
     }
-    // The current epoch is the newest an active admin (or the recovery key) wrapped. With the
-    // checks above it can only move back when every admin that wrapped it has been removed by a
-    // signed removal: an admin removed concurrently with a rotation it made. That is no
-    // regression (its epoch is one a removed device knows), and refusing it would leave the
-    // devices that saw the rotation unable to ever take the removal. The epoch that takes over
-    // was made by an active admin, and upkeep rotates past it if it reaches an outsider.
+    // So the current epoch (the newest that can be current) moves back only when the admins of
+    // a newer one were removed. That is no regression: their epoch is one a removed device
+    // knows, and refusing it would leave the devices that took the rotation unable ever to take
+    // the removal. The epoch that takes over may reach a removed device too; nothing is sealed
+    // under such an epoch, and an admin's upkeep rotates past it.
     Ok(())
 }
 

@@ -219,7 +219,9 @@ fn same_document(x: &mut Node, y: &mut Node) {
 /// removes B. A device that took B's rotations must still take the removal, although the
 /// current epoch then moves back to A's (B's epochs lose their standing with B): it used to
 /// refuse it as "the current key epoch moved back", and A refused B's changes past A's bound,
-/// for good.
+/// for good. A's epoch still reaches C and D, so nothing may be sealed under it until an
+/// admin rotates: a member leaves the tokens where they are and cannot add, an admin's add
+/// rotates first.
 #[test]
 fn an_admin_removed_while_it_rotated_is_removed_everywhere() {
     let mut a = founder();
@@ -227,21 +229,25 @@ fn an_admin_removed_while_it_rotated_is_removed_everywhere() {
     let mut c = pair(&mut a, "c");
     let mut d = pair(&mut a, "d");
     let mut e = pair(&mut a, "e");
+    let mut m = pair_as(&mut a, "m", Role::Member);
     a.device
         .add_token(&a.key, Service::Anthropic, "t", b"sk-ant-t", false, false)
         .unwrap();
-    for other in [&mut b, &mut c, &mut d, &mut e] {
+    for other in [&mut b, &mut c, &mut d, &mut e, &mut m] {
         open(&mut a, other);
         exchange(&mut a, other);
     }
     open(&mut b, &mut e);
+    open(&mut e, &mut m);
     exchange(&mut b, &mut e);
-    same_document(&mut a, &mut b);
+    exchange(&mut e, &mut m);
+    same_document(&mut a, &mut m);
     b.device.remove_member(&b.key, &c.id().to_hex()).unwrap();
     b.device.remove_member(&b.key, &d.id().to_hex()).unwrap();
     exchange(&mut b, &mut e);
+    exchange(&mut e, &mut m);
     a.device.remove_member(&a.key, &b.id().to_hex()).unwrap();
-    let before = e
+    let before = m
         .device
         .state()
         .unwrap()
@@ -249,22 +255,49 @@ fn an_admin_removed_while_it_rotated_is_removed_everywhere() {
         .unwrap()
         .generation;
     exchange(&mut a, &mut e);
+    exchange(&mut e, &mut m);
     same_document(&mut a, &mut e);
+    same_document(&mut e, &mut m);
     for gone in ["b", "c", "d"] {
         assert!(
-            removed(&a, gone) && removed(&e, gone),
+            removed(&a, gone) && removed(&m, gone),
             "{gone} is not removed"
         );
     }
-    let after = e.device.state().unwrap().current_epoch().unwrap().clone();
-    assert!(after.generation < before, "the epoch did not move back");
-    // A's epoch still reaches C and D (A did not know of their removal): upkeep moves on.
-    let upkeep = a.device.upkeep(&a.key).unwrap();
-    assert!(upkeep.rotated, "{upkeep:?}");
+    let state = m.device.state().unwrap();
+    let current = state.current_epoch().unwrap();
+    assert!(current.generation < before, "the epoch did not move back");
+    assert!(state.reaches_outsider(current));
+    let sealed_under = |node: &Node| {
+        let state = node.device.state().unwrap();
+        state.live_tokens().map(|t| t.epoch).collect::<Vec<_>>()
+    };
+    let was = sealed_under(&m);
+    assert!(!was.contains(&current.id));
+    let upkeep = m.device.upkeep(&m.key).unwrap();
+    assert_eq!(
+        upkeep.resealed, 0,
+        "a member re-sealed into a removed device's epoch"
+    );
+    assert_eq!(sealed_under(&m), was);
+    let refused = m
+        .device
+        .add_token(&m.key, Service::Openai, "m", b"sk-m", false, false)
+        .unwrap_err();
+    assert!(
+        matches!(refused, handoff::device::DeviceError::KeyNeedsRotation),
+        "{refused}"
+    );
+    e.device
+        .add_token(&e.key, Service::Openai, "e", b"sk-e", false, false)
+        .unwrap();
+    exchange(&mut e, &mut m);
     exchange(&mut a, &mut e);
     same_document(&mut a, &mut e);
-    let state = e.device.state().unwrap();
+    same_document(&mut e, &mut m);
+    let state = m.device.state().unwrap();
     let current = state.current_epoch().unwrap();
+    assert!(!state.reaches_outsider(current));
     for gone in [&b, &c, &d] {
         let wrapped = current
             .wraps
@@ -272,8 +305,10 @@ fn an_admin_removed_while_it_rotated_is_removed_everywhere() {
             .any(|r| *r == handoff_protocol::dek_wrap::Recipient::Device(gone.id()));
         assert!(!wrapped, "the current epoch still reaches a removed device");
     }
-    let (_, secret) = e.device.reveal(&e.key, "anthropic/t").unwrap();
-    assert_eq!(expose(&secret), b"sk-ant-t");
+    for (query, want) in [("anthropic/t", &b"sk-ant-t"[..]), ("openai/e", b"sk-e")] {
+        let (_, secret) = m.device.reveal(&m.key, query).unwrap();
+        assert_eq!(expose(&secret), want);
+    }
 }
 
 /// Admins A and B, members X and Y. Apart, A removes Y and B removes X, while X writes a

@@ -339,3 +339,56 @@ fn an_import_that_breaks_the_current_epoch_is_refused() {
     let (_, secret) = victim.reveal(&key, "anthropic/work").unwrap();
     assert_eq!(expose(&secret), b"sk-ant-REAL");
 }
+
+/// A removed admin's key still signs wraps the reader trusts (they open older epochs), but a
+/// wrap it signs cannot make an epoch current. Rewriting every wrap of the current epoch under
+/// such a signer would strip the epoch of its standing and move the vault back to a key the
+/// removed admin holds: refused, whoever's actor writes it.
+#[test]
+fn wraps_rewritten_under_a_removed_admins_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut victim = device(&dir);
+    let key = victim.unlock(PASS).unwrap();
+    let attacker = DeviceKeys::generate().unwrap();
+    let joiner = handoff::device::Joiner {
+        name: "soon-removed".into(),
+        role: Role::Admin,
+        identity_pub: attacker.identity_public(),
+        mailbox_pub: attacker.mailbox_public(),
+        vault_pub: VaultSecret::generate().unwrap().public(),
+    };
+    victim.admit(&key, &joiner).unwrap();
+    let first = victim.state().unwrap().current_epoch().unwrap().id;
+    victim
+        .remove_member(&key, &attacker.device_id().to_hex())
+        .unwrap();
+    let state = victim.state().unwrap();
+    let current = state.current_epoch().unwrap().clone();
+    assert_ne!(current.id, first);
+
+    let mut doc = VaultDoc::load_trusted(&victim.export(), &victim.device_id()).unwrap();
+    for (recipient, wrap) in &current.wraps {
+        let statement = wrap_statement(
+            &state.info.id,
+            &current.id,
+            current.generation,
+            recipient,
+            &wrap.wrap,
+        );
+        let rewritten = SignedWrap {
+            wrap: wrap.wrap.clone(),
+            sig: attacker.sign(&statement).to_vec(),
+            signer: attacker.device_id().to_hex(),
+        };
+        doc.put_wrap(&current.id, recipient, &rewritten).unwrap();
+    }
+    doc.commit("rewrap");
+    let before = victim.export();
+    let err = victim.import(&doc.save()).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Doc(DocError::Regression(_))),
+        "{err}"
+    );
+    assert_eq!(victim.export(), before);
+    assert_eq!(victim.state().unwrap().current_epoch().unwrap().id, current.id);
+}

@@ -252,11 +252,13 @@ impl Device {
             let Some(member) = state.members.get(&device).filter(|_| device != me) else {
                 continue;
             };
-            let own = member.removals.iter().find(|r| r.by == mine);
-            if own.is_some_and(|r| r.after_seq >= held) {
+            // As written here, not as it counts: until a removal decides, this document's
+            // state shows no entries at all, and a peer's document may have dropped ours.
+            let own = self.doc.removal_entry(&device, &mine);
+            if own.is_some_and(|(bound, _)| bound >= held) {
                 continue;
             }
-            let vouch = own.is_none_or(|r| r.vouch);
+            let vouch = own.is_none_or(|(_, vouch)| vouch);
             let mut updated = member.clone();
             updated.removals.retain(|r| r.by != mine);
             updated
@@ -272,13 +274,19 @@ impl Device {
         Ok(wrote)
     }
 
-    /// After refusing a document for changes by a removed member: vouches for what this device
-    /// holds of the members it shows removed, so that its own document becomes one the other
-    /// side can take (and then the refused one becomes acceptable too).
-    pub(super) fn vouch_for_refused(&mut self, refusal: &DocError) -> Result<bool, DeviceError> {
-        match refusal {
-            DocError::ForeignAuthor { owed, .. } if !owed.is_empty() => self.vouch_for(owed),
-            _ => Ok(false),
+    /// After refusing an active member's document for changes by a removed member: vouches
+    /// for what this device holds of the members it shows removed, so that its own document
+    /// becomes one the other side can take (and then the refused one becomes acceptable too).
+    /// A failure here is logged; the refusal stands either way.
+    pub(super) fn vouch_for_refused(&mut self, refusal: &DocError) {
+        let DocError::ForeignAuthor { owed, .. } = refusal else {
+            return;
+        };
+        if owed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.vouch_for(owed) {
+            tracing::warn!(error = %e, "could not vouch after refusing a document");
         }
     }
 
@@ -289,10 +297,7 @@ impl Device {
         let mut done = Upkeep::default();
         let admin = self.require_admin(&state).is_ok();
         let epoch = current(&state)?.clone();
-        let reaches_outsider = epoch.wraps.keys().any(|r| match r {
-            Recipient::Recovery => false,
-            Recipient::Device(d) => !state.members.get(d).is_some_and(Member::receives_dek),
-        });
+        let reaches_outsider = state.reaches_outsider(&epoch);
         if admin && reaches_outsider {
             let (_, resealed) = self.rotate(key, &state)?;
             done.rotated = true;
@@ -310,7 +315,9 @@ impl Device {
                     }
                 }
             }
-            if let Some(dek) = &current_dek {
+            // Never re-seal into an epoch a removed device may hold (the current one moved
+            // back to it when the admins of a newer one were removed): an admin rotates first.
+            if let Some(dek) = current_dek.as_ref().filter(|_| !reaches_outsider) {
                 done.resealed = self.reseal_all(key, &state, &epoch, dek)?;
             }
         }

@@ -234,7 +234,7 @@ impl Device {
             Err(e) => {
                 let reason = format!("this device refuses its changes ({e})");
                 self.mark_out_of_sync(peer, Some(&reason));
-                self.vouch_for_refused(&e)?;
+                self.vouch_for_refused(&e);
                 return Err(DeviceError::from(e).into());
             }
         };

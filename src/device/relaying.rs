@@ -307,7 +307,9 @@ impl Device {
             }
             Ok(None) => return Ok(Taken::Rejected(NOT_A_MEMBER.into())),
             Err(e) => {
-                self.vouch_for_refused(&e)?;
+                if is_sender(&state) {
+                    self.vouch_for_refused(&e);
+                }
                 return Ok(Taken::Rejected(e.to_string()));
             }
         };

@@ -450,15 +450,17 @@ fn verify_removals(
             let statement = statement(vault, &member.device, &r.by, r.at, r.after_seq);
             key.is_some_and(|k| verify_signature(k, &statement, &r.sig))
         });
-        let decided = member.removals.iter().any(|r| {
-            !r.vouch
-                && (r.by == Recipient::RECOVERY_NAME
-                    || keys.get(&r.by).is_some_and(|(_, admin)| *admin))
-        });
+        let decided = member.removals.iter().any(|r| deciding(r, &keys));
         if !decided {
             member.removals.clear();
         }
     }
+}
+
+/// Whether a verified entry removes its member: a removal by the recovery key or an admin.
+fn deciding(r: &Removal, keys: &BTreeMap<String, ([u8; 32], bool)>) -> bool {
+    !r.vouch
+        && (r.by == Recipient::RECOVERY_NAME || keys.get(&r.by).is_some_and(|(_, admin)| *admin))
 }
 
 fn read_info(f: &Fields<'_>) -> Result<VaultInfo, DocError> {

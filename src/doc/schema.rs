@@ -426,6 +426,15 @@ impl VaultState {
             .max_by_key(|e| (e.generation, e.id))
     }
 
+    /// Whether `epoch` is wrapped to a device that must not hold its key (removed, or a
+    /// `remote` device): nothing may be sealed under it until an admin rotates past it.
+    pub fn reaches_outsider(&self, epoch: &Epoch) -> bool {
+        epoch.wraps.keys().any(|r| match r {
+            Recipient::Recovery => false,
+            Recipient::Device(d) => !self.members.get(d).is_some_and(Member::receives_dek),
+        })
+    }
+
     /// Live (not deleted) tokens.
     pub fn live_tokens(&self) -> impl Iterator<Item = &Token> {
         self.tokens.values().filter(|t| !t.deleted)
