@@ -36,4 +36,5 @@ mod peers;
 mod relays;
 mod round_trip;
 mod secrecy_on_disk;
+mod snapshots;
 mod spawn;
