@@ -1,5 +1,5 @@
 //! The command line: clap definitions, dispatch, and the mapping of every error to one line
-//! and one exit code (DESIGN §8).
+//! and one exit code.
 //!
 //! Secrets never come from argv: passphrases come from `--passphrase-file` /
 //! `HANDOFF_PASSPHRASE_FILE` or the terminal, tokens from `--from-file`, the terminal (hidden)
@@ -37,9 +37,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::device::DeviceError;
-use crate::doc::DocError;
-use crate::home::HomeError;
-use crate::store::StoreError;
+pub use crate::ops::Exit;
+use crate::ops::OpError;
+use crate::ops::error::{device_exit, net_exit, spawn_exit};
 use crate::vault::VaultError;
 
 /// handoff: your AI-agent credentials on your own devices, synced peer to peer.
@@ -313,42 +313,6 @@ pub enum TokenCommand {
     },
 }
 
-/// Process exit codes (DESIGN §8, plus 8 and 9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    Internal = 1,
-    Usage = 2,
-    Locked = 3,
-    WrongSecret = 4,
-    NotFound = 5,
-    Conflict = 6,
-    Network = 7,
-    /// Stored or imported data is damaged or tampered with.
-    Damaged = 8,
-    /// Another process owns the home.
-    Busy = 9,
-}
-
-impl Exit {
-    /// The exit for a code a daemon reported (unknown codes are internal errors).
-    pub fn from_code(code: u8) -> Exit {
-        [
-            Exit::Usage,
-            Exit::Locked,
-            Exit::WrongSecret,
-            Exit::NotFound,
-            Exit::Conflict,
-            Exit::Network,
-            Exit::Damaged,
-            Exit::Busy,
-        ]
-        .into_iter()
-        .find(|e| *e as u8 == code)
-        .unwrap_or(Exit::Internal)
-    }
-}
-
 /// A command's failure: one line for the user and an exit code.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -380,6 +344,21 @@ pub enum CliError {
     Net(#[from] crate::net::NetError),
 }
 
+/// An operation's failure, as the command reports it (the same line and exit code).
+impl From<OpError> for CliError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Device(e) => CliError::Device(e),
+            OpError::Spawn(e) => CliError::Spawn(e),
+            OpError::Usage(m) => CliError::Usage(m),
+            OpError::Locked(m) => CliError::Locked(m),
+            OpError::Internal(m) => CliError::Internal(m),
+            OpError::Busy(m) => CliError::Busy(m),
+            OpError::Net(e) => CliError::Net(e),
+        }
+    }
+}
+
 impl From<VaultError> for CliError {
     fn from(e: VaultError) -> Self {
         CliError::Device(e.into())
@@ -402,97 +381,6 @@ impl CliError {
             CliError::NotRunning(_) => Exit::NotFound,
             CliError::Net(e) => net_exit(e),
         }
-    }
-}
-
-fn net_exit(e: &crate::net::NetError) -> Exit {
-    use crate::net::NetError;
-    match e {
-        NetError::BadAddress(_) => Exit::Usage,
-        NetError::OfferOpen => Exit::Conflict,
-        NetError::Pair(f) => pair_exit(f),
-        NetError::Stopped | NetError::HostGone => Exit::Internal,
-        _ => Exit::Network,
-    }
-}
-
-fn pair_exit(f: &crate::net::PairFailure) -> Exit {
-    use crate::net::PairFailure;
-    match f {
-        PairFailure::WrongCode => Exit::WrongSecret,
-        PairFailure::NoOffer | PairFailure::Used | PairFailure::Expired => Exit::NotFound,
-        PairFailure::Declined => Exit::Conflict,
-        PairFailure::Local(_) => Exit::Internal,
-        _ => Exit::Network,
-    }
-}
-
-/// What `peer add` shows of a pairing event.
-pub(crate) fn pair_step(event: crate::net::PairEvent) -> crate::control::PairStep {
-    use crate::control::PairStep;
-    use crate::net::PairEvent;
-    match event {
-        PairEvent::Sas { sas } => PairStep::Sas { sas },
-        PairEvent::Renewed { code, link, why } => PairStep::Renewed {
-            code: code.text().to_string(),
-            link,
-            message: match why {
-                crate::net::PairFailure::WrongCode => {
-                    "someone tried a wrong code; that code is void".to_string()
-                }
-                other => format!("a pairing attempt broke off ({other}); that code is void"),
-            },
-        },
-        PairEvent::Paired { device, name, role } => PairStep::Paired {
-            device_id: device.to_hex(),
-            name,
-            role: role.as_str().into(),
-        },
-        PairEvent::Failed(f) => PairStep::Failed {
-            exit: pair_exit(&f) as u8,
-            message: f.to_string(),
-        },
-    }
-}
-
-fn spawn_exit(e: &crate::spawn::SpawnError) -> Exit {
-    use crate::spawn::SpawnError;
-    match e {
-        SpawnError::UnknownAgent { .. }
-        | SpawnError::ServiceNotAccepted { .. }
-        | SpawnError::Config(_) => Exit::Usage,
-        SpawnError::NotInstalled { .. }
-        | SpawnError::NoCredential { .. }
-        | SpawnError::NoProfile { .. } => Exit::NotFound,
-        SpawnError::Device(d) => device_exit(d),
-        _ => Exit::Internal,
-    }
-}
-
-fn device_exit(e: &DeviceError) -> Exit {
-    match e {
-        DeviceError::Home(HomeError::NoHome) => Exit::Usage,
-        DeviceError::Home(HomeError::Busy { .. }) => Exit::Busy,
-        DeviceError::Home(_) | DeviceError::Io { .. } => Exit::Internal,
-        DeviceError::Store(StoreError::NotInitialized) => Exit::NotFound,
-        DeviceError::Store(StoreError::Corrupt { .. } | StoreError::TooNew(_)) => Exit::Damaged,
-        DeviceError::Store(_) => Exit::Internal,
-        DeviceError::Doc(DocError::WrongVault { .. }) => Exit::Conflict,
-        DeviceError::Doc(DocError::Automerge(_)) => Exit::Internal,
-        DeviceError::Doc(_) => Exit::Damaged,
-        DeviceError::Vault(v) => match v {
-            VaultError::WrongPassphrase
-            | VaultError::WrongRecoveryCode
-            | VaultError::MalformedRecoveryCode(_) => Exit::WrongSecret,
-            VaultError::TokenTooLarge { .. } => Exit::Usage,
-            VaultError::Random(_) | VaultError::Kdf(_) | VaultError::SealFailed => Exit::Internal,
-            _ => Exit::Damaged,
-        },
-        DeviceError::AlreadyInitialized(_) | DeviceError::DuplicateLabel { .. } => Exit::Conflict,
-        DeviceError::TokenNotFound(_) => Exit::NotFound,
-        DeviceError::AmbiguousToken { .. } | DeviceError::InvalidInput(_) => Exit::Usage,
-        DeviceError::NoAccess(_) | DeviceError::KeyNeedsRotation => Exit::Locked,
-        DeviceError::Inconsistent(_) => Exit::Damaged,
     }
 }
 
@@ -627,17 +515,6 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Demo => demo::run(ctx.json),
     }
     .map(|()| 0)
-}
-
-/// Only an admin device can open a pairing offer.
-pub(crate) fn require_adder(device: &crate::device::Device) -> Result<(), CliError> {
-    if device.is_admin() {
-        Ok(())
-    } else {
-        Err(CliError::Usage(
-            "only an admin device can add devices; run `handoff peer add` on an admin".into(),
-        ))
-    }
 }
 
 /// What every command needs besides its own arguments.

@@ -19,214 +19,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{Token, VaultState};
-use crate::spawn::Delivery;
+use crate::net::{PairEvent, PairFailure};
+use crate::ops::Op;
+use crate::ops::Outcome;
+use crate::ops::error::pair_exit;
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest request frame but an import's: the largest token with room to spare.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest import request: the largest document the vault accepts, with its envelope.
 pub const MAX_IMPORT: usize = crate::doc::schema::limits::DOC_BYTES_MAX + 4096;
 /// Largest response frame (an export of the largest document, with room to spare).
 pub const MAX_RESPONSE: usize = crate::doc::schema::limits::DOC_BYTES_MAX + 1024 * 1024;
-
-/// A token as commands show it: never its secret.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenView {
-    pub id: String,
-    pub service: String,
-    pub label: String,
-    pub kind: String,
-    pub default: bool,
-    pub conflict: bool,
-    pub created_at: i64,
-    pub created_by: String,
-    pub updated_at: i64,
-    pub updated_by: String,
-}
-
-impl TokenView {
-    pub fn of(state: &VaultState, t: &Token) -> Self {
-        Self {
-            id: t.id.to_hex(),
-            service: t.service.as_str().into(),
-            label: t.label.clone(),
-            kind: t.kind.as_str().into(),
-            default: state.is_default(t),
-            conflict: t.conflicted,
-            created_at: t.created_at,
-            created_by: t.created_by.clone(),
-            updated_at: t.updated_at,
-            updated_by: t.updated_by.clone(),
-        }
-    }
-
-    /// Every live token, sorted by service then label.
-    pub fn all(state: &VaultState) -> Vec<Self> {
-        let mut tokens: Vec<&Token> = state.live_tokens().collect();
-        tokens.sort_by(|a, b| (a.service, &a.label).cmp(&(b.service, &b.label)));
-        tokens.into_iter().map(|t| Self::of(state, t)).collect()
-    }
-}
-
-/// A member as `status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemberView {
-    pub device_id: String,
-    pub name: String,
-    pub role: String,
-    pub active: bool,
-}
-
-/// A member this device cannot converge with, as `status` and `peer list` show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutOfSyncView {
-    pub device_id: String,
-    pub name: String,
-    /// Unix seconds since when.
-    pub since: i64,
-    pub why: String,
-}
-
-impl OutOfSyncView {
-    /// Every member this device is recorded out of sync with.
-    pub fn all(seen: &[crate::device::PeerSeen], state: &VaultState) -> Vec<Self> {
-        seen.iter()
-            .filter_map(|p| {
-                let (since, why) = p.out_of_sync.clone()?;
-                let member = state.members.get(&p.device).filter(|m| m.is_active())?;
-                Some(Self {
-                    device_id: p.device.to_hex(),
-                    name: member.name.clone(),
-                    since,
-                    why,
-                })
-            })
-            .collect()
-    }
-
-    /// The line a person reads.
-    pub fn line(&self, when: impl Fn(i64) -> String) -> String {
-        format!(
-            "out of sync with {} since {}, because {}",
-            self.name,
-            when(self.since),
-            self.why
-        )
-    }
-}
-
-/// A member as `peer list` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PeerView {
-    pub device_id: String,
-    pub name: String,
-    pub role: String,
-    pub active: bool,
-    /// This device.
-    pub this_device: bool,
-    /// Connected to the daemon now (`None` when no daemon runs).
-    pub online: Option<bool>,
-    /// Unix seconds of the last sync with it.
-    pub last_seen: Option<i64>,
-    /// Where it is (connected) or was last reachable.
-    pub address: Option<String>,
-    /// Since when, and why, this device cannot converge with it.
-    pub out_of_sync: Option<OutOfSyncView>,
-}
-
-impl PeerView {
-    /// Every member, this device first, then by name.
-    pub fn all(
-        device: &crate::device::Device,
-        state: &VaultState,
-        online: Option<&std::collections::BTreeMap<handoff_protocol::DeviceId, String>>,
-    ) -> Result<Vec<Self>, crate::device::DeviceError> {
-        let seen = device.peers_seen()?;
-        let me = device.device_id();
-        let mut out: Vec<Self> = state
-            .members
-            .values()
-            .map(|m| {
-                let record = seen.iter().find(|p| p.device == m.device);
-                let live = online.and_then(|o| o.get(&m.device));
-                Self {
-                    device_id: m.device.to_hex(),
-                    name: m.name.clone(),
-                    role: m.role.as_str().into(),
-                    active: m.is_active(),
-                    this_device: m.device == me,
-                    online: (m.device != me)
-                        .then(|| online.map(|_| live.is_some()))
-                        .flatten(),
-                    last_seen: record.map(|r| r.seen_at).filter(|s| *s > 0),
-                    address: live
-                        .cloned()
-                        .or_else(|| record.and_then(|r| r.addr.clone())),
-                    out_of_sync: record.and_then(|r| {
-                        let (since, why) = r.out_of_sync.clone()?;
-                        Some(OutOfSyncView {
-                            device_id: m.device.to_hex(),
-                            name: m.name.clone(),
-                            since,
-                            why,
-                        })
-                    }),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| (!a.this_device, &a.name).cmp(&(!b.this_device, &b.name)));
-        Ok(out)
-    }
-}
-
-/// A relay as `relay list` shows it (never its access token).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RelayView {
-    pub id: String,
-    pub addrs: Vec<String>,
-    pub access_token: bool,
-    pub added_by: String,
-    pub added_at: i64,
-}
-
-impl RelayView {
-    pub fn of(r: &crate::doc::Relay) -> Self {
-        Self {
-            id: r.id.clone(),
-            addrs: r.addrs.split_whitespace().map(str::to_string).collect(),
-            access_token: r.access_token.is_some(),
-            added_by: r.added_by.clone(),
-            added_at: r.added_at,
-        }
-    }
-}
-
-/// What `peer remove` did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemovedView {
-    pub device_id: String,
-    pub name: String,
-    /// Tokens the removed device could read: rotate them at the vendor.
-    pub exposed: Vec<TokenView>,
-    pub epoch_generation: u64,
-}
-
-impl RemovedView {
-    pub fn of(state: &VaultState, removed: &crate::device::Removed) -> Self {
-        Self {
-            device_id: removed.member.device.to_hex(),
-            name: removed.member.name.clone(),
-            exposed: removed
-                .exposed
-                .iter()
-                .map(|t| TokenView::of(state, t))
-                .collect(),
-            epoch_generation: state.epochs.get(&removed.epoch).map_or(0, |e| e.generation),
-        }
-    }
-}
 
 /// An open pairing offer, as `peer add` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,113 +88,17 @@ pub enum PairStep {
     },
 }
 
-/// What `status` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusView {
-    pub vault_id: String,
-    pub vault_name: String,
-    pub vault_created_at: i64,
-    pub device_id: String,
-    pub device_name: String,
-    pub role: String,
-    pub identity_pub: String,
-    /// The daemon's pid, when one serves this home.
-    pub daemon_pid: Option<u32>,
-    /// Unix time the daemon's unlock lasts until; `None` when locked.
-    pub unlocked_until: Option<i64>,
-    pub tokens: usize,
-    pub epoch_generation: u64,
-    pub members: Vec<MemberView>,
-    /// This device's libp2p PeerId.
-    pub peer_id: String,
-    /// The mesh's listen addresses (empty when no daemon runs).
-    pub listen: Vec<String>,
-    /// Members connected now (0 when no daemon runs).
-    pub online: usize,
-    /// A pairing offer waits for its joiner.
-    pub offer_open: bool,
-    /// Members this device cannot converge with.
-    pub out_of_sync: Vec<OutOfSyncView>,
-}
-
-impl StatusView {
-    pub fn of(device: &crate::device::Device, state: &VaultState) -> Self {
-        let me = device.device_id();
-        Self {
-            vault_id: state.info.id.to_hex(),
-            vault_name: state.info.name.clone(),
-            vault_created_at: state.info.created_at,
-            device_id: me.to_hex(),
-            device_name: device.device_name().into(),
-            role: state
-                .members
-                .get(&me)
-                .map_or("unknown", |m| m.role.as_str())
-                .into(),
-            identity_pub: hex::encode(device.identity_public()),
-            peer_id: crate::net::peer_id_for(&device.identity_public())
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            listen: Vec::new(),
-            online: 0,
-            offer_open: false,
-            out_of_sync: device
-                .peers_seen()
-                .map(|seen| OutOfSyncView::all(&seen, state))
-                .unwrap_or_default(),
-            daemon_pid: None,
-            unlocked_until: None,
-            tokens: state.live_tokens().count(),
-            epoch_generation: state.current_epoch().map_or(0, |e| e.generation),
-            members: state
-                .members
-                .values()
-                .map(|m| MemberView {
-                    device_id: m.device.to_hex(),
-                    name: m.name.clone(),
-                    role: m.role.as_str().into(),
-                    active: m.is_active(),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// What the CLI asks. A `passphrase` rides along only when the daemon said it is locked.
+/// What the CLI asks: an operation on the vault, or one of the things only the daemon does
+/// (hold the key, pair, stop). A `passphrase` rides along only when the daemon said it is
+/// locked, and comes first so that an import's document ends the frame (see [`import_prefix`]).
 /// `Debug` names the request only: several carry secrets.
 #[derive(Serialize, Deserialize)]
 pub enum Request {
     Ping,
-    Status,
-    ListTokens,
-    ShowToken {
-        query: String,
-    },
-    AddToken {
-        service: String,
-        label: String,
-        #[serde(with = "serde_bytes")]
-        secret: Vec<u8>,
-        default: bool,
-        replace: bool,
+    Op {
         #[serde(with = "serde_bytes")]
         passphrase: Option<Vec<u8>>,
-    },
-    Reveal {
-        query: String,
-        #[serde(with = "serde_bytes")]
-        passphrase: Option<Vec<u8>>,
-    },
-    RemoveToken {
-        query: String,
-    },
-    SetDefault {
-        query: String,
-    },
-    Export,
-    Import {
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        op: Op,
     },
     Unlock {
         #[serde(with = "serde_bytes")]
@@ -397,21 +106,6 @@ pub enum Request {
         seconds: Option<u64>,
     },
     Lock,
-    PeerList,
-    PeerRemove {
-        query: String,
-        #[serde(with = "serde_bytes")]
-        passphrase: Option<Vec<u8>>,
-    },
-    RelayAdd {
-        addrs: String,
-        #[serde(with = "serde_bytes")]
-        token: Option<Vec<u8>>,
-    },
-    RelayList,
-    RelayRemove {
-        query: String,
-    },
     /// Opens a pairing offer (one at a time).
     PairOffer {
         name: Option<String>,
@@ -427,14 +121,6 @@ pub enum Request {
     PairConfirm {
         accept: bool,
     },
-    /// The credential for a local spawn of `agent`.
-    Credential {
-        agent: String,
-        service: Option<String>,
-        profile: Option<String>,
-        #[serde(with = "serde_bytes")]
-        passphrase: Option<Vec<u8>>,
-    },
     Shutdown,
 }
 
@@ -445,25 +131,7 @@ pub enum Response {
         pid: u32,
         unlocked_until: Option<i64>,
     },
-    Status(StatusView),
-    Tokens(Vec<TokenView>),
-    Token(TokenView),
-    Secret {
-        token: TokenView,
-        #[serde(with = "serde_bytes")]
-        secret: Vec<u8>,
-    },
-    Exported(#[serde(with = "serde_bytes")] Vec<u8>),
-    Imported(usize),
-    Credential {
-        delivery: Delivery,
-        #[serde(with = "serde_bytes")]
-        secret: Vec<u8>,
-    },
-    Peers(Vec<PeerView>),
-    Relays(Vec<RelayView>),
-    Relay(RelayView),
-    Removed(RemovedView),
+    Outcome(Box<Outcome>),
     Offered(OfferView),
     PairStep(PairStep),
     Done,
@@ -475,7 +143,7 @@ pub enum Response {
 }
 
 /// The name of a serialized enum variant (what `Debug` shows of requests and responses).
-fn variant_name<T: Serialize>(value: &T) -> String {
+pub(crate) fn variant_name<T: Serialize>(value: &T) -> String {
     match ciborium::Value::serialized(value) {
         Ok(ciborium::Value::Text(name)) => name,
         Ok(ciborium::Value::Map(entries)) => entries
@@ -495,6 +163,33 @@ impl std::fmt::Debug for Request {
 impl std::fmt::Debug for Response {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}(..)", variant_name(self))
+    }
+}
+
+impl From<PairEvent> for PairStep {
+    fn from(event: PairEvent) -> Self {
+        match event {
+            PairEvent::Sas { sas } => PairStep::Sas { sas },
+            PairEvent::Renewed { code, link, why } => PairStep::Renewed {
+                code: code.text().to_string(),
+                link,
+                message: match why {
+                    PairFailure::WrongCode => {
+                        "someone tried a wrong code; that code is void".to_string()
+                    }
+                    other => format!("a pairing attempt broke off ({other}); that code is void"),
+                },
+            },
+            PairEvent::Paired { device, name, role } => PairStep::Paired {
+                device_id: device.to_hex(),
+                name,
+                role: role.as_str().into(),
+            },
+            PairEvent::Failed(f) => PairStep::Failed {
+                exit: pair_exit(&f) as u8,
+                message: f.to_string(),
+            },
+        }
     }
 }
 
@@ -546,7 +241,10 @@ pub fn import_prefix() -> Vec<u8> {
     let _ = ciborium::into_writer(
         &Envelope {
             v: VERSION,
-            body: Request::Import { data: Vec::new() },
+            body: Request::Op {
+                passphrase: None,
+                op: Op::Import { data: Vec::new() },
+            },
         },
         &mut payload,
     );
@@ -638,15 +336,20 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_carry_the_version() {
-        let frame = encode(&Request::Reveal {
-            query: "anthropic/work".into(),
+        let frame = encode(&Request::Op {
             passphrase: Some(b"pass".to_vec()),
+            op: Op::Reveal {
+                query: "anthropic/work".into(),
+            },
         })
         .unwrap();
         let len = check_len(frame[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
         assert_eq!(len, frame.len() - 4);
         let req: Request = decode(&frame[4..]).unwrap();
-        assert!(matches!(req, Request::Reveal { ref query, .. } if query == "anthropic/work"));
+        assert!(matches!(
+            req,
+            Request::Op { op: Op::Reveal { ref query }, .. } if query == "anthropic/work"
+        ));
         assert!(check_len((MAX_REQUEST as u32 + 1).to_be_bytes(), MAX_REQUEST).is_err());
         assert!(matches!(
             decode::<Request>(b"\xff\x00garbage"),
@@ -670,20 +373,25 @@ mod tests {
     #[test]
     fn an_import_starts_with_the_import_prefix_and_nothing_else_does() {
         let prefix = import_prefix();
-        let import = encode(&Request::Import {
-            data: vec![7u8; 70_000],
+        let import = encode(&Request::Op {
+            passphrase: None,
+            op: Op::Import {
+                data: vec![7u8; 70_000],
+            },
         })
         .unwrap();
         assert!(import[4..].starts_with(&prefix));
         // Bytes travel as one byte string: the frame is the data plus a few bytes.
         assert!(import.len() < 70_000 + 64);
-        let add = encode(&Request::AddToken {
-            service: "anthropic".into(),
-            label: "x".into(),
-            secret: vec![0; 100],
-            default: false,
-            replace: false,
+        let add = encode(&Request::Op {
             passphrase: None,
+            op: Op::AddToken {
+                service: crate::doc::Service::Anthropic,
+                label: "x".into(),
+                secret: zeroize::Zeroizing::new(vec![0; 100]),
+                default: false,
+                replace: false,
+            },
         })
         .unwrap();
         assert!(!add[4..].starts_with(&prefix));
@@ -692,11 +400,32 @@ mod tests {
     #[test]
     fn hostile_payloads_fail_without_building_them() {
         // An array of a million zeros where a request belongs, and deep nesting.
-        let mut zeros = vec![0xa2, 0x61, b'v', 0x02, 0x64, b'b', b'o', b'd', b'y', 0x9a];
+        let mut zeros = vec![
+            0xa2,
+            0x61,
+            b'v',
+            VERSION as u8,
+            0x64,
+            b'b',
+            b'o',
+            b'd',
+            b'y',
+            0x9a,
+        ];
         zeros.extend_from_slice(&1_000_000u32.to_be_bytes());
         zeros.extend(std::iter::repeat_n(0u8, 1_000_000));
         assert!(decode::<Request>(&zeros).is_err());
-        let mut deep = vec![0xa2, 0x61, b'v', 0x02, 0x64, b'b', b'o', b'd', b'y'];
+        let mut deep = vec![
+            0xa2,
+            0x61,
+            b'v',
+            VERSION as u8,
+            0x64,
+            b'b',
+            b'o',
+            b'd',
+            b'y',
+        ];
         deep.extend(std::iter::repeat_n(0x81u8, 100_000));
         deep.push(0);
         assert!(decode::<Request>(&deep).is_err());
@@ -704,21 +433,26 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secret() {
-        let request = Request::AddToken {
-            service: "anthropic".into(),
+        let op = || Op::AddToken {
+            service: crate::doc::Service::Anthropic,
             label: "work".into(),
-            secret: b"sk-ant-SECRET".to_vec(),
+            secret: zeroize::Zeroizing::new(b"sk-ant-SECRET".to_vec()),
             default: false,
             replace: false,
+        };
+        assert_eq!(format!("{:?}", op()), "AddToken(..)");
+        let request = Request::Op {
             passphrase: Some(b"hunter2-passphrase".to_vec()),
+            op: op(),
         };
-        let shown = format!("{request:?}");
-        assert_eq!(shown, "AddToken(..)");
-        let response = Response::Credential {
+        assert_eq!(format!("{request:?}"), "Op(..)");
+        let outcome = Outcome::Credential {
             delivery: crate::spawn::Delivery::Env(vec!["X".into()]),
-            secret: b"sk-ant-SECRET".to_vec(),
+            secret: zeroize::Zeroizing::new(b"sk-ant-SECRET".to_vec()),
         };
-        assert_eq!(format!("{response:?}"), "Credential(..)");
+        assert_eq!(format!("{outcome:?}"), "Credential(..)");
+        let response = Response::Outcome(Box::new(outcome));
+        assert!(!format!("{response:?}").contains("SECRET"));
         assert_eq!(format!("{:?}", Request::Ping), "Ping(..)");
     }
 }

@@ -22,16 +22,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::cli::{CliError, Exit};
 use crate::config::Config;
 use crate::control::{self, OfferView, PairStep, Request, Response};
 use crate::device::Device;
 use crate::doc::Role;
 use crate::home::Home;
 use crate::net::{Mesh, MeshConfig, OfferRequest, PairEvent};
+use crate::ops::{Exit, OpError};
 use clients::{Clients, Incoming};
 use handoff_relay::descriptors::AcceptBackoff;
-use state::{State, changes_document, lock_state, unix_now};
+use state::{State, lock_state, unix_now};
+use zeroize::Zeroizing;
 
 /// Command-line settings of `daemon start` that override `config.toml`.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +41,7 @@ pub struct Options {
     pub no_mdns: bool,
 }
 
-fn error_response(e: &CliError) -> Response {
+fn error_response(e: &OpError) -> Response {
     let text = e.to_string();
     Response::Error {
         exit: e.exit() as u8,
@@ -54,12 +55,12 @@ pub fn peer_allowed(own_uid: u32, peer_uid: u32) -> bool {
 }
 
 /// Runs the daemon in this process until `daemon stop`, SIGTERM or SIGINT.
-pub fn run(home: Home, options: &Options) -> Result<(), CliError> {
-    let config = Config::load(home.root()).map_err(|e| CliError::Usage(e.to_string()))?;
+pub fn run(home: Home, options: &Options) -> Result<(), OpError> {
+    let config = Config::load(home.root()).map_err(|e| OpError::Usage(e.to_string()))?;
     let mesh_config = config.net.mesh(&options.listen, options.no_mdns)?;
     let device = Device::open(home.clone()).map_err(|e| match e {
         crate::device::DeviceError::Home(crate::home::HomeError::Busy { .. }) => {
-            CliError::Busy(format!(
+            OpError::Busy(format!(
                 "a daemon (or another handoff command) already owns {}",
                 home.root().display()
             ))
@@ -72,7 +73,7 @@ pub fn run(home: Home, options: &Options) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| OpError::Internal(format!("cannot start the runtime: {e}")))?;
     let socket = home.socket_path();
     runtime.block_on(serve(device, &socket, mesh_config))
 }
@@ -98,14 +99,13 @@ struct Daemon {
     clients: Arc<Clients>,
 }
 
-async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result<(), CliError> {
+async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result<(), OpError> {
     // We hold the home's lock: a socket file left here is from a daemon that died.
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)
-        .map_err(|e| CliError::Internal(format!("cannot listen on {}: {e}", socket.display())))?;
-    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
-        |e| CliError::Internal(format!("cannot make {} private: {e}", socket.display())),
-    )?;
+        .map_err(|e| OpError::Internal(format!("cannot listen on {}: {e}", socket.display())))?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| OpError::Internal(format!("cannot make {} private: {e}", socket.display())))?;
     let state = Arc::new(Mutex::new(State::new(device)));
     let mesh = Mesh::start(state.clone(), mesh_config).await?;
     let view = mesh.view();
@@ -120,7 +120,7 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
         clients: Arc::new(Clients::default()),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| CliError::Internal(format!("cannot watch signals: {e}")))?;
+        .map_err(|e| OpError::Internal(format!("cannot watch signals: {e}")))?;
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "daemon serving");
     let mut connections = tokio::task::JoinSet::new();
     let mut accept_errors = AcceptBackoff::default();
@@ -250,7 +250,7 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
     }
 }
 
-async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, CliError> {
+async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpError> {
     match request {
         Request::PairOffer {
             name,
@@ -269,37 +269,68 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, CliE
                 .clone();
             match confirm {
                 Some(tx) if tx.send(accept).is_ok() => Ok(Response::Done),
-                _ => Err(CliError::Usage(
-                    "no pairing is waiting for an answer".into(),
-                )),
+                _ => Err(OpError::Usage("no pairing is waiting for an answer".into())),
             }
         }
-        request => {
-            let mutates = changes_document(&request);
+        Request::Op { passphrase, op } => {
             let net = daemon.mesh.view();
+            let stats = daemon.mesh.stats();
             let shared = daemon.state.clone();
-            let handled = tokio::task::spawn_blocking(move || {
+            let (outcome, changed) = tokio::task::spawn_blocking(move || {
                 let mut guard = lock_state(&shared);
-                let before = guard.generation;
-                let response = guard.handle(request, &net)?;
-                Ok::<_, CliError>((
-                    response,
-                    before != guard.generation,
-                    guard.generation,
-                    guard.until,
-                ))
+                let before = guard.device.heads_hex();
+                let outcome = guard.run(op, passphrase, &net, stats);
+                // Whatever the operation (and whether it failed half way), the mesh offers
+                // what the document now holds.
+                (outcome, guard.device.heads_hex() != before)
             })
             .await
-            .map_err(|_| CliError::Internal("the request failed inside the daemon".into()))?;
-            let (response, relocked, generation, until) = handled?;
-            if relocked && let Some(until) = until {
-                arm_auto_lock(daemon.state.clone(), generation, until);
-            }
-            if mutates {
+            .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))?;
+            if changed {
                 daemon.mesh.changed();
             }
-            Ok(response)
+            Ok(Response::Outcome(Box::new(outcome?)))
         }
+        Request::Unlock {
+            passphrase,
+            seconds,
+        } => {
+            let shared = daemon.state.clone();
+            let (changed, generation, until) = tokio::task::spawn_blocking(move || {
+                let passphrase = Zeroizing::new(passphrase);
+                let mut guard = lock_state(&shared);
+                let before = guard.device.heads_hex();
+                guard.unlock(&passphrase, seconds)?;
+                let changed = guard.device.heads_hex() != before;
+                Ok::<_, OpError>((changed, guard.generation, guard.until))
+            })
+            .await
+            .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))??;
+            if let Some(until) = until {
+                arm_auto_lock(daemon.state.clone(), generation, until);
+            }
+            if changed {
+                daemon.mesh.changed();
+            }
+            Ok(Response::Pong {
+                pid: std::process::id(),
+                unlocked_until: until,
+            })
+        }
+        Request::Lock => {
+            lock_state(&daemon.state).lock();
+            tracing::info!("vault locked");
+            Ok(Response::Done)
+        }
+        Request::Ping => {
+            let mut guard = lock_state(&daemon.state);
+            guard.expire();
+            Ok(Response::Pong {
+                pid: std::process::id(),
+                unlocked_until: guard.until,
+            })
+        }
+        Request::Shutdown => Ok(Response::Done),
     }
 }
 
@@ -310,20 +341,20 @@ async fn pair_offer(
     qr: bool,
     auto_confirm: bool,
     passphrase: Option<Vec<u8>>,
-) -> Result<Response, CliError> {
+) -> Result<Response, OpError> {
     let role: Role = role.parse().map_err(|()| {
-        CliError::Usage(format!(
+        OpError::Usage(format!(
             "unknown role '{role}'; use admin, member or remote"
         ))
     })?;
     let shared = daemon.state.clone();
     let key = tokio::task::spawn_blocking(move || {
         let mut state = lock_state(&shared);
-        crate::cli::require_adder(&state.device)?;
+        crate::ops::require_adder(&state.device)?;
         state.key_copy(passphrase)
     })
     .await
-    .map_err(|_| CliError::Internal("the request failed inside the daemon".into()))??;
+    .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))??;
     let ticket = daemon
         .mesh
         .offer(OfferRequest {
@@ -345,13 +376,13 @@ async fn pair_offer(
     Ok(Response::Offered(offered))
 }
 
-async fn pair_next(daemon: &Arc<Daemon>) -> Result<Response, CliError> {
+async fn pair_next(daemon: &Arc<Daemon>) -> Result<Response, OpError> {
     let mut slot = daemon.pairing.events.lock().await;
     let Some(events) = slot.as_mut() else {
-        return Err(CliError::Usage("no pairing offer is open".into()));
+        return Err(OpError::Usage("no pairing offer is open".into()));
     };
     let step = match events.recv().await {
-        Some(event) => crate::cli::pair_step(event),
+        Some(event) => PairStep::from(event),
         None => PairStep::Failed {
             exit: Exit::Network as u8,
             message: "the pairing offer ended".into(),

@@ -1,5 +1,5 @@
 //! The vault document: one Automerge document per vault, the single source of truth devices
-//! sync (DESIGN §3).
+//! sync (see ARCHITECTURE.md, "How an incoming sync message flows").
 //!
 //! [`VaultDoc`] is the only code that touches the Automerge API. Reads go through
 //! [`VaultDoc::state`], which validates the whole document into a typed [`VaultState`]; writes

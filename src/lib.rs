@@ -1,6 +1,6 @@
 //! handoff keeps AI-vendor credentials on a person's own devices, syncs them peer to peer, and
-//! materializes them only in the agent processes it starts. See `../shared/DESIGN.md` in the
-//! project and the README for the whole picture.
+//! materializes them only in the agent processes it starts. ARCHITECTURE.md describes how the
+//! code is built, README.md how it is used.
 //!
 //! # Layout
 //! - [`vault`]: keys, passphrase and recovery, DEK epochs, token sealing (crypto only).
@@ -29,6 +29,7 @@ pub mod doc;
 pub mod entropy;
 pub mod home;
 pub mod net;
+pub mod ops;
 pub mod spawn;
 pub mod store;
 pub mod vault;

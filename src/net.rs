@@ -1,5 +1,5 @@
 //! The mesh: a libp2p node that keeps this device's vault document in sync with the other
-//! members, finds them on the LAN, and pairs new devices (DESIGN §5).
+//! members, finds them on the LAN, and pairs new devices.
 //!
 //! Whoever owns the device (the daemon, a `peer add` without a daemon, a test) starts a
 //! [`Mesh`] with a [`Host`] that lends it the device one operation at a time. The mesh runs an

@@ -1,5 +1,5 @@
 //! SQLite storage of one device: its keys, and the vault document as a snapshot plus the
-//! incremental changes written since (DESIGN §4).
+//! incremental changes written since.
 //!
 //! One file, `handoff.db`, in WAL mode with `synchronous = FULL`: a write this module returns
 //! from is durable, so anything acknowledged to the user survives `kill -9` or power loss.

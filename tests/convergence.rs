@@ -283,7 +283,9 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
                         // The current epoch moved back to one a removed device may hold (the
                         // admins of a newer one were removed): only an admin may rotate.
                         Err(DeviceError::KeyNeedsRotation) => {
-                            trace(format_args!("node{i} cannot add {label} yet: the key must be rotated by an admin"));
+                            trace(format_args!(
+                                "node{i} cannot add {label} yet: the key must be rotated by an admin"
+                            ));
                         }
                         Err(e) => return Err(format!("seed {seed}: add failed: {e}")),
                     }

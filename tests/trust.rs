@@ -390,5 +390,8 @@ fn wraps_rewritten_under_a_removed_admins_name_are_refused() {
         "{err}"
     );
     assert_eq!(victim.export(), before);
-    assert_eq!(victim.state().unwrap().current_epoch().unwrap().id, current.id);
+    assert_eq!(
+        victim.state().unwrap().current_epoch().unwrap().id,
+        current.id
+    );
 }

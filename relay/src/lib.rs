@@ -1,4 +1,4 @@
-//! handoff-relay: the blind store-and-forward relay (DESIGN §6).
+//! handoff-relay: the blind store-and-forward relay.
 //!
 //! A libp2p node (TCP with Noise and Yamux, QUIC) speaking `/handoff/relay/1` (frames and
 //! messages in `handoff_protocol::relay`). It keeps envelopes for devices that are offline and

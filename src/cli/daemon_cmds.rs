@@ -46,7 +46,7 @@ pub(super) fn start(
         );
     }
     if foreground {
-        return crate::daemon::run(ctx.home.clone(), options);
+        return Ok(crate::daemon::run(ctx.home.clone(), options)?);
     }
     // Open the vault once here, so a damaged store or a busy home fails with its own exit
     // code and message rather than as "the daemon exited".

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::access::Access;
-use super::{CliError, Context, input, pair_step, print_json, when};
-use crate::control::{Client, OfferView, PairStep, PeerView, RemovedView, Request, Response};
+use super::access::{self, run_op};
+use super::{CliError, Context, input, print_json, when};
+use crate::control::{Client, OfferView, PairStep, Request, Response};
 use crate::device::{Device, NewDevice, PendingJoin};
 use crate::doc::Role;
 use crate::net::{JoinRequest, Mesh, OfferRequest, Owned, PairCode, PairTicket};
+use crate::ops::{Op, Outcome};
 use crate::vault::KdfParams;
 
 /// `peer add`'s options.
@@ -49,10 +50,10 @@ impl Offerer {
                 args.role
             ))
         })?;
-        match Access::open(ctx) {
-            Access::Daemon(mut client) => {
+        match Client::connect(&ctx.home.socket_path()) {
+            Some(mut client) => {
                 let response =
-                    Access::call_unlocking(ctx, &mut client, |passphrase| Request::PairOffer {
+                    access::call_unlocking(ctx, &mut client, |passphrase| Request::PairOffer {
                         name: args.name.clone(),
                         role: role.as_str().into(),
                         qr: args.qr,
@@ -61,10 +62,10 @@ impl Offerer {
                     })?;
                 match response {
                     Response::Offered(view) => Ok((Offerer::Daemon(client), view)),
-                    other => Err(super::access::unexpected(&other)),
+                    other => Err(access::unexpected_response(&other)),
                 }
             }
-            Access::Direct => Self::open_direct(ctx, args, role),
+            None => Self::open_direct(ctx, args, role),
         }
     }
 
@@ -77,7 +78,7 @@ impl Offerer {
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let mesh_config = config.net.mesh(&args.listen, args.no_mdns)?;
         let device = Device::open(ctx.home.clone())?;
-        super::require_adder(&device)?;
+        crate::ops::require_adder(&device)?;
         let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
         let key = device.unlock(&passphrase)?;
         let offer_key = key.duplicate();
@@ -111,9 +112,9 @@ impl Offerer {
 
     fn next(&mut self) -> Result<PairStep, CliError> {
         match self {
-            Offerer::Daemon(client) => match Access::call(client, &Request::PairNext)? {
+            Offerer::Daemon(client) => match access::call(client, &Request::PairNext)? {
                 Response::PairStep(step) => Ok(step),
-                other => Err(super::access::unexpected(&other)),
+                other => Err(access::unexpected_response(&other)),
             },
             Offerer::Direct {
                 runtime, ticket, ..
@@ -122,7 +123,7 @@ impl Offerer {
                     exit: super::Exit::Network as u8,
                     message: "the pairing offer ended".into(),
                 },
-                pair_step,
+                PairStep::from,
             )),
         }
     }
@@ -130,7 +131,7 @@ impl Offerer {
     fn confirm(&mut self, accept: bool) -> Result<(), CliError> {
         match self {
             Offerer::Daemon(client) => {
-                Access::call(client, &Request::PairConfirm { accept })?;
+                access::call(client, &Request::PairConfirm { accept })?;
                 Ok(())
             }
             Offerer::Direct { ticket, .. } => {
@@ -324,7 +325,7 @@ pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
 }
 
 pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
-    let peers = Access::open(ctx).peers(ctx)?;
+    let peers = run_op!(ctx, Op::ListPeers, Outcome::Peers(peers) => peers);
     if ctx.json {
         print_json(&serde_json::to_value(&peers).unwrap_or_default());
         return Ok(());
@@ -365,7 +366,10 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
 }
 
 pub(super) fn remove(ctx: &Context, query: &str) -> Result<(), CliError> {
-    let removed: RemovedView = Access::open(ctx).remove_peer(ctx, query)?;
+    let remove = Op::RemovePeer {
+        query: query.to_string(),
+    };
+    let removed = run_op!(ctx, remove, Outcome::Removed(removed) => removed);
     if ctx.json {
         print_json(&serde_json::to_value(&removed).unwrap_or_default());
         return Ok(());
@@ -389,9 +393,4 @@ pub(super) fn remove(ctx: &Context, query: &str) -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-/// Lists members for [`Access::peers`] when no daemon runs.
-pub(super) fn peers_direct(device: &Device) -> Result<Vec<PeerView>, CliError> {
-    Ok(PeerView::all(device, &device.state()?, None)?)
 }

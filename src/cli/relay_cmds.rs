@@ -6,8 +6,9 @@
 
 use serde_json::json;
 
-use super::access::Access;
+use super::access::run_op;
 use super::{CliError, Context, input, print_json, when};
+use crate::ops::{Op, Outcome};
 
 pub(super) fn add(
     ctx: &Context,
@@ -18,8 +19,11 @@ pub(super) fn add(
         crate::net::parse_addr(addr)?;
     }
     let token = token_file.map(input::relay_token).transpose()?;
-    let relay =
-        Access::open(ctx).add_relay(ctx, &addrs.join(" "), token.as_deref().map(Vec::as_slice))?;
+    let add = Op::AddRelay {
+        addrs: addrs.join(" "),
+        token,
+    };
+    let relay = run_op!(ctx, add, Outcome::Relay(relay) => relay);
     if ctx.json {
         print_json(&serde_json::to_value(&relay).unwrap_or_default());
     } else {
@@ -38,7 +42,7 @@ pub(super) fn add(
 }
 
 pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
-    let relays = Access::open(ctx).relays(ctx)?;
+    let relays = run_op!(ctx, Op::ListRelays, Outcome::Relays(relays) => relays);
     if ctx.json {
         print_json(&serde_json::to_value(&relays).unwrap_or_default());
         return Ok(());
@@ -59,7 +63,10 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
 }
 
 pub(super) fn remove(ctx: &Context, query: &str) -> Result<(), CliError> {
-    let relay = Access::open(ctx).remove_relay(ctx, query)?;
+    let remove = Op::RemoveRelay {
+        query: query.to_string(),
+    };
+    let relay = run_op!(ctx, remove, Outcome::Relay(relay) => relay);
     if ctx.json {
         print_json(&json!({"removed": relay.id}));
     } else {

@@ -4,13 +4,14 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::access::Access;
+use super::access::run_op;
 use super::{CliError, Context};
 use crate::config::Config;
 
 use crate::doc::Service;
+use crate::ops::{Op, Outcome, Secret};
 use crate::spawn::{
-    Agent, Materialized, allowed_env, materialize, resolve_command, run_foreground,
+    Agent, Delivery, Materialized, allowed_env, materialize, resolve_command, run_foreground,
 };
 
 /// What `spawn` was asked for.
@@ -62,8 +63,7 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
         let (delivery, secret) = if req.native {
             (None, zeroize::Zeroizing::new(Vec::new()))
         } else {
-            let (delivery, secret) =
-                Access::open(ctx).credential(ctx, &agent, service, req.profile.as_deref())?;
+            let (delivery, secret) = credential(ctx, &agent.name, service, req.profile.clone())?;
             (Some(delivery), secret)
         };
         return super::session_cmds::start_detached(
@@ -87,8 +87,7 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
             dir: None,
         }
     } else {
-        let (delivery, secret) =
-            Access::open(ctx).credential(ctx, &agent, service, req.profile.as_deref())?;
+        let (delivery, secret) = credential(ctx, &agent.name, service, req.profile.clone())?;
         crate::spawn::materialize::sweep_stale();
         materialize(&delivery, &secret)?
     };
@@ -96,4 +95,19 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
     Ok(run_foreground(
         signals, &program, &req.args, &dir, env, credential,
     )?)
+}
+
+/// The credential `agent` gets from this vault, and how it is delivered.
+fn credential(
+    ctx: &Context,
+    agent: &str,
+    service: Option<Service>,
+    profile: Option<String>,
+) -> Result<(Delivery, Secret), CliError> {
+    let op = Op::Credential {
+        agent: agent.to_string(),
+        service,
+        profile,
+    };
+    Ok(run_op!(ctx, op, Outcome::Credential { delivery, secret } => (delivery, secret)))
 }

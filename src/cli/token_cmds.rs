@@ -2,12 +2,13 @@
 
 use serde_json::json;
 
-use super::access::Access;
+use super::access::run_op;
 use super::{
     CliError, Context, TokenCommand, input, print_json, secret_json, when, write_stdout_line,
 };
-use crate::control::TokenView;
 use crate::doc::Service;
+use crate::ops::views::TokenView;
+use crate::ops::{Op, Outcome};
 
 pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
     match cmd {
@@ -27,8 +28,14 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             crate::device::check_label(&label)?;
             // Read the token before taking the home, so a slow typist holds no lock.
             let secret = input::token(from_file.as_deref(), service.as_str())?;
-            let token =
-                Access::open(ctx).add_token(ctx, service, &label, &secret, default, replace)?;
+            let add = Op::AddToken {
+                service,
+                label,
+                secret,
+                default,
+                replace,
+            };
+            let token = run_op!(ctx, add, Outcome::Token(token) => token);
             if ctx.json {
                 print_json(
                     &json!({"id": token.id, "service": token.service, "label": token.label}),
@@ -43,10 +50,20 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                 );
             }
         }
-        TokenCommand::List => list(ctx, &Access::open(ctx).tokens(ctx)?),
-        TokenCommand::Show { id, reveal: false } => show(ctx, &Access::open(ctx).token(ctx, &id)?),
+        TokenCommand::List => list(
+            ctx,
+            &run_op!(ctx, Op::ListTokens, Outcome::Tokens(tokens) => tokens),
+        ),
+        TokenCommand::Show { id, reveal: false } => show(
+            ctx,
+            &run_op!(ctx, Op::ShowToken { query: id }, Outcome::Token(token) => token),
+        ),
         TokenCommand::Show { id, reveal: true } => {
-            let (token, secret) = Access::open(ctx).reveal(ctx, &id)?;
+            let (token, secret) = run_op!(
+                ctx,
+                Op::Reveal { query: id },
+                Outcome::Secret { token, secret } => (token, secret)
+            );
             let text = zeroize::Zeroizing::new(String::from_utf8_lossy(&secret).into_owned());
             let line = if ctx.json {
                 let revealed = Revealed {
@@ -63,7 +80,7 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                 .map_err(|e| CliError::Internal(format!("cannot write to stdout: {e}")))?;
         }
         TokenCommand::Rm { id } => {
-            let token = Access::open(ctx).remove(ctx, &id)?;
+            let token = run_op!(ctx, Op::RemoveToken { query: id }, Outcome::Token(t) => t);
             if ctx.json {
                 print_json(&json!({"removed": token.id}));
             } else {
@@ -77,7 +94,7 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             }
         }
         TokenCommand::Default { id } => {
-            let token = Access::open(ctx).set_default(ctx, &id)?;
+            let token = run_op!(ctx, Op::SetDefault { query: id }, Outcome::Token(t) => t);
             if ctx.json {
                 print_json(&json!({"default": token.id, "service": token.service}));
             } else {

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::access::Access;
+use super::access::run_op;
 use super::{CliError, Context, input, print_json, secret_json, when, write_stdout_line};
 use crate::device::{Device, DeviceError, NewDevice};
+use crate::ops::{Op, Outcome};
 use crate::vault::{KdfParams, RecoveryCode};
 
 /// This machine's host name, the default device name.
@@ -105,7 +106,7 @@ struct InitOutput<'a> {
 }
 
 pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
-    let v = Access::open(ctx).status(ctx)?;
+    let v = run_op!(ctx, Op::Status, Outcome::Status(v) => v);
     let active = v.members.iter().filter(|m| m.active).count();
     let daemon = v.daemon_pid.map_or_else(
         || "not running".to_string(),
@@ -127,6 +128,8 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
             "online": v.online,
             "pairing_offer_open": v.offer_open,
             "out_of_sync": v.out_of_sync,
+            "document": v.document,
+            "sync": v.sync,
             "home": ctx.home.root().display().to_string(),
         }));
     } else {
@@ -145,6 +148,7 @@ pub(super) fn status(ctx: &Context) -> Result<(), CliError> {
             say!("listen   {}", v.listen.join(" "));
         }
         say!("epoch    generation {}", v.epoch_generation);
+        say!("document {}", v.document);
         for out in &v.out_of_sync {
             say!("sync     {}", out.line(when));
         }
@@ -192,7 +196,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 }
 
 pub(super) fn export(ctx: &Context, out: Option<PathBuf>) -> Result<(), CliError> {
-    let bytes = Access::open(ctx).export(ctx)?;
+    let bytes = run_op!(ctx, Op::Export, Outcome::Exported(bytes) => bytes);
     match out {
         Some(path) => {
             write_private(&path, &bytes)?;
@@ -242,7 +246,7 @@ fn read_export(path: &Path) -> Result<Vec<u8>, CliError> {
 
 pub(super) fn import(ctx: &Context, file: &Path) -> Result<(), CliError> {
     let data = read_export(file)?;
-    let new = Access::open(ctx).import(ctx, data)?;
+    let new = run_op!(ctx, Op::Import { data }, Outcome::Imported(new) => new);
     if ctx.json {
         print_json(&json!({"new_changes": new}));
     } else {

@@ -30,6 +30,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::control::{self, Request, Undecodable};
+use crate::ops::Op;
 
 /// Control connections served at once.
 pub(super) const MAX_CONNECTIONS: usize = 64;
@@ -300,7 +301,10 @@ fn take_import(mut payload: Vec<u8>, at: usize) -> Option<Request> {
         return None;
     }
     payload.drain(..start);
-    Some(Request::Import { data: payload })
+    Some(Request::Op {
+        passphrase: None,
+        op: Op::Import { data: payload },
+    })
 }
 
 /// What a connection's next frame held.
@@ -332,11 +336,18 @@ mod tests {
     fn an_import_is_taken_out_of_its_frame_whole_or_not_at_all() {
         for size in [0usize, 23, 24, 300, 70_000] {
             let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            let frame = control::encode(&Request::Import { data: data.clone() }).unwrap();
+            let frame = control::encode(&Request::Op {
+                passphrase: None,
+                op: Op::Import { data: data.clone() },
+            })
+            .unwrap();
             let payload = frame[4..].to_vec();
             let prefix = control::import_prefix().len();
             match take_import(payload.clone(), prefix) {
-                Some(Request::Import { data: got }) => assert_eq!(got, data),
+                Some(Request::Op {
+                    op: Op::Import { data: got },
+                    ..
+                }) => assert_eq!(got, data),
                 other => panic!("{other:?}"),
             }
             // Cut short or run long: refused.

@@ -1,4 +1,4 @@
-//! What the daemon holds (the device, the vault key while unlocked) and the requests it answers
+//! What the daemon holds (the device, the vault key while unlocked) and the operations it runs
 //! on it. One mutex guards it, shared by control connections and the mesh (as its
 //! [`Host`](crate::net::Host)), so the document sees one operation at a time exactly as if one
 //! CLI process ran them.
@@ -8,13 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
-use crate::cli::CliError;
-use crate::config::Config;
-use crate::control::{PeerView, RelayView, RemovedView, Request, Response, StatusView, TokenView};
-use crate::device::{Device, Unlocked, expose};
-use crate::doc::Service;
-use crate::net::{Host, NetView};
-use crate::spawn::{Agent, choose_token, delivery_for};
+use crate::device::{Device, Unlocked};
+use crate::net::{Host, NetView, Stats};
+use crate::ops::views::SyncView;
+use crate::ops::{self, Around, Op, OpError, Outcome};
 
 /// Longest an unlock may last.
 const MAX_UNLOCK: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -54,21 +51,6 @@ impl Host for Mutex<State> {
     }
 }
 
-/// Whether answering `request` may have changed the document (the mesh then offers it).
-pub(super) fn changes_document(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::AddToken { .. }
-            | Request::RemoveToken { .. }
-            | Request::SetDefault { .. }
-            | Request::Import { .. }
-            | Request::PeerRemove { .. }
-            | Request::RelayAdd { .. }
-            | Request::RelayRemove { .. }
-            | Request::Unlock { .. }
-    )
-}
-
 impl State {
     pub fn new(device: Device) -> Self {
         Self {
@@ -96,14 +78,14 @@ impl State {
     fn with_key<T>(
         &mut self,
         passphrase: Option<Vec<u8>>,
-        f: impl FnOnce(&mut Device, &Unlocked) -> Result<T, CliError>,
-    ) -> Result<T, CliError> {
+        f: impl FnOnce(&mut Device, &Unlocked) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
         self.expire();
         if let Some(key) = &self.key {
             return f(&mut self.device, key);
         }
         let Some(passphrase) = passphrase.map(Zeroizing::new) else {
-            return Err(CliError::Locked(
+            return Err(OpError::Locked(
                 "run `handoff unlock`, or give the passphrase".into(),
             ));
         };
@@ -112,163 +94,64 @@ impl State {
     }
 
     /// A handle on the vault key for work that outlives this request (a pairing offer).
-    pub fn key_copy(&mut self, passphrase: Option<Vec<u8>>) -> Result<Unlocked, CliError> {
+    pub fn key_copy(&mut self, passphrase: Option<Vec<u8>>) -> Result<Unlocked, OpError> {
         self.with_key(passphrase, |_, key| Ok(key.duplicate()))
     }
 
-    pub fn handle(&mut self, request: Request, net: &NetView) -> Result<Response, CliError> {
+    /// Runs one operation: checked, then with the key if it needs one (the unlocked one, or a
+    /// one-shot unlock with `passphrase`). What only the daemon knows is added to the outcome.
+    pub fn run(
+        &mut self,
+        op: Op,
+        passphrase: Option<Vec<u8>>,
+        net: &NetView,
+        stats: Stats,
+    ) -> Result<Outcome, OpError> {
         self.expire();
-        Ok(match request {
-            Request::Ping => Response::Pong {
-                pid: std::process::id(),
-                unlocked_until: self.until,
-            },
-            Request::Status => {
-                let mut view = StatusView::of(&self.device, &self.device.state()?);
+        let around = Around {
+            online: Some(&net.online),
+        };
+        let outcome = if op.needs_key() {
+            op.check(&self.device)?;
+            self.with_key(passphrase, |device, key| {
+                ops::apply(device, Some(key), op, &around)
+            })?
+        } else {
+            ops::apply(&mut self.device, None, op, &around)?
+        };
+        Ok(match outcome {
+            Outcome::Status(mut view) => {
                 view.daemon_pid = Some(std::process::id());
                 view.unlocked_until = self.until;
                 view.listen.clone_from(&net.listen);
                 view.online = net.online.len();
                 view.offer_open = net.offer_open;
-                Response::Status(view)
+                view.sync = Some(SyncView {
+                    frames_sent: stats.frames_sent,
+                    frames_received: stats.frames_received,
+                });
+                Outcome::Status(view)
             }
-            Request::ListTokens => Response::Tokens(TokenView::all(&self.device.state()?)),
-            Request::ShowToken { query } => {
-                let state = self.device.state()?;
-                Response::Token(TokenView::of(
-                    &state,
-                    self.device.find_token(&state, &query)?,
-                ))
-            }
-            Request::AddToken {
-                service,
-                label,
-                secret,
-                default,
-                replace,
-                passphrase,
-            } => {
-                let secret = Zeroizing::new(secret);
-                let service: Service = service.parse().map_err(|()| {
-                    CliError::Usage(format!(
-                        "unknown service '{service}'; known: {}",
-                        Service::names()
-                    ))
-                })?;
-                let id = self.with_key(passphrase, |device, key| {
-                    Ok(device.add_token(key, service, &label, &secret, default, replace)?)
-                })?;
-                let state = self.device.state()?;
-                let token = state
-                    .tokens
-                    .get(&id)
-                    .ok_or_else(|| CliError::Internal("the new token vanished".into()))?;
-                Response::Token(TokenView::of(&state, token))
-            }
-            Request::Reveal { query, passphrase } => {
-                let (token, secret) =
-                    self.with_key(passphrase, |device, key| Ok(device.reveal(key, &query)?))?;
-                let state = self.device.state()?;
-                Response::Secret {
-                    token: TokenView::of(&state, &token),
-                    secret: expose(&secret).to_vec(),
-                }
-            }
-            Request::RemoveToken { query } => {
-                let token = self.device.remove_token(&query)?;
-                Response::Token(TokenView::of(&self.device.state()?, &token))
-            }
-            Request::SetDefault { query } => {
-                let token = self.device.set_default(&query)?;
-                Response::Token(TokenView::of(&self.device.state()?, &token))
-            }
-            Request::Export => Response::Exported(self.device.export()),
-            Request::Import { data } => Response::Imported(self.device.import(&data)?),
-            Request::Unlock {
-                passphrase,
-                seconds,
-            } => {
-                let passphrase = Zeroizing::new(passphrase);
-                let duration = seconds
-                    .map_or(DEFAULT_UNLOCK, Duration::from_secs)
-                    .min(MAX_UNLOCK);
-                let key = self.device.unlock(&passphrase)?;
-                // What arrived while locked (a removal to rotate for, tokens to re-seal).
-                if let Err(e) = self.device.upkeep(&key) {
-                    tracing::warn!(error = %e, "upkeep after unlock failed");
-                }
-                self.lock();
-                self.key = Some(key);
-                self.until = Some(
-                    unix_now()
-                        .saturating_add(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)),
-                );
-                tracing::info!(seconds = duration.as_secs(), "vault unlocked");
-                Response::Pong {
-                    pid: std::process::id(),
-                    unlocked_until: self.until,
-                }
-            }
-            Request::Lock => {
-                self.lock();
-                tracing::info!("vault locked");
-                Response::Done
-            }
-            Request::Credential {
-                agent,
-                service,
-                profile,
-                passphrase,
-            } => {
-                let config = Config::load(self.device.home().root())
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
-                let agent = Agent::find(&agent, &config)?;
-                let service = service
-                    .map(|s| {
-                        s.parse::<Service>()
-                            .map_err(|()| CliError::Usage(format!("unknown service '{s}'")))
-                    })
-                    .transpose()?;
-                let state = self.device.state()?;
-                let token = choose_token(&state, &agent, service, profile.as_deref())?;
-                let delivery = delivery_for(&agent, token)?;
-                let id = token.id.to_hex();
-                let (_, secret) =
-                    self.with_key(passphrase, |device, key| Ok(device.reveal(key, &id)?))?;
-                tracing::info!(agent = %agent.name, service = %service.map_or("default", |s| s.as_str()), "credential handed to a local spawn");
-                Response::Credential {
-                    delivery,
-                    secret: expose(&secret).to_vec(),
-                }
-            }
-            Request::PeerList => Response::Peers(PeerView::all(
-                &self.device,
-                &self.device.state()?,
-                Some(&net.online),
-            )?),
-            Request::PeerRemove { query, passphrase } => {
-                let removed = self.with_key(passphrase, |device, key| {
-                    Ok(device.remove_member(key, &query)?)
-                })?;
-                Response::Removed(RemovedView::of(&self.device.state()?, &removed))
-            }
-            Request::RelayAdd { addrs, token } => {
-                let token = token.map(Zeroizing::new);
-                let relay = self
-                    .device
-                    .add_relay(&addrs, token.as_deref().map(Vec::as_slice))?;
-                Response::Relay(RelayView::of(&relay))
-            }
-            Request::RelayList => {
-                Response::Relays(self.device.relays()?.iter().map(RelayView::of).collect())
-            }
-            Request::RelayRemove { query } => {
-                Response::Relay(RelayView::of(&self.device.remove_relay(&query)?))
-            }
-            Request::PairOffer { .. }
-            | Request::PairNext
-            | Request::PairConfirm { .. }
-            | Request::Shutdown => Response::Done,
+            other => other,
         })
+    }
+
+    /// Keeps the vault key for `duration` (at most a week), after the upkeep a locked daemon
+    /// could not do.
+    pub fn unlock(&mut self, passphrase: &[u8], duration: Option<u64>) -> Result<(), OpError> {
+        let duration = duration
+            .map_or(DEFAULT_UNLOCK, Duration::from_secs)
+            .min(MAX_UNLOCK);
+        let key = self.device.unlock(passphrase)?;
+        // What arrived while locked (a removal to rotate for, tokens to re-seal).
+        if let Err(e) = self.device.upkeep(&key) {
+            tracing::warn!(error = %e, "upkeep after unlock failed");
+        }
+        self.lock();
+        self.key = Some(key);
+        self.until =
+            Some(unix_now().saturating_add(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)));
+        tracing::info!(seconds = duration.as_secs(), "vault unlocked");
+        Ok(())
     }
 }

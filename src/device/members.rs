@@ -1,5 +1,5 @@
 //! Membership: admitting a paired device, removing one with a key rotation, and the upkeep a
-//! device does after changes arrive (DESIGN §3 rules).
+//! device does after changes arrive (the rules in protocol/README.md, "Membership").
 //!
 //! - [`Device::admit`] writes the newcomer's member record, signed by this admin, and wraps
 //!   the current DEK to it (not for a `remote` device).

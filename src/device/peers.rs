@@ -307,6 +307,17 @@ impl Device {
         &self.record.anchors
     }
 
+    /// A short name for what this document holds (a digest of its heads): two devices that
+    /// show the same one hold the same document.
+    pub fn document_version(&mut self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for head in self.heads_hex() {
+            digest.update(head.as_bytes());
+        }
+        hex::encode(&digest.finalize()[..8])
+    }
+
     /// The document's heads, hex, sorted (to compare devices).
     pub fn heads_hex(&mut self) -> Vec<String> {
         let mut heads: Vec<String> = self.doc.heads().iter().map(ToString::to_string).collect();

@@ -1,5 +1,5 @@
 //! Relaying: the relays a vault lists, what this device leaves at them for members that are
-//! offline, and what it takes from its own mailbox (DESIGN §6).
+//! offline, and what it takes from its own mailbox.
 //!
 //! For an offline member, the changes it lacks — by what this device knows: the heads the two
 //! last synced to, and heads it is otherwise known to hold (left at a relay for it, received

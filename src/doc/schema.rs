@@ -1,4 +1,5 @@
-//! The typed records of the vault document (DESIGN §3) and the closed sets their fields take.
+//! The typed records of the vault document (protocol/README.md) and the closed sets their fields
+//! take.
 //!
 //! Records are plain data read out of, and written into, the Automerge document by
 //! [`super::VaultDoc`]; nothing here touches the document itself.
@@ -91,6 +92,21 @@ impl FromStr for Service {
 
     fn from_str(s: &str) -> Result<Self, ()> {
         Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+    }
+}
+
+/// A service crosses the control socket by its name.
+impl serde::Serialize for Service {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Service {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        name.parse()
+            .map_err(|()| serde::de::Error::custom(format!("unknown service '{name}'")))
     }
 }
 

@@ -1,5 +1,5 @@
 //! Pairing (`/handoff/pair/1`): a new device joins the vault through an admin device, the user
-//! carrying a short code from one screen to the other (DESIGN §5).
+//! carrying a short code from one screen to the other (protocol/README.md, `/handoff/pair/1`).
 //!
 //! 1. The joiner sends `Hello` with its SPAKE2 message (side B); the adder answers with its own
 //!    (side A). Both identities are the two PeerIds, so the key is bound to this connection.

@@ -1,5 +1,5 @@
 //! Which agents handoff can start, which services each accepts, and how each service's
-//! credential reaches it (DESIGN §7).
+//! credential reaches it.
 //!
 //! | agent | service | delivered as |
 //! | --- | --- | --- |

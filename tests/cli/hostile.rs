@@ -219,12 +219,33 @@ fn a_hostile_control_client_costs_bounded_memory_and_others_are_served() {
     let rss_before = memory_kib(pid, "VmRSS:");
 
     // A request-sized frame that is one CBOR array of zeros where a request belongs.
-    let mut zeros = vec![0xa2, 0x61, b'v', 0x02, 0x64, b'b', b'o', b'd', b'y', 0x9a];
+    let mut zeros = vec![
+        0xa2,
+        0x61,
+        b'v',
+        control::VERSION as u8,
+        0x64,
+        b'b',
+        b'o',
+        b'd',
+        b'y',
+        0x9a,
+    ];
     let count = control::MAX_REQUEST - 14;
     zeros.extend_from_slice(&u32::try_from(count).unwrap().to_be_bytes());
     let array = frame(control::MAX_REQUEST, &zeros, control::MAX_REQUEST);
     // Deep nesting.
-    let mut deep = vec![0xa2, 0x61, b'v', 0x02, 0x64, b'b', b'o', b'd', b'y'];
+    let mut deep = vec![
+        0xa2,
+        0x61,
+        b'v',
+        control::VERSION as u8,
+        0x64,
+        b'b',
+        b'o',
+        b'd',
+        b'y',
+    ];
     deep.extend(std::iter::repeat_n(0x81u8, 60_000));
     deep.push(0);
     let nested = frame(deep.len(), &deep, deep.len());

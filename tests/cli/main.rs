@@ -33,6 +33,7 @@ mod hardening;
 mod hostile;
 mod lan;
 mod peers;
+mod propagation;
 mod relays;
 mod round_trip;
 mod secrecy_on_disk;

@@ -138,7 +138,7 @@ fn reveal(home: &TestHome, query: &str) -> Option<String> {
     (out.code == Some(0)).then(|| out.stdout.trim_end().to_string())
 }
 
-fn admin() -> TestHome {
+pub(crate) fn admin() -> TestHome {
     let a = TestHome::with_daemon();
     a.init();
     a.ok(&["unlock", "--for", "1h"]);

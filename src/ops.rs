@@ -1,0 +1,298 @@
+//! Every vault operation a command can ask for, as one typed value, and the one place that
+//! runs it on a device. The CLI runs an [`Op`] directly on the store when no daemon serves the
+//! home, or sends it to the daemon, which runs it here too: both paths give the same
+//! [`Outcome`], and the CLI renders that whichever ran it.
+//!
+//! Adding an operation: a variant of [`Op`] (with what it needs, in [`Op::needs_key`]), its arm
+//! in [`apply`], and its render in the CLI. Whether it changed the document is not declared:
+//! the daemon compares the document's heads before and after, and offers the change to the
+//! mesh when they moved.
+
+pub mod error;
+pub mod views;
+
+use std::collections::BTreeMap;
+
+use handoff_protocol::DeviceId;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::device::{Device, Unlocked, expose};
+use crate::doc::Service;
+use crate::spawn::{Agent, Delivery, choose_token, delivery_for};
+pub use error::{Exit, OpError};
+use views::{PeerView, RelayView, RemovedView, StatusView, TokenView};
+
+/// Secret bytes held by an operation or its outcome: zeroized when dropped, never in `Debug`.
+pub type Secret = Zeroizing<Vec<u8>>;
+
+/// One operation on the vault. `Debug` names the operation only: several carry secrets.
+#[derive(Serialize, Deserialize)]
+pub enum Op {
+    Status,
+    ListTokens,
+    ShowToken {
+        query: String,
+    },
+    AddToken {
+        service: Service,
+        label: String,
+        #[serde(with = "secret_bytes")]
+        secret: Secret,
+        default: bool,
+        replace: bool,
+    },
+    Reveal {
+        query: String,
+    },
+    RemoveToken {
+        query: String,
+    },
+    SetDefault {
+        query: String,
+    },
+    Export,
+    Import {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    ListPeers,
+    RemovePeer {
+        query: String,
+    },
+    AddRelay {
+        addrs: String,
+        #[serde(with = "secret_bytes::optional")]
+        token: Option<Secret>,
+    },
+    ListRelays,
+    RemoveRelay {
+        query: String,
+    },
+    /// The credential for a local spawn of `agent`.
+    Credential {
+        agent: String,
+        service: Option<Service>,
+        profile: Option<String>,
+    },
+}
+
+/// What an operation gives back. `Debug` names the outcome only: two carry secrets.
+#[derive(Serialize, Deserialize)]
+pub enum Outcome {
+    Status(StatusView),
+    Tokens(Vec<TokenView>),
+    Token(TokenView),
+    Secret {
+        token: TokenView,
+        #[serde(with = "secret_bytes")]
+        secret: Secret,
+    },
+    Exported(#[serde(with = "serde_bytes")] Vec<u8>),
+    Imported(usize),
+    Peers(Vec<PeerView>),
+    Removed(RemovedView),
+    Relay(RelayView),
+    Relays(Vec<RelayView>),
+    Credential {
+        delivery: Delivery,
+        #[serde(with = "secret_bytes")]
+        secret: Secret,
+    },
+}
+
+/// What the runner knows besides the device: the daemon's mesh, when a daemon runs it.
+#[derive(Debug, Default)]
+pub struct Around<'a> {
+    /// Members connected now, with their address (`None`: no daemon, so nobody is online).
+    pub online: Option<&'a BTreeMap<DeviceId, String>>,
+}
+
+impl Op {
+    /// Whether the operation needs the unlocked vault key (the passphrase, or the daemon's
+    /// unlock). Everything else reads or writes only what the document holds in the clear.
+    pub fn needs_key(&self) -> bool {
+        matches!(
+            self,
+            Op::AddToken { .. } | Op::Reveal { .. } | Op::RemovePeer { .. } | Op::Credential { .. }
+        )
+    }
+
+    /// What can be refused before the key is asked for, so nobody types a passphrase for a
+    /// token that does not exist or an agent that cannot take it.
+    pub fn check(&self, device: &Device) -> Result<(), OpError> {
+        match self {
+            Op::Reveal { query } => {
+                device.find_token(&device.state()?, query)?;
+            }
+            Op::Credential {
+                agent,
+                service,
+                profile,
+            } => {
+                credential_token(device, agent, *service, profile.as_deref())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs `op` on `device`. `key` must be given when [`Op::needs_key`] says so.
+pub fn apply(
+    device: &mut Device,
+    key: Option<&Unlocked>,
+    op: Op,
+    around: &Around<'_>,
+) -> Result<Outcome, OpError> {
+    let key = || key.ok_or_else(|| OpError::Locked("this operation needs the vault key".into()));
+    Ok(match op {
+        Op::Status => {
+            let state = device.state()?;
+            Outcome::Status(StatusView::of(device, &state))
+        }
+        Op::ListTokens => Outcome::Tokens(TokenView::all(&device.state()?)),
+        Op::ShowToken { query } => {
+            let state = device.state()?;
+            Outcome::Token(TokenView::of(&state, device.find_token(&state, &query)?))
+        }
+        Op::AddToken {
+            service,
+            label,
+            secret,
+            default,
+            replace,
+        } => {
+            let id = device.add_token(key()?, service, &label, &secret, default, replace)?;
+            let state = device.state()?;
+            let token = state
+                .tokens
+                .get(&id)
+                .ok_or_else(|| OpError::Internal("the new token vanished".into()))?;
+            Outcome::Token(TokenView::of(&state, token))
+        }
+        Op::Reveal { query } => {
+            let (token, secret) = device.reveal(key()?, &query)?;
+            Outcome::Secret {
+                token: TokenView::of(&device.state()?, &token),
+                secret: Zeroizing::new(expose(&secret).to_vec()),
+            }
+        }
+        Op::RemoveToken { query } => {
+            let token = device.remove_token(&query)?;
+            Outcome::Token(TokenView::of(&device.state()?, &token))
+        }
+        Op::SetDefault { query } => {
+            let token = device.set_default(&query)?;
+            Outcome::Token(TokenView::of(&device.state()?, &token))
+        }
+        Op::Export => Outcome::Exported(device.export()),
+        Op::Import { data } => Outcome::Imported(device.import(&data)?),
+        Op::ListPeers => Outcome::Peers(PeerView::all(device, &device.state()?, around.online)?),
+        Op::RemovePeer { query } => {
+            let removed = device.remove_member(key()?, &query)?;
+            Outcome::Removed(RemovedView::of(&device.state()?, &removed))
+        }
+        Op::AddRelay { addrs, token } => {
+            let relay = device.add_relay(&addrs, token.as_deref().map(Vec::as_slice))?;
+            Outcome::Relay(RelayView::of(&relay))
+        }
+        Op::ListRelays => Outcome::Relays(device.relays()?.iter().map(RelayView::of).collect()),
+        Op::RemoveRelay { query } => Outcome::Relay(RelayView::of(&device.remove_relay(&query)?)),
+        Op::Credential {
+            agent,
+            service,
+            profile,
+        } => {
+            let (agent, token_id, delivery) =
+                credential_token(device, &agent, service, profile.as_deref())?;
+            let (_, secret) = device.reveal(key()?, &token_id)?;
+            tracing::info!(
+                agent = %agent.name,
+                service = %service.map_or("default", |s| s.as_str()),
+                "credential handed to a local spawn"
+            );
+            Outcome::Credential {
+                delivery,
+                secret: Zeroizing::new(expose(&secret).to_vec()),
+            }
+        }
+    })
+}
+
+/// Only an admin device can open a pairing offer.
+pub fn require_adder(device: &Device) -> Result<(), OpError> {
+    if device.is_admin() {
+        Ok(())
+    } else {
+        Err(OpError::Usage(
+            "only an admin device can add devices; run `handoff peer add` on an admin".into(),
+        ))
+    }
+}
+
+/// The agent a spawn names (from this home's config and PATH), the token it would get, and how.
+fn credential_token(
+    device: &Device,
+    agent: &str,
+    service: Option<Service>,
+    profile: Option<&str>,
+) -> Result<(Agent, String, Delivery), OpError> {
+    let config = Config::load(device.home().root()).map_err(|e| OpError::Usage(e.to_string()))?;
+    let agent = Agent::find(agent, &config)?;
+    let state = device.state()?;
+    let token = choose_token(&state, &agent, service, profile)?;
+    let delivery = delivery_for(&agent, token)?;
+    Ok((agent, token.id.to_hex(), delivery))
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(..)", crate::control::variant_name(self))
+    }
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(..)", crate::control::variant_name(self))
+    }
+}
+
+/// Serde for [`Secret`]: a CBOR byte string, read straight into zeroizing memory.
+mod secret_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zeroize::Zeroizing;
+
+    pub fn serialize<S: Serializer>(secret: &Zeroizing<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(secret)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<Vec<u8>>, D::Error> {
+        Ok(Zeroizing::new(
+            serde_bytes::ByteBuf::deserialize(d)?.into_vec(),
+        ))
+    }
+
+    pub mod optional {
+        use serde::{Deserialize, Deserializer, Serializer};
+        use zeroize::Zeroizing;
+
+        pub fn serialize<S: Serializer>(
+            secret: &Option<Zeroizing<Vec<u8>>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match secret {
+                Some(bytes) => s.serialize_some(serde_bytes::Bytes::new(bytes)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Zeroizing<Vec<u8>>>, D::Error> {
+            let bytes = Option::<serde_bytes::ByteBuf>::deserialize(d)?;
+            Ok(bytes.map(|b| Zeroizing::new(b.into_vec())))
+        }
+    }
+}

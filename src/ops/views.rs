@@ -1,0 +1,291 @@
+//! What commands show, built from the device and its state: the same views whether a command
+//! ran directly or through the daemon (they cross the control socket as they are). None holds
+//! a secret.
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{Device, DeviceError, PeerSeen, Removed};
+use crate::doc::{Relay, Token, VaultState};
+
+/// A token as commands show it: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub service: String,
+    pub label: String,
+    pub kind: String,
+    pub default: bool,
+    pub conflict: bool,
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+impl TokenView {
+    pub fn of(state: &VaultState, t: &Token) -> Self {
+        Self {
+            id: t.id.to_hex(),
+            service: t.service.as_str().into(),
+            label: t.label.clone(),
+            kind: t.kind.as_str().into(),
+            default: state.is_default(t),
+            conflict: t.conflicted,
+            created_at: t.created_at,
+            created_by: t.created_by.clone(),
+            updated_at: t.updated_at,
+            updated_by: t.updated_by.clone(),
+        }
+    }
+
+    /// Every live token, sorted by service then label.
+    pub fn all(state: &VaultState) -> Vec<Self> {
+        let mut tokens: Vec<&Token> = state.live_tokens().collect();
+        tokens.sort_by(|a, b| (a.service, &a.label).cmp(&(b.service, &b.label)));
+        tokens.into_iter().map(|t| Self::of(state, t)).collect()
+    }
+}
+
+/// A member as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    pub device_id: String,
+    pub name: String,
+    pub role: String,
+    pub active: bool,
+}
+
+/// A member this device cannot converge with, as `status` and `peer list` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutOfSyncView {
+    pub device_id: String,
+    pub name: String,
+    /// Unix seconds since when.
+    pub since: i64,
+    pub why: String,
+}
+
+impl OutOfSyncView {
+    /// Every member this device is recorded out of sync with.
+    pub fn all(seen: &[PeerSeen], state: &VaultState) -> Vec<Self> {
+        seen.iter()
+            .filter_map(|p| {
+                let (since, why) = p.out_of_sync.clone()?;
+                let member = state.members.get(&p.device).filter(|m| m.is_active())?;
+                Some(Self {
+                    device_id: p.device.to_hex(),
+                    name: member.name.clone(),
+                    since,
+                    why,
+                })
+            })
+            .collect()
+    }
+
+    /// The line a person reads.
+    pub fn line(&self, when: impl Fn(i64) -> String) -> String {
+        format!(
+            "out of sync with {} since {}, because {}",
+            self.name,
+            when(self.since),
+            self.why
+        )
+    }
+}
+
+/// A member as `peer list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub device_id: String,
+    pub name: String,
+    pub role: String,
+    pub active: bool,
+    /// This device.
+    pub this_device: bool,
+    /// Connected to the daemon now (`None` when no daemon runs).
+    pub online: Option<bool>,
+    /// Unix seconds of the last sync with it.
+    pub last_seen: Option<i64>,
+    /// Where it is (connected) or was last reachable.
+    pub address: Option<String>,
+    /// Since when, and why, this device cannot converge with it.
+    pub out_of_sync: Option<OutOfSyncView>,
+}
+
+impl PeerView {
+    /// Every member, this device first, then by name.
+    pub fn all(
+        device: &Device,
+        state: &VaultState,
+        online: Option<&std::collections::BTreeMap<handoff_protocol::DeviceId, String>>,
+    ) -> Result<Vec<Self>, DeviceError> {
+        let seen = device.peers_seen()?;
+        let me = device.device_id();
+        let mut out: Vec<Self> = state
+            .members
+            .values()
+            .map(|m| {
+                let record = seen.iter().find(|p| p.device == m.device);
+                let live = online.and_then(|o| o.get(&m.device));
+                Self {
+                    device_id: m.device.to_hex(),
+                    name: m.name.clone(),
+                    role: m.role.as_str().into(),
+                    active: m.is_active(),
+                    this_device: m.device == me,
+                    online: (m.device != me)
+                        .then(|| online.map(|_| live.is_some()))
+                        .flatten(),
+                    last_seen: record.map(|r| r.seen_at).filter(|s| *s > 0),
+                    address: live
+                        .cloned()
+                        .or_else(|| record.and_then(|r| r.addr.clone())),
+                    out_of_sync: record.and_then(|r| {
+                        let (since, why) = r.out_of_sync.clone()?;
+                        Some(OutOfSyncView {
+                            device_id: m.device.to_hex(),
+                            name: m.name.clone(),
+                            since,
+                            why,
+                        })
+                    }),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (!a.this_device, &a.name).cmp(&(!b.this_device, &b.name)));
+        Ok(out)
+    }
+}
+
+/// A relay as `relay list` shows it (never its access token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayView {
+    pub id: String,
+    pub addrs: Vec<String>,
+    pub access_token: bool,
+    pub added_by: String,
+    pub added_at: i64,
+}
+
+impl RelayView {
+    pub fn of(r: &Relay) -> Self {
+        Self {
+            id: r.id.clone(),
+            addrs: r.addrs.split_whitespace().map(str::to_string).collect(),
+            access_token: r.access_token.is_some(),
+            added_by: r.added_by.clone(),
+            added_at: r.added_at,
+        }
+    }
+}
+
+/// What `peer remove` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovedView {
+    pub device_id: String,
+    pub name: String,
+    /// Tokens the removed device could read: rotate them at the vendor.
+    pub exposed: Vec<TokenView>,
+    pub epoch_generation: u64,
+}
+
+impl RemovedView {
+    pub fn of(state: &VaultState, removed: &Removed) -> Self {
+        Self {
+            device_id: removed.member.device.to_hex(),
+            name: removed.member.name.clone(),
+            exposed: removed
+                .exposed
+                .iter()
+                .map(|t| TokenView::of(state, t))
+                .collect(),
+            epoch_generation: state.epochs.get(&removed.epoch).map_or(0, |e| e.generation),
+        }
+    }
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub vault_id: String,
+    pub vault_name: String,
+    pub vault_created_at: i64,
+    pub device_id: String,
+    pub device_name: String,
+    pub role: String,
+    pub identity_pub: String,
+    /// The daemon's pid, when one serves this home.
+    pub daemon_pid: Option<u32>,
+    /// Unix time the daemon's unlock lasts until; `None` when locked.
+    pub unlocked_until: Option<i64>,
+    pub tokens: usize,
+    pub epoch_generation: u64,
+    pub members: Vec<MemberView>,
+    /// This device's libp2p PeerId.
+    pub peer_id: String,
+    /// The mesh's listen addresses (empty when no daemon runs).
+    pub listen: Vec<String>,
+    /// Members connected now (0 when no daemon runs).
+    pub online: usize,
+    /// A pairing offer waits for its joiner.
+    pub offer_open: bool,
+    /// Members this device cannot converge with.
+    pub out_of_sync: Vec<OutOfSyncView>,
+    /// What the document holds, in short (see [`Device::document_version`]): equal on two
+    /// devices exactly when they hold the same document.
+    pub document: String,
+    /// The daemon's sync traffic since it started (`None` when no daemon runs).
+    pub sync: Option<SyncView>,
+}
+
+/// Sync frames a daemon sent and received since it started.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SyncView {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+}
+
+impl StatusView {
+    pub fn of(device: &mut Device, state: &VaultState) -> Self {
+        let me = device.device_id();
+        Self {
+            vault_id: state.info.id.to_hex(),
+            vault_name: state.info.name.clone(),
+            vault_created_at: state.info.created_at,
+            device_id: me.to_hex(),
+            device_name: device.device_name().into(),
+            role: state
+                .members
+                .get(&me)
+                .map_or("unknown", |m| m.role.as_str())
+                .into(),
+            identity_pub: hex::encode(device.identity_public()),
+            peer_id: crate::net::peer_id_for(&device.identity_public())
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            listen: Vec::new(),
+            online: 0,
+            offer_open: false,
+            out_of_sync: device
+                .peers_seen()
+                .map(|seen| OutOfSyncView::all(&seen, state))
+                .unwrap_or_default(),
+            document: device.document_version(),
+            sync: None,
+            daemon_pid: None,
+            unlocked_until: None,
+            tokens: state.live_tokens().count(),
+            epoch_generation: state.current_epoch().map_or(0, |e| e.generation),
+            members: state
+                .members
+                .values()
+                .map(|m| MemberView {
+                    device_id: m.device.to_hex(),
+                    name: m.name.clone(),
+                    role: m.role.as_str().into(),
+                    active: m.is_active(),
+                })
+                .collect(),
+        }
+    }
+}
