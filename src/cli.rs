@@ -311,6 +311,13 @@ pub enum TokenCommand {
         /// Token id, id prefix, or SERVICE/LABEL.
         id: String,
     },
+    /// Give a token another label (its secret stays as it is).
+    Rename {
+        /// Token id, id prefix, or SERVICE/LABEL.
+        id: String,
+        /// The new label, unique within the token's service.
+        label: String,
+    },
 }
 
 /// A command's failure: one line for the user and an exit code.

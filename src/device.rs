@@ -60,6 +60,8 @@ pub enum DeviceError {
         "{service}/{label} already exists; pass --replace to change its secret, or pick another --label"
     )]
     DuplicateLabel { service: Service, label: String },
+    #[error("{service}/{label} already exists; pick another label")]
+    LabelTaken { service: Service, label: String },
     #[error("this device holds no key for epoch {0}; another admin must grant it access")]
     NoAccess(EpochId),
     #[error(
@@ -598,6 +600,35 @@ impl Device {
         self.doc
             .append_audit(&self.record.device_id, "token.default", &token.id.to_hex())?;
         self.doc.commit("token.default");
+        self.persist()?;
+        Ok(token)
+    }
+
+    /// Gives a token another label (unique within its service, like a new one's). Its secret
+    /// is not touched: no key is needed.
+    pub fn rename_token(&mut self, query: &str, label: &str) -> Result<Token, DeviceError> {
+        check_label(label)?;
+        let state = self.state()?;
+        let mut token = self.find_token(&state, query)?.clone();
+        let taken = state
+            .live_tokens()
+            .any(|t| t.id != token.id && t.service == token.service && t.label == label);
+        if taken {
+            return Err(DeviceError::LabelTaken {
+                service: token.service,
+                label: label.to_string(),
+            });
+        }
+        if token.label == label {
+            return Ok(token);
+        }
+        token.label = label.to_string();
+        token.updated_at = unix_now();
+        token.updated_by = self.record.device_id.to_hex();
+        self.doc.put_token(&token)?;
+        self.doc
+            .append_audit(&self.record.device_id, "token.rename", &token.id.to_hex())?;
+        self.doc.commit("token.rename");
         self.persist()?;
         Ok(token)
     }

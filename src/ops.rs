@@ -52,6 +52,10 @@ pub enum Op {
     SetDefault {
         query: String,
     },
+    RenameToken {
+        query: String,
+        label: String,
+    },
     Export,
     Import {
         #[serde(with = "serde_bytes")]
@@ -185,6 +189,10 @@ pub fn apply(
         }
         Op::SetDefault { query } => {
             let token = device.set_default(&query)?;
+            Outcome::Token(TokenView::of(&device.state()?, &token))
+        }
+        Op::RenameToken { query, label } => {
+            let token = device.rename_token(&query, &label)?;
             Outcome::Token(TokenView::of(&device.state()?, &token))
         }
         Op::Export => Outcome::Exported(device.export()),

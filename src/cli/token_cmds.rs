@@ -1,4 +1,4 @@
-//! `token add|list|show|rm|default`.
+//! `token add|list|show|rm|default|rename`.
 
 use serde_json::json;
 
@@ -103,6 +103,23 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
                     token.service,
                     token.label,
                     token.service
+                );
+            }
+        }
+        TokenCommand::Rename { id, label } => {
+            let was = id.clone();
+            let rename = Op::RenameToken { query: id, label };
+            let token = run_op!(ctx, rename, Outcome::Token(t) => t);
+            if ctx.json {
+                print_json(
+                    &json!({"id": token.id, "service": token.service, "label": token.label}),
+                );
+            } else {
+                say!(
+                    "Renamed {was} to {}/{} ({}).",
+                    token.service,
+                    token.label,
+                    &token.id[..8]
                 );
             }
         }

@@ -106,7 +106,9 @@ pub fn device_exit(e: &DeviceError) -> Exit {
             VaultError::Random(_) | VaultError::Kdf(_) | VaultError::SealFailed => Exit::Internal,
             _ => Exit::Damaged,
         },
-        DeviceError::AlreadyInitialized(_) | DeviceError::DuplicateLabel { .. } => Exit::Conflict,
+        DeviceError::AlreadyInitialized(_)
+        | DeviceError::DuplicateLabel { .. }
+        | DeviceError::LabelTaken { .. } => Exit::Conflict,
         DeviceError::TokenNotFound(_) => Exit::NotFound,
         DeviceError::AmbiguousToken { .. } | DeviceError::InvalidInput(_) => Exit::Usage,
         DeviceError::NoAccess(_) | DeviceError::KeyNeedsRotation => Exit::Locked,

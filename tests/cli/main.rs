@@ -35,6 +35,7 @@ mod lan;
 mod peers;
 mod propagation;
 mod relays;
+mod rename;
 mod round_trip;
 mod secrecy_on_disk;
 mod snapshots;

@@ -48,6 +48,7 @@ fn what_changes_the_document_reaches_the_peer_and_nothing_else_is_sent() {
             Some("sk-ant-3\n"),
         ),
         (words("token default anthropic/second"), None),
+        (words("token rename anthropic/second renamed"), None),
         (words("token rm anthropic/work"), None),
         (
             [
@@ -86,8 +87,8 @@ fn what_changes_the_document_reaches_the_peer_and_nothing_else_is_sent() {
     let reading: Vec<Vec<String>> = vec![
         words("status"),
         words("token list"),
-        words("token show anthropic/second"),
-        words("token show anthropic/second --reveal"),
+        words("token show anthropic/renamed"),
+        words("token show anthropic/renamed --reveal"),
         words("token show no-such-token"),
         words("relay list"),
         words("peer list"),
