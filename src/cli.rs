@@ -22,6 +22,7 @@ macro_rules! say {
 
 mod access;
 mod daemon_cmds;
+#[cfg(feature = "demo")]
 mod demo;
 pub mod input;
 pub mod output;
@@ -519,7 +520,12 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             DaemonCommand::Install { print } => daemon_cmds::install(&ctx, print),
             DaemonCommand::Uninstall => daemon_cmds::uninstall(&ctx),
         },
+        #[cfg(feature = "demo")]
         Command::Demo => demo::run(ctx.json),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo => Err(CliError::Usage(
+            "this handoff was built without the demo (cargo feature `demo`)".into(),
+        )),
     }
     .map(|()| 0)
 }
