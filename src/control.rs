@@ -1,5 +1,5 @@
-//! The control protocol between the CLI and the daemon, the views both render from, and the
-//! CLI's client.
+//! The control protocol between the CLI and the daemon (operations and their outcomes, which
+//! `ops` defines, and what only the daemon does), and the CLI's client.
 //!
 //! Transport: the Unix socket `$HANDOFF_HOME/daemon.sock` (0600 in the 0700 home; the daemon
 //! also checks the peer's uid with SO_PEERCRED). Each message is a frame: a `u32` big-endian
@@ -20,9 +20,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::net::{PairEvent, PairFailure};
-use crate::ops::Op;
-use crate::ops::Outcome;
 use crate::ops::error::pair_exit;
+use crate::ops::secret_bytes;
+use crate::ops::{Op, Outcome, Secret};
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 3;
@@ -96,13 +96,13 @@ pub enum PairStep {
 pub enum Request {
     Ping,
     Op {
-        #[serde(with = "serde_bytes")]
-        passphrase: Option<Vec<u8>>,
+        #[serde(with = "secret_bytes::optional")]
+        passphrase: Option<Secret>,
         op: Op,
     },
     Unlock {
-        #[serde(with = "serde_bytes")]
-        passphrase: Vec<u8>,
+        #[serde(with = "secret_bytes")]
+        passphrase: Secret,
         seconds: Option<u64>,
     },
     Lock,
@@ -112,8 +112,8 @@ pub enum Request {
         role: String,
         qr: bool,
         auto_confirm: bool,
-        #[serde(with = "serde_bytes")]
-        passphrase: Option<Vec<u8>>,
+        #[serde(with = "secret_bytes::optional")]
+        passphrase: Option<Secret>,
     },
     /// Waits for the open offer's next step.
     PairNext,
@@ -142,27 +142,45 @@ pub enum Response {
     },
 }
 
-/// The name of a serialized enum variant (what `Debug` shows of requests and responses).
-pub(crate) fn variant_name<T: Serialize>(value: &T) -> String {
-    match ciborium::Value::serialized(value) {
-        Ok(ciborium::Value::Text(name)) => name,
-        Ok(ciborium::Value::Map(entries)) => entries
-            .first()
-            .and_then(|(k, _)| k.as_text().map(str::to_string))
-            .unwrap_or_default(),
-        _ => String::new(),
+impl Request {
+    /// The request's name (what `Debug` shows; an operation shows as its own name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "Ping",
+            Request::Op { op, .. } => op.name(),
+            Request::Unlock { .. } => "Unlock",
+            Request::Lock => "Lock",
+            Request::PairOffer { .. } => "PairOffer",
+            Request::PairNext => "PairNext",
+            Request::PairConfirm { .. } => "PairConfirm",
+            Request::Shutdown => "Shutdown",
+        }
+    }
+}
+
+impl Response {
+    /// The answer's name (what `Debug` shows; an outcome shows as its own name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Pong { .. } => "Pong",
+            Response::Outcome(outcome) => outcome.name(),
+            Response::Offered(_) => "Offered",
+            Response::PairStep(_) => "PairStep",
+            Response::Done => "Done",
+            Response::Error { .. } => "Error",
+        }
     }
 }
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}(..)", variant_name(self))
+        write!(f, "{}(..)", self.name())
     }
 }
 
 impl std::fmt::Debug for Response {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}(..)", variant_name(self))
+        write!(f, "{}(..)", self.name())
     }
 }
 
@@ -337,7 +355,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_carry_the_version() {
         let frame = encode(&Request::Op {
-            passphrase: Some(b"pass".to_vec()),
+            passphrase: Some(zeroize::Zeroizing::new(b"pass".to_vec())),
             op: Op::Reveal {
                 query: "anthropic/work".into(),
             },
@@ -442,7 +460,7 @@ mod tests {
         };
         assert_eq!(format!("{:?}", op()), "AddToken(..)");
         let request = Request::Op {
-            passphrase: Some(b"hunter2-passphrase".to_vec()),
+            passphrase: Some(zeroize::Zeroizing::new(b"hunter2-passphrase".to_vec())),
             op: op(),
         };
         assert_eq!(format!("{request:?}"), "Op(..)");

@@ -32,7 +32,6 @@ use crate::ops::{Exit, OpError};
 use clients::{Clients, Incoming};
 use handoff_relay::descriptors::AcceptBackoff;
 use state::{State, lock_state, unix_now};
-use zeroize::Zeroizing;
 
 /// Command-line settings of `daemon start` that override `config.toml`.
 #[derive(Debug, Clone, Default)]
@@ -280,8 +279,6 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpEr
                 let mut guard = lock_state(&shared);
                 let before = guard.device.heads_hex();
                 let outcome = guard.run(op, passphrase, &net, stats);
-                // Whatever the operation (and whether it failed half way), the mesh offers
-                // what the document now holds.
                 (outcome, guard.device.heads_hex() != before)
             })
             .await
@@ -297,7 +294,6 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpEr
         } => {
             let shared = daemon.state.clone();
             let (changed, generation, until) = tokio::task::spawn_blocking(move || {
-                let passphrase = Zeroizing::new(passphrase);
                 let mut guard = lock_state(&shared);
                 let before = guard.device.heads_hex();
                 guard.unlock(&passphrase, seconds)?;
@@ -317,17 +313,28 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpEr
                 unlocked_until: until,
             })
         }
+        // The state's mutex may be held for a while (an Argon2 unlock, a large import): take it
+        // off the runtime thread, which serves every other client and the mesh.
         Request::Lock => {
-            lock_state(&daemon.state).lock();
+            let shared = daemon.state.clone();
+            tokio::task::spawn_blocking(move || lock_state(&shared).lock())
+                .await
+                .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))?;
             tracing::info!("vault locked");
             Ok(Response::Done)
         }
         Request::Ping => {
-            let mut guard = lock_state(&daemon.state);
-            guard.expire();
+            let shared = daemon.state.clone();
+            let until = tokio::task::spawn_blocking(move || {
+                let mut guard = lock_state(&shared);
+                guard.expire();
+                guard.until
+            })
+            .await
+            .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))?;
             Ok(Response::Pong {
                 pid: std::process::id(),
-                unlocked_until: guard.until,
+                unlocked_until: until,
             })
         }
         Request::Shutdown => Ok(Response::Done),
@@ -340,7 +347,7 @@ async fn pair_offer(
     role: &str,
     qr: bool,
     auto_confirm: bool,
-    passphrase: Option<Vec<u8>>,
+    passphrase: Option<crate::ops::Secret>,
 ) -> Result<Response, OpError> {
     let role: Role = role.parse().map_err(|()| {
         OpError::Usage(format!(

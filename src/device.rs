@@ -430,20 +430,23 @@ impl Device {
         state: &'s VaultState,
         query: &str,
     ) -> Result<&'s Token, DeviceError> {
-        if let Some((service, label)) = query.split_once('/') {
-            return state
+        let matches: Vec<&Token> = if let Some((service, label)) = query.split_once('/') {
+            // Two devices can add (or rename to) one label at once: then the label names
+            // neither, and the id must be given.
+            state
                 .live_tokens()
-                .find(|t| t.service.as_str() == service && t.label == label)
-                .ok_or_else(|| DeviceError::TokenNotFound(query.to_string()));
-        }
-        let q = query.to_ascii_lowercase();
-        if q.len() < 4 || !q.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(DeviceError::TokenNotFound(query.to_string()));
-        }
-        let matches: Vec<&Token> = state
-            .live_tokens()
-            .filter(|t| t.id.to_hex().starts_with(&q))
-            .collect();
+                .filter(|t| t.service.as_str() == service && t.label == label)
+                .collect()
+        } else {
+            let q = query.to_ascii_lowercase();
+            if q.len() < 4 || !q.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(DeviceError::TokenNotFound(query.to_string()));
+            }
+            state
+                .live_tokens()
+                .filter(|t| t.id.to_hex().starts_with(&q))
+                .collect()
+        };
         match matches.as_slice() {
             [one] => Ok(one),
             [] => Err(DeviceError::TokenNotFound(query.to_string())),
@@ -602,6 +605,11 @@ impl Device {
         self.doc.commit("token.default");
         self.persist()?;
         Ok(token)
+    }
+
+    /// Drops what an operation that failed wrote but did not commit.
+    pub fn rollback(&mut self) {
+        self.doc.rollback();
     }
 
     /// Gives a token another label (unique within its service, like a new one's). Its secret

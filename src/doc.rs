@@ -349,6 +349,14 @@ impl VaultDoc {
             .unwrap_or(0)
     }
 
+    /// Drops writes not yet committed (an operation that failed half way): they never become
+    /// a change.
+    pub fn rollback(&mut self) {
+        if self.doc.rollback() > 0 {
+            self.touched();
+        }
+    }
+
     /// Commits pending writes as one change.
     pub fn commit(&mut self, message: &str) {
         self.touched();

@@ -143,8 +143,22 @@ impl Op {
     }
 }
 
-/// Runs `op` on `device`. `key` must be given when [`Op::needs_key`] says so.
+/// Runs `op` on `device`. `key` must be given when [`Op::needs_key`] says so. An operation that
+/// fails leaves the document as it found it: what it wrote before failing is dropped.
 pub fn apply(
+    device: &mut Device,
+    key: Option<&Unlocked>,
+    op: Op,
+    around: &Around<'_>,
+) -> Result<Outcome, OpError> {
+    let outcome = run(device, key, op, around);
+    if outcome.is_err() {
+        device.rollback();
+    }
+    outcome
+}
+
+fn run(
     device: &mut Device,
     key: Option<&Unlocked>,
     op: Op,
@@ -255,20 +269,63 @@ fn credential_token(
     Ok((agent, token.id.to_hex(), delivery))
 }
 
+impl Op {
+    /// The operation's name (what `Debug` shows).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Status => "Status",
+            Op::ListTokens => "ListTokens",
+            Op::ShowToken { .. } => "ShowToken",
+            Op::AddToken { .. } => "AddToken",
+            Op::Reveal { .. } => "Reveal",
+            Op::RemoveToken { .. } => "RemoveToken",
+            Op::SetDefault { .. } => "SetDefault",
+            Op::RenameToken { .. } => "RenameToken",
+            Op::Export => "Export",
+            Op::Import { .. } => "Import",
+            Op::ListPeers => "ListPeers",
+            Op::RemovePeer { .. } => "RemovePeer",
+            Op::AddRelay { .. } => "AddRelay",
+            Op::ListRelays => "ListRelays",
+            Op::RemoveRelay { .. } => "RemoveRelay",
+            Op::Credential { .. } => "Credential",
+        }
+    }
+}
+
+impl Outcome {
+    /// The outcome's name (what `Debug` shows).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Status(_) => "Status",
+            Outcome::Tokens(_) => "Tokens",
+            Outcome::Token(_) => "Token",
+            Outcome::Secret { .. } => "Secret",
+            Outcome::Exported(_) => "Exported",
+            Outcome::Imported(_) => "Imported",
+            Outcome::Peers(_) => "Peers",
+            Outcome::Removed(_) => "Removed",
+            Outcome::Relay(_) => "Relay",
+            Outcome::Relays(_) => "Relays",
+            Outcome::Credential { .. } => "Credential",
+        }
+    }
+}
+
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}(..)", crate::control::variant_name(self))
+        write!(f, "{}(..)", self.name())
     }
 }
 
 impl std::fmt::Debug for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}(..)", crate::control::variant_name(self))
+        write!(f, "{}(..)", self.name())
     }
 }
 
 /// Serde for [`Secret`]: a CBOR byte string, read straight into zeroizing memory.
-mod secret_bytes {
+pub(crate) mod secret_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
     use zeroize::Zeroizing;
 

@@ -80,11 +80,29 @@ pub fn choose_token<'s>(
         None => agent.accepts.clone(),
     };
     let found = match profile {
-        Some(label) => services.iter().find_map(|s| {
-            state
-                .live_tokens()
-                .find(|t| t.service == *s && t.label == label)
-        }),
+        Some(label) => {
+            let mut first = None;
+            for s in &services {
+                let holders: Vec<&Token> = state
+                    .live_tokens()
+                    .filter(|t| t.service == *s && t.label == label)
+                    .collect();
+                // Two devices added (or renamed to) one label at once: never guess which.
+                if let [_, _, ..] = holders.as_slice() {
+                    return Err(SpawnError::Device(DeviceError::AmbiguousToken {
+                        query: format!("{s}/{label}"),
+                        matches: holders
+                            .iter()
+                            .map(|t| t.id.to_hex()[..12].to_string())
+                            .collect(),
+                    }));
+                }
+                if first.is_none() {
+                    first = holders.first().copied();
+                }
+            }
+            first
+        }
         None => services
             .iter()
             .find_map(|s| state.defaults.get(s).and_then(|id| state.tokens.get(id))),

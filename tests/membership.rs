@@ -253,3 +253,39 @@ fn relayed_envelopes_from_a_new_member_apply_and_from_a_removed_one_are_refused(
     ));
     assert!(b.reveal(&bk, "anthropic/late").is_err());
 }
+
+/// Two devices rename two tokens to one label at once: after they merge, the label names
+/// neither. Asking for it is refused as ambiguous (by query and by a spawn's profile) instead
+/// of quietly picking one account's token; each is still reachable by its id.
+#[test]
+fn a_label_two_devices_gave_at_once_names_neither_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ak) = founder(&dir);
+    let (mut b, _bk) = join(&dir, &mut a, &ak, "desktop", Role::Admin);
+    let x = a
+        .add_token(&ak, Service::Anthropic, "x", b"sk-ant-X", false, false)
+        .unwrap();
+    let y = a
+        .add_token(&ak, Service::Anthropic, "y", b"sk-ant-Y", false, false)
+        .unwrap();
+    b.import(&a.export()).unwrap();
+    a.rename_token("anthropic/x", "job").unwrap();
+    b.rename_token("anthropic/y", "job").unwrap();
+    a.import(&b.export()).unwrap();
+    let state = a.state().unwrap();
+    let err = a.find_token(&state, "anthropic/job").unwrap_err();
+    assert!(
+        matches!(err, handoff::device::DeviceError::AmbiguousToken { .. }),
+        "{err}"
+    );
+    let claude =
+        handoff::spawn::Agent::find("claude", &handoff::config::Config::default()).unwrap();
+    let chosen = handoff::spawn::choose_token(&state, &claude, None, Some("job"));
+    assert!(
+        chosen.is_err(),
+        "a spawn picked one of two tokens named job"
+    );
+    for id in [x, y] {
+        assert_eq!(a.find_token(&state, &id.to_hex()).unwrap().label, "job");
+    }
+}

@@ -11,7 +11,7 @@
 use super::{CliError, Context, Exit, input};
 use crate::control::{Client, Request, Response};
 use crate::device::Device;
-use crate::ops::{self, Around, Op, Outcome};
+use crate::ops::{self, Around, Op, Outcome, Secret};
 
 /// Runs `op` and takes the outcome it gives, or fails the command if the daemon answered
 /// something else: `run_op!(ctx, op, Outcome::Token(t) => t)`.
@@ -61,7 +61,7 @@ fn through_daemon(ctx: &Context, client: &mut Client, op: Op) -> Result<Outcome,
         Err(CliError::Remote { exit, .. }) if needs_key && exit == Exit::Locked as u8 => {
             let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
             if let Request::Op { passphrase: p, .. } = &mut request {
-                *p = Some(passphrase.to_vec());
+                *p = Some(passphrase);
             }
             call(client, &request)?
         }
@@ -88,12 +88,12 @@ pub(crate) fn call(client: &mut Client, request: &Request) -> Result<Response, C
 pub(crate) fn call_unlocking(
     ctx: &Context,
     client: &mut Client,
-    make: impl Fn(Option<Vec<u8>>) -> Request,
+    make: impl Fn(Option<Secret>) -> Request,
 ) -> Result<Response, CliError> {
     match call(client, &make(None)) {
         Err(CliError::Remote { exit, .. }) if exit == Exit::Locked as u8 => {
             let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
-            call(client, &make(Some(passphrase.to_vec())))
+            call(client, &make(Some(passphrase)))
         }
         other => other,
     }

@@ -285,7 +285,7 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
     let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
     let response = client
         .call(&Request::Unlock {
-            passphrase: passphrase.to_vec(),
+            passphrase,
             seconds,
         })
         .map_err(|e| CliError::Internal(e.to_string()))?;

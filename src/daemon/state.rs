@@ -6,12 +6,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use zeroize::Zeroizing;
-
 use crate::device::{Device, Unlocked};
 use crate::net::{Host, NetView, Stats};
 use crate::ops::views::SyncView;
-use crate::ops::{self, Around, Op, OpError, Outcome};
+use crate::ops::{self, Around, Op, OpError, Outcome, Secret};
 
 /// Longest an unlock may last.
 const MAX_UNLOCK: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -77,14 +75,14 @@ impl State {
     /// Runs `f` with the vault key: the unlocked one, or a one-shot unlock with `passphrase`.
     fn with_key<T>(
         &mut self,
-        passphrase: Option<Vec<u8>>,
+        passphrase: Option<Secret>,
         f: impl FnOnce(&mut Device, &Unlocked) -> Result<T, OpError>,
     ) -> Result<T, OpError> {
         self.expire();
         if let Some(key) = &self.key {
             return f(&mut self.device, key);
         }
-        let Some(passphrase) = passphrase.map(Zeroizing::new) else {
+        let Some(passphrase) = passphrase else {
             return Err(OpError::Locked(
                 "run `handoff unlock`, or give the passphrase".into(),
             ));
@@ -94,7 +92,7 @@ impl State {
     }
 
     /// A handle on the vault key for work that outlives this request (a pairing offer).
-    pub fn key_copy(&mut self, passphrase: Option<Vec<u8>>) -> Result<Unlocked, OpError> {
+    pub fn key_copy(&mut self, passphrase: Option<Secret>) -> Result<Unlocked, OpError> {
         self.with_key(passphrase, |_, key| Ok(key.duplicate()))
     }
 
@@ -103,7 +101,7 @@ impl State {
     pub fn run(
         &mut self,
         op: Op,
-        passphrase: Option<Vec<u8>>,
+        passphrase: Option<Secret>,
         net: &NetView,
         stats: Stats,
     ) -> Result<Outcome, OpError> {
