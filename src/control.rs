@@ -463,7 +463,8 @@ mod tests {
             passphrase: Some(zeroize::Zeroizing::new(b"hunter2-passphrase".to_vec())),
             op: op(),
         };
-        assert_eq!(format!("{request:?}"), "Op(..)");
+        // A request for an operation shows as the operation.
+        assert_eq!(format!("{request:?}"), "AddToken(..)");
         let outcome = Outcome::Credential {
             delivery: crate::spawn::Delivery::Env(vec!["X".into()]),
             secret: zeroize::Zeroizing::new(b"sk-ant-SECRET".to_vec()),

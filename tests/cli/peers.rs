@@ -204,6 +204,8 @@ fn three_daemons_converge_on_concurrent_edits_and_each_reads_every_token() {
         &["--replace"],
     );
     a.add("openai", "from-a", "sk-proj-from-a", &[]);
+    // c can remove a's token only once it holds it (a race the test used to leave to luck).
+    eventually("a's token on c", || reveal(&c, "openai/from-a").is_some());
     c.ok(&["token", "rm", "openai/from-a"]);
     eventually("the same tokens on all three", || {
         let ta = tokens(&a);
