@@ -35,7 +35,8 @@ mod vault_cmds;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::device::DeviceError;
 pub use crate::ops::Exit;
@@ -101,28 +102,7 @@ pub enum Command {
         name: Option<String>,
     },
     /// Start an agent here with its credential in its own environment or private files only.
-    Spawn {
-        /// claude, codex, gemini, opencode, or a custom agent from config.toml.
-        agent: String,
-        /// The directory to start it in (default: the current one).
-        #[arg(long, value_name = "D")]
-        dir: Option<PathBuf>,
-        /// Use the token with this label.
-        #[arg(long, value_name = "LABEL")]
-        profile: Option<String>,
-        /// Use a token of this service (one the agent accepts).
-        #[arg(long, value_name = "SERVICE")]
-        service: Option<String>,
-        /// Run it in the background: in tmux when installed, else with its output in a log.
-        #[arg(long)]
-        detach: bool,
-        /// `native`: pass no credential; the agent uses its own login.
-        #[arg(long, value_name = "MODE", value_parser = ["handoff", "native"], default_value = "handoff")]
-        service_auth: String,
-        /// Arguments for the agent, after `--`.
-        #[arg(last = true)]
-        args: Vec<std::ffi::OsString>,
-    },
+    Spawn(spawn_cmd::SpawnArgs),
     /// Detached agent sessions.
     #[command(subcommand)]
     Session(SessionCommand),
@@ -157,64 +137,15 @@ pub enum SessionCommand {
     Stop { id: String },
     /// Runs inside a detached session (started by `spawn --detach`).
     #[command(hide = true)]
-    Supervise {
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        mode: String,
-        #[arg(long)]
-        fifo: PathBuf,
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        program: PathBuf,
-        #[arg(last = true)]
-        args: Vec<std::ffi::OsString>,
-    },
+    Supervise(session_cmds::SuperviseArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
     /// Offer to pair a new device (on an admin device); prints a code and waits for it.
-    Add {
-        /// The name to give the new device (default: the name it proposes).
-        #[arg(long)]
-        name: Option<String>,
-        /// admin, member, or remote (a phone that may ask for sessions but reads no token).
-        #[arg(long, default_value = "member")]
-        role: String,
-        /// Also show a QR code (with a 128-bit code) for a phone.
-        #[arg(long)]
-        qr: bool,
-        /// Do not ask to compare the words shown on both devices.
-        #[arg(long)]
-        yes: bool,
-        /// Listen here while pairing without a daemon (repeatable).
-        #[arg(long, value_name = "MULTIADDR")]
-        listen: Vec<String>,
-        /// Do not advertise the offer on the LAN.
-        #[arg(long)]
-        no_mdns: bool,
-    },
+    Add(peer_cmds::AddArgs),
     /// Join a vault from this new device with the code `peer add` printed.
-    Join {
-        /// The code (NN-word-word-word) or a handoff://pair link; asked for if left out.
-        code: Option<String>,
-        /// This device's name (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Where the adding device listens (default: look for it on the LAN).
-        #[arg(long = "addr", value_name = "MULTIADDR")]
-        addrs: Vec<String>,
-        /// Do not ask to compare the words shown on both devices.
-        #[arg(long)]
-        yes: bool,
-        /// Do not look for the adding device on the LAN.
-        #[arg(long)]
-        no_mdns: bool,
-    },
+    Join(peer_cmds::JoinArgs),
     /// The devices of this vault: role, online or last seen, address.
     List,
     /// Remove a device: rotate the vault key, disconnect it, refuse it from now on.
@@ -230,7 +161,7 @@ pub enum RelayCommand {
     Add {
         /// Its multiaddr(s), best with /p2p/<relay PeerId> (repeatable).
         #[arg(required = true)]
-        addrs: Vec<String>,
+        addrs: Vec<crate::addr::Multiaddr>,
         /// The relay's access token, from this file's first line.
         #[arg(long, value_name = "F")]
         token_file: Option<PathBuf>,
@@ -247,17 +178,7 @@ pub enum RelayCommand {
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
     /// Start the daemon in the background (logs to $HANDOFF_HOME/daemon.log).
-    Start {
-        /// Run in this process instead (for systemd, launchd, or debugging).
-        #[arg(long)]
-        foreground: bool,
-        /// Listen on this multiaddr instead of config.toml's (repeatable).
-        #[arg(long, value_name = "MULTIADDR")]
-        listen: Vec<String>,
-        /// Do not advertise or look for members on the LAN (mDNS).
-        #[arg(long)]
-        no_mdns: bool,
-    },
+    Start(daemon_cmds::StartArgs),
     /// Stop the running daemon.
     Stop,
     /// Whether a daemon runs, and whether it holds the key.
@@ -412,92 +333,22 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             code_file,
             name,
         } => vault_cmds::recover(&ctx, &from, code_file, name),
-        Command::Spawn {
-            agent,
-            dir,
-            profile,
-            service,
-            service_auth,
-            detach,
-            args,
-        } => {
-            let req = spawn_cmd::SpawnArgs {
-                agent,
-                dir,
-                profile,
-                service,
-                native: service_auth == "native",
-                detach,
-                args,
-            };
-            return spawn_cmd::spawn(&ctx, req);
-        }
+        Command::Spawn(args) => return spawn_cmd::spawn(&ctx, args),
         Command::Session(cmd) => match cmd {
             SessionCommand::List => session_cmds::list(&ctx),
             SessionCommand::Attach { id } => return session_cmds::attach(&ctx, &id),
             SessionCommand::Stop { id } => session_cmds::stop(&ctx, &id),
-            SessionCommand::Supervise {
-                id,
-                agent,
-                mode,
-                fifo,
-                dir,
-                program,
-                args,
-            } => {
-                let s = session_cmds::SuperviseArgs {
-                    id,
-                    agent,
-                    mode,
-                    fifo,
-                    dir,
-                    program,
-                    args,
-                };
-                return session_cmds::supervise(&ctx, s);
-            }
+            SessionCommand::Supervise(args) => return session_cmds::supervise(&ctx, args),
         },
         Command::Peer(cmd) => match cmd {
-            PeerCommand::Add {
-                name,
-                role,
-                qr,
-                yes,
-                listen,
-                no_mdns,
-            } => peer_cmds::add(
-                &ctx,
-                &peer_cmds::AddArgs {
-                    name,
-                    role,
-                    qr,
-                    yes,
-                    listen,
-                    no_mdns,
-                },
-            ),
-            PeerCommand::Join {
-                code,
-                name,
-                addrs,
-                yes,
-                no_mdns,
-            } => peer_cmds::join(
-                &ctx,
-                peer_cmds::JoinArgs {
-                    code,
-                    name,
-                    addrs,
-                    yes,
-                    no_mdns,
-                },
-            ),
+            PeerCommand::Add(args) => peer_cmds::add(&ctx, &args),
+            PeerCommand::Join(args) => peer_cmds::join(&ctx, args),
             PeerCommand::List => peer_cmds::list(&ctx),
             PeerCommand::Remove { name } => peer_cmds::remove(&ctx, &name),
         },
         Command::Relay(cmd) => match cmd {
             RelayCommand::Add { addrs, token_file } => {
-                relay_cmds::add(&ctx, &addrs, token_file.as_deref())
+                relay_cmds::add(&ctx, addrs, token_file.as_deref())
             }
             RelayCommand::List => relay_cmds::list(&ctx),
             RelayCommand::Rm { id } => relay_cmds::remove(&ctx, &id),
@@ -505,15 +356,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Unlock { duration } => daemon_cmds::unlock(&ctx, duration),
         Command::Lock => daemon_cmds::lock(&ctx),
         Command::Daemon(cmd) => match cmd {
-            DaemonCommand::Start {
-                foreground,
-                listen,
-                no_mdns,
-            } => daemon_cmds::start(
-                &ctx,
-                foreground,
-                &crate::daemon::Options { listen, no_mdns },
-            ),
+            DaemonCommand::Start(args) => daemon_cmds::start(&ctx, args),
             DaemonCommand::Stop => daemon_cmds::stop(&ctx),
             DaemonCommand::Status => daemon_cmds::status(&ctx),
             DaemonCommand::Logs => daemon_cmds::logs(&ctx),
@@ -528,6 +371,17 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         )),
     }
     .map(|()| 0)
+}
+
+/// `--role` takes a role by its name.
+impl ValueEnum for crate::doc::Role {
+    fn value_variants<'a>() -> &'a [Self] {
+        &crate::doc::Role::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
+    }
 }
 
 /// What every command needs besides its own arguments.

@@ -79,7 +79,7 @@ impl NetConfig {
     /// The mesh configuration, with `listen` and `no_mdns` from the command line on top.
     pub fn mesh(
         &self,
-        listen: &[String],
+        listen: &[crate::net::Multiaddr],
         no_mdns: bool,
     ) -> Result<crate::net::MeshConfig, crate::net::NetError> {
         let parse = |list: &[String]| {
@@ -88,7 +88,7 @@ impl NetConfig {
                 .collect::<Result<Vec<_>, _>>()
         };
         let listen = if !listen.is_empty() {
-            parse(listen)?
+            listen.to_vec()
         } else if let Some(configured) = &self.listen {
             parse(configured)?
         } else {

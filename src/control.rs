@@ -17,6 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use handoff_protocol::{DecodeError, frame};
 use serde::{Deserialize, Serialize};
 
 use crate::net::{PairEvent, PairFailure};
@@ -49,16 +50,12 @@ impl OfferView {
     /// when `qr`).
     pub fn of(ticket: &crate::net::PairTicket, mesh: &crate::net::Mesh, qr: bool) -> OfferView {
         let view = mesh.view();
-        let link = qr.then(|| {
-            let addrs: Vec<crate::net::Multiaddr> =
-                view.listen.iter().filter_map(|a| a.parse().ok()).collect();
-            ticket.code.link(&mesh.peer_id(), &addrs).to_string()
-        });
+        let link = qr.then(|| ticket.code.link(&mesh.peer_id(), &view.listen).to_string());
         OfferView {
             code: ticket.code.text().to_string(),
             link,
             peer_id: view.peer_id,
-            addrs: view.listen,
+            addrs: view.listen.iter().map(ToString::to_string).collect(),
             expires_at: ticket.expires_at,
         }
     }
@@ -109,7 +106,7 @@ pub enum Request {
     /// Opens a pairing offer (one at a time).
     PairOffer {
         name: Option<String>,
-        role: String,
+        role: crate::doc::Role,
         qr: bool,
         auto_confirm: bool,
         #[serde(with = "secret_bytes::optional")]
@@ -230,24 +227,26 @@ pub enum ControlError {
     Malformed(String),
 }
 
-/// Encodes a frame: length, then the CBOR envelope.
-pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, ControlError> {
-    let mut frame = vec![0u8; 4];
-    ciborium::into_writer(&Envelope { v: VERSION, body }, &mut frame)
+/// Encodes one message as a frame (the project's one frame codec, [`frame`]): length, then
+/// the CBOR envelope, serialized in place. `max` is the side's limit: [`MAX_IMPORT`] for a
+/// request, [`MAX_RESPONSE`] for a response.
+pub fn encode<T: Serialize>(body: &T, max: usize) -> Result<Vec<u8>, ControlError> {
+    let mut out = vec![0u8; frame::HEADER_LEN];
+    ciborium::into_writer(&Envelope { v: VERSION, body }, &mut out)
         .map_err(|e| ControlError::Malformed(e.to_string()))?;
-    let len = frame.len() - 4;
-    let len = u32::try_from(len).map_err(|_| ControlError::TooLarge(len))?;
-    frame[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(frame)
+    let header = frame::header(out.len() - frame::HEADER_LEN, max)?;
+    out[..frame::HEADER_LEN].copy_from_slice(&header);
+    Ok(out)
 }
 
-/// Checks a frame length read from the wire against `max`.
-pub fn check_len(len: [u8; 4], max: usize) -> Result<usize, ControlError> {
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(ControlError::TooLarge(len));
+/// A frame that breaks the codec's rules (only an oversized length can).
+impl From<DecodeError> for ControlError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::TooLarge { len, .. } => ControlError::TooLarge(len),
+            other => ControlError::Malformed(other.to_string()),
+        }
     }
-    Ok(len)
 }
 
 /// The bytes every import request's payload starts with, up to its document's byte-string
@@ -324,14 +323,14 @@ impl Client {
 
     /// Sends one request and waits for its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, ControlError> {
-        let written = self.stream.write_all(&encode(request)?);
+        let written = self.stream.write_all(&encode(request, MAX_IMPORT)?);
         // A daemon that refuses us answers and hangs up without reading: if our write failed,
         // its answer may still be waiting to be read, and it says more than a broken pipe.
-        let mut len = [0u8; 4];
-        if let Err(e) = self.stream.read_exact(&mut len) {
+        let mut header = [0u8; frame::HEADER_LEN];
+        if let Err(e) = self.stream.read_exact(&mut header) {
             return Err(written.err().unwrap_or(e).into());
         }
-        let len = check_len(len, MAX_RESPONSE)?;
+        let len = frame::decode_len(header, MAX_RESPONSE)?;
         let mut payload = Vec::with_capacity(len);
         (&mut self.stream)
             .take(len as u64)
@@ -354,21 +353,24 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_carry_the_version() {
-        let frame = encode(&Request::Op {
-            passphrase: Some(zeroize::Zeroizing::new(b"pass".to_vec())),
-            op: Op::Reveal {
-                query: "anthropic/work".into(),
+        let encoded = encode(
+            &Request::Op {
+                passphrase: Some(zeroize::Zeroizing::new(b"pass".to_vec())),
+                op: Op::Reveal {
+                    query: "anthropic/work".into(),
+                },
             },
-        })
+            MAX_IMPORT,
+        )
         .unwrap();
-        let len = check_len(frame[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
-        assert_eq!(len, frame.len() - 4);
-        let req: Request = decode(&frame[4..]).unwrap();
+        let len = frame::decode_len(encoded[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
+        assert_eq!(len, encoded.len() - 4);
+        let req: Request = decode(&encoded[4..]).unwrap();
         assert!(matches!(
             req,
             Request::Op { op: Op::Reveal { ref query }, .. } if query == "anthropic/work"
         ));
-        assert!(check_len((MAX_REQUEST as u32 + 1).to_be_bytes(), MAX_REQUEST).is_err());
+        assert!(frame::decode_len((MAX_REQUEST as u32 + 1).to_be_bytes(), MAX_REQUEST).is_err());
         assert!(matches!(
             decode::<Request>(b"\xff\x00garbage"),
             Err(Undecodable::Malformed(_))
@@ -391,26 +393,32 @@ mod tests {
     #[test]
     fn an_import_starts_with_the_import_prefix_and_nothing_else_does() {
         let prefix = import_prefix();
-        let import = encode(&Request::Op {
-            passphrase: None,
-            op: Op::Import {
-                data: vec![7u8; 70_000],
+        let import = encode(
+            &Request::Op {
+                passphrase: None,
+                op: Op::Import {
+                    data: vec![7u8; 70_000],
+                },
             },
-        })
+            MAX_IMPORT,
+        )
         .unwrap();
         assert!(import[4..].starts_with(&prefix));
         // Bytes travel as one byte string: the frame is the data plus a few bytes.
         assert!(import.len() < 70_000 + 64);
-        let add = encode(&Request::Op {
-            passphrase: None,
-            op: Op::AddToken {
-                service: crate::doc::Service::Anthropic,
-                label: "x".into(),
-                secret: zeroize::Zeroizing::new(vec![0; 100]),
-                default: false,
-                replace: false,
+        let add = encode(
+            &Request::Op {
+                passphrase: None,
+                op: Op::AddToken {
+                    service: crate::doc::Service::Anthropic,
+                    label: "x".into(),
+                    secret: zeroize::Zeroizing::new(vec![0; 100]),
+                    default: false,
+                    replace: false,
+                },
             },
-        })
+            MAX_IMPORT,
+        )
         .unwrap();
         assert!(!add[4..].starts_with(&prefix));
     }

@@ -26,17 +26,18 @@ use crate::config::Config;
 use crate::control::{self, OfferView, PairStep, Request, Response};
 use crate::device::Device;
 use crate::doc::Role;
+use crate::entropy::unix_now;
 use crate::home::Home;
 use crate::net::{Mesh, MeshConfig, OfferRequest, PairEvent};
 use crate::ops::{Exit, OpError};
 use clients::{Clients, Incoming};
 use handoff_relay::descriptors::AcceptBackoff;
-use state::{State, lock_state, unix_now};
+use state::{State, lock_state};
 
 /// Command-line settings of `daemon start` that override `config.toml`.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    pub listen: Vec<String>,
+    pub listen: Vec<crate::net::Multiaddr>,
     pub no_mdns: bool,
 }
 
@@ -178,7 +179,7 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
             exit: Exit::Usage as u8,
             message: format!("this daemon serves uid {own_uid} only; refusing uid {peer_uid}"),
         };
-        if let Ok(frame) = control::encode(&refusal) {
+        if let Ok(frame) = control::encode(&refusal, control::MAX_RESPONSE) {
             let _ = stream.write_all(&frame).await;
         }
         return;
@@ -229,7 +230,7 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
                 response
             }
         };
-        let Ok(frame) = control::encode(&response) else {
+        let Ok(frame) = control::encode(&response, control::MAX_RESPONSE) else {
             return;
         };
         // A client that stops reading its answer is not waited on for ever, and may be
@@ -257,7 +258,7 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpEr
             qr,
             auto_confirm,
             passphrase,
-        } => pair_offer(daemon, name, &role, qr, auto_confirm, passphrase).await,
+        } => pair_offer(daemon, name, role, qr, auto_confirm, passphrase).await,
         Request::PairNext => pair_next(daemon).await,
         Request::PairConfirm { accept } => {
             let confirm = daemon
@@ -344,16 +345,11 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpEr
 async fn pair_offer(
     daemon: &Arc<Daemon>,
     name: Option<String>,
-    role: &str,
+    role: Role,
     qr: bool,
     auto_confirm: bool,
     passphrase: Option<crate::ops::Secret>,
 ) -> Result<Response, OpError> {
-    let role: Role = role.parse().map_err(|()| {
-        OpError::Usage(format!(
-            "unknown role '{role}'; use admin, member or remote"
-        ))
-    })?;
     let shared = daemon.state.clone();
     let key = tokio::task::spawn_blocking(move || {
         let mut state = lock_state(&shared);

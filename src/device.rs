@@ -26,7 +26,8 @@ use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 use secrecy::ExposeSecret;
 
 use crate::doc::schema::{Epoch, Member, Role, Service, Token, VaultInfo, VaultState, limits};
-use crate::doc::{DocError, VaultDoc, unix_now};
+use crate::doc::{DocError, VaultDoc};
+use crate::entropy::unix_now;
 use crate::home::{Home, HomeError, OwnerLock};
 use crate::store::{DeviceRecord, Store, StoreError};
 use crate::vault::epoch::{TokenBinding, wrap_statement};

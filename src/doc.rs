@@ -24,10 +24,11 @@ use handoff_protocol::dek_wrap::Recipient;
 use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 
 pub use schema::{
-    AuditEntry, Epoch, Member, Relay, Role, Service, Token, TokenKind, TrustAnchors, VaultInfo,
-    VaultState,
+    AuditEntry, Epoch, Member, Relay, Role, Service, Token, TokenKind, TrustAnchors, UnknownName,
+    VaultInfo, VaultState,
 };
 
+use crate::entropy::unix_now;
 use crate::vault::SignedWrap;
 use trust::check_fork;
 
@@ -75,10 +76,6 @@ pub struct VaultDoc {
     /// method starts with [`Self::touched`]); a validated fork that replaces the document
     /// brings its own.
     valid: std::sync::OnceLock<VaultState>,
-}
-
-fn now() -> i64 {
-    crate::entropy::now()
 }
 
 /// The Automerge actor a device writes with: its device id.
@@ -363,7 +360,7 @@ impl VaultDoc {
         self.doc.commit_with(
             CommitOptions::default()
                 .with_message(message.to_string())
-                .with_time(now()),
+                .with_time(unix_now()),
         );
     }
 
@@ -617,7 +614,7 @@ impl VaultDoc {
         };
         let len = self.doc.length(&audit);
         let entry = self.doc.insert_object(&audit, len, ObjType::Map)?;
-        self.doc.put(&entry, "at", now())?;
+        self.doc.put(&entry, "at", unix_now())?;
         self.doc.put(&entry, "device", device.to_hex())?;
         self.doc.put(&entry, "action", action)?;
         self.doc.put(&entry, "subject", subject)?;
@@ -668,9 +665,4 @@ fn check_size(len: usize) -> Result<(), DocError> {
         });
     }
     Ok(())
-}
-
-/// The current time in Unix seconds, as records store it.
-pub fn unix_now() -> i64 {
-    now()
 }

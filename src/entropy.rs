@@ -1,5 +1,5 @@
 //! Where the vault's randomness and its clock come from: every key, id, nonce and record time
-//! the vault makes is drawn through [`fill`] and [`now`], and nothing else in the crate reads
+//! the vault makes is drawn through [`fill`] and [`unix_now`], and nothing else in the crate reads
 //! the OS generator or the wall clock for document state.
 //!
 //! Normally that is the OS random generator and the system clock. Built with the `seeded`
@@ -20,7 +20,7 @@ pub fn fill(out: &mut [u8]) -> Result<(), getrandom::Error> {
 }
 
 /// The current time in Unix seconds: the system clock, or this thread's simulated one.
-pub fn now() -> i64 {
+pub fn unix_now() -> i64 {
     #[cfg(feature = "seeded")]
     if let Some(t) = seeded::now() {
         return t;
@@ -133,7 +133,7 @@ mod tests {
             let _guard = seed_thread(seed);
             let mut a = [0u8; 45];
             fill(&mut a).unwrap();
-            (a, now())
+            (a, unix_now())
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7).0, draw(8).0);

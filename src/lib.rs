@@ -6,6 +6,7 @@
 //! - [`vault`]: keys, passphrase and recovery, DEK epochs, token sealing (crypto only).
 //! - [`doc`]: the Automerge vault document: schema, typed reads and writes, validation.
 //! - [`store`]: SQLite persistence of device keys, the document and per-peer sync state.
+//! - [`addr`]: multiaddrs, and the text form records keep lists of them in.
 //! - [`entropy`]: the one source of randomness and record time (seedable in tests).
 //! - [`home`]: the home directory, its permissions, the one-owner lock, process hardening.
 //! - [`device`]: the operations on this device's vault, shared by the CLI and the daemon;
@@ -20,6 +21,7 @@
 //! Byte formats that cross machines live in the `handoff-protocol` crate.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -185,14 +185,7 @@ pub fn parse_addr(text: &str) -> Result<Multiaddr, NetError> {
         .map_err(|_| NetError::BadAddress(text.to_string()))
 }
 
-/// Whether `addr` names the peer to be reached there (ends in `/p2p/<PeerId>`): the
-/// handshake then proves it is that peer.
-pub fn names_peer(addr: &Multiaddr) -> bool {
-    matches!(
-        addr.iter().last(),
-        Some(libp2p::multiaddr::Protocol::P2p(_))
-    )
-}
+pub use crate::addr::names_peer;
 
 /// The libp2p PeerId of the device whose Ed25519 identity public key this is.
 pub fn peer_id_for(identity_pub: &[u8; 32]) -> Option<PeerId> {

@@ -66,7 +66,7 @@ pub enum Op {
         query: String,
     },
     AddRelay {
-        addrs: String,
+        addrs: Vec<crate::addr::Multiaddr>,
         #[serde(with = "secret_bytes::optional")]
         token: Option<Secret>,
     },

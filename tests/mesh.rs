@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::mesh::{Node, WAIT, bare_swarm, join_with, loopback};
+use common::wait::eventually;
 use futures::StreamExt;
 use handoff::doc::Role;
 use handoff::net::{Multiaddr, PairCode, PairEvent, PairFailure, PairTicket};
@@ -18,19 +19,6 @@ use handoff_protocol::frame;
 use handoff_protocol::pairing::{PairMessage, PairRefusal};
 use libp2p::StreamProtocol;
 use libp2p::swarm::SwarmEvent;
-
-/// Waits until `check` holds, looking again every few milliseconds, under the test deadline
-/// (for conditions no event announces, such as a connection the other side refused).
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn next_event(ticket: &mut PairTicket) -> PairEvent {
     tokio::time::timeout(WAIT, ticket.events.recv())

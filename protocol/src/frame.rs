@@ -17,11 +17,16 @@ pub const HEADER_LEN: usize = 4;
 
 /// The frame holding `payload`. Fails only if the payload is over `max`.
 pub fn encode(payload: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
-    let len = check(payload.len(), max)?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&header(payload.len(), max)?);
     out.extend_from_slice(payload);
     Ok(out)
+}
+
+/// The header of a frame whose `len`-byte payload is written in place after it (by a writer
+/// that serializes straight into the frame's buffer). Fails only if `len` is over `max`.
+pub fn header(len: usize, max: usize) -> Result<[u8; HEADER_LEN], DecodeError> {
+    Ok(check(len, max)?.to_be_bytes())
 }
 
 /// The payload length a header announces, checked against `max`.
@@ -98,5 +103,7 @@ mod tests {
         ));
         assert!(matches!(decode_len([0xff; 4], usize::MAX), Ok(0xffff_ffff)));
         assert!(encode(&[0; 9], 8).is_err());
+        assert!(header(9, 8).is_err());
+        assert_eq!(header(0x0102_0304, usize::MAX).unwrap(), [1, 2, 3, 4]);
     }
 }

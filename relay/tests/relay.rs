@@ -11,11 +11,12 @@ mod support;
 use std::time::Duration;
 
 use handoff_protocol::relay::{Refusal, Request, Response};
-use support::{Client, Node, RelayProc, TOKEN, contains, eventually};
+use support::common::wait::eventually;
+use support::{Client, Node, RelayProc, TOKEN, contains};
 
 fn list_relay(admin: &Node, relay: &RelayProc) {
     admin.with(|d, _| {
-        d.add_relay(&relay.addr.to_string(), Some(TOKEN.as_bytes()))
+        d.add_relay(std::slice::from_ref(&relay.addr), Some(TOKEN.as_bytes()))
             .unwrap()
     });
 }

@@ -29,11 +29,25 @@ fn log_path(ctx: &Context) -> PathBuf {
     ctx.home.root().join("daemon.log")
 }
 
-pub(super) fn start(
-    ctx: &Context,
+// `daemon start`'s options (the variant's doc comment is its help).
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Run in this process instead (for systemd, launchd, or debugging).
+    #[arg(long)]
     foreground: bool,
-    options: &crate::daemon::Options,
-) -> Result<(), CliError> {
+    /// Listen on this multiaddr instead of config.toml's (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<crate::net::Multiaddr>,
+    /// Do not advertise or look for members on the LAN (mDNS).
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+pub(super) fn start(ctx: &Context, args: StartArgs) -> Result<(), CliError> {
+    let options = crate::daemon::Options {
+        listen: args.listen,
+        no_mdns: args.no_mdns,
+    };
     if let Some((_, pid, _)) = ping(ctx) {
         return Err(CliError::Busy(format!(
             "a daemon already runs for {} (pid {pid})",
@@ -45,8 +59,8 @@ pub(super) fn start(
             crate::device::DeviceError::from(crate::store::StoreError::NotInitialized).into(),
         );
     }
-    if foreground {
-        return Ok(crate::daemon::run(ctx.home.clone(), options)?);
+    if args.foreground {
+        return Ok(crate::daemon::run(ctx.home.clone(), &options)?);
     }
     // Open the vault once here, so a damaged store or a busy home fails with its own exit
     // code and message rather than as "the daemon exited".
@@ -72,7 +86,12 @@ pub(super) fn start(
         .arg("--home")
         .arg(ctx.home.root())
         .args(["daemon", "start", "--foreground"])
-        .args(options.listen.iter().flat_map(|a| ["--listen", a.as_str()]))
+        .args(
+            options
+                .listen
+                .iter()
+                .flat_map(|a| ["--listen".to_string(), a.to_string()]),
+        )
         .args(options.no_mdns.then_some("--no-mdns"))
         .env_remove("HANDOFF_PASSPHRASE_FILE")
         .env(

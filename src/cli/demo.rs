@@ -147,8 +147,13 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     let relay = handoff_relay::Relay::start(relay_config)
         .await
         .map_err(|e| failed(&e.to_string()))?;
-    let relay_addr = relay.addrs()[0].to_string();
-    laptop.with(|d, _| d.add_relay(&relay_addr, Some(relay_token.as_bytes())))?;
+    let relay_addr = relay.addrs()[0].clone();
+    laptop.with(|d, _| {
+        d.add_relay(
+            std::slice::from_ref(&relay_addr),
+            Some(relay_token.as_bytes()),
+        )
+    })?;
     step(&format!(
         "relay: blind relay on {relay_addr}; the laptop lists it for every member"
     ));
@@ -177,7 +182,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
             code: ticket.code.clone(),
             hints: LinkHints {
                 peer: None,
-                addrs: vec![crate::net::parse_addr(&laptop_addr)?],
+                addrs: vec![laptop_addr.clone()],
             },
             mdns: false,
             confirm: Box::new(move |sas| {
@@ -206,9 +211,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     let key = desktop.unlock(passphrase.as_bytes())?;
     let desktop = Owned::new(desktop, Some(key));
     let desktop_mesh = Mesh::start(desktop.clone(), loopback()).await?;
-    desktop_mesh
-        .dial(crate::net::parse_addr(&laptop_addr)?)
-        .await?;
+    desktop_mesh.dial(laptop_addr.clone()).await?;
 
     // Sync both ways.
     until(

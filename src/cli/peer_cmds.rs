@@ -16,19 +16,31 @@ use super::{CliError, Context, input, print_json, when};
 use crate::control::{Client, OfferView, PairStep, Request, Response};
 use crate::device::{Device, NewDevice, PendingJoin};
 use crate::doc::Role;
-use crate::net::{JoinRequest, Mesh, OfferRequest, Owned, PairCode, PairTicket};
+use crate::net::{JoinRequest, Mesh, Multiaddr, OfferRequest, Owned, PairCode, PairTicket};
 use crate::ops::{Op, Outcome};
 use crate::vault::KdfParams;
 
-/// `peer add`'s options.
-#[derive(Debug)]
-pub(super) struct AddArgs {
-    pub name: Option<String>,
-    pub role: String,
-    pub qr: bool,
-    pub yes: bool,
-    pub listen: Vec<String>,
-    pub no_mdns: bool,
+// `peer add`'s options (the variant's doc comment is its help).
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The name to give the new device (default: the name it proposes).
+    #[arg(long)]
+    name: Option<String>,
+    /// admin, member, or remote (a phone that may ask for sessions but reads no token).
+    #[arg(long, value_enum, default_value_t = Role::Member)]
+    role: Role,
+    /// Also show a QR code (with a 128-bit code) for a phone.
+    #[arg(long)]
+    qr: bool,
+    /// Do not ask to compare the words shown on both devices.
+    #[arg(long)]
+    yes: bool,
+    /// Listen here while pairing without a daemon (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Do not advertise the offer on the LAN.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 /// Where the offer lives: in the daemon, or in a mesh node this command runs.
@@ -44,18 +56,13 @@ enum Offerer {
 
 impl Offerer {
     fn open(ctx: &Context, args: &AddArgs) -> Result<(Self, OfferView), CliError> {
-        let role: Role = args.role.parse().map_err(|()| {
-            CliError::Usage(format!(
-                "unknown role '{}'; use admin, member or remote",
-                args.role
-            ))
-        })?;
+        let role = args.role;
         match Client::connect(&ctx.home.socket_path()) {
             Some(mut client) => {
                 let response =
                     access::call_unlocking(ctx, &mut client, |passphrase| Request::PairOffer {
                         name: args.name.clone(),
-                        role: role.as_str().into(),
+                        role,
                         qr: args.qr,
                         auto_confirm: args.yes,
                         passphrase,
@@ -250,14 +257,23 @@ fn follow(ctx: &Context, offerer: &mut Offerer, yes: bool) -> Result<(), CliErro
     }
 }
 
-/// `peer join`'s options.
-#[derive(Debug)]
-pub(super) struct JoinArgs {
-    pub code: Option<String>,
-    pub name: Option<String>,
-    pub addrs: Vec<String>,
-    pub yes: bool,
-    pub no_mdns: bool,
+// `peer join`'s options.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The code (NN-word-word-word) or a handoff://pair link; asked for if left out.
+    code: Option<String>,
+    /// This device's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the adding device listens (default: look for it on the LAN).
+    #[arg(long = "addr", value_name = "MULTIADDR")]
+    addrs: Vec<Multiaddr>,
+    /// Do not ask to compare the words shown on both devices.
+    #[arg(long)]
+    yes: bool,
+    /// Do not look for the adding device on the LAN.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
@@ -268,9 +284,7 @@ pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
         None => input::line("Pairing code: ")?,
     };
     let (code, mut hints) = PairCode::parse(&typed).map_err(|e| CliError::Usage(e.to_string()))?;
-    for addr in &args.addrs {
-        hints.addrs.push(crate::net::parse_addr(addr)?);
-    }
+    hints.addrs.extend(args.addrs);
     let (passphrase, name) = super::vault_cmds::new_device_inputs(ctx, args.name)?;
     let new = NewDevice {
         name: &name,

@@ -12,17 +12,11 @@ use crate::ops::{Op, Outcome};
 
 pub(super) fn add(
     ctx: &Context,
-    addrs: &[String],
+    addrs: Vec<crate::addr::Multiaddr>,
     token_file: Option<&std::path::Path>,
 ) -> Result<(), CliError> {
-    for addr in addrs {
-        crate::net::parse_addr(addr)?;
-    }
     let token = token_file.map(input::relay_token).transpose()?;
-    let add = Op::AddRelay {
-        addrs: addrs.join(" "),
-        token,
-    };
+    let add = Op::AddRelay { addrs, token };
     let relay = run_op!(ctx, add, Outcome::Relay(relay) => relay);
     if ctx.json {
         print_json(&serde_json::to_value(&relay).unwrap_or_default());

@@ -149,16 +149,23 @@ pub(super) fn supervise(ctx: &Context, s: SuperviseArgs) -> Result<i32, CliError
     })?)
 }
 
-/// The hidden supervisor's arguments.
-#[derive(Debug)]
-pub(super) struct SuperviseArgs {
-    pub id: String,
-    pub agent: String,
-    pub mode: String,
-    pub fifo: PathBuf,
-    pub dir: PathBuf,
-    pub program: PathBuf,
-    pub args: Vec<OsString>,
+// The hidden supervisor's arguments.
+#[derive(Debug, clap::Args)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    agent: String,
+    #[arg(long)]
+    mode: String,
+    #[arg(long)]
+    fifo: PathBuf,
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    program: PathBuf,
+    #[arg(last = true)]
+    args: Vec<OsString>,
 }
 
 fn state(r: &SessionRecord) -> String {

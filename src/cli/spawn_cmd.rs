@@ -14,16 +14,38 @@ use crate::spawn::{
     Agent, Delivery, Materialized, allowed_env, materialize, resolve_command, run_foreground,
 };
 
-/// What `spawn` was asked for.
-#[derive(Debug)]
-pub(super) struct SpawnArgs {
-    pub agent: String,
-    pub dir: Option<PathBuf>,
-    pub profile: Option<String>,
-    pub service: Option<String>,
-    pub native: bool,
-    pub detach: bool,
-    pub args: Vec<OsString>,
+// What `spawn` was asked for (the variant's doc comment is its help).
+#[derive(Debug, clap::Args)]
+pub struct SpawnArgs {
+    /// claude, codex, gemini, opencode, or a custom agent from config.toml.
+    agent: String,
+    /// The directory to start it in (default: the current one).
+    #[arg(long, value_name = "D")]
+    dir: Option<PathBuf>,
+    /// Use the token with this label.
+    #[arg(long, value_name = "LABEL")]
+    profile: Option<String>,
+    /// Use a token of this service (one the agent accepts).
+    #[arg(long, value_name = "SERVICE")]
+    service: Option<String>,
+    /// Run it in the background: in tmux when installed, else with its output in a log.
+    #[arg(long)]
+    detach: bool,
+    /// `native`: pass no credential; the agent uses its own login.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = ServiceAuth::Handoff)]
+    service_auth: ServiceAuth,
+    /// Arguments for the agent, after `--`.
+    #[arg(last = true)]
+    args: Vec<OsString>,
+}
+
+/// Where the agent's credential comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServiceAuth {
+    // From the vault, materialized for this agent only.
+    Handoff,
+    // Nowhere: the agent uses its own login.
+    Native,
 }
 
 /// Runs the agent; returns the exit code to leave with (the agent's own).
@@ -49,18 +71,12 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
     }
     let service = req
         .service
-        .map(|s| {
-            s.parse::<Service>().map_err(|()| {
-                CliError::Usage(format!(
-                    "unknown service '{s}'; known: {}",
-                    Service::names()
-                ))
-            })
-        })
-        .transpose()?;
+        .map(|s| s.parse::<Service>())
+        .transpose()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
 
     if req.detach {
-        let (delivery, secret) = if req.native {
+        let (delivery, secret) = if req.service_auth == ServiceAuth::Native {
             (None, zeroize::Zeroizing::new(Vec::new()))
         } else {
             let (delivery, secret) = credential(ctx, &agent.name, service, req.profile.clone())?;
@@ -81,7 +97,7 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
         .map(|()| 0);
     }
     let signals = crate::spawn::CaughtSignals::catch()?;
-    let credential = if req.native {
+    let credential = if req.service_auth == ServiceAuth::Native {
         Materialized {
             env: Vec::new(),
             dir: None,

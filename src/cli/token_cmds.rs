@@ -7,6 +7,7 @@ use super::{
     CliError, Context, TokenCommand, input, print_json, secret_json, when, write_stdout_line,
 };
 use crate::doc::Service;
+use crate::doc::UnknownName;
 use crate::ops::views::TokenView;
 use crate::ops::{Op, Outcome};
 
@@ -19,12 +20,9 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             from_file,
             replace,
         } => {
-            let service: Service = service.parse().map_err(|()| {
-                CliError::Usage(format!(
-                    "unknown service '{service}'; known: {}",
-                    Service::names()
-                ))
-            })?;
+            let service: Service = service
+                .parse()
+                .map_err(|e: UnknownName| CliError::Usage(e.to_string()))?;
             crate::device::check_label(&label)?;
             // Read the token before taking the home, so a slow typist holds no lock.
             let secret = input::token(from_file.as_deref(), service.as_str())?;

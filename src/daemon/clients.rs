@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use handoff_protocol::frame;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -188,13 +189,13 @@ impl Clients {
         } else {
             IDLE_TIMEOUT
         };
-        let mut len = [0u8; 4];
+        let mut len = [0u8; frame::HEADER_LEN];
         match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
             Err(_) => return Ok(None), // idle too long
             Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {}
         }
-        let len = control::check_len(len, control::MAX_IMPORT).map_err(|_| FrameError::TooLarge)?;
+        let len = frame::decode_len(len, control::MAX_IMPORT).map_err(|_| FrameError::TooLarge)?;
         let deadline = Instant::now() + FRAME_TIMEOUT;
         let mut payload = Vec::new();
         let permit = if len > SMALL_FRAME {
@@ -336,10 +337,13 @@ mod tests {
     fn an_import_is_taken_out_of_its_frame_whole_or_not_at_all() {
         for size in [0usize, 23, 24, 300, 70_000] {
             let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            let frame = control::encode(&Request::Op {
-                passphrase: None,
-                op: Op::Import { data: data.clone() },
-            })
+            let frame = control::encode(
+                &Request::Op {
+                    passphrase: None,
+                    op: Op::Import { data: data.clone() },
+                },
+                control::MAX_IMPORT,
+            )
             .unwrap();
             let payload = frame[4..].to_vec();
             let prefix = control::import_prefix().len();

@@ -4,9 +4,10 @@
 //! CLI process ran them.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::device::{Device, Unlocked};
+use crate::entropy::unix_now;
 use crate::net::{Host, NetView, Stats};
 use crate::ops::views::SyncView;
 use crate::ops::{self, Around, Op, OpError, Outcome, Secret};
@@ -15,12 +16,6 @@ use crate::ops::{self, Around, Op, OpError, Outcome, Secret};
 const MAX_UNLOCK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default unlock duration.
 pub const DEFAULT_UNLOCK: Duration = Duration::from_secs(8 * 3600);
-
-pub(super) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// The daemon's device and key.
 pub(super) struct State {
@@ -121,7 +116,7 @@ impl State {
             Outcome::Status(mut view) => {
                 view.daemon_pid = Some(std::process::id());
                 view.unlocked_until = self.until;
-                view.listen.clone_from(&net.listen);
+                view.listen = net.listen.iter().map(ToString::to_string).collect();
                 view.online = net.online.len();
                 view.offer_open = net.offer_open;
                 view.sync = Some(SyncView {

@@ -22,7 +22,7 @@ use super::{Device, DeviceError, Unlocked, check_name, sign_member, signed_wrap}
 use crate::doc::DocError;
 use crate::doc::schema::Removal;
 use crate::doc::schema::{Epoch, Member, Role, Token, VaultState};
-use crate::doc::unix_now;
+use crate::entropy::unix_now;
 use crate::vault::epoch::TokenBinding;
 use crate::vault::{Dek, random_array};
 

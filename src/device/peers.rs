@@ -7,7 +7,7 @@ use automerge::sync::State;
 use handoff_protocol::DeviceId;
 
 use super::{Device, DeviceError};
-use crate::doc::unix_now;
+use crate::entropy::unix_now;
 
 /// Why a peer's sync message was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -283,9 +283,14 @@ impl Device {
             .collect())
     }
 
-    /// Remembers where `peer` can be reached (its listen addresses, space-separated).
-    pub fn note_peer_addr(&mut self, peer: &DeviceId, addr: &str) -> Result<(), DeviceError> {
-        Ok(self.store.set_peer_addr(peer, addr, unix_now())?)
+    /// Remembers where `peer` can be reached (its listen addresses).
+    pub fn note_peer_addr(
+        &mut self,
+        peer: &DeviceId,
+        addrs: &[crate::addr::Multiaddr],
+    ) -> Result<(), DeviceError> {
+        let text = crate::addr::to_text(addrs);
+        Ok(self.store.set_peer_addr(peer, &text, unix_now())?)
     }
 
     /// Whether a sync session with `peer` is open.

@@ -14,8 +14,9 @@ use handoff_protocol::DeviceId;
 use handoff_protocol::envelope::{Inner, Kind};
 
 use super::{Device, DeviceError};
+use crate::addr::Multiaddr;
 use crate::doc::schema::{Member, Relay, VaultState};
-use crate::doc::unix_now;
+use crate::entropy::unix_now;
 use crate::vault::{envelope, random_array};
 
 /// Most heads remembered per peer besides the synced ones (the newest are kept).
@@ -66,23 +67,22 @@ impl Device {
     }
 
     /// Lists a relay for every member (admins only: members will leave envelopes there).
-    pub fn add_relay(&mut self, addrs: &str, token: Option<&[u8]>) -> Result<Relay, DeviceError> {
+    pub fn add_relay(
+        &mut self,
+        addrs: &[Multiaddr],
+        token: Option<&[u8]>,
+    ) -> Result<Relay, DeviceError> {
         let state = self.state()?;
         self.require_admin(&state)?;
-        if addrs.trim().is_empty()
-            || addrs.len() > crate::doc::schema::limits::RELAY_ADDRS_MAX
-            || addrs.chars().any(char::is_control)
-        {
+        let text = crate::addr::to_text(addrs);
+        if addrs.is_empty() || text.len() > crate::doc::schema::limits::RELAY_ADDRS_MAX {
             return Err(DeviceError::InvalidInput(
                 "give the relay's address (a multiaddr, as `handoff-relay serve` prints it)".into(),
             ));
         }
         // Each address must name the relay (`/p2p/<PeerId>`): otherwise whoever answers there
         // would be handed the access token and the envelopes.
-        if let Some(bad) = addrs.split_whitespace().find(|a| {
-            !a.parse::<libp2p::Multiaddr>()
-                .is_ok_and(|a| crate::net::names_peer(&a))
-        }) {
+        if let Some(bad) = addrs.iter().find(|a| !crate::addr::names_peer(a)) {
             return Err(DeviceError::InvalidInput(format!(
                 "'{bad}' does not name the relay: give the address ending in /p2p/<PeerId> that `handoff-relay serve` prints"
             )));
@@ -101,7 +101,7 @@ impl Device {
         }
         let mut relay = Relay {
             id: hex::encode(random_array::<8>()?),
-            addrs: addrs.split_whitespace().collect::<Vec<_>>().join(" "),
+            addrs: text,
             access_token: token.map(<[u8]>::to_vec),
             added_by: self.record.device_id.to_hex(),
             added_at: unix_now(),

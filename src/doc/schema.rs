@@ -87,28 +87,56 @@ impl fmt::Display for Service {
     }
 }
 
+/// A name outside one of the closed sets (service, role, token kind), with the names that are
+/// in it: the one line every caller shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{name}'; {known}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+    known: String,
+}
+
+impl UnknownName {
+    fn new(what: &'static str, name: &str, known: String) -> Self {
+        UnknownName {
+            what,
+            name: name.to_string(),
+            known,
+        }
+    }
+}
+
 impl FromStr for Service {
-    type Err = ();
+    type Err = UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownName::new("service", s, format!("known: {}", Self::names())))
     }
 }
 
-/// A service crosses the control socket by its name.
-impl serde::Serialize for Service {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
+/// Members of a closed set cross the control socket by their names.
+macro_rules! serde_by_name {
+    ($($set:ty),*) => {$(
+        impl serde::Serialize for $set {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $set {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                name.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
 }
 
-impl<'de> serde::Deserialize<'de> for Service {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        name.parse()
-            .map_err(|()| serde::de::Error::custom(format!("unknown service '{name}'")))
-    }
-}
+serde_by_name!(Service, Role);
 
 /// What form a stored credential takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,18 +156,25 @@ impl TokenKind {
     }
 }
 
-impl FromStr for TokenKind {
-    type Err = ();
+impl TokenKind {
+    pub const ALL: [TokenKind; 3] = [
+        TokenKind::ApiKey,
+        TokenKind::SetupToken,
+        TokenKind::OauthJson,
+    ];
+}
 
-    fn from_str(s: &str) -> Result<Self, ()> {
-        [
-            TokenKind::ApiKey,
-            TokenKind::SetupToken,
-            TokenKind::OauthJson,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-        .ok_or(())
+impl FromStr for TokenKind {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                let known = Self::ALL.map(TokenKind::as_str).join(", ");
+                UnknownName::new("token kind", s, format!("known: {known}"))
+            })
     }
 }
 
@@ -164,14 +199,18 @@ impl Role {
     }
 }
 
-impl FromStr for Role {
-    type Err = ();
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Member, Role::Remote];
+}
 
-    fn from_str(s: &str) -> Result<Self, ()> {
-        [Role::Admin, Role::Member, Role::Remote]
+impl FromStr for Role {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        Self::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or(())
+            .ok_or_else(|| UnknownName::new("role", s, "use admin, member or remote".into()))
     }
 }
 

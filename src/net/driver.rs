@@ -255,14 +255,11 @@ impl Driver {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 self.listen.push(address.clone());
-                self.shared.view().listen.push(address.to_string());
+                self.shared.view().listen.push(address.clone());
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen.retain(|a| *a != address);
-                self.shared
-                    .view()
-                    .listen
-                    .retain(|a| *a != address.to_string());
+                self.shared.view().listen.retain(|a| *a != address);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -289,14 +286,9 @@ impl Driver {
         if addrs.is_empty() {
             return;
         }
-        let text = addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" ");
         let host = self.host.clone();
         tokio::spawn(async move {
-            let _ = on_device(&host, move |d, _| d.note_peer_addr(&device, &text)).await;
+            let _ = on_device(&host, move |d, _| d.note_peer_addr(&device, &addrs)).await;
         });
     }
 
@@ -623,8 +615,7 @@ async fn read_members(host: &Arc<dyn Host>) -> Result<MemberRead, NetError> {
         .into_iter()
         .filter_map(|p| {
             let peer = peers.iter().find(|(_, d)| **d == p.device)?.0;
-            let addrs: Vec<Multiaddr> = p.addr?.split(' ').filter_map(|a| a.parse().ok()).collect();
-            Some((*peer, addrs))
+            Some((*peer, crate::addr::from_text(&p.addr?)))
         })
         .collect();
     Ok(MemberRead {

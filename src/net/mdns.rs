@@ -87,7 +87,7 @@ pub(super) fn tag(discovery_secret: &[u8; 32], hour: u64) -> String {
 
 /// The current hour number.
 pub(super) fn hour_now() -> u64 {
-    u64::try_from(crate::doc::unix_now()).unwrap_or(0) / 3600
+    u64::try_from(crate::entropy::unix_now()).unwrap_or(0) / 3600
 }
 
 fn random_label() -> Result<String, NetError> {

@@ -214,7 +214,7 @@ impl Offer {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (confirm, confirm_rx) = mpsc::unbounded_channel();
         let lifetime = request.lifetime.min(OFFER_LIFETIME);
-        let expires_at = crate::doc::unix_now()
+        let expires_at = crate::entropy::unix_now()
             .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
         let offer = Offer {
             code: code.clone(),

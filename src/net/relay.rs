@@ -55,11 +55,9 @@ impl RelayTarget {
         Self {
             id: relay.id.clone(),
             // Only addresses that name the relay: the token and envelopes go to no one else.
-            addrs: relay
-                .addrs
-                .split_whitespace()
-                .filter_map(|a| a.parse().ok())
-                .filter(super::names_peer)
+            addrs: crate::addr::from_text(&relay.addrs)
+                .into_iter()
+                .filter(crate::addr::names_peer)
                 .collect(),
             token: relay.access_token.clone().map(Zeroizing::new),
         }

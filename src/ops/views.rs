@@ -171,7 +171,10 @@ impl RelayView {
     pub fn of(r: &Relay) -> Self {
         Self {
             id: r.id.clone(),
-            addrs: r.addrs.split_whitespace().map(str::to_string).collect(),
+            addrs: crate::addr::from_text(&r.addrs)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             access_token: r.access_token.is_some(),
             added_by: r.added_by.clone(),
             added_at: r.added_at,

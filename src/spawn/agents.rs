@@ -11,7 +11,7 @@
 //! Custom agents from `config.toml` take any service, as the variables they name.
 
 use crate::config::Config;
-use crate::doc::{Service, TokenKind};
+use crate::doc::{Service, TokenKind, UnknownName};
 
 use super::SpawnError;
 
@@ -72,9 +72,10 @@ impl Agent {
         };
         let mut services = Vec::new();
         for (service, vars) in &custom.services {
-            let service: Service = service.parse().map_err(|()| {
+            let service: Service = service.parse().map_err(|e: UnknownName| {
                 SpawnError::Config(format!(
-                    "agent '{name}' names unknown service '{service}' (known: {})",
+                    "agent '{name}' names unknown service '{}' (known: {})",
+                    e.name,
                     Service::names()
                 ))
             })?;

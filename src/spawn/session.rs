@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{Delivery, Materialized, SpawnError, materialize, run_foreground};
+use crate::entropy::unix_now;
 
 /// Largest handover read from the FIFO.
 const HANDOVER_MAX: usize = 1024 * 1024;
@@ -199,10 +200,6 @@ pub struct Supervise<'a> {
     pub program: &'a Path,
     pub dir: &'a Path,
     pub args: &'a [OsString],
-}
-
-fn unix_now() -> i64 {
-    crate::doc::unix_now()
 }
 
 /// The supervisor: receive the credential, record the session, run the agent, record its end.

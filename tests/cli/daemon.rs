@@ -57,7 +57,8 @@ fn raw_exchange(socket: &std::path::Path, frame: &[u8]) -> Option<Response> {
     stream.shutdown(std::net::Shutdown::Write).ok()?;
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).ok()?;
-    let mut payload = vec![0u8; control::check_len(len, control::MAX_RESPONSE).unwrap()];
+    let mut payload =
+        vec![0u8; handoff_protocol::frame::decode_len(len, control::MAX_RESPONSE).unwrap()];
     stream.read_exact(&mut payload).unwrap();
     control::decode(&payload).ok()
 }
@@ -94,7 +95,10 @@ fn control_socket_refuses_other_versions_garbage_and_other_users() {
     assert!(raw_exchange(&socket, &u32::MAX.to_be_bytes()).is_none());
     // ...and the daemon keeps serving.
     assert!(matches!(
-        raw_exchange(&socket, &control::encode(&Request::Ping).unwrap()),
+        raw_exchange(
+            &socket,
+            &control::encode(&Request::Ping, control::MAX_IMPORT).unwrap()
+        ),
         Some(Response::Pong { .. })
     ));
     home.ok(&["token", "list"]);

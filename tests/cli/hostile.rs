@@ -278,7 +278,8 @@ fn a_hostile_control_client_costs_bounded_memory_and_others_are_served() {
         .unwrap();
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).unwrap();
-    let mut answer = vec![0u8; control::check_len(len, control::MAX_RESPONSE).unwrap()];
+    let mut answer =
+        vec![0u8; handoff_protocol::frame::decode_len(len, control::MAX_RESPONSE).unwrap()];
     stream.read_exact(&mut answer).unwrap();
     assert!(matches!(
         control::decode::<control::Response>(&answer),

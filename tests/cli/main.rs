@@ -23,6 +23,9 @@ macro_rules! both_modes {
 }
 
 mod support;
+#[allow(dead_code)] // the async half is for the in-process tests
+#[path = "../common/wait.rs"]
+mod wait;
 
 mod daemon;
 mod damage;

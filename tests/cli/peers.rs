@@ -5,14 +5,12 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::{Output, TestHome};
-
-/// How long the mesh may take to converge between processes.
-const CONVERGE: Duration = Duration::from_secs(60);
+pub(crate) use crate::wait::eventually_blocking as eventually;
 
 /// A `peer add` running in the background.
 struct Offer {
@@ -101,15 +99,6 @@ pub(crate) fn pair(admin: &TestHome, new: &TestHome, name: &str) {
     new.configure_loopback();
     new.start_daemon_if_wanted();
     new.ok(&["unlock", "--for", "1h"]);
-}
-
-/// Waits (polling the processes, under a deadline) until `check` holds.
-pub(crate) fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + CONVERGE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// What a device's token list says, for comparing devices.

@@ -12,8 +12,7 @@ use handoff::net::{PairCode, PairTicket};
 use handoff_protocol::TokenId;
 use libp2p::SwarmBuilder;
 
-/// Longest any one wait on a node may take.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub use super::wait::WAIT;
 
 /// Debug logs of the mesh on the test's output when `HANDOFF_TEST_LOG` is set.
 pub fn logs() {
@@ -70,7 +69,7 @@ impl Node {
     }
 
     pub fn addr(&self) -> Multiaddr {
-        self.mesh.view().listen[0].parse().unwrap()
+        self.mesh.view().listen[0].clone()
     }
 
     /// Adds an Anthropic token and tells the mesh.

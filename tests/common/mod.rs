@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test crate uses its own part of these helpers
 
 pub mod mesh;
+pub mod wait;
 
 use handoff::device::{Device, NewDevice, PendingJoin, Unlocked};
 use handoff::doc::Role;

@@ -24,7 +24,7 @@ use handoff_protocol::relay::{MAX_FRAME, Request, Response};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, StreamProtocol};
 
-pub const WAIT: Duration = Duration::from_secs(60);
+pub use common::wait::WAIT;
 pub const TOKEN: &str = "relay-access-token-for-tests";
 
 /// The relay binary running in the background.
@@ -282,19 +282,6 @@ impl Node {
                 .ok()
                 .map(|(_, s)| String::from_utf8(handoff::device::expose(&s).to_vec()).unwrap())
         })
-    }
-}
-
-/// Waits until `check` holds, under the test deadline (polling: these conditions span
-/// processes and tasks that announce nothing to the test).
-pub async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

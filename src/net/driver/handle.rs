@@ -27,7 +27,7 @@ use super::{Command, Driver, HELLOS_AT_ONCE, Internal, LISTEN_TIMEOUT, Shared, r
 pub struct NetView {
     pub peer_id: String,
     /// Addresses this node listens on.
-    pub listen: Vec<String>,
+    pub listen: Vec<Multiaddr>,
     /// Connected members and the address of a connection to each.
     pub online: BTreeMap<DeviceId, String>,
     /// A pairing offer waits for its joiner.
@@ -101,7 +101,7 @@ impl Mesh {
             peer_id,
             view: Mutex::new(NetView {
                 peer_id: peer_id.to_string(),
-                listen: listen.iter().map(ToString::to_string).collect(),
+                listen: listen.clone(),
                 online: BTreeMap::new(),
                 offer_open: false,
             }),

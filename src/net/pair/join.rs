@@ -149,7 +149,7 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
             .values()
             .find_map(|m| (peer_id_for(&m.identity_pub) == Some(them)).then_some(m.device));
         if let Some(adder) = adder {
-            device.note_peer_addr(&adder, &adder_addr.to_string())?;
+            device.note_peer_addr(&adder, std::slice::from_ref(&adder_addr))?;
             device.note_holds_all(&adder)?;
         }
         Ok::<_, DeviceError>(device)
