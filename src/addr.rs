@@ -6,6 +6,16 @@
 pub use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 
+/// A multiaddr a person typed (or a config file holds) that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a valid address (a multiaddr such as /ip4/192.168.1.5/tcp/4001)")]
+pub struct BadAddress(pub String);
+
+/// Parses a multiaddr given by a person (clap's parser for every address argument).
+pub fn parse(text: &str) -> Result<Multiaddr, BadAddress> {
+    text.parse().map_err(|_| BadAddress(text.to_string()))
+}
+
 /// Whether `addr` names the peer to be reached there (ends in `/p2p/<PeerId>`): the
 /// handshake then proves it is that peer.
 pub fn names_peer(addr: &Multiaddr) -> bool {

@@ -160,7 +160,7 @@ pub enum RelayCommand {
     /// List a relay for every member (admins): the address `handoff-relay serve` prints.
     Add {
         /// Its multiaddr(s), best with /p2p/<relay PeerId> (repeatable).
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = crate::addr::parse)]
         addrs: Vec<crate::addr::Multiaddr>,
         /// The relay's access token, from this file's first line.
         #[arg(long, value_name = "F")]

@@ -10,6 +10,7 @@
 //! (zeroized) then. A malformed or oversized frame closes that connection only.
 
 mod clients;
+mod pairing;
 mod state;
 
 pub use state::DEFAULT_UNLOCK;
@@ -20,18 +21,18 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::control::{self, OfferView, PairStep, Request, Response};
+use crate::control::{self, Request, Response};
 use crate::device::Device;
-use crate::doc::Role;
 use crate::entropy::unix_now;
 use crate::home::Home;
-use crate::net::{Mesh, MeshConfig, OfferRequest, PairEvent};
+use crate::net::{Mesh, MeshConfig, OfferRequest};
+use crate::ops::views::OfferView;
 use crate::ops::{Exit, OpError};
 use clients::{Clients, Incoming};
 use handoff_relay::descriptors::AcceptBackoff;
+use pairing::Pairing;
 use state::{State, lock_state};
 
 /// Command-line settings of `daemon start` that override `config.toml`.
@@ -76,16 +77,6 @@ pub fn run(home: Home, options: &Options) -> Result<(), OpError> {
         .map_err(|e| OpError::Internal(format!("cannot start the runtime: {e}")))?;
     let socket = home.socket_path();
     runtime.block_on(serve(device, &socket, mesh_config))
-}
-
-/// The open pairing offer's two halves: the steps `peer add` waits for, and its answer; and
-/// the control connection that opened it (when that client goes away, the offer is withdrawn:
-/// nobody would see who joins).
-#[derive(Debug, Default)]
-struct Pairing {
-    events: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<PairEvent>>>,
-    confirm: Mutex<Option<mpsc::UnboundedSender<bool>>>,
-    owner: Mutex<Option<u64>>,
 }
 
 /// What every connection shares.
@@ -156,15 +147,7 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
 async fn connection(stream: UnixStream, daemon: Arc<Daemon>, place: clients::Place) {
     let id = place.id;
     serve_client(stream, &daemon, id).await;
-    let owned = {
-        let mut owner = daemon
-            .pairing
-            .owner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (*owner == Some(id)).then(|| owner.take()).is_some()
-    };
-    if owned {
+    if daemon.pairing.client_gone(id) {
         let _ = daemon.mesh.cancel_offer().await;
     }
     drop(place);
@@ -204,10 +187,9 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
                 budget = permit;
                 let request = *request;
                 shutdown = matches!(request, Request::Shutdown);
-                let offers = matches!(request, Request::PairOffer { .. });
                 let waits = matches!(request, Request::PairNext);
-                let answered = answer(daemon, request);
-                let response = if waits {
+                let answered = answer(daemon, id, request);
+                if waits {
                     // A client waiting for the next pairing step sends nothing meanwhile:
                     // if its socket turns readable, it hung up (or misbehaves).
                     tokio::select! {
@@ -216,18 +198,7 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
                     }
                 } else {
                     answered.await.unwrap_or_else(|e| error_response(&e))
-                };
-                // Only a connection whose offer opened owns it (one at a time): a refused
-                // offer takes neither the real one's owner nor a place that is never evicted.
-                if offers && matches!(response, Response::Offered(_)) {
-                    *daemon
-                        .pairing
-                        .owner
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
-                    daemon.clients.set_owner(id);
                 }
-                response
             }
         };
         let Ok(frame) = control::encode(&response, control::MAX_RESPONSE) else {
@@ -250,7 +221,8 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
     }
 }
 
-async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpError> {
+/// The answer to `client`'s request.
+async fn answer(daemon: &Arc<Daemon>, client: u64, request: Request) -> Result<Response, OpError> {
     match request {
         Request::PairOffer {
             name,
@@ -258,19 +230,27 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpEr
             qr,
             auto_confirm,
             passphrase,
-        } => pair_offer(daemon, name, role, qr, auto_confirm, passphrase).await,
-        Request::PairNext => pair_next(daemon).await,
+        } => {
+            let offer = OfferRequest {
+                role,
+                name,
+                long_code: qr,
+                auto_confirm,
+                lifetime: crate::net::OFFER_LIFETIME,
+                key: take_offer_key(daemon, passphrase).await?,
+            };
+            let ticket = daemon.mesh.offer(offer).await?;
+            let offered = OfferView::of(&ticket, &daemon.mesh, qr);
+            // Only a connection whose offer opened follows it (one at a time): a refused offer
+            // takes neither the real one's follower nor a place that is never evicted.
+            daemon.pairing.follow(client, ticket);
+            daemon.clients.set_owner(client);
+            Ok(Response::Offered(offered))
+        }
+        Request::PairNext => Ok(Response::PairStep(daemon.pairing.next(client).await?)),
         Request::PairConfirm { accept } => {
-            let confirm = daemon
-                .pairing
-                .confirm
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            match confirm {
-                Some(tx) if tx.send(accept).is_ok() => Ok(Response::Done),
-                _ => Err(OpError::Usage("no pairing is waiting for an answer".into())),
-            }
+            daemon.pairing.confirm(client, accept)?;
+            Ok(Response::Done)
         }
         Request::Op { passphrase, op } => {
             let net = daemon.mesh.view();
@@ -342,59 +322,20 @@ async fn answer(daemon: &Arc<Daemon>, request: Request) -> Result<Response, OpEr
     }
 }
 
-async fn pair_offer(
+/// A copy of the vault key for a pairing offer, from an admin-capable device that is unlocked
+/// (or unlocks with `passphrase`).
+async fn take_offer_key(
     daemon: &Arc<Daemon>,
-    name: Option<String>,
-    role: Role,
-    qr: bool,
-    auto_confirm: bool,
     passphrase: Option<crate::ops::Secret>,
-) -> Result<Response, OpError> {
+) -> Result<crate::device::Unlocked, OpError> {
     let shared = daemon.state.clone();
-    let key = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut state = lock_state(&shared);
         crate::ops::require_adder(&state.device)?;
         state.key_copy(passphrase)
     })
     .await
-    .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))??;
-    let ticket = daemon
-        .mesh
-        .offer(OfferRequest {
-            role,
-            name,
-            long_code: qr,
-            auto_confirm,
-            lifetime: crate::net::OFFER_LIFETIME,
-            key,
-        })
-        .await?;
-    let offered = OfferView::of(&ticket, &daemon.mesh, qr);
-    *daemon.pairing.events.lock().await = Some(ticket.events);
-    *daemon
-        .pairing
-        .confirm
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ticket.confirm);
-    Ok(Response::Offered(offered))
-}
-
-async fn pair_next(daemon: &Arc<Daemon>) -> Result<Response, OpError> {
-    let mut slot = daemon.pairing.events.lock().await;
-    let Some(events) = slot.as_mut() else {
-        return Err(OpError::Usage("no pairing offer is open".into()));
-    };
-    let step = match events.recv().await {
-        Some(event) => PairStep::from(event),
-        None => PairStep::Failed {
-            exit: Exit::Network as u8,
-            message: "the pairing offer ended".into(),
-        },
-    };
-    if !matches!(step, PairStep::Sas { .. } | PairStep::Renewed { .. }) {
-        *slot = None;
-    }
-    Ok(Response::PairStep(step))
+    .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))?
 }
 
 /// Resolves when the client at the other end of `stream` closed it (or sent something while

@@ -109,10 +109,12 @@ pub struct Device {
     doc: VaultDoc,
     record: DeviceRecord,
     keys: DeviceKeys,
-    /// Live sync sessions, one per connected peer.
-    sessions: BTreeMap<DeviceId, peers::Session>,
-    /// Tokens of sync sessions opened so far.
-    next_session: u64,
+    /// Per-peer sync state while a peer is connected (the network's task for that peer, or
+    /// a test, carries the bytes; the persisted part lives in the store).
+    syncing: BTreeMap<DeviceId, peers::PeerSync>,
+    /// Openings of per-peer sync so far: each gets a token, so a late close of an older one
+    /// cannot end a newer one. (The mesh numbers its own tasks apart from these.)
+    openings: u64,
 }
 
 fn check_name(name: &str, what: &str) -> Result<(), DeviceError> {
@@ -318,8 +320,8 @@ impl Device {
             doc,
             record,
             keys,
-            sessions: BTreeMap::new(),
-            next_session: 0,
+            syncing: BTreeMap::new(),
+            openings: 0,
         })
     }
 
@@ -351,8 +353,8 @@ impl Device {
             doc,
             record,
             keys,
-            sessions: BTreeMap::new(),
-            next_session: 0,
+            syncing: BTreeMap::new(),
+            openings: 0,
         })
     }
 

@@ -6,7 +6,27 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     handoff::home::harden_process();
-    let cli = handoff::cli::Cli::parse();
+    let cli = match handoff::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and the whole help when no command is given.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // Bad arguments are one line too: what clap found, without its usage block.
+            let rendered = e.render().to_string();
+            let line: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .flat_map(str::split_whitespace)
+                .collect();
+            eprintln!("{}", line.join(" "));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     // Logs are opt-in: a command's own output is its result and its one-line error.
     if let Ok(level) = std::env::var("HANDOFF_LOG") {
         tracing_subscriber::fmt()

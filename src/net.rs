@@ -29,10 +29,10 @@ mod gate;
 mod mdns;
 pub mod pair;
 mod relay;
-mod session;
+mod sync_task;
 
 pub use code::{LinkHints, PairCode};
-pub use driver::{Mesh, NetView, Stats};
+pub use driver::{Mesh, NetView, OfferPhase, Stats};
 pub use libp2p::{Multiaddr, PeerId};
 pub use pair::{
     JoinRequest, OFFER_LIFETIME, OfferRequest, PairEvent, PairFailure, PairTicket, join,
@@ -51,8 +51,8 @@ use crate::device::{Device, Unlocked};
 pub enum NetError {
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
-    #[error("'{0}' is not a valid address (a multiaddr such as /ip4/192.168.1.5/tcp/4001)")]
-    BadAddress(String),
+    #[error(transparent)]
+    BadAddress(#[from] crate::addr::BadAddress),
     #[error("cannot start the network: {0}")]
     Transport(String),
     #[error("the network node has stopped")]
@@ -181,8 +181,7 @@ pub fn default_listen() -> Vec<Multiaddr> {
 
 /// Parses a multiaddr given by the user.
 pub fn parse_addr(text: &str) -> Result<Multiaddr, NetError> {
-    text.parse()
-        .map_err(|_| NetError::BadAddress(text.to_string()))
+    Ok(crate::addr::parse(text)?)
 }
 
 pub use crate::addr::names_peer;

@@ -115,7 +115,7 @@ fn connect(nodes: &mut [Node], net: &Net) {
             let up = net.part[a] == net.part[b]
                 && nodes[a].device.is_active_peer(&ids[b])
                 && nodes[b].device.is_active_peer(&ids[a]);
-            let open = nodes[a].device.has_session(&ids[b]);
+            let open = nodes[a].device.is_syncing_with(&ids[b]);
             if up && !open {
                 nodes[a].device.sync_open(ids[b], None).unwrap();
             } else if !up && open {

@@ -36,7 +36,7 @@ pub struct StartArgs {
     #[arg(long)]
     foreground: bool,
     /// Listen on this multiaddr instead of config.toml's (repeatable).
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(long, value_name = "MULTIADDR", value_parser = crate::addr::parse)]
     listen: Vec<crate::net::Multiaddr>,
     /// Do not advertise or look for members on the LAN (mDNS).
     #[arg(long)]

@@ -13,10 +13,11 @@ use serde_json::json;
 
 use super::access::{self, run_op};
 use super::{CliError, Context, input, print_json, when};
-use crate::control::{Client, OfferView, PairStep, Request, Response};
+use crate::control::{Client, Request, Response};
 use crate::device::{Device, NewDevice, PendingJoin};
 use crate::doc::Role;
 use crate::net::{JoinRequest, Mesh, Multiaddr, OfferRequest, Owned, PairCode, PairTicket};
+use crate::ops::views::{OfferView, PairStep};
 use crate::ops::{Op, Outcome};
 use crate::vault::KdfParams;
 
@@ -36,7 +37,7 @@ pub struct AddArgs {
     #[arg(long)]
     yes: bool,
     /// Listen here while pairing without a daemon (repeatable).
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(long, value_name = "MULTIADDR", value_parser = crate::addr::parse)]
     listen: Vec<Multiaddr>,
     /// Do not advertise the offer on the LAN.
     #[arg(long)]
@@ -266,7 +267,7 @@ pub struct JoinArgs {
     #[arg(long)]
     name: Option<String>,
     /// Where the adding device listens (default: look for it on the LAN).
-    #[arg(long = "addr", value_name = "MULTIADDR")]
+    #[arg(long = "addr", value_name = "MULTIADDR", value_parser = crate::addr::parse)]
     addrs: Vec<Multiaddr>,
     /// Do not ask to compare the words shown on both devices.
     #[arg(long)]

@@ -118,7 +118,7 @@ impl State {
                 view.unlocked_until = self.until;
                 view.listen = net.listen.iter().map(ToString::to_string).collect();
                 view.online = net.online.len();
-                view.offer_open = net.offer_open;
+                view.offer_open = net.offer.is_some();
                 view.sync = Some(SyncView {
                     frames_sent: stats.frames_sent,
                     frames_received: stats.frames_received,

@@ -31,9 +31,9 @@ pub struct PeerSeen {
     pub out_of_sync: Option<(i64, String)>,
 }
 
-/// One peer's sync session.
+/// One peer's sync session: the sync state the two last agreed on and what a refusal paused.
 #[derive(Debug, Default)]
-pub(super) struct Session {
+pub(super) struct PeerSync {
     /// Which opening this is: a late close of an older session must not end a newer one.
     token: u64,
     state: State,
@@ -51,7 +51,7 @@ pub(super) struct Session {
     last_stripped: Option<Vec<u8>>,
 }
 
-impl Session {
+impl PeerSync {
     fn restart(&mut self) {
         self.last_stripped = None;
         let shared = std::mem::take(&mut self.state.shared_heads);
@@ -88,11 +88,11 @@ impl Device {
             .store
             .is_out_of_sync(&peer)
             .map_err(DeviceError::from)?;
-        self.next_session += 1;
-        let token = self.next_session;
-        self.sessions.insert(
+        self.openings += 1;
+        let token = self.openings;
+        self.syncing.insert(
             peer,
-            Session {
+            PeerSync {
                 token,
                 state,
                 paused_at: None,
@@ -107,10 +107,10 @@ impl Device {
     /// Ends a session (the one `token` opened, or whichever is open if `None`), keeping what
     /// the two agreed on for next time.
     pub fn sync_close(&mut self, peer: &DeviceId, token: Option<u64>) {
-        if token.is_some_and(|t| self.sessions.get(peer).is_none_or(|s| s.token != t)) {
+        if token.is_some_and(|t| self.syncing.get(peer).is_none_or(|s| s.token != t)) {
             return;
         }
-        if let Some(session) = self.sessions.remove(peer) {
+        if let Some(session) = self.syncing.remove(peer) {
             let _ = self
                 .store
                 .save_peer_sync(peer, &session.state.encode(), unix_now(), None);
@@ -120,7 +120,7 @@ impl Device {
     /// Starts `peer`'s session afresh (a message was lost, or we refused theirs): the next
     /// exchange works out again what each side lacks.
     pub fn sync_reset(&mut self, peer: &DeviceId) {
-        if let Some(session) = self.sessions.get_mut(peer) {
+        if let Some(session) = self.syncing.get_mut(peer) {
             session.restart();
         }
     }
@@ -139,7 +139,7 @@ impl Device {
         at.sort();
         let mut now = heads.clone();
         now.sort();
-        let Some(session) = self.sessions.get_mut(peer) else {
+        let Some(session) = self.syncing.get_mut(peer) else {
             return;
         };
         session.restart();
@@ -151,7 +151,7 @@ impl Device {
 
     /// Records (or, with `None`, clears) that this device and `peer` cannot converge.
     fn mark_out_of_sync(&mut self, peer: &DeviceId, why: Option<&str>) {
-        let Some(session) = self.sessions.get_mut(peer) else {
+        let Some(session) = self.syncing.get_mut(peer) else {
             return;
         };
         // Peer-influenced text (an error can quote a map key): one line, no control
@@ -194,11 +194,11 @@ impl Device {
         // A removal can land between the network noticing and this call: never offer the
         // document to a device that is no longer an active member.
         if !self.is_active_peer(peer) {
-            self.sessions.remove(peer);
+            self.syncing.remove(peer);
             return None;
         }
         let heads = self.doc.heads();
-        let session = self.sessions.get_mut(peer)?;
+        let session = self.syncing.get_mut(peer)?;
         let with_changes = match &session.paused_at {
             // Still where the peer refused us: tell it what we have and need, so it can send
             // us what we lack (that may be what makes our changes acceptable to it), but do
@@ -225,10 +225,10 @@ impl Device {
     /// Returns how many changes were new.
     pub fn sync_receive(&mut self, peer: &DeviceId, message: &[u8]) -> Result<usize, SyncRefusal> {
         if !self.is_active_peer(peer) {
-            self.sessions.remove(peer);
+            self.syncing.remove(peer);
             return Err(SyncRefusal::NotAMember(*peer));
         }
-        let session = self.sessions.entry(*peer).or_default();
+        let session = self.syncing.entry(*peer).or_default();
         let new = match self.doc.receive_sync(&mut session.state, message) {
             Ok(new) => new,
             Err(e) => {
@@ -251,7 +251,7 @@ impl Device {
 
     /// Clears the out-of-sync mark once this device and `peer` hold the same heads.
     fn clear_if_in_sync(&mut self, peer: &DeviceId) {
-        let Some(session) = self.sessions.get(peer) else {
+        let Some(session) = self.syncing.get(peer) else {
             return;
         };
         if !session.out_of_sync {
@@ -294,8 +294,8 @@ impl Device {
     }
 
     /// Whether a sync session with `peer` is open.
-    pub fn has_session(&self, peer: &DeviceId) -> bool {
-        self.sessions.contains_key(peer)
+    pub fn is_syncing_with(&self, peer: &DeviceId) -> bool {
+        self.syncing.contains_key(peer)
     }
 
     /// Whether this device is an active admin.

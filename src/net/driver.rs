@@ -15,7 +15,6 @@
 //! `relays`; the event loop itself is here.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::mdns::{self, Discovery, Found, Ports};
 use super::pair::{self, Hello, Offer, PairEvent};
 use super::relay::RelayTarget;
-use super::session::{Counters, Report, Session};
+use super::sync_task::{Counters, Report, SyncTask};
 use super::{Host, MeshConfig, NetError, member_peers, on_device};
 
 mod handle;
@@ -40,7 +39,7 @@ mod relays;
 
 use offer::{OfferState, OpenOffer};
 
-pub use handle::{Mesh, NetView, Stats};
+pub use handle::{Mesh, NetView, OfferPhase, Stats};
 
 /// How long `start` waits for its listeners.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +84,7 @@ enum Command {
 
 /// What helper tasks tell the driver.
 enum Internal {
-    Session(Report),
+    Sync(Report),
     InboundSync(PeerId, Stream),
     InboundPair(PeerId, Stream, Hello),
     Members(MemberRead),
@@ -115,7 +114,7 @@ impl std::fmt::Debug for Command {
 }
 
 /// A running session, as the driver holds it.
-struct SessionLink {
+struct SyncLink {
     id: u64,
     inbound: mpsc::Sender<Stream>,
     /// Dropped to end the session.
@@ -136,16 +135,13 @@ struct Driver {
     connections: HashMap<PeerId, Multiaddr>,
     /// Known addresses of members, for redialling.
     known: Vec<(PeerId, Vec<Multiaddr>)>,
-    sessions: HashMap<PeerId, SessionLink>,
-    next_session: u64,
-    session_tasks: tokio::task::JoinSet<()>,
+    syncs: HashMap<PeerId, SyncLink>,
+    next_link: u64,
+    sync_tasks: tokio::task::JoinSet<()>,
     /// Acceptors and the LAN browser: they live as long as the node.
     helpers: tokio::task::JoinSet<()>,
+    /// The pairing offer: this is its one owner (the view only mirrors its phase).
     offer: Option<OpenOffer>,
-    /// Whether an offer waits for its joiner (read by the pairing acceptor).
-    offer_waiting: Arc<AtomicBool>,
-    /// A pairing runs on an accepted stream.
-    pairing_runs: bool,
     discovery: Option<Discovery>,
     discovery_secret: Option<[u8; 32]>,
     advertised_hour: Option<u64>,
@@ -196,7 +192,7 @@ impl Driver {
                 _ = minute.tick() => self.advertise(),
                 () = sleep_until(offer_deadline) => self.expire_offer(),
                 () = sleep_until(self.relay_due) => self.relay_round(),
-                Some(_) = self.session_tasks.join_next(), if !self.session_tasks.is_empty() => {}
+                Some(_) = self.sync_tasks.join_next(), if !self.sync_tasks.is_empty() => {}
             }
         };
         self.shutdown().await;
@@ -206,13 +202,13 @@ impl Driver {
     }
 
     async fn shutdown(&mut self) {
-        self.sessions.clear(); // each session persists its state and ends
-        let tasks = &mut self.session_tasks;
+        self.syncs.clear(); // each session persists its state and ends
+        let tasks = &mut self.sync_tasks;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
-        self.session_tasks.abort_all();
+        self.sync_tasks.abort_all();
         self.helpers.abort_all();
         for (_, task) in self.subscriptions.drain() {
             task.abort();
@@ -242,14 +238,14 @@ impl Driver {
                 if let Some(peer) = self.static_peers.get_mut(&addr) {
                     *peer = Some(peer_id);
                 }
-                self.ensure_session(peer_id);
+                self.ensure_sync(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
-                self.sessions.remove(&peer_id);
+                self.syncs.remove(&peer_id);
                 self.connections.remove(&peer_id);
                 self.publish_online();
             }
@@ -308,7 +304,7 @@ impl Driver {
                 let _ = done.send(self.open_offer(offer));
             }
             Command::Disconnect(peer) => {
-                self.sessions.remove(&peer);
+                self.syncs.remove(&peer);
                 self.swarm.behaviour_mut().gate.close_peer(peer);
             }
             Command::CancelOffer => {
@@ -335,19 +331,19 @@ impl Driver {
 
     fn on_internal(&mut self, message: Internal) {
         match message {
-            Internal::Session(Report::Applied) => {
+            Internal::Sync(Report::Applied) => {
                 self.shared.applied.send_modify(|n| *n = n.wrapping_add(1));
                 // Other sessions offer what arrived (and so do the relays, through the nudge);
                 // the member set may have changed.
                 self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
             }
-            Internal::Session(Report::Ended {
+            Internal::Sync(Report::Ended {
                 peer,
                 id,
                 not_member,
             }) => {
-                if self.sessions.get(&peer).is_some_and(|s| s.id == id) {
-                    self.sessions.remove(&peer);
+                if self.syncs.get(&peer).is_some_and(|s| s.id == id) {
+                    self.syncs.remove(&peer);
                 }
                 if not_member {
                     self.swarm.behaviour_mut().gate.close_peer(peer);
@@ -367,8 +363,8 @@ impl Driver {
                     self.swarm.behaviour_mut().gate.close_peer(peer);
                     return;
                 }
-                self.ensure_session(peer);
-                if let Some(link) = self.sessions.get(&peer) {
+                self.ensure_sync(peer);
+                if let Some(link) = self.syncs.get(&peer) {
                     let _ = link.inbound.try_send(stream);
                 }
             }
@@ -384,7 +380,7 @@ impl Driver {
             }
             Internal::OfferEnded(peer, attempt) => self.attempt_ended(peer, attempt),
             Internal::Found(found) => self.on_found(found),
-            Internal::Retry(peer) => self.ensure_session(peer),
+            Internal::Retry(peer) => self.ensure_sync(peer),
             Internal::RefreshFailed => {
                 self.refreshing = false;
                 self.refresh();
@@ -430,7 +426,7 @@ impl Driver {
             .behaviour_mut()
             .gate
             .set_members(peers.keys().copied().collect(), &connected);
-        self.sessions.retain(|peer, _| peers.contains_key(peer));
+        self.syncs.retain(|peer, _| peers.contains_key(peer));
         self.members = peers;
         self.publish_online();
         self.known = known;
@@ -443,7 +439,7 @@ impl Driver {
             }
         }
         for peer in connected {
-            self.ensure_session(peer);
+            self.ensure_sync(peer);
         }
         self.keep_subscriptions(relays);
         if first {
@@ -466,8 +462,8 @@ impl Driver {
         self.shared.view().online = online;
     }
 
-    fn ensure_session(&mut self, peer: PeerId) {
-        if self.sessions.contains_key(&peer) || !self.swarm.is_connected(&peer) {
+    fn ensure_sync(&mut self, peer: PeerId) {
+        if self.syncs.contains_key(&peer) || !self.swarm.is_connected(&peer) {
             return;
         }
         let Some(device) = self.members.get(&peer).copied() else {
@@ -478,14 +474,14 @@ impl Driver {
         }
         let (inbound_tx, inbound) = mpsc::channel(4);
         let (stop_tx, stop) = oneshot::channel();
-        self.next_session += 1;
-        let id = self.next_session;
+        self.next_link += 1;
+        let id = self.next_link;
         let reports = {
             let internal = self.internal_tx.clone();
             let (tx, mut rx) = mpsc::unbounded_channel();
             tokio::spawn(async move {
                 while let Some(report) = rx.recv().await {
-                    if internal.send(Internal::Session(report)).is_err() {
+                    if internal.send(Internal::Sync(report)).is_err() {
                         return;
                     }
                 }
@@ -493,7 +489,7 @@ impl Driver {
             tx
         };
         let addr = self.connections.get(&peer).map(ToString::to_string);
-        let session = Session {
+        let session = SyncTask {
             id,
             host: self.host.clone(),
             peer,
@@ -507,10 +503,10 @@ impl Driver {
             addr,
             token: None,
         };
-        self.session_tasks.spawn(session.run());
-        self.sessions.insert(
+        self.sync_tasks.spawn(session.run());
+        self.syncs.insert(
             peer,
-            SessionLink {
+            SyncLink {
                 id,
                 inbound: inbound_tx,
                 _stop: stop_tx,

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{Device, DeviceError, PeerSeen, Removed};
 use crate::doc::{Relay, Token, VaultState};
+use crate::net::{PairEvent, PairFailure};
+use crate::ops::error::pair_exit;
 
 /// A token as commands show it: never its secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,6 +291,84 @@ impl StatusView {
                     active: m.is_active(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// An open pairing offer, as `peer add` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferView {
+    pub code: String,
+    /// The `handoff://pair?...` link (with `--qr`).
+    pub link: Option<String>,
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+    pub expires_at: i64,
+}
+
+impl OfferView {
+    /// What `peer add` shows of `ticket`, an offer `mesh` opened (with the link for a QR code
+    /// when `qr`).
+    pub fn of(ticket: &crate::net::PairTicket, mesh: &crate::net::Mesh, qr: bool) -> OfferView {
+        let view = mesh.view();
+        let link = qr.then(|| ticket.code.link(&mesh.peer_id(), &view.listen).to_string());
+        OfferView {
+            code: ticket.code.text().to_string(),
+            link,
+            peer_id: view.peer_id,
+            addrs: view.listen.iter().map(ToString::to_string).collect(),
+            expires_at: ticket.expires_at,
+        }
+    }
+}
+
+/// One step of a pairing, as `peer add` follows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PairStep {
+    /// Compare these words with the other screen.
+    Sas {
+        sas: String,
+    },
+    /// The last code was tried and is void; the offer waits under this fresh one.
+    Renewed {
+        code: String,
+        link: Option<String>,
+        message: String,
+    },
+    Paired {
+        device_id: String,
+        name: String,
+        role: String,
+    },
+    Failed {
+        exit: u8,
+        message: String,
+    },
+}
+
+impl From<PairEvent> for PairStep {
+    fn from(event: PairEvent) -> Self {
+        match event {
+            PairEvent::Sas { sas } => PairStep::Sas { sas },
+            PairEvent::Renewed { code, link, why } => PairStep::Renewed {
+                code: code.text().to_string(),
+                link,
+                message: match why {
+                    PairFailure::WrongCode => {
+                        "someone tried a wrong code; that code is void".to_string()
+                    }
+                    other => format!("a pairing attempt broke off ({other}); that code is void"),
+                },
+            },
+            PairEvent::Paired { device, name, role } => PairStep::Paired {
+                device_id: device.to_hex(),
+                name,
+                role: role.as_str().into(),
+            },
+            PairEvent::Failed(f) => PairStep::Failed {
+                exit: pair_exit(&f) as u8,
+                message: f.to_string(),
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 //! shares.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -18,7 +18,7 @@ use super::super::behaviour;
 use super::super::gate::Gate;
 use super::super::mdns::{self, Discovery};
 use super::super::pair::{self, Offer, OfferRequest, PairTicket};
-use super::super::session::Counters;
+use super::super::sync_task::Counters;
 use super::super::{Host, MeshConfig, NetError, keypair, on_device};
 use super::{Command, Driver, HELLOS_AT_ONCE, Internal, LISTEN_TIMEOUT, Shared, read_members};
 
@@ -30,8 +30,17 @@ pub struct NetView {
     pub listen: Vec<Multiaddr>,
     /// Connected members and the address of a connection to each.
     pub online: BTreeMap<DeviceId, String>,
-    /// A pairing offer waits for its joiner.
-    pub offer_open: bool,
+    /// Where the open pairing offer stands, as the driver (its one owner) last published.
+    pub offer: Option<OfferPhase>,
+}
+
+/// Where an open pairing offer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferPhase {
+    /// Its code admits the first joiner that proves it.
+    Waiting,
+    /// A joiner took it; the pairing runs.
+    Pairing,
 }
 
 /// Sync traffic so far (frame headers included), for tests and benchmarks.
@@ -81,14 +90,22 @@ impl Mesh {
         let pair_in = control
             .accept(StreamProtocol::new(pair_proto::PROTOCOL))
             .map_err(|e| NetError::Transport(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            peer_id,
+            view: Mutex::new(NetView {
+                peer_id: peer_id.to_string(),
+                listen: listen.clone(),
+                online: BTreeMap::new(),
+                offer: None,
+            }),
+            counters,
+            registry: Mutex::new(registry),
+            nudge: watch::channel(0).0,
+            applied: watch::channel(0).0,
+        });
         let mut helpers = tokio::task::JoinSet::new();
         helpers.spawn(accept_sync(sync_in, internal_tx.clone()));
-        let offer_waiting = Arc::new(AtomicBool::new(false));
-        helpers.spawn(accept_pair(
-            pair_in,
-            internal_tx.clone(),
-            offer_waiting.clone(),
-        ));
+        helpers.spawn(accept_pair(pair_in, internal_tx.clone(), shared.clone()));
         let discovery = if config.mdns {
             let discovery = Discovery::start()?;
             let events = discovery.browse()?;
@@ -97,19 +114,6 @@ impl Mesh {
         } else {
             None
         };
-        let shared = Arc::new(Shared {
-            peer_id,
-            view: Mutex::new(NetView {
-                peer_id: peer_id.to_string(),
-                listen: listen.clone(),
-                online: BTreeMap::new(),
-                offer_open: false,
-            }),
-            counters,
-            registry: Mutex::new(registry),
-            nudge: watch::channel(0).0,
-            applied: watch::channel(0).0,
-        });
         let (commands, command_rx) = mpsc::channel(16);
         let mut driver = Driver {
             swarm,
@@ -123,13 +127,11 @@ impl Mesh {
             members: HashMap::new(),
             connections: HashMap::new(),
             known: Vec::new(),
-            sessions: HashMap::new(),
-            next_session: 0,
-            session_tasks: tokio::task::JoinSet::new(),
+            syncs: HashMap::new(),
+            next_link: 0,
+            sync_tasks: tokio::task::JoinSet::new(),
             helpers,
             offer: None,
-            offer_waiting,
-            pairing_runs: false,
             discovery,
             discovery_secret: None,
             advertised_hour: None,
@@ -274,7 +276,7 @@ async fn accept_sync(
 async fn accept_pair(
     mut incoming: libp2p_stream::IncomingStreams,
     internal: mpsc::UnboundedSender<Internal>,
-    waiting: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 ) {
     let mut hellos = tokio::task::JoinSet::new();
     loop {
@@ -282,7 +284,8 @@ async fn accept_pair(
             next = incoming.next() => {
                 let Some((peer, mut stream)) = next else { return };
                 // Nothing to pair with, or strangers piling up: the stream is dropped unread.
-                if !waiting.load(Ordering::Relaxed) || hellos.len() >= HELLOS_AT_ONCE {
+                let waiting = shared.view().offer == Some(OfferPhase::Waiting);
+                if !waiting || hellos.len() >= HELLOS_AT_ONCE {
                     continue;
                 }
                 hellos.spawn(async move {

@@ -2,14 +2,13 @@
 //! nameplate), a joiner's attempt, and what follows it: a new member, the end of the offer,
 //! or its code voided and the offer waiting again under a fresh one.
 
-use std::sync::atomic::Ordering;
-
 use handoff_protocol::pairing::PairRefusal;
 use libp2p::{PeerId, Stream};
 
 use super::super::NetError;
 use super::super::mdns::Ports;
 use super::super::pair::{self, Hello, Offer, PairEvent};
+use super::OfferPhase;
 use super::{Driver, Internal, far_future};
 
 /// The latest pairing offer. It stays here after its one attempt or its expiry, so a late or
@@ -30,14 +29,38 @@ const MAX_VOIDED: usize = 16;
 
 pub(super) enum OfferState {
     Waiting(Box<Offer>),
-    /// A joiner took the attempt; the pairing runs (or ran).
+    /// A joiner took the attempt and the pairing runs on its stream.
+    Running,
+    /// The attempt ended.
     Taken,
     Expired,
 }
 
+impl OfferState {
+    fn phase(&self) -> Option<OfferPhase> {
+        match self {
+            OfferState::Waiting(_) => Some(OfferPhase::Waiting),
+            OfferState::Running => Some(OfferPhase::Pairing),
+            OfferState::Taken | OfferState::Expired => None,
+        }
+    }
+}
+
 impl Driver {
+    fn pairing_runs(&self) -> bool {
+        self.offer
+            .as_ref()
+            .is_some_and(|o| matches!(o.state, OfferState::Running))
+    }
+
+    /// Publishes the offer's phase for those who read it without a round trip: the pairing
+    /// acceptor (it reads hellos only while an offer waits) and `status`.
+    fn publish_offer(&self) {
+        self.shared.view().offer = self.offer.as_ref().and_then(|o| o.state.phase());
+    }
+
     pub(super) fn open_offer(&mut self, offer: Box<Offer>) -> Result<(), NetError> {
-        if self.pairing_runs {
+        if self.pairing_runs() {
             return Err(NetError::OfferOpen);
         }
         // A newer offer replaces one still waiting (its `peer add` may have been abandoned).
@@ -70,15 +93,18 @@ impl Driver {
             withdrawn: false,
         });
         self.swarm.behaviour_mut().gate.allow_guests(true);
-        self.offer_waiting.store(true, Ordering::Relaxed);
-        self.shared.view().offer_open = true;
+        self.publish_offer();
         tracing::info!(nameplate, "pairing offer open");
     }
 
     /// An attempt on the offer ended: a new member, the offer over, or its code voided and
     /// the offer waiting again under a fresh one.
     pub(super) fn attempt_ended(&mut self, joiner: PeerId, attempt: pair::Attempt) {
-        self.pairing_runs = false;
+        if let Some(open) = &mut self.offer
+            && matches!(open.state, OfferState::Running)
+        {
+            open.state = OfferState::Taken;
+        }
         match attempt {
             pair::Attempt::Void(mut offer, why) => {
                 // Whoever failed pays a new handshake for another try.
@@ -156,8 +182,7 @@ impl Driver {
 
     /// Stops accepting guests and withdraws the advertisement; the offer's record stays.
     pub(super) fn close_offer(&mut self) {
-        self.offer_waiting.store(false, Ordering::Relaxed);
-        self.shared.view().offer_open = false;
+        self.publish_offer();
         if let Some(discovery) = &mut self.discovery {
             discovery.withdraw_pairing();
         }
@@ -177,7 +202,7 @@ impl Driver {
                 .send(PairEvent::Failed(pair::PairFailure::Expired));
         }
         // A pairing still running ends by the same deadline, and closes the door then.
-        if !self.pairing_runs {
+        if !self.pairing_runs() {
             self.close_offer();
         }
     }
@@ -187,10 +212,9 @@ impl Driver {
             None => PairRefusal::NoSession,
             Some(open) if open.voided.contains(&hello.nameplate) => PairRefusal::Used,
             Some(open) if open.nameplate != hello.nameplate => PairRefusal::NoSession,
-            Some(open) => match std::mem::replace(&mut open.state, OfferState::Taken) {
+            Some(open) => match std::mem::replace(&mut open.state, OfferState::Running) {
                 OfferState::Waiting(offer) => {
-                    self.pairing_runs = true;
-                    self.offer_waiting.store(false, Ordering::Relaxed);
+                    self.publish_offer();
                     // The code is being tried: nobody else should be pointed at it.
                     if let Some(discovery) = &mut self.discovery {
                         discovery.withdraw_pairing();
@@ -204,7 +228,14 @@ impl Driver {
                     });
                     return;
                 }
-                OfferState::Taken => PairRefusal::Used,
+                running @ OfferState::Running => {
+                    open.state = running;
+                    PairRefusal::Used
+                }
+                OfferState::Taken => {
+                    open.state = OfferState::Taken;
+                    PairRefusal::Used
+                }
                 OfferState::Expired => {
                     open.state = OfferState::Expired;
                     PairRefusal::Expired

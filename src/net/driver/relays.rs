@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::super::relay::{self, RelayTarget};
-use super::super::session::{Counters, Report};
+use super::super::sync_task::{Counters, Report};
 use super::super::{Host, on_device};
 use super::{Driver, Internal};
 
@@ -100,7 +100,7 @@ async fn keep_subscribed(
         let taken = counters.clone();
         let applied = move |_new: usize| {
             taken.envelopes_taken.fetch_add(1, Ordering::Relaxed);
-            let _ = report.send(Internal::Session(Report::Applied));
+            let _ = report.send(Internal::Sync(Report::Applied));
         };
         if let Err(e) = relay::subscribe(&target, &identity, &host, &applied).await {
             tracing::debug!(relay = %target.id, error = %e, "relay subscription ended");

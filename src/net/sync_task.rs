@@ -60,7 +60,7 @@ pub(super) enum Report {
 }
 
 /// Everything a session task needs.
-pub(super) struct Session {
+pub(super) struct SyncTask {
     pub id: u64,
     pub host: Arc<dyn Host>,
     pub peer: PeerId,
@@ -104,7 +104,7 @@ async fn read_loop(mut stream: Stream, frames: mpsc::Sender<Incoming>, counters:
     }
 }
 
-impl Session {
+impl SyncTask {
     pub async fn run(mut self) {
         let peer = self.peer;
         let not_member = match self.serve().await {
