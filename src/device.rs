@@ -464,6 +464,24 @@ impl Device {
     }
 
     /// Adds a token (or, with `replace`, changes the secret of an existing SERVICE/LABEL).
+    /// Refuses a label another live token of `service` already holds.
+    pub fn check_label_free(
+        state: &VaultState,
+        service: Service,
+        label: &str,
+    ) -> Result<(), DeviceError> {
+        if state
+            .live_tokens()
+            .any(|t| t.service == service && t.label == label)
+        {
+            return Err(DeviceError::DuplicateLabel {
+                service,
+                label: label.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn add_token(
         &mut self,
         key: &Unlocked,
@@ -497,16 +515,13 @@ impl Device {
         let dek = self.dek(&state, &epoch.id, key)?;
         let me = self.record.device_id.to_hex();
         let now = unix_now();
+        if !replace {
+            Self::check_label_free(&state, service, label)?;
+        }
         let existing = state
             .live_tokens()
             .find(|t| t.service == service && t.label == label);
         let mut token = match existing {
-            Some(_) if !replace => {
-                return Err(DeviceError::DuplicateLabel {
-                    service,
-                    label: label.to_string(),
-                });
-            }
             Some(t) => t.clone(),
             None => Token {
                 id: TokenId::from_bytes(random_array()?),

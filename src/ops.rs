@@ -124,11 +124,24 @@ impl Op {
     }
 
     /// What can be refused before the key is asked for, so nobody types a passphrase for a
-    /// token that does not exist or an agent that cannot take it.
+    /// token that does not exist, a label already taken, a device this one may not remove, or
+    /// an agent that cannot take it.
     pub fn check(&self, device: &Device) -> Result<(), OpError> {
         match self {
             Op::Reveal { query } => {
                 device.find_token(&device.state()?, query)?;
+            }
+            Op::AddToken {
+                service,
+                label,
+                replace: false,
+                ..
+            } => {
+                crate::device::check_label(label)?;
+                Device::check_label_free(&device.state()?, *service, label)?;
+            }
+            Op::RemovePeer { query } => {
+                device.removable(&device.state()?, query)?;
             }
             Op::Credential {
                 agent,

@@ -70,6 +70,29 @@ impl Device {
         }
     }
 
+    /// The member `query` names, if this device may remove it: this device is an admin, and
+    /// the member is another device, still active.
+    pub fn removable<'s>(
+        &self,
+        state: &'s VaultState,
+        query: &str,
+    ) -> Result<&'s Member, DeviceError> {
+        self.require_admin(state)?;
+        let member = self.find_member(state, query)?;
+        if member.device == self.record.device_id {
+            return Err(DeviceError::InvalidInput(
+                "a device cannot remove itself; remove it from another admin device".into(),
+            ));
+        }
+        if !member.is_active() {
+            return Err(DeviceError::InvalidInput(format!(
+                "'{}' is already removed",
+                member.name
+            )));
+        }
+        Ok(member)
+    }
+
     /// Finds a member by name or device id prefix (8+ hex digits).
     pub fn find_member<'s>(
         &self,
@@ -140,19 +163,7 @@ impl Device {
     /// device can open re-sealed under it.
     pub fn remove_member(&mut self, key: &Unlocked, query: &str) -> Result<Removed, DeviceError> {
         let state = self.state()?;
-        self.require_admin(&state)?;
-        let mut member = self.find_member(&state, query)?.clone();
-        if member.device == self.record.device_id {
-            return Err(DeviceError::InvalidInput(
-                "a device cannot remove itself; remove it from another admin device".into(),
-            ));
-        }
-        if !member.is_active() {
-            return Err(DeviceError::InvalidInput(format!(
-                "'{}' is already removed",
-                member.name
-            )));
-        }
+        let mut member = self.removable(&state, query)?.clone();
         let exposed: Vec<Token> = if member.receives_dek() {
             state.live_tokens().cloned().collect()
         } else {

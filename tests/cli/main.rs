@@ -37,6 +37,7 @@ mod hostile;
 mod lan;
 mod peers;
 mod propagation;
+mod refused_first;
 mod relays;
 mod rename;
 mod round_trip;
