@@ -30,6 +30,7 @@ mod peer_cmds;
 mod relay_cmds;
 mod session_cmds;
 mod spawn_cmd;
+mod supervising;
 mod token_cmds;
 mod vault_cmds;
 
@@ -268,9 +269,16 @@ pub enum CliError {
     NotRunning(String),
     /// A failure the daemon reported, with the exit code it chose.
     #[error("{message}")]
-    Remote { exit: u8, message: String },
+    Remote {
+        exit: u8,
+        message: String,
+        /// The same request with the passphrase may succeed.
+        passphrase: bool,
+    },
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error("refused: {0}")]
+    Contained(String),
 }
 
 /// An operation's failure, as the command reports it (the same line and exit code).
@@ -284,6 +292,7 @@ impl From<OpError> for CliError {
             OpError::Internal(m) => CliError::Internal(m),
             OpError::Busy(m) => CliError::Busy(m),
             OpError::Net(e) => CliError::Net(e),
+            OpError::Contained(m) => CliError::Contained(m),
         }
     }
 }
@@ -300,7 +309,7 @@ impl CliError {
             CliError::Device(e) => device_exit(e),
             CliError::Spawn(e) => spawn_exit(e),
             CliError::Usage(_) => Exit::Usage,
-            CliError::Locked(_) => Exit::Locked,
+            CliError::Locked(_) | CliError::Contained(_) => Exit::Locked,
             CliError::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Exit::NotFound
             }

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ops::secret_bytes;
 use crate::ops::views::{OfferView, PairStep};
-use crate::ops::{Op, Outcome, Secret};
+use crate::ops::{Op, Outcome, Secret, Tier};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Largest request frame but an import's: the largest token with room to spare.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest import request: the largest document the vault accepts, with its envelope.
@@ -67,6 +67,14 @@ pub enum Request {
         accept: bool,
     },
     Shutdown,
+    /// The client is an agent supervisor (a spawn's subreaper): requests from its process
+    /// tree are refused above [`Tier::Open`]. Sent again every few seconds while it runs, so a
+    /// daemon started (or restarted) meanwhile learns of it.
+    Supervising,
+    /// The supervisor's tree is gone (every process in it reaped). A supervisor that stops
+    /// running without saying so was killed, and its tree may have escaped it: the daemon
+    /// locks.
+    SupervisedEnd,
 }
 
 /// What the daemon answers. `Debug` names the answer only: several carry secrets.
@@ -80,14 +88,31 @@ pub enum Response {
     Offered(OfferView),
     PairStep(PairStep),
     Done,
-    /// A failure: the exit code the CLI leaves with, and its one line.
+    /// A failure: the exit code the CLI leaves with, and its one line; `passphrase` when the
+    /// same request with the passphrase may succeed (the daemon is locked, or the operation
+    /// needs it every time).
     Error {
         exit: u8,
         message: String,
+        #[serde(default)]
+        passphrase: bool,
     },
 }
 
 impl Request {
+    /// Who may ask for it (see [`Tier`]); an operation's is its own.
+    pub fn tier(&self) -> Tier {
+        match self {
+            Request::Ping | Request::Lock | Request::Supervising | Request::SupervisedEnd => {
+                Tier::Open
+            }
+            Request::Op { op, .. } => op.tier(),
+            Request::PairNext | Request::PairConfirm { .. } | Request::Shutdown => Tier::Person,
+            // Unlocking (or extending an unlock), and admitting a device of any role.
+            Request::Unlock { .. } | Request::PairOffer { .. } => Tier::Fresh,
+        }
+    }
+
     /// The request's name (what `Debug` shows; an operation shows as its own name).
     pub fn name(&self) -> &'static str {
         match self {
@@ -99,6 +124,8 @@ impl Request {
             Request::PairNext => "PairNext",
             Request::PairConfirm { .. } => "PairConfirm",
             Request::Shutdown => "Shutdown",
+            Request::Supervising => "Supervising",
+            Request::SupervisedEnd => "SupervisedEnd",
         }
     }
 }

@@ -12,6 +12,7 @@
 mod clients;
 mod pairing;
 mod state;
+mod trees;
 
 pub use state::DEFAULT_UNLOCK;
 
@@ -28,12 +29,15 @@ use crate::device::Device;
 use crate::entropy::unix_now;
 use crate::home::Home;
 use crate::net::{Mesh, MeshConfig, OfferRequest};
+use crate::ops::Tier;
 use crate::ops::views::OfferView;
 use crate::ops::{Exit, OpError};
+use crate::spawn::tree::Process;
 use clients::{Clients, Incoming};
 use handoff_relay::descriptors::AcceptBackoff;
 use pairing::Pairing;
 use state::{State, lock_state};
+use trees::Trees;
 
 /// Command-line settings of `daemon start` that override `config.toml`.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +51,7 @@ fn error_response(e: &OpError) -> Response {
     Response::Error {
         exit: e.exit() as u8,
         message: text.split_whitespace().collect::<Vec<_>>().join(" "),
+        passphrase: matches!(e, OpError::Locked(_)),
     }
 }
 
@@ -84,6 +89,8 @@ struct Daemon {
     state: Arc<Mutex<State>>,
     mesh: Mesh,
     pairing: Pairing,
+    /// The agent trees whose processes are refused above the open tier.
+    trees: Trees,
     own_uid: u32,
     stop: tokio::sync::watch::Sender<bool>,
     /// The live control connections (numbered, to know which one owns the pairing offer).
@@ -106,10 +113,12 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
         state,
         mesh,
         pairing: Pairing::default(),
+        trees: Trees::default(),
         own_uid: rustix::process::getuid().as_raw(),
         stop,
         clients: Arc::new(Clients::default()),
     });
+    tokio::spawn(watch_trees(daemon.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| OpError::Internal(format!("cannot watch signals: {e}")))?;
     tracing::info!(pid = std::process::id(), socket = %socket.display(), "daemon serving");
@@ -161,12 +170,21 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
         let refusal = Response::Error {
             exit: Exit::Usage as u8,
             message: format!("this daemon serves uid {own_uid} only; refusing uid {peer_uid}"),
+            passphrase: false,
         };
         if let Ok(frame) = control::encode(&refusal, control::MAX_RESPONSE) {
             let _ = stream.write_all(&frame).await;
         }
         return;
     }
+    // The client process, as the kernel names it at connect time (pid and start time, so a
+    // pid reused later is not taken for it).
+    let peer = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(Process::of);
     loop {
         let mut shutdown = false;
         let mut budget = None;
@@ -182,13 +200,17 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
                     "control protocol version {v} is not supported; this daemon speaks {}: upgrade or restart it",
                     control::VERSION
                 ),
+                passphrase: false,
             },
             Ok(Some(Incoming::Request(request, permit))) => {
                 budget = permit;
                 let request = *request;
                 shutdown = matches!(request, Request::Shutdown);
                 let waits = matches!(request, Request::PairNext);
-                let answered = answer(daemon, id, request);
+                let answered = async {
+                    admit(daemon, peer, &request).await?;
+                    answer(daemon, id, peer, request).await
+                };
                 if waits {
                     // A client waiting for the next pairing step sends nothing meanwhile:
                     // if its socket turns readable, it hung up (or misbehaves).
@@ -221,8 +243,55 @@ async fn serve_client(mut stream: UnixStream, daemon: &Arc<Daemon>, id: u64) {
     }
 }
 
-/// The answer to `client`'s request.
-async fn answer(daemon: &Arc<Daemon>, client: u64, request: Request) -> Result<Response, OpError> {
+/// Whether `peer` may ask for `request` (ARCHITECTURE.md, "Who the daemon serves"): above
+/// the open tier, only a process this daemon can place, outside every agent tree it knows.
+async fn admit(
+    daemon: &Arc<Daemon>,
+    peer: Option<Process>,
+    request: &Request,
+) -> Result<(), OpError> {
+    if request.tier() == Tier::Open {
+        return Ok(());
+    }
+    let broken = daemon.trees.take_broken();
+    if let Some(gone) = broken.first() {
+        tracing::warn!(
+            supervisor = gone.pid,
+            "an agent supervisor stopped without ending its tree (killed?); locking"
+        );
+        daemon.lock_all().await;
+    }
+    let Some(peer) = peer.filter(Process::is_running) else {
+        return Err(OpError::Contained(
+            "cannot tell which process sent this request (it is gone, or in another pid namespace)"
+                .into(),
+        ));
+    };
+    if let Some(supervisor) = daemon.trees.holding(peer.pid) {
+        return Err(OpError::Contained(format!(
+            "this request comes from inside an agent session (supervisor pid {}); run it from a terminal of your own",
+            supervisor.pid
+        )));
+    }
+    Ok(())
+}
+
+impl Daemon {
+    /// Drops the vault key and withdraws any open pairing offer (which holds a copy of it).
+    async fn lock_all(&self) {
+        let shared = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || lock_state(&shared).lock()).await;
+        let _ = self.mesh.cancel_offer().await;
+    }
+}
+
+/// The answer to `client`'s request (`peer`, its process, was admitted for it).
+async fn answer(
+    daemon: &Arc<Daemon>,
+    client: u64,
+    peer: Option<Process>,
+    request: Request,
+) -> Result<Response, OpError> {
     match request {
         Request::PairOffer {
             name,
@@ -284,7 +353,7 @@ async fn answer(daemon: &Arc<Daemon>, client: u64, request: Request) -> Result<R
             .await
             .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))??;
             if let Some(until) = until {
-                arm_auto_lock(daemon.state.clone(), generation, until);
+                arm_auto_lock(daemon.clone(), generation, until);
             }
             if changed {
                 daemon.mesh.changed();
@@ -297,11 +366,24 @@ async fn answer(daemon: &Arc<Daemon>, client: u64, request: Request) -> Result<R
         // The state's mutex may be held for a while (an Argon2 unlock, a large import): take it
         // off the runtime thread, which serves every other client and the mesh.
         Request::Lock => {
-            let shared = daemon.state.clone();
-            tokio::task::spawn_blocking(move || lock_state(&shared).lock())
-                .await
-                .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))?;
+            daemon.lock_all().await;
             tracing::info!("vault locked");
+            Ok(Response::Done)
+        }
+        Request::Supervising => {
+            let pid = peer.map(|p| p.pid).ok_or_else(|| {
+                OpError::Usage("cannot tell which process is the supervisor".into())
+            })?;
+            daemon
+                .trees
+                .register(pid)
+                .map_err(|e| OpError::Busy(e.to_string()))?;
+            Ok(Response::Done)
+        }
+        Request::SupervisedEnd => {
+            if let Some(p) = peer {
+                daemon.trees.ended(p.pid);
+            }
             Ok(Response::Done)
         }
         Request::Ping => {
@@ -332,7 +414,7 @@ async fn take_offer_key(
     tokio::task::spawn_blocking(move || {
         let mut state = lock_state(&shared);
         crate::ops::require_adder(&state.device)?;
-        state.key_copy(passphrase)
+        state.fresh_key(passphrase)
     })
     .await
     .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))?
@@ -353,12 +435,39 @@ async fn hung_up(stream: &UnixStream) {
     }
 }
 
+/// How often the daemon sweeps credential directories whose supervisor is gone, and looks
+/// for supervisors killed with their tree alive.
+const WATCH_EVERY: Duration = Duration::from_secs(3);
+
+/// From start-up on: sweeps what killed supervisors left (`spawn::materialize::sweep_stale`)
+/// and locks when a known supervisor stopped without ending its tree (see `trees.rs`).
+async fn watch_trees(daemon: Arc<Daemon>) {
+    loop {
+        if let Ok(swept) = tokio::task::spawn_blocking(crate::spawn::materialize::sweep_stale).await
+            && swept > 0
+        {
+            tracing::info!(
+                swept,
+                "removed credential directories of killed supervisors"
+            );
+        }
+        if let Some(gone) = daemon.trees.take_broken().first() {
+            tracing::warn!(
+                supervisor = gone.pid,
+                "an agent supervisor stopped without ending its tree (killed?); locking"
+            );
+            daemon.lock_all().await;
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
 /// How often the auto-lock timer compares the wall clock with the deadline. Monotonic sleeps
 /// stop while a machine is suspended; the wall clock does not.
 const AUTO_LOCK_TICK: Duration = Duration::from_secs(30);
 
 /// Locks at `until` (wall clock) unless another unlock or lock happened meanwhile.
-fn arm_auto_lock(state: Arc<Mutex<State>>, generation: u64, until: i64) {
+fn arm_auto_lock(daemon: Arc<Daemon>, generation: u64, until: i64) {
     tokio::spawn(async move {
         loop {
             let left = u64::try_from(until.saturating_sub(unix_now())).unwrap_or(0);
@@ -366,15 +475,21 @@ fn arm_auto_lock(state: Arc<Mutex<State>>, generation: u64, until: i64) {
                 tokio::time::sleep(Duration::from_secs(left).min(AUTO_LOCK_TICK)).await;
                 continue;
             }
-            let state = state.clone();
-            let _ = tokio::task::spawn_blocking(move || {
+            let state = daemon.state.clone();
+            let locked = tokio::task::spawn_blocking(move || {
                 let mut s = lock_state(&state);
-                if s.generation == generation {
+                let ours = s.generation == generation;
+                if ours {
                     s.lock();
                     tracing::info!("vault locked at the end of its unlock");
                 }
+                ours
             })
             .await;
+            // An offer made under this unlock does not outlive it.
+            if locked.unwrap_or(false) {
+                let _ = daemon.mesh.cancel_offer().await;
+            }
             return;
         }
     });

@@ -113,7 +113,41 @@ pub struct Around<'a> {
     pub online: Option<&'a BTreeMap<DeviceId, String>>,
 }
 
+/// Who may ask for an operation through an unlocked daemon (ARCHITECTURE.md, "Who the daemon
+/// serves"). The socket admits only this user; an agent handoff started runs as this user too,
+/// so the tiers above [`Tier::Open`] also refuse a client inside any agent's process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Reads nothing secret and changes nothing: any client of this user.
+    Open,
+    /// The person, from outside every agent tree: the unlocked key serves them (a secret read,
+    /// a credential for a spawn, every token write).
+    Person,
+    /// The person, with the passphrase given again on every call even while unlocked: what
+    /// hands the vault or its membership to someone else.
+    Fresh,
+}
+
 impl Op {
+    /// The operation's tier: the one place it is decided.
+    pub fn tier(&self) -> Tier {
+        match self {
+            Op::Status | Op::ListTokens | Op::ShowToken { .. } | Op::ListPeers | Op::ListRelays => {
+                Tier::Open
+            }
+            Op::AddToken { .. }
+            | Op::Reveal { .. }
+            | Op::RemoveToken { .. }
+            | Op::SetDefault { .. }
+            | Op::RenameToken { .. }
+            | Op::Import { .. }
+            | Op::Credential { .. } => Tier::Person,
+            Op::Export | Op::RemovePeer { .. } | Op::AddRelay { .. } | Op::RemoveRelay { .. } => {
+                Tier::Fresh
+            }
+        }
+    }
+
     /// Whether the operation needs the unlocked vault key (the passphrase, or the daemon's
     /// unlock). Everything else reads or writes only what the document holds in the clear.
     pub fn needs_key(&self) -> bool {

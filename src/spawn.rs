@@ -9,16 +9,21 @@
 //! # Layout
 //! - [`agents`]: the agent/service table and custom agents from `config.toml`.
 //! - [`materialize`]: the child's environment, and private credential files.
+//! - [`tree`]: the agent's process tree under its supervisor.
+//! - [`session`]: detached sessions.
 
 pub mod agents;
 pub mod materialize;
 pub mod session;
+pub mod tree;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 
 use crate::device::DeviceError;
 use crate::doc::{Service, Token, VaultState};
@@ -155,24 +160,48 @@ pub fn resolve_command(
 }
 
 /// Signals a spawn catches from before its credential exists until the agent is gone, so no
-/// signal can end handoff between writing the credential and cleaning it up.
-#[derive(Debug)]
-pub struct CaughtSignals(signal_hook::iterator::Signals);
+/// signal can end handoff between writing the credential and cleaning it up: every signal
+/// whose default action ends a process and that a process may catch.
+pub struct CaughtSignals(signal_hook::iterator::SignalsInfo<WithRawSiginfo>);
+
+/// The signals [`CaughtSignals`] takes.
+pub const CAUGHT: [i32; 8] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGQUIT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGUSR1,
+    signal_hook::consts::SIGUSR2,
+    signal_hook::consts::SIGALRM,
+    signal_hook::consts::SIGPIPE,
+];
+
+impl std::fmt::Debug for CaughtSignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaughtSignals")
+    }
+}
 
 impl CaughtSignals {
-    /// Starts catching SIGINT, SIGQUIT, SIGTERM and SIGHUP. Call before materializing.
+    /// A caught signal that arrived since the last look, if any (without waiting).
+    pub fn arrived(&mut self) -> Option<i32> {
+        self.0.pending().next().map(|info| info.si_signo)
+    }
+
+    /// Starts catching [`CAUGHT`]. Call before materializing.
     pub fn catch() -> Result<Self, SpawnError> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-        signal_hook::iterator::Signals::new([SIGINT, SIGQUIT, SIGTERM, SIGHUP])
+        signal_hook::iterator::SignalsInfo::<WithRawSiginfo>::new(CAUGHT)
             .map(Self)
             .map_err(|e| SpawnError::Io(format!("cannot set up signal handling: {e}")))
     }
 }
 
 /// Runs `program` in `dir` with exactly `env` plus the credential, attached to this terminal,
-/// and waits. Ctrl-C and Ctrl-\ reach the child from the terminal and do not stop handoff,
-/// so cleanup always runs; SIGTERM and SIGHUP sent to handoff are passed on to the child.
-/// Returns the exit code to report: the child's, or 128 + its signal.
+/// and waits, as the supervisor of the agent's process tree ([`tree`]): this process becomes
+/// its subreaper, and when the agent exits whatever it left running is ended. Signals never
+/// stop handoff before cleanup: Ctrl-C and Ctrl-\ reach the agent from the terminal itself;
+/// any caught signal another process sends is passed on to the agent. Returns the exit code
+/// to report: the agent's, or 128 + its signal.
 pub fn run_foreground(
     signals: CaughtSignals,
     program: &Path,
@@ -181,38 +210,47 @@ pub fn run_foreground(
     env: Vec<(OsString, OsString)>,
     credential: Materialized,
 ) -> Result<i32, SpawnError> {
-    use signal_hook::consts::{SIGHUP, SIGTERM};
     let CaughtSignals(mut signals) = signals;
+    tree::become_subreaper()
+        .map_err(|e| SpawnError::Io(format!("cannot supervise the agent's processes: {e}")))?;
+    let Materialized {
+        env: secret_env,
+        dir: private,
+    } = credential;
     let mut cmd = Command::new(program);
     cmd.args(args).current_dir(dir).env_clear().envs(env);
-    for (name, value) in &credential.env {
+    for (name, value) in &secret_env {
         cmd.env(name, value.as_str());
     }
     let spawned = crate::home::with_user_umask(|| cmd.spawn());
-    drop(cmd); // the Command holds a copy of the credential: gone as soon as the child has it
+    // The Command and the variables hold copies of the credential: gone as soon as the child
+    // has its own.
+    drop(cmd);
+    drop(secret_env);
     let mut child =
         spawned.map_err(|e| SpawnError::Io(format!("cannot start {}: {e}", program.display())))?;
-    if let Some(dir) = &credential.dir {
-        dir.note_agent(child.id());
-    }
     let pid = rustix::process::Pid::from_child(&child);
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {
-        for signal in signals.forever() {
-            let forward = match signal {
-                SIGTERM => Some(rustix::process::Signal::TERM),
-                SIGHUP => Some(rustix::process::Signal::HUP),
-                _ => None, // SIGINT/SIGQUIT: the terminal already sent them to the child
-            };
-            if let Some(sig) = forward {
+        for info in signals.forever() {
+            // What the terminal sent (Ctrl-C, Ctrl-\) reached the agent already; what a
+            // process sent reached only handoff.
+            let from_terminal = info.si_code > 0;
+            let interactive = [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT]
+                .contains(&info.si_signo);
+            if interactive && from_terminal {
+                continue;
+            }
+            if let Some(sig) = rustix::process::Signal::from_named_raw(info.si_signo) {
                 let _ = rustix::process::kill_process(pid, sig);
             }
         }
     });
     let status = child.wait();
+    tree::end_tree();
     handle.close();
     let _ = forwarder.join();
-    drop(credential); // removes the private directory
+    drop(private); // removes the private directory
     let status = status.map_err(|e| SpawnError::Io(format!("lost track of the agent: {e}")))?;
     Ok(status
         .code()

@@ -8,7 +8,7 @@
 //! terminal) and the operation sent again with it, for that one operation. Directly, the
 //! passphrase is read before the home is taken, so nobody holds the lock while typing.
 
-use super::{CliError, Context, Exit, input};
+use super::{CliError, Context, input};
 use crate::control::{Client, Request, Response};
 use crate::device::Device;
 use crate::ops::{self, Around, Op, Outcome, Secret};
@@ -52,13 +52,14 @@ fn direct(ctx: &Context, op: Op) -> Result<Outcome, CliError> {
 }
 
 fn through_daemon(ctx: &Context, client: &mut Client, op: Op) -> Result<Outcome, CliError> {
-    let needs_key = op.needs_key();
     let mut request = Request::Op {
         passphrase: None,
         op,
     };
     let response = match call(client, &request) {
-        Err(CliError::Remote { exit, .. }) if needs_key && exit == Exit::Locked as u8 => {
+        Err(CliError::Remote {
+            passphrase: true, ..
+        }) => {
             let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
             if let Request::Op { passphrase: p, .. } = &mut request {
                 *p = Some(passphrase);
@@ -79,7 +80,15 @@ pub(crate) fn call(client: &mut Client, request: &Request) -> Result<Response, C
         .call(request)
         .map_err(|e| CliError::Internal(e.to_string()))?
     {
-        Response::Error { exit, message } => Err(CliError::Remote { exit, message }),
+        Response::Error {
+            exit,
+            message,
+            passphrase,
+        } => Err(CliError::Remote {
+            exit,
+            message,
+            passphrase,
+        }),
         other => Ok(other),
     }
 }
@@ -91,7 +100,9 @@ pub(crate) fn call_unlocking(
     make: impl Fn(Option<Secret>) -> Request,
 ) -> Result<Response, CliError> {
     match call(client, &make(None)) {
-        Err(CliError::Remote { exit, .. }) if exit == Exit::Locked as u8 => {
+        Err(CliError::Remote {
+            passphrase: true, ..
+        }) => {
             let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
             call(client, &make(Some(passphrase)))
         }

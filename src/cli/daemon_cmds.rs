@@ -320,7 +320,15 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
             }
             Ok(())
         }
-        Response::Error { exit, message } => Err(CliError::Remote { exit, message }),
+        Response::Error {
+            exit,
+            message,
+            passphrase,
+        } => Err(CliError::Remote {
+            exit,
+            message,
+            passphrase,
+        }),
         _ => Err(CliError::Internal(
             "the daemon did not confirm the unlock".into(),
         )),
@@ -335,8 +343,16 @@ pub(super) fn lock(ctx: &Context) -> Result<(), CliError> {
                 .map_err(|e| CliError::Internal(e.to_string()))?
             {
                 Response::Done => say!("Locked."),
-                Response::Error { exit, message } => {
-                    return Err(CliError::Remote { exit, message });
+                Response::Error {
+                    exit,
+                    message,
+                    passphrase,
+                } => {
+                    return Err(CliError::Remote {
+                        exit,
+                        message,
+                        passphrase,
+                    });
                 }
                 _ => {
                     return Err(CliError::Internal(

@@ -253,7 +253,13 @@ fn follow(ctx: &Context, offerer: &mut Offerer, yes: bool) -> Result<(), CliErro
                 }
                 return Ok(());
             }
-            PairStep::Failed { exit, message } => return Err(CliError::Remote { exit, message }),
+            PairStep::Failed { exit, message } => {
+                return Err(CliError::Remote {
+                    exit,
+                    message,
+                    passphrase: false,
+                });
+            }
         }
     }
 }

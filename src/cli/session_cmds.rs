@@ -29,6 +29,9 @@ pub(super) struct Detached<'a> {
 }
 
 pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliError> {
+    // From before the FIFO exists until the handover is done: a signal ends the wait and the
+    // FIFO's directory is removed, never left behind.
+    let mut signals = crate::spawn::CaughtSignals::catch()?;
     let id: String = crate::vault::random_array::<4>()?
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -113,10 +116,10 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
     started?;
     let handover = Handover {
         delivery: d.delivery,
-        secret: d.secret.to_vec(),
+        secret: d.secret,
         env: session::env_bytes(&d.env),
     };
-    session::send_handover(&fifo, &handover, WAIT)?;
+    session::send_handover(&fifo, &handover, WAIT, &mut signals)?;
     drop(handover);
     drop(fifo_dir);
     if ctx.json {
@@ -137,6 +140,8 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
 
 /// Runs inside a detached session.
 pub(super) fn supervise(ctx: &Context, s: SuperviseArgs) -> Result<i32, CliError> {
+    // Before the credential arrives: the daemon refuses what this tree asks for from the start.
+    let _tree = super::supervising::Supervising::start(ctx)?;
     Ok(session::supervise(&Supervise {
         home: ctx.home.root(),
         id: &s.id,
@@ -169,6 +174,9 @@ pub struct SuperviseArgs {
 }
 
 fn state(r: &SessionRecord) -> String {
+    if r.failure.is_some() {
+        return "failed".into();
+    }
     match (r.is_running(), r.exit) {
         (true, _) => "running".into(),
         (false, Some(code)) => format!("exited {code}"),
@@ -181,7 +189,7 @@ pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
     if ctx.json {
         let rows: Vec<_> = records
             .iter()
-            .map(|r| json!({"id": r.id, "agent": r.agent, "mode": r.mode, "state": state(r), "exit": r.exit, "dir": r.dir, "started_at": r.started_at, "log": r.log}))
+            .map(|r| json!({"id": r.id, "agent": r.agent, "mode": r.mode, "state": state(r), "exit": r.exit, "dir": r.dir, "started_at": r.started_at, "log": r.log, "failure": r.failure}))
             .collect();
         print_json(&serde_json::Value::Array(rows));
         return Ok(());

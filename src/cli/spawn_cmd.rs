@@ -108,6 +108,8 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
         materialize(&delivery, &secret)?
     };
     let env = allowed_env(std::env::vars_os(), &config.env.allow);
+    // This process supervises the agent's tree: the daemon refuses what it asks for.
+    let _tree = super::supervising::Supervising::start(ctx)?;
     Ok(run_foreground(
         signals, &program, &req.args, &dir, env, credential,
     )?)

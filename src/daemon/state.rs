@@ -10,7 +10,7 @@ use crate::device::{Device, Unlocked};
 use crate::entropy::unix_now;
 use crate::net::{Host, NetView, Stats};
 use crate::ops::views::SyncView;
-use crate::ops::{self, Around, Op, OpError, Outcome, Secret};
+use crate::ops::{self, Around, Op, OpError, Outcome, Secret, Tier};
 
 /// Longest an unlock may last.
 const MAX_UNLOCK: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -86,9 +86,15 @@ impl State {
         f(&mut self.device, &key)
     }
 
-    /// A handle on the vault key for work that outlives this request (a pairing offer).
-    pub fn key_copy(&mut self, passphrase: Option<Secret>) -> Result<Unlocked, OpError> {
-        self.with_key(passphrase, |_, key| Ok(key.duplicate()))
+    /// The vault key from `passphrase` given now, whether or not the daemon is unlocked: for
+    /// what needs the passphrase on every call ([`Tier::Fresh`]).
+    pub fn fresh_key(&mut self, passphrase: Option<Secret>) -> Result<Unlocked, OpError> {
+        let Some(passphrase) = passphrase else {
+            return Err(OpError::Locked(
+                "this needs the passphrase every time, even while unlocked".into(),
+            ));
+        };
+        Ok(self.device.unlock(&passphrase)?)
     }
 
     /// Runs one operation: checked, then with the key if it needs one (the unlocked one, or a
@@ -104,7 +110,11 @@ impl State {
         let around = Around {
             online: Some(&net.online),
         };
-        let outcome = if op.needs_key() {
+        let outcome = if op.tier() == Tier::Fresh {
+            op.check(&self.device)?;
+            let key = self.fresh_key(passphrase)?;
+            ops::apply(&mut self.device, Some(&key), op, &around)?
+        } else if op.needs_key() {
             op.check(&self.device)?;
             self.with_key(passphrase, |device, key| {
                 ops::apply(device, Some(key), op, &around)

@@ -65,6 +65,9 @@ pub enum OpError {
     Busy(String),
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The client may not ask for this (it runs inside an agent's process tree).
+    #[error("refused: {0}")]
+    Contained(String),
 }
 
 impl From<VaultError> for OpError {
@@ -79,7 +82,7 @@ impl OpError {
             OpError::Device(e) => device_exit(e),
             OpError::Spawn(e) => spawn_exit(e),
             OpError::Usage(_) => Exit::Usage,
-            OpError::Locked(_) => Exit::Locked,
+            OpError::Locked(_) | OpError::Contained(_) => Exit::Locked,
             OpError::Internal(_) => Exit::Internal,
             OpError::Busy(_) => Exit::Busy,
             OpError::Net(e) => net_exit(e),

@@ -3,11 +3,13 @@
 //! The child starts from an empty environment plus an allowlist of the parent's (PATH, HOME,
 //! USER, SHELL, TERM, LANG, LC_*, TMPDIR, TZ and what `config.toml` adds), then the credential:
 //! in variables, or in files 0600 inside a fresh 0700 directory whose path the agent is given.
-//! The directory is created with a random name (so nothing can be planted there first) in
-//! `$XDG_RUNTIME_DIR` when there is one (memory-backed), else the temp dir, and removed, its
-//! files overwritten first, when the [`PrivateDir`] is dropped. Its name carries the pid of the
-//! handoff process that owns it, so if that process is killed outright, the next spawn sweeps
-//! the directory away ([`sweep_stale`]).
+//! The directory is created with a random name (so nothing can be planted there first) in a
+//! memory-backed place when there is one (`$XDG_RUNTIME_DIR`, else `/dev/shm`), else the temp
+//! dir, and removed, its files overwritten first, when the [`PrivateDir`] is dropped. Its name
+//! carries the pid of the handoff process that owns it (the agent's supervisor), so if that
+//! process is killed outright the directory is swept away ([`sweep_stale`]: by the daemon at
+//! start and every few seconds, and by every spawn): credential files never outlive the
+//! supervisor of the agent they were made for.
 
 use std::ffi::OsString;
 use std::fs;
@@ -74,12 +76,6 @@ impl PrivateDir {
         &self.path
     }
 
-    /// Notes the agent's pid inside the directory, so that if handoff dies first (SIGKILL) a
-    /// later sweep leaves the directory to the agent still using it.
-    pub fn note_agent(&self, pid: u32) {
-        let _ = fs::write(self.path.join(AGENT_PID), pid.to_string());
-    }
-
     /// Writes `bytes` to `relative` (creating 0700 parents), mode 0600, refusing to follow
     /// or reuse anything already there.
     pub fn write(&self, relative: &str, bytes: &[u8]) -> Result<PathBuf, SpawnError> {
@@ -111,23 +107,60 @@ impl Drop for PrivateDir {
 }
 
 const PREFIX: &str = "handoff-session-";
-/// The file in a private directory naming the agent that uses it.
-const AGENT_PID: &str = ".agent-pid";
+/// Hex digits of a private directory's random part.
+const RANDOM_HEX: usize = 24;
 
 fn pid_alive(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
 }
 
+/// Where private directories go: the first memory-backed place there is (the per-user
+/// runtime dir, else the shared memory file system), else the temp dir.
 fn private_base() -> PathBuf {
     std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
+        .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| writable_dir(p)))
         .unwrap_or_else(std::env::temp_dir)
 }
 
-/// Removes private directories left by handoff processes that no longer exist (killed before
-/// they could clean up). Only directories this user owns are touched. Returns how many.
+fn writable_dir(path: &Path) -> bool {
+    path.is_dir() && rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
+}
+
+/// The pid in a private directory's name, if `name` is one (`handoff-session-PID-HEX`).
+fn owner_in_name(name: &str) -> Option<i32> {
+    let (pid, random) = name.strip_prefix(PREFIX)?.split_once('-')?;
+    let hex = random.len() == RANDOM_HEX && random.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Whether `path` is provably a private directory handoff made for this user: its name has
+/// the private form, it is a directory itself (not a link to one), this user owns it, and
+/// nobody else may enter it (mode 0700). Only such a directory is ever removed by a process
+/// that was told its path (`session supervise --fifo`).
+pub fn is_private_dir(path: &Path) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(owner_in_name)
+        .is_some();
+    named
+        && fs::symlink_metadata(path).is_ok_and(|m| {
+            m.file_type().is_dir()
+                && m.uid() == rustix::process::getuid().as_raw()
+                && m.permissions().mode() & 0o7777 == 0o700
+        })
+}
+
+/// Removes private directories whose owner (the supervisor that made them) no longer runs:
+/// killed before it could clean up. An agent it left running loses its files with it; it was
+/// never meant to outlive its supervisor. Only this user's directories are touched. Returns
+/// how many.
 pub fn sweep_stale() -> usize {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::getuid().as_raw();
@@ -137,21 +170,13 @@ pub fn sweep_stale() -> usize {
     let mut swept = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<i32>().ok())
-        else {
+        let Some(pid) = name.to_str().and_then(owner_in_name) else {
             continue;
         };
-        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let ours = fs::symlink_metadata(entry.path())
+            .is_ok_and(|m| m.file_type().is_dir() && m.uid() == me);
         // A pid reused since only delays the sweep; it never removes files in use.
-        let agent = fs::read_to_string(entry.path().join(AGENT_PID))
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
-        let alive = pid_alive(pid) || agent.is_some_and(pid_alive);
-        if ours && !alive {
+        if ours && !pid_alive(pid) {
             overwrite_files(&entry.path());
             if fs::remove_dir_all(entry.path()).is_ok() {
                 swept += 1;
@@ -184,11 +209,19 @@ fn overwrite_files(dir: &Path) {
 }
 
 /// What the child gets for its credential: variables to set, and the directory (if any) that
-/// must live as long as the child.
-#[derive(Debug)]
+/// must live as long as the child. `Debug` names the variables, never their values.
 pub struct Materialized {
     pub env: Vec<(String, Zeroizing<String>)>,
     pub dir: Option<PrivateDir>,
+}
+
+impl std::fmt::Debug for Materialized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Materialized")
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 /// Turns a credential into what `delivery` says the agent expects.

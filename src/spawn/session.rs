@@ -24,15 +24,29 @@ use crate::entropy::unix_now;
 
 /// Largest handover read from the FIFO.
 const HANDOVER_MAX: usize = 1024 * 1024;
+/// How long a supervisor waits for its handover before it gives up (the command that started
+/// it was stopped or killed).
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(15);
 
-/// What the CLI hands the supervisor through the FIFO.
-#[derive(Debug, Serialize, Deserialize)]
+/// What the CLI hands the supervisor through the FIFO. `Debug` leaves out the secret.
+#[derive(Serialize, Deserialize)]
 pub struct Handover {
     /// `None` for `--service-auth native`.
     pub delivery: Option<Delivery>,
-    pub secret: Vec<u8>,
+    #[serde(with = "crate::ops::secret_bytes")]
+    pub secret: Zeroizing<Vec<u8>>,
     /// The allowlisted environment, as raw bytes.
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Handover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handover")
+            .field("delivery", &self.delivery)
+            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
+            .field("env", &self.env.len())
+            .finish()
+    }
 }
 
 /// One session's record.
@@ -48,6 +62,9 @@ pub struct SessionRecord {
     pub ended_at: Option<i64>,
     pub exit: Option<i32>,
     pub log: Option<String>,
+    /// Why the session never started its agent (its handover did not arrive, or was refused).
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 impl SessionRecord {
@@ -55,7 +72,7 @@ impl SessionRecord {
     /// (where /proc exists) only a process whose command line names this session counts: `session
     /// stop` must never signal an unrelated process.
     pub fn is_running(&self) -> bool {
-        if self.exit.is_some() {
+        if self.exit.is_some() || self.failure.is_some() {
             return false;
         }
         match std::fs::read(format!("/proc/{}/cmdline", self.supervisor_pid)) {
@@ -148,8 +165,15 @@ pub fn handover_fifo() -> Result<(super::PrivateDir, PathBuf), SpawnError> {
     Ok((dir, fifo))
 }
 
-/// Writes the handover once the supervisor has opened the FIFO, waiting at most `wait`.
-pub fn send_handover(fifo: &Path, handover: &Handover, wait: Duration) -> Result<(), SpawnError> {
+/// Writes the handover once the supervisor has opened the FIFO, waiting at most `wait`; a
+/// signal meanwhile ends the wait (the caller then removes the FIFO, and the supervisor gives
+/// up).
+pub fn send_handover(
+    fifo: &Path,
+    handover: &Handover,
+    wait: Duration,
+    signals: &mut super::CaughtSignals,
+) -> Result<(), SpawnError> {
     let mut payload = Zeroizing::new(Vec::new());
     ciborium::into_writer(handover, &mut *payload).map_err(|e| SpawnError::Io(e.to_string()))?;
     let deadline = Instant::now() + wait;
@@ -161,7 +185,14 @@ pub fn send_handover(fifo: &Path, handover: &Handover, wait: Duration) -> Result
             .open(fifo)
         {
             Ok(f) => break f,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) if Instant::now() < deadline => {
+                if let Some(signal) = signals.arrived() {
+                    return Err(SpawnError::Io(format!(
+                        "stopped by signal {signal} before the session got its credential"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             Err(e) => {
                 return Err(SpawnError::Io(format!(
                     "the session supervisor did not start: {e}"
@@ -175,13 +206,50 @@ pub fn send_handover(fifo: &Path, handover: &Handover, wait: Duration) -> Result
         .map_err(io("cannot hand the credential over".into()))
 }
 
-/// Reads the handover from the FIFO (then removes it).
-pub fn receive_handover(fifo: &Path) -> Result<Handover, SpawnError> {
-    let mut buf = Zeroizing::new(Vec::new());
-    std::fs::File::open(fifo)
-        .and_then(|f| f.take(HANDOVER_MAX as u64 + 1).read_to_end(&mut buf))
-        .map_err(io(format!("cannot read {}", fifo.display())))?;
+/// Reads the handover from `fifo`, waiting at most `wait` for it, then removes the FIFO and
+/// its directory. Only a FIFO of this user (0600) inside a private directory handoff made
+/// ([`super::materialize::is_private_dir`]) is read or removed: pointed at anything else,
+/// this touches nothing.
+pub fn receive_handover(fifo: &Path, wait: Duration) -> Result<Handover, SpawnError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let dir = fifo
+        .parent()
+        .filter(|d| super::materialize::is_private_dir(d));
+    let is_fifo = std::fs::symlink_metadata(fifo).is_ok_and(|m| {
+        m.file_type().is_fifo()
+            && m.uid() == rustix::process::getuid().as_raw()
+            && m.permissions().mode() & 0o7777 == 0o600
+    });
+    let (Some(dir), true) = (dir, is_fifo) else {
+        return Err(SpawnError::Io(format!(
+            "{} is not a handover FIFO of this user; nothing was read or removed",
+            fifo.display()
+        )));
+    };
+    // Opening a FIFO blocks until a writer comes: in a thread, so a writer that never comes
+    // costs a bounded wait, not a supervisor blocked for ever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        let mut buf = Zeroizing::new(Vec::new());
+        let read = std::fs::File::open(&path)
+            .and_then(|f| f.take(HANDOVER_MAX as u64 + 1).read_to_end(&mut buf))
+            .map(|_| buf);
+        let _ = tx.send(read);
+    });
+    let received = rx.recv_timeout(wait);
     let _ = std::fs::remove_file(fifo);
+    let _ = std::fs::remove_dir(dir); // only if empty: nothing but the FIFO was there
+    let buf = match received {
+        Ok(Ok(buf)) => buf,
+        Ok(Err(e)) => return Err(SpawnError::Io(format!("cannot read the handover: {e}"))),
+        Err(_) => {
+            return Err(SpawnError::Io(format!(
+                "the credential did not arrive within {} s (the command that started this session went away)",
+                wait.as_secs()
+            )));
+        }
+    };
     if buf.len() > HANDOVER_MAX {
         return Err(SpawnError::Io("the handover is too large".into()));
     }
@@ -205,12 +273,32 @@ pub struct Supervise<'a> {
 /// The supervisor: receive the credential, record the session, run the agent, record its end.
 /// Returns the agent's exit code.
 pub fn supervise(s: &Supervise<'_>) -> Result<i32, SpawnError> {
-    let handover = receive_handover(s.fifo)?;
-    if let Some(parent) = s.fifo.parent() {
-        let _ = std::fs::remove_dir_all(parent);
-    }
-    let secret = Zeroizing::new(handover.secret);
+    // Caught from the start: a signal while waiting for the handover still records the end.
     let signals = super::CaughtSignals::catch()?;
+    let log = (s.mode == "background").then(|| log_path(s.home, s.id).display().to_string());
+    let mut record = SessionRecord {
+        id: s.id.to_string(),
+        agent: s.agent.to_string(),
+        dir: s.dir.display().to_string(),
+        mode: s.mode.to_string(),
+        supervisor_pid: std::process::id(),
+        started_at: unix_now(),
+        ended_at: None,
+        exit: None,
+        log,
+        failure: None,
+    };
+    save(s.home, &record)?;
+    let handover = match receive_handover(s.fifo, HANDOVER_WAIT) {
+        Ok(handover) => handover,
+        Err(e) => {
+            record.ended_at = Some(unix_now());
+            record.failure = Some(e.to_string());
+            save(s.home, &record)?;
+            return Err(e);
+        }
+    };
+    let secret = handover.secret;
     super::materialize::sweep_stale();
     let credential = match &handover.delivery {
         Some(delivery) => materialize(delivery, &secret)?,
@@ -225,19 +313,6 @@ pub fn supervise(s: &Supervise<'_>) -> Result<i32, SpawnError> {
         .into_iter()
         .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
         .collect();
-    let log = (s.mode == "background").then(|| log_path(s.home, s.id).display().to_string());
-    let mut record = SessionRecord {
-        id: s.id.to_string(),
-        agent: s.agent.to_string(),
-        dir: s.dir.display().to_string(),
-        mode: s.mode.to_string(),
-        supervisor_pid: std::process::id(),
-        started_at: unix_now(),
-        ended_at: None,
-        exit: None,
-        log,
-    };
-    save(s.home, &record)?;
     let code = run_foreground(signals, s.program, s.args, s.dir, env, credential);
     record.ended_at = Some(unix_now());
     record.exit = Some(*code.as_ref().unwrap_or(&1));

@@ -27,6 +27,8 @@ mod support;
 #[path = "../common/wait.rs"]
 mod wait;
 
+mod cleanup;
+mod containment;
 mod daemon;
 mod damage;
 mod demo;

@@ -399,3 +399,30 @@ fn an_offer_whose_peer_add_is_killed_is_withdrawn() {
     assert!(line.contains("closed the connection"), "{line}");
     assert!(!b.db().exists());
 }
+
+#[test]
+fn lock_withdraws_an_open_offer_and_its_code_admits_no_one() {
+    let a = admin();
+    let offer = Offer::open(&a);
+    let (code, addr) = (offer.code(), offer.addr());
+    let open = |home: &TestHome| {
+        let status: Value = serde_json::from_str(&home.ok(&["--json", "status"])).unwrap();
+        status["pairing_offer_open"] == true
+    };
+    assert!(open(&a));
+    // The offer holds its own copy of the key: locking must take that away too.
+    a.ok(&["lock"]);
+    eventually("the offer withdrawn", || !open(&a));
+    let out = offer.finish();
+    assert_ne!(
+        out.code,
+        Some(0),
+        "peer add reported success after a lock: {out:?}"
+    );
+    let b = TestHome::new();
+    b.run(&["peer", "join", &code, "--addr", &addr, "--yes", "--no-mdns"])
+        .fails_with(7);
+    assert!(!b.db().exists());
+    let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+}

@@ -69,10 +69,10 @@ impl Bench {
         finish(cmd.spawn().unwrap(), Duration::from_secs(60))
     }
 
-    /// Private session directories go in this test's own temp dir.
+    /// Private session directories go in this test's own runtime dir.
     fn isolate_tmp(&self, cmd: &mut std::process::Command) {
         cmd.env("TMPDIR", self.home.scratch("tmp"))
-            .env_remove("XDG_RUNTIME_DIR");
+            .env("XDG_RUNTIME_DIR", self.home.scratch("tmp"));
     }
 
     fn record(&self, agent: &str) -> Record {
@@ -367,18 +367,26 @@ fn directories_left_by_a_killed_handoff_are_swept_by_the_next_spawn() {
         std::process::id()
     ));
     std::fs::create_dir(&live).unwrap();
-    // An agent orphaned by a killed handoff still uses its directory: left alone too.
+    // An agent orphaned by a killed handoff (here: this live test process) does not keep its
+    // credential files: they never outlive the supervisor they were made under.
     let orphaned = tmp.join(format!(
         "handoff-session-{dead_pid}-00000000000000000000aaaa"
     ));
     std::fs::create_dir(&orphaned).unwrap();
     std::fs::write(orphaned.join(".agent-pid"), std::process::id().to_string()).unwrap();
+    // Not a private directory's name: never touched.
+    let other = tmp.join(format!("handoff-session-{dead_pid}-notours"));
+    std::fs::create_dir(&other).unwrap();
 
     let out = b.spawn(&["codex", "--service", "openai-codex"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(!stale.exists(), "the stale directory was not swept");
     assert!(live.exists(), "a live process's directory was removed");
-    assert!(orphaned.exists(), "a running agent's directory was removed");
+    assert!(
+        !orphaned.exists(),
+        "a killed supervisor's directory was kept"
+    );
+    assert!(other.exists(), "a directory of another name was removed");
 }
 
 #[test]

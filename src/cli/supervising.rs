@@ -1,0 +1,68 @@
+//! A spawn's supervisor telling the daemon that it runs, and then that its tree ended (see
+//! `daemon/trees.rs`): once before the agent starts, then every [`HEARTBEAT`] from a thread,
+//! so a daemon started or restarted meanwhile learns of it within seconds.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::{CliError, Context};
+use crate::control::{Client, Request, Response};
+
+/// How often a running supervisor tells the daemon again.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// While alive, this process is a known agent supervisor; dropped once its tree is reaped.
+pub(super) struct Supervising {
+    socket: PathBuf,
+    stop: Option<mpsc::Sender<()>>,
+    beat: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervising {
+    /// Tells a running daemon now (a daemon that refuses fails the spawn: its agents would go
+    /// unwatched), and keeps telling it.
+    pub(super) fn start(ctx: &Context) -> Result<Self, CliError> {
+        let socket = ctx.home.socket_path();
+        if let Some(mut client) = Client::connect(&socket) {
+            tell(&mut client, &Request::Supervising).map_err(|why| {
+                CliError::Busy(format!("the daemon will not watch this agent: {why}"))
+            })?;
+        }
+        let (stop, stopped) = mpsc::channel::<()>();
+        let beat_socket = socket.clone();
+        let beat = std::thread::spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
+                if let Some(mut client) = Client::connect(&beat_socket) {
+                    let _ = tell(&mut client, &Request::Supervising);
+                }
+            }
+        });
+        Ok(Self {
+            socket,
+            stop: Some(stop),
+            beat: Some(beat),
+        })
+    }
+}
+
+impl Drop for Supervising {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(beat) = self.beat.take() {
+            let _ = beat.join();
+        }
+        if let Some(mut client) = Client::connect(&self.socket) {
+            let _ = tell(&mut client, &Request::SupervisedEnd);
+        }
+    }
+}
+
+fn tell(client: &mut Client, request: &Request) -> Result<(), String> {
+    match client.call(request) {
+        Ok(Response::Done) => Ok(()),
+        Ok(Response::Error { message, .. }) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {}", other.name())),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,232 @@
+//! The unlocked daemon serves the person, never the agents it starts. A hostile stand-in
+//! agent, started by `spawn` in the foreground, in tmux and in the background, tries what an
+//! agent must not do through the daemon, first directly and then from a process that
+//! double-forked and called `setsid` to leave its parent. It is even given the passphrase:
+//! from inside an agent tree every attempt is refused with exit 3 and a line that says why.
+//! The same commands from outside the tree work (tier 2) or want the passphrase (tier 3).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::{TestHome, finish, write_private};
+
+/// Tries each line of its plan (`NAME ARGS...`) against the daemon, then again from a
+/// double-forked, `setsid` process, and records each exit code and error.
+const HOSTILE: &str = r#"#!/bin/sh
+res="$1"; hb="$2"; hh="$3"; pass="$4"; plan="$5"
+run() {
+  out="$1"; shift
+  HANDOFF_PASSPHRASE_FILE="$pass" "$hb" --home "$hh" "$@" </dev/null >"$out.out" 2>"$out.err"
+  echo $? >"$out.rc.tmp"; mv "$out.rc.tmp" "$out.rc"
+}
+if [ "$6" = --escaped ]; then shift 6; run "$@"; exit 0; fi
+[ -f "$plan" ] || exit 0
+while read -r name rest; do
+  run "$res/$name" $rest
+  ( setsid "$0" "$res" "$hb" "$hh" "$pass" "$plan" --escaped "$res/$name.escaped" $rest & )
+  i=0
+  while [ ! -e "$res/$name.escaped.rc" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+done < "$plan"
+echo done > "$res/done"
+"#;
+
+const RELAY: &str =
+    "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWCeRdFNkfpEHtu27jfSj3f4sEPqQK5rQNTmrzzDVHeEK5";
+const CODEX: &str = r#"{"tokens":{"refresh_token":"CODEX-BUNDLE-SECRET"}}"#;
+
+struct Lab {
+    home: TestHome,
+    bin: PathBuf,
+    tools: PathBuf,
+    pass: PathBuf,
+    replacement: PathBuf,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let home = TestHome::with_daemon();
+        home.init();
+        home.add("anthropic", "work", "sk-ant-api03-THE-USERS-KEY", &[]);
+        home.add("openai-codex", "default", CODEX, &[]);
+        home.ok(&["unlock", "--for", "1h"]);
+        let bin = home.scratch("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let claude = bin.join("claude");
+        std::fs::write(&claude, HOSTILE).unwrap();
+        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // What the script needs, and no tmux unless a mode asks for it.
+        let tools = home.scratch("tools");
+        std::fs::create_dir(&tools).unwrap();
+        for tool in ["sh", "setsid", "sleep", "mv"] {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("{tool} is needed"));
+            std::os::unix::fs::symlink(found, tools.join(tool)).unwrap();
+        }
+        let pass = home.scratch("agent-knows-the-passphrase");
+        write_private(&pass, crate::support::PASSPHRASE.as_bytes());
+        let replacement = home.scratch("attacker-key");
+        write_private(&replacement, b"sk-ant-api03-THE-ATTACKERS-KEY");
+        Lab {
+            home,
+            bin,
+            tools,
+            pass,
+            replacement,
+        }
+    }
+
+    fn attempts(&self, res: &Path) -> Vec<(&'static str, Vec<String>)> {
+        let export = res.join("stolen.export").display().to_string();
+        let replacement = self.replacement.display().to_string();
+        let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        vec![
+            ("reveal", words("token show openai-codex/default --reveal")),
+            ("export", words(&format!("export --out {export}"))),
+            ("spawn", words("spawn claude")),
+            (
+                "replace",
+                words(&format!(
+                    "token add anthropic --label work --replace --from-file {replacement}"
+                )),
+            ),
+            ("admin", words("peer add --role admin --yes --no-mdns")),
+            ("remove", words("peer remove somebody")),
+            ("relay", words(&format!("relay add {RELAY}"))),
+            ("unlock", words("unlock --for 1h")),
+        ]
+    }
+
+    /// Starts the hostile agent with `spawn EXTRA...` and waits until it tried everything.
+    fn run_agent(&self, mode: &str, extra: &[&str], env: &[(&str, &Path)]) -> PathBuf {
+        let res = self.home.scratch(&format!("results-{mode}"));
+        std::fs::create_dir(&res).unwrap();
+        let plan = res.join("plan");
+        let text: String = self
+            .attempts(&res)
+            .iter()
+            .map(|(name, args)| format!("{name} {}\n", args.join(" ")))
+            .collect();
+        std::fs::write(&plan, text).unwrap();
+        let home = self.home.path().display().to_string();
+        let (res_s, bin_s, pass_s, plan_s) = (
+            res.display().to_string(),
+            crate::support::binary().to_string(),
+            self.pass.display().to_string(),
+            plan.display().to_string(),
+        );
+        let mut args = vec!["spawn", "claude"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", &res_s, &bin_s, &home, &pass_s, &plan_s]);
+        let mut cmd = self.home.command(&args);
+        cmd.env(
+            "PATH",
+            format!("{}:{}", self.bin.display(), self.tools.display()),
+        );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = finish(cmd.spawn().unwrap(), Duration::from_secs(120));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !res.join("done").exists() {
+            assert!(Instant::now() < deadline, "the {mode} agent never finished");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        res
+    }
+
+    /// Every attempt, direct and escaped, was refused for the reason, and changed nothing.
+    fn all_refused(&self, mode: &str, res: &Path) {
+        for (name, _) in self.attempts(res) {
+            for run in [name.to_string(), format!("{name}.escaped")] {
+                let rc = std::fs::read_to_string(res.join(format!("{run}.rc"))).unwrap();
+                let err = std::fs::read_to_string(res.join(format!("{run}.err"))).unwrap();
+                let out = std::fs::read_to_string(res.join(format!("{run}.out"))).unwrap();
+                assert_eq!(rc.trim(), "3", "{mode} {run}: exit {rc} {err} {out}");
+                assert_eq!(err.lines().count(), 1, "{mode} {run}: {err}");
+                assert!(
+                    err.contains("inside an agent session"),
+                    "{mode} {run}: {err}"
+                );
+                assert!(!out.contains("CODEX-BUNDLE-SECRET"), "{mode} {run}: {out}");
+            }
+        }
+        assert!(
+            !res.join("stolen.export").exists(),
+            "{mode}: an export was written"
+        );
+        assert_eq!(
+            self.home.reveal("anthropic/work"),
+            "sk-ant-api03-THE-USERS-KEY"
+        );
+        let relays = self.home.ok(&["--json", "relay", "list"]);
+        assert_eq!(relays.trim(), "[]", "{mode}: {relays}");
+        let status: serde_json::Value =
+            serde_json::from_str(&self.home.ok(&["--json", "status"])).unwrap();
+        assert_eq!(status["pairing_offer_open"], false, "{mode}: {status}");
+        assert_eq!(status["locked"], false, "{mode}: {status}");
+    }
+}
+
+#[test]
+fn an_agent_in_the_foreground_can_ask_for_nothing_above_the_open_tier() {
+    let lab = Lab::new();
+    let res = lab.run_agent("foreground", &[], &[]);
+    lab.all_refused("foreground", &res);
+
+    // Outside every tree: tier 2 is served by the unlock, tier 3 wants the passphrase.
+    let without_passphrase = |args: &[&str]| {
+        let mut cmd = lab.home.command(args);
+        cmd.env_remove("HANDOFF_PASSPHRASE_FILE");
+        finish(cmd.spawn().unwrap(), Duration::from_secs(60))
+    };
+    let out = without_passphrase(&["token", "show", "openai-codex/default", "--reveal"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("CODEX-BUNDLE-SECRET"));
+    let export = lab.home.scratch("mine.export");
+    let export = export.to_str().unwrap();
+    without_passphrase(&["export", "--out", export]).fails_with(3);
+    assert!(!Path::new(export).exists());
+    lab.home.ok(&["export", "--out", export]);
+    assert!(Path::new(export).exists());
+    lab.home.ok(&["relay", "add", RELAY]);
+}
+
+#[test]
+fn an_agent_in_a_background_session_can_ask_for_nothing_above_the_open_tier() {
+    let lab = Lab::new();
+    let res = lab.run_agent("background", &["--detach"], &[]);
+    lab.all_refused("background", &res);
+}
+
+#[test]
+fn an_agent_in_a_tmux_session_can_ask_for_nothing_above_the_open_tier() {
+    let Some(tmux) = ["/usr/bin/tmux", "/bin/tmux", "/usr/local/bin/tmux"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("SKIPPED: tmux is not installed");
+        return;
+    };
+    let lab = Lab::new();
+    std::os::unix::fs::symlink(&tmux, lab.tools.join("tmux")).unwrap();
+    let tmux_dir = lab.home.scratch("tmux");
+    std::fs::create_dir(&tmux_dir).unwrap();
+    struct KillServer(PathBuf);
+    impl Drop for KillServer {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux")
+                .arg("kill-server")
+                .env("TMUX_TMPDIR", &self.0)
+                .output();
+        }
+    }
+    let _server = KillServer(tmux_dir.clone());
+    let res = lab.run_agent("tmux", &["--detach"], &[("TMUX_TMPDIR", &tmux_dir)]);
+    lab.all_refused("tmux", &res);
+}
