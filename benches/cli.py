@@ -2,8 +2,12 @@
 """End-to-end CLI timings of the release binary on a temporary home, as ratios to a baseline
 measured in the same run: `handoff --version` (process start, nothing opened).
 
-Usage: cargo build --release && python3 benches/cli.py [runs]
+Usage: cargo build --release && python3 benches/cli.py [runs] [other-handoff-binary]
 Bounded: `runs` (default 20) invocations per command, each under a 60 s timeout.
+
+With a second binary (say, a release build of an earlier commit), the rows are measured for
+both, one after the other in the same run, and each row of this build is also shown as a
+ratio to the same row of the other.
 """
 import os
 import pathlib
@@ -15,63 +19,79 @@ import time
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 BIN = pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "handoff"
+OTHER = pathlib.Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else None
 if not BIN.is_file():
     sys.exit(f"{BIN} not found: run `cargo build --release` first")
+if OTHER is not None and not OTHER.is_file():
+    sys.exit(f"{OTHER} not found")
 
-with tempfile.TemporaryDirectory() as tmp:
-    passphrase = pathlib.Path(tmp, "passphrase")
-    passphrase.write_text("benchmark passphrase\n")
-    os.chmod(passphrase, 0o600)
-    home = ["--home", str(pathlib.Path(tmp, "home")), "--passphrase-file", str(passphrase)]
 
-    def run(args, stdin=None, program=None):
-        argv = [program] if program else [str(BIN)] + args
-        subprocess.run(argv, input=stdin, capture_output=True, check=True, timeout=60)
+def measure(BIN):
+    """The baseline and every row for the binary BIN, on a fresh home."""
+    with tempfile.TemporaryDirectory() as tmp:
+        passphrase = pathlib.Path(tmp, "passphrase")
+        passphrase.write_text("benchmark passphrase\n")
+        os.chmod(passphrase, 0o600)
+        home = ["--home", str(pathlib.Path(tmp, "home")), "--passphrase-file", str(passphrase)]
 
-    def median_ms(args, stdin=None, with_home=True, program=None):
-        samples = []
-        for i in range(RUNS):
-            argv = [a.replace("{i}", str(i)) for a in args]
-            start = time.perf_counter()
-            run((home if with_home else []) + argv, stdin, program)
-            samples.append((time.perf_counter() - start) * 1000)
-        return statistics.median(samples)
+        def run(args, stdin=None, program=None):
+            argv = [program] if program else [str(BIN)] + args
+            subprocess.run(argv, input=stdin, capture_output=True, check=True, timeout=60)
 
-    run(home + ["init", "--name", "bench"])
-    # A stand-in agent that exits at once: the spawn rows minus "agent alone" is handoff's own
-    # time from `handoff spawn` to the agent's exec (unlock, decrypt, materialize, fork/exec).
-    bindir = pathlib.Path(tmp, "bin")
-    bindir.mkdir()
-    for agent in ("claude", "codex"):
-        path = bindir / agent
-        path.write_text("#!/bin/sh\nexit 0\n")
-        os.chmod(path, 0o755)
-    os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    run(home + ["token", "add", "openai-codex"], b'{"tokens":{"access_token":"bench"}}')
-    run(home + ["token", "add", "anthropic", "--label", "spawn"], b"sk-ant-api03-bench")
-    base = median_ms(["--version"], with_home=False)
-    rows = [
-        ("token add", median_ms(["token", "add", "anthropic", "--label", "l{i}"], b"sk-ant-api03-" + b"x" * 90)),
-        ("token list", median_ms(["token", "list"])),
-        ("token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
-        ("status", median_ms(["status"])),
-        ("agent alone", median_ms([], with_home=False, program=str(bindir / "claude"))),
-        ("spawn claude (env)", median_ms(["spawn", "claude"])),
-        ("spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
-        ("spawn --service-auth native", median_ms(["spawn", "claude", "--service-auth", "native"])),
-    ]
-    # The same commands through a running, unlocked daemon.
-    run(home + ["daemon", "start"])
-    try:
-        run(home + ["unlock", "--for", "10m"])
-        rows += [
-            ("daemon: token list", median_ms(["token", "list"])),
-            ("daemon: token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
-            ("daemon: spawn claude (env)", median_ms(["spawn", "claude"])),
-            ("daemon: spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
+        def median_ms(args, stdin=None, with_home=True, program=None):
+            samples = []
+            for i in range(RUNS):
+                argv = [a.replace("{i}", str(i)) for a in args]
+                start = time.perf_counter()
+                run((home if with_home else []) + argv, stdin, program)
+                samples.append((time.perf_counter() - start) * 1000)
+            return statistics.median(samples)
+
+        run(home + ["init", "--name", "bench"])
+        # A stand-in agent that exits at once: the spawn rows minus "agent alone" is handoff's own
+        # time from `handoff spawn` to the agent's exec (unlock, decrypt, materialize, fork/exec).
+        bindir = pathlib.Path(tmp, "bin")
+        bindir.mkdir()
+        for agent in ("claude", "codex"):
+            path = bindir / agent
+            path.write_text("#!/bin/sh\nexit 0\n")
+            os.chmod(path, 0o755)
+        os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        run(home + ["token", "add", "openai-codex"], b'{"tokens":{"access_token":"bench"}}')
+        run(home + ["token", "add", "anthropic", "--label", "spawn"], b"sk-ant-api03-bench")
+        base = median_ms(["--version"], with_home=False)
+        rows = [
+            ("token add", median_ms(["token", "add", "anthropic", "--label", "l{i}"], b"sk-ant-api03-" + b"x" * 90)),
+            ("token list", median_ms(["token", "list"])),
+            ("token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
+            ("status", median_ms(["status"])),
+            ("agent alone", median_ms([], with_home=False, program=str(bindir / "claude"))),
+            ("spawn claude (env)", median_ms(["spawn", "claude"])),
+            ("spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
+            ("spawn --service-auth native", median_ms(["spawn", "claude", "--service-auth", "native"])),
         ]
-    finally:
-        run(home + ["daemon", "stop"])
-    print(f"baseline `handoff --version`: {base:.1f} ms (median of {RUNS})")
-    for name, ms in rows:
-        print(f"  {name:<30} {ms:8.1f} ms   x{ms / base:.1f} of baseline")
+        # The same commands through a running, unlocked daemon.
+        run(home + ["daemon", "start"])
+        try:
+            run(home + ["unlock", "--for", "10m"])
+            rows += [
+                ("daemon: token list", median_ms(["token", "list"])),
+                ("daemon: token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
+                ("daemon: spawn claude (env)", median_ms(["spawn", "claude"])),
+                ("daemon: spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
+            ]
+        finally:
+            run(home + ["daemon", "stop"])
+        return base, rows
+
+
+base, rows = measure(BIN)
+other = measure(OTHER) if OTHER is not None else None
+print(f"baseline `handoff --version`: {base:.1f} ms (median of {RUNS})")
+for i, (name, ms) in enumerate(rows):
+    line = f"  {name:<30} {ms:8.1f} ms   x{ms / base:.1f} of baseline"
+    if other is not None:
+        line += f"   x{ms / other[1][i][1]:.2f} of {OTHER.name} ({other[1][i][1]:.1f} ms)"
+    print(line)
+if other is not None:
+    print(f"{OTHER}: baseline {other[0]:.1f} ms")
