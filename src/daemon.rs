@@ -253,27 +253,37 @@ async fn admit(
     if request.tier() == Tier::Open {
         return Ok(());
     }
-    let broken = daemon.trees.take_broken();
-    if let Some(gone) = broken.first() {
-        tracing::warn!(
-            supervisor = gone.pid,
-            "an agent supervisor stopped without ending its tree (killed?); locking"
-        );
-        daemon.lock_all().await;
-    }
     let Some(peer) = peer.filter(Process::is_running) else {
         return Err(OpError::Contained(
             "cannot tell which process sent this request (it is gone, or in another pid namespace)"
                 .into(),
         ));
     };
-    if let Some(supervisor) = daemon.trees.holding(peer.pid) {
-        return Err(OpError::Contained(format!(
-            "this request comes from inside an agent session (supervisor pid {}); run it from a terminal of your own",
-            supervisor.pid
-        )));
+    // The walk reads /proc: off the runtime thread the mesh and the other clients share.
+    let shared = daemon.clone();
+    let (placed, escaped) = tokio::task::spawn_blocking(move || {
+        // Where the client is first, then whether a supervisor died meanwhile: a supervisor
+        // killed during the walk is caught by the second look.
+        let placed = shared.trees.check(peer.pid);
+        (placed, shared.trees.find_escape())
+    })
+    .await
+    .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))?;
+    if let Some(gone) = escaped {
+        tracing::warn!(
+            supervisor = gone.pid,
+            "an agent supervisor stopped without ending its processes; locked, and refusing above the open tier until restarted"
+        );
+        daemon.lock_all().await;
+        return Err(OpError::Contained(
+            daemon
+                .trees
+                .check(peer.pid)
+                .err()
+                .map_or_else(|| "an agent session escaped".into(), |e| e.to_string()),
+        ));
     }
-    Ok(())
+    placed.map_err(|e| OpError::Contained(e.to_string()))
 }
 
 impl Daemon {
@@ -371,18 +381,18 @@ async fn answer(
             Ok(Response::Done)
         }
         Request::Supervising => {
-            let pid = peer.map(|p| p.pid).ok_or_else(|| {
+            let process = peer.ok_or_else(|| {
                 OpError::Usage("cannot tell which process is the supervisor".into())
             })?;
             daemon
                 .trees
-                .register(pid)
+                .register(process)
                 .map_err(|e| OpError::Busy(e.to_string()))?;
             Ok(Response::Done)
         }
         Request::SupervisedEnd => {
-            if let Some(p) = peer {
-                daemon.trees.ended(p.pid);
+            if let Some(process) = peer {
+                daemon.trees.ended(process);
             }
             Ok(Response::Done)
         }
@@ -451,10 +461,12 @@ async fn watch_trees(daemon: Arc<Daemon>) {
                 "removed credential directories of killed supervisors"
             );
         }
-        if let Some(gone) = daemon.trees.take_broken().first() {
+        let trees = daemon.clone();
+        if let Ok(Some(gone)) = tokio::task::spawn_blocking(move || trees.trees.find_escape()).await
+        {
             tracing::warn!(
                 supervisor = gone.pid,
-                "an agent supervisor stopped without ending its tree (killed?); locking"
+                "an agent supervisor stopped without ending its processes; locked, and refusing above the open tier until restarted"
             );
             daemon.lock_all().await;
         }

@@ -196,12 +196,20 @@ impl CaughtSignals {
     }
 }
 
+/// How an agent's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The exit code to report: the agent's, or 128 + its signal.
+    pub code: i32,
+    /// Whether every process of its tree is gone ([`tree::end_tree`]).
+    pub tree_empty: bool,
+}
+
 /// Runs `program` in `dir` with exactly `env` plus the credential, attached to this terminal,
 /// and waits, as the supervisor of the agent's process tree ([`tree`]): this process becomes
 /// its subreaper, and when the agent exits whatever it left running is ended. Signals never
 /// stop handoff before cleanup: Ctrl-C and Ctrl-\ reach the agent from the terminal itself;
-/// any caught signal another process sends is passed on to the agent. Returns the exit code
-/// to report: the agent's, or 128 + its signal.
+/// any caught signal another process sends is passed on to the agent while it runs.
 pub fn run_foreground(
     signals: CaughtSignals,
     program: &Path,
@@ -209,7 +217,7 @@ pub fn run_foreground(
     dir: &Path,
     env: Vec<(OsString, OsString)>,
     credential: Materialized,
-) -> Result<i32, SpawnError> {
+) -> Result<Ended, SpawnError> {
     let CaughtSignals(mut signals) = signals;
     tree::become_subreaper()
         .map_err(|e| SpawnError::Io(format!("cannot supervise the agent's processes: {e}")))?;
@@ -230,9 +238,15 @@ pub fn run_foreground(
     let mut child =
         spawned.map_err(|e| SpawnError::Io(format!("cannot start {}: {e}", program.display())))?;
     let pid = rustix::process::Pid::from_child(&child);
+    // Once the agent is reaped its pid may be reused: nothing is passed on after that.
+    let reaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handle = signals.handle();
+    let forwarder_reaped = reaped.clone();
     let forwarder = std::thread::spawn(move || {
         for info in signals.forever() {
+            if forwarder_reaped.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
             // What the terminal sent (Ctrl-C, Ctrl-\) reached the agent already; what a
             // process sent reached only handoff.
             let from_terminal = info.si_code > 0;
@@ -247,13 +261,17 @@ pub fn run_foreground(
         }
     });
     let status = child.wait();
-    tree::end_tree();
+    reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+    let tree_empty = tree::end_tree();
     handle.close();
     let _ = forwarder.join();
     drop(private); // removes the private directory
     let status = status.map_err(|e| SpawnError::Io(format!("lost track of the agent: {e}")))?;
-    Ok(status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1))
+    Ok(Ended {
+        code: status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(1),
+        tree_empty,
+    })
 }

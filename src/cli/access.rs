@@ -2,8 +2,8 @@
 //! store under the home's lock. Both run [`ops::apply`](crate::ops::apply) and give the same
 //! [`Outcome`], so every command prints the same output either way.
 //!
-//! An operation that needs the vault key is first checked without it (a token that does not
-//! exist is refused before anyone types a passphrase). Through the daemon it is sent without a
+//! An operation that needs the vault key, or is above the open tier, is first checked without
+//! it (a token that does not exist is refused before anyone types a passphrase). Through the daemon it is sent without a
 //! passphrase; only if the daemon answers that it is locked is the passphrase read (file or
 //! terminal) and the operation sent again with it, for that one operation. Directly, the
 //! passphrase is read before the home is taken, so nobody holds the lock while typing.
@@ -11,7 +11,7 @@
 use super::{CliError, Context, input};
 use crate::control::{Client, Request, Response};
 use crate::device::Device;
-use crate::ops::{self, Around, Op, Outcome, Secret};
+use crate::ops::{self, Around, Op, Outcome, Secret, Tier};
 
 /// Runs `op` and takes the outcome it gives, or fails the command if the daemon answered
 /// something else: `run_op!(ctx, op, Outcome::Token(t) => t)`.
@@ -35,7 +35,9 @@ pub(crate) fn run(ctx: &Context, op: Op) -> Result<Outcome, CliError> {
 }
 
 fn direct(ctx: &Context, op: Op) -> Result<Outcome, CliError> {
-    let passphrase = if op.needs_key() {
+    // Without a daemon there is no unlock to serve anyone: whatever the daemon would not give
+    // an agent (every tier above open) takes the passphrase here.
+    let passphrase = if op.needs_key() || op.tier() > Tier::Open {
         op.check(&Device::open(ctx.home.clone())?)?;
         Some(input::passphrase(ctx.passphrase_file.as_deref())?)
     } else {

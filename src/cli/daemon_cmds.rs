@@ -302,12 +302,13 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
         ));
     };
     let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
-    let response = client
-        .call(&Request::Unlock {
+    let response = super::access::call(
+        &mut client,
+        &Request::Unlock {
             passphrase,
             seconds,
-        })
-        .map_err(|e| CliError::Internal(e.to_string()))?;
+        },
+    )?;
     match response {
         Response::Pong {
             unlocked_until: Some(until),
@@ -320,15 +321,6 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
             }
             Ok(())
         }
-        Response::Error {
-            exit,
-            message,
-            passphrase,
-        } => Err(CliError::Remote {
-            exit,
-            message,
-            passphrase,
-        }),
         _ => Err(CliError::Internal(
             "the daemon did not confirm the unlock".into(),
         )),
@@ -337,30 +329,14 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
 
 pub(super) fn lock(ctx: &Context) -> Result<(), CliError> {
     match ping(ctx) {
-        Some((mut client, _, _)) => {
-            match client
-                .call(&Request::Lock)
-                .map_err(|e| CliError::Internal(e.to_string()))?
-            {
-                Response::Done => say!("Locked."),
-                Response::Error {
-                    exit,
-                    message,
-                    passphrase,
-                } => {
-                    return Err(CliError::Remote {
-                        exit,
-                        message,
-                        passphrase,
-                    });
-                }
-                _ => {
-                    return Err(CliError::Internal(
-                        "the daemon did not confirm the lock".into(),
-                    ));
-                }
+        Some((mut client, _, _)) => match super::access::call(&mut client, &Request::Lock)? {
+            Response::Done => say!("Locked."),
+            _ => {
+                return Err(CliError::Internal(
+                    "the daemon did not confirm the lock".into(),
+                ));
             }
-        }
+        },
         None => say!("No daemon is running; the vault key is not held anywhere."),
     }
     Ok(())

@@ -384,5 +384,5 @@ fn spawn_demo_agent(
         credential,
     )?;
     let reported = std::fs::read_to_string(report).unwrap_or_default();
-    Ok(code == 0 && reported.trim() == hex(&Sha256::digest(expected.as_bytes())))
+    Ok(code.code == 0 && reported.trim() == hex(&Sha256::digest(expected.as_bytes())))
 }

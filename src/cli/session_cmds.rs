@@ -141,8 +141,8 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
 /// Runs inside a detached session.
 pub(super) fn supervise(ctx: &Context, s: SuperviseArgs) -> Result<i32, CliError> {
     // Before the credential arrives: the daemon refuses what this tree asks for from the start.
-    let _tree = super::supervising::Supervising::start(ctx)?;
-    Ok(session::supervise(&Supervise {
+    let tree = super::supervising::Supervising::start(ctx)?;
+    let ended = session::supervise(&Supervise {
         home: ctx.home.root(),
         id: &s.id,
         agent: &s.agent,
@@ -151,7 +151,8 @@ pub(super) fn supervise(ctx: &Context, s: SuperviseArgs) -> Result<i32, CliError
         program: &s.program,
         dir: &s.dir,
         args: &s.args,
-    })?)
+    });
+    Ok(tree.ended_with(ended)?)
 }
 
 // The hidden supervisor's arguments.

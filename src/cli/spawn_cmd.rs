@@ -109,10 +109,9 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
     };
     let env = allowed_env(std::env::vars_os(), &config.env.allow);
     // This process supervises the agent's tree: the daemon refuses what it asks for.
-    let _tree = super::supervising::Supervising::start(ctx)?;
-    Ok(run_foreground(
-        signals, &program, &req.args, &dir, env, credential,
-    )?)
+    let tree = super::supervising::Supervising::start(ctx)?;
+    let ended = run_foreground(signals, &program, &req.args, &dir, env, credential);
+    Ok(tree.ended_with(ended)?)
 }
 
 /// The credential `agent` gets from this vault, and how it is delivered.

@@ -46,14 +46,42 @@ impl Supervising {
     }
 }
 
+impl Supervising {
+    /// The agent's run ended: if every process of the tree is gone, says so to the daemon;
+    /// if not (some would not die, or the run failed with the tree in an unknown state), says
+    /// nothing, and the daemon takes the tree as escaped once this process is gone. Gives back
+    /// the agent's exit code.
+    pub(super) fn ended_with(
+        mut self,
+        ended: Result<crate::spawn::Ended, crate::spawn::SpawnError>,
+    ) -> Result<i32, crate::spawn::SpawnError> {
+        // No heartbeat may register this process again after its end.
+        self.stop_beating();
+        let empty = match &ended {
+            Ok(e) => e.tree_empty,
+            // Nothing may have started, or the agent may still run: find out.
+            Err(_) => crate::spawn::tree::end_tree(),
+        };
+        if empty && let Some(mut client) = Client::connect(&self.socket) {
+            let _ = tell(&mut client, &Request::SupervisedEnd);
+        }
+        ended.map(|e| e.code)
+    }
+}
+
+/// Stops the heartbeat. Dropping says nothing of the tree (see [`Supervising::ended_with`]):
+/// a supervisor that unwinds from a panic with its agent alive must not report a clean end.
 impl Drop for Supervising {
     fn drop(&mut self) {
+        self.stop_beating();
+    }
+}
+
+impl Supervising {
+    fn stop_beating(&mut self) {
         drop(self.stop.take());
         if let Some(beat) = self.beat.take() {
             let _ = beat.join();
-        }
-        if let Some(mut client) = Client::connect(&self.socket) {
-            let _ = tell(&mut client, &Request::SupervisedEnd);
         }
     }
 }

@@ -1,76 +1,113 @@
 //! The agent trees this daemon knows of, and who is inside one.
 //!
 //! Every supervisor (a foreground `spawn`, a detached session's `session supervise`) tells
-//! the daemon it runs (`Request::Supervising`, from its own process, so the kernel's SO_PEERCRED
-//! names it; repeated every few seconds, so a daemon started later learns of it too) and, once
-//! its whole tree is reaped, that it ended. A request above the open tier is refused when the
-//! client's lineage (`/proc`, the kernel's record) holds a known supervisor. A supervisor that
-//! stopped without saying it ended was killed, perhaps by its own agent to leave the tree
-//! (its orphans would be re-parented outside it): the daemon then locks, so what escaped finds
-//! a vault that needs the passphrase.
+//! the daemon it runs (`Request::Supervising`, from its own process, so the kernel's
+//! SO_PEERCRED names it; repeated every few seconds, so a daemon started later learns of it
+//! too) and, once it has ended every process of its tree, that it ended. A request above the
+//! open tier is refused when the client's lineage (`/proc`, the kernel's record) holds a known
+//! supervisor, or cannot be read to the top. A supervisor that stopped without saying its tree
+//! ended was killed, or gave up on processes that would not die: its orphans now run outside
+//! any tree. The daemon then locks and refuses everything above the open tier until it is
+//! restarted, so nothing that escaped is served by a later unlock.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::spawn::tree::{self, Process};
+use crate::spawn::tree::{self, Process, Unplaced};
 
-/// How many supervisors the daemon tracks at once (a hostile client of this user could
-/// register many processes; beyond this, registration is refused).
-const MAX_TREES: usize = 256;
+/// How many supervisors the daemon tracks at once. A hostile client of this user could
+/// register many processes; at the cap the daemon refuses everything above the open tier
+/// rather than leave a real supervisor unknown.
+pub(super) const MAX_TREES: usize = 256;
 
 #[derive(Debug, Default)]
 pub(super) struct Trees {
-    known: Mutex<HashSet<Process>>,
+    inner: Mutex<Inner>,
 }
 
-/// Why a registration was not taken.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum TreeRefusal {
-    #[error("the control client's process is gone")]
-    Gone,
-    #[error("this daemon already tracks {MAX_TREES} agent supervisors")]
+#[derive(Debug, Default)]
+struct Inner {
+    known: HashSet<Process>,
+    /// The first supervisor found gone without ending its tree, and when.
+    escaped: Option<(Process, std::time::SystemTime)>,
+}
+
+/// Why a client inside (or possibly inside) an agent tree is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Inside {
+    #[error(
+        "this request comes from inside an agent session (supervisor pid {}); run it from a terminal of your own",
+        .0.pid
+    )]
+    Tree(Process),
+    #[error("cannot tell where this request comes from: {0}")]
+    Unplaced(Unplaced),
+    #[error(
+        "an agent supervisor (pid {}) stopped at {} without ending its processes, which may now run outside any session; check them (ps), then restart the daemon (`handoff daemon stop`, `handoff daemon start`)",
+        .0.pid, humantime::format_rfc3339_seconds(*.1)
+    )]
+    Escaped(Process, std::time::SystemTime),
+    #[error("this daemon tracks {MAX_TREES} agent supervisors, its most; restart it")]
     Full,
 }
 
 impl Trees {
-    fn lock(&self) -> MutexGuard<'_, HashSet<Process>> {
-        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The client process `pid` supervises an agent tree.
-    pub(super) fn register(&self, pid: u32) -> Result<(), TreeRefusal> {
-        let process = Process::of(pid).ok_or(TreeRefusal::Gone)?;
-        let mut known = self.lock();
-        if !known.contains(&process) && known.len() >= MAX_TREES {
-            return Err(TreeRefusal::Full);
+    /// `process` (a client, as named when it connected) supervises an agent tree.
+    pub(super) fn register(&self, process: Process) -> Result<(), Inside> {
+        let mut inner = self.lock();
+        if !process.is_running() {
+            return Err(Inside::Unplaced(Unplaced::Unreadable(process.pid)));
         }
-        known.insert(process);
+        if !inner.known.contains(&process) && inner.known.len() >= MAX_TREES {
+            return Err(Inside::Full);
+        }
+        inner.known.insert(process);
         Ok(())
     }
 
-    /// Supervisor `pid`'s tree ended: every process in it is gone.
-    pub(super) fn ended(&self, pid: u32) {
-        if let Some(process) = Process::of(pid) {
-            self.lock().remove(&process);
-        }
+    /// Supervisor `process` ended every process of its tree.
+    pub(super) fn ended(&self, process: Process) {
+        self.lock().known.remove(&process);
     }
 
-    /// Forgets supervisors that stopped without ending their tree, and returns them.
-    pub(super) fn take_broken(&self) -> Vec<Process> {
-        let mut known = self.lock();
-        let broken: Vec<Process> = known.iter().filter(|p| !p.is_running()).copied().collect();
-        for process in &broken {
-            known.remove(process);
+    /// Looks for known supervisors that stopped without ending their tree; returns the first
+    /// one newly found (the caller locks). From then on the daemon stays refused.
+    pub(super) fn find_escape(&self) -> Option<Process> {
+        let mut inner = self.lock();
+        let gone: Vec<Process> = inner
+            .known
+            .iter()
+            .filter(|p| !p.is_running())
+            .copied()
+            .collect();
+        for process in &gone {
+            inner.known.remove(process);
         }
-        broken
+        let first = *gone.first()?;
+        if inner.escaped.is_none() {
+            inner.escaped = Some((first, std::time::SystemTime::now()));
+        }
+        Some(first)
     }
 
-    /// The supervisor whose tree holds client `pid`, if any.
-    pub(super) fn holding(&self, pid: u32) -> Option<Process> {
-        let known = self.lock();
-        if known.is_empty() {
-            return None;
+    /// Whether client `pid` may be served above the open tier: its whole lineage is readable
+    /// and holds no known supervisor, and nothing has escaped a tree since this daemon started.
+    pub(super) fn check(&self, pid: u32) -> Result<(), Inside> {
+        let line = tree::lineage(pid).map_err(Inside::Unplaced)?;
+        let inner = self.lock();
+        if let Some(supervisor) = line.iter().find(|p| inner.known.contains(p)) {
+            return Err(Inside::Tree(*supervisor));
         }
-        tree::lineage(pid).into_iter().find(|p| known.contains(p))
+        if let Some((process, at)) = inner.escaped {
+            return Err(Inside::Escaped(process, at));
+        }
+        if inner.known.len() >= MAX_TREES {
+            return Err(Inside::Full);
+        }
+        Ok(())
     }
 }

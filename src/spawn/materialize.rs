@@ -186,25 +186,69 @@ pub fn sweep_stale() -> usize {
     swept
 }
 
-/// Best effort: zero every regular file below `dir` before it is unlinked.
+/// The files a private directory's credential can be in (relative paths), the only ones ever
+/// overwritten before removal: everything else there is the agent's own, perhaps a hard link
+/// to a file of the user's.
+const CREDENTIAL_FILES: [&str; 2] = [CODEX_AUTH, GEMINI_CREDS];
+const CODEX_AUTH: &str = "auth.json";
+const GEMINI_CREDS: &str = ".gemini/oauth_creds.json";
+
+/// Best effort: zero the credential files handoff writes in `dir` before the directory is
+/// removed. Every step of each path is opened without following a link (a directory the agent
+/// swapped for a link to the user's own is not entered), and a file is written only if it is
+/// still a regular file with one name (one hard-linked elsewhere is left as it is, and only
+/// unlinked).
 fn overwrite_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+    use rustix::fs::{Mode, OFlags};
+    let Ok(root) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => overwrite_files(&path),
-            Ok(t) if t.is_file() => {
-                if let Ok(len) = entry.metadata().map(|m| m.len())
-                    && let Ok(mut f) = fs::OpenOptions::new().write(true).open(&path)
-                {
-                    let zeros = vec![0u8; usize::try_from(len).unwrap_or(0).min(1 << 20)];
-                    let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
+    for relative in CREDENTIAL_FILES {
+        let parts: Vec<&str> = relative.split('/').collect();
+        let Some((name, dirs)) = parts.split_last() else {
+            continue;
+        };
+        let mut at = match rustix::io::dup(&root) {
+            Ok(fd) => fd,
+            Err(_) => continue,
+        };
+        let mut reached = true;
+        for part in dirs {
+            match rustix::fs::openat(
+                &at,
+                *part,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => at = fd,
+                Err(_) => {
+                    reached = false;
+                    break;
                 }
             }
-            _ => {}
         }
+        if !reached {
+            continue;
+        }
+        let Ok(fd) = rustix::fs::openat(
+            &at,
+            *name,
+            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let mut file = fs::File::from(fd);
+        let Ok(meta) = file.metadata() else { continue };
+        if !meta.is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+            continue;
+        }
+        let zeros = vec![0u8; usize::try_from(meta.len()).unwrap_or(0).min(1 << 20)];
+        let _ = file.write_all(&zeros).and_then(|()| file.sync_all());
     }
 }
 
@@ -239,7 +283,7 @@ pub fn materialize(delivery: &Delivery, secret: &[u8]) -> Result<Materialized, S
         }
         Delivery::CodexHome => {
             let dir = PrivateDir::create()?;
-            dir.write("auth.json", secret)?;
+            dir.write(CODEX_AUTH, secret)?;
             let home = Zeroizing::new(dir.path().to_string_lossy().into_owned());
             Ok(Materialized {
                 env: vec![("CODEX_HOME".into(), home)],
@@ -248,7 +292,7 @@ pub fn materialize(delivery: &Delivery, secret: &[u8]) -> Result<Materialized, S
         }
         Delivery::GeminiHome => {
             let dir = PrivateDir::create()?;
-            dir.write(".gemini/oauth_creds.json", secret)?;
+            dir.write(GEMINI_CREDS, secret)?;
             let home = Zeroizing::new(dir.path().to_string_lossy().into_owned());
             Ok(Materialized {
                 env: vec![("HOME".into(), home)],
@@ -306,5 +350,40 @@ mod tests {
         assert_eq!(m.env[0].0, "HOME");
         drop(m);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn only_the_credential_files_are_zeroed_and_never_through_a_link() {
+        // Beside the private directories, so a hard link can reach it.
+        let outside = tempfile::tempdir_in(private_base()).unwrap();
+        let users = outside.path().join("users-file");
+        fs::write(&users, b"the user's own bytes").unwrap();
+        let users_gemini = outside.path().join(".gemini");
+        fs::create_dir(&users_gemini).unwrap();
+        fs::write(users_gemini.join("oauth_creds.json"), b"the user's login").unwrap();
+
+        // The agent hard-links a file of the user's as its auth.json, and swaps .gemini for
+        // a link to the user's own.
+        let dir = PrivateDir::create().unwrap();
+        fs::hard_link(&users, dir.path().join(CODEX_AUTH)).unwrap();
+        std::os::unix::fs::symlink(&users_gemini, dir.path().join(".gemini")).unwrap();
+        fs::write(dir.path().join("project-notes"), b"agent's own").unwrap();
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+        assert_eq!(fs::read(&users).unwrap(), b"the user's own bytes");
+        assert_eq!(
+            fs::read(users_gemini.join("oauth_creds.json")).unwrap(),
+            b"the user's login"
+        );
+
+        // What handoff wrote is zeroed before it goes.
+        let dir = PrivateDir::create().unwrap();
+        let file = dir.write(CODEX_AUTH, b"secret").unwrap();
+        let keep = fs::File::open(&file).unwrap();
+        drop(dir);
+        let mut left = Vec::new();
+        std::io::Read::read_to_end(&mut &keep, &mut left).unwrap();
+        assert_eq!(left, vec![0u8; 6]);
     }
 }

@@ -272,7 +272,7 @@ pub struct Supervise<'a> {
 
 /// The supervisor: receive the credential, record the session, run the agent, record its end.
 /// Returns the agent's exit code.
-pub fn supervise(s: &Supervise<'_>) -> Result<i32, SpawnError> {
+pub fn supervise(s: &Supervise<'_>) -> Result<super::Ended, SpawnError> {
     // Caught from the start: a signal while waiting for the handover still records the end.
     let signals = super::CaughtSignals::catch()?;
     let log = (s.mode == "background").then(|| log_path(s.home, s.id).display().to_string());
@@ -313,11 +313,11 @@ pub fn supervise(s: &Supervise<'_>) -> Result<i32, SpawnError> {
         .into_iter()
         .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
         .collect();
-    let code = run_foreground(signals, s.program, s.args, s.dir, env, credential);
+    let ended = run_foreground(signals, s.program, s.args, s.dir, env, credential);
     record.ended_at = Some(unix_now());
-    record.exit = Some(*code.as_ref().unwrap_or(&1));
+    record.exit = Some(ended.as_ref().map_or(1, |e| e.code));
     save(s.home, &record)?;
-    code
+    ended
 }
 
 /// Where a background session's output goes.

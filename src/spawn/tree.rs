@@ -4,17 +4,20 @@
 //! init, so walking a process's parents from the kernel's own records (`/proc/PID/stat`)
 //! finds the supervisor of every process in the tree. The daemon does that walk for each
 //! request above the open tier and refuses one from inside a tree (ARCHITECTURE.md, "Who the
-//! daemon serves"). When the agent exits, the supervisor ends whatever it left running, so no
-//! process of the tree outlives its supervisor.
+//! daemon serves"); a walk that cannot reach the top is a refusal too, never a pass. When the
+//! agent exits, the supervisor ends every process it left, and says whether it could.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions};
 
-/// How many parents a walk follows at most (a pid namespace is far shallower).
-const MAX_DEPTH: usize = 1024;
-/// How long leftovers get between SIGTERM and SIGKILL.
+/// How many parents a walk follows at most; a deeper client is not placed (and refused).
+const MAX_DEPTH: usize = 256;
+/// How long the processes an agent left get between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
+/// How long ending them may take in all before the supervisor gives up on its tree.
+const END_WITHIN: Duration = Duration::from_secs(10);
 
 /// A process as the kernel identifies it across pid reuse: its pid and its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,46 +27,76 @@ pub struct Process {
     pub start: u64,
 }
 
+/// What `/proc/PID/stat` says of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    ppid: u32,
+    start: u64,
+    /// Exited, waiting to be reaped (or being torn down): no longer runs.
+    dead: bool,
+}
+
 impl Process {
-    /// The running process `pid`, if there is one.
+    /// The process `pid`, if one runs (a zombie does not).
     pub fn of(pid: u32) -> Option<Process> {
-        stat(pid).map(|(_, start)| Process { pid, start })
+        stat(pid).filter(|s| !s.dead).map(|s| Process {
+            pid,
+            start: s.start,
+        })
     }
 
-    /// Whether this very process still runs (not another that reuses its pid).
+    /// Whether this very process still runs (not a zombie, not another that reuses its pid).
     pub fn is_running(&self) -> bool {
         Process::of(self.pid) == Some(*self)
     }
 }
 
-/// `pid`'s parent and start time, from `/proc/PID/stat`. The command name, in parentheses,
-/// may hold anything (spaces, parentheses): the fields are counted after its last `)`.
-fn stat(pid: u32) -> Option<(u32, u64)> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+fn stat(pid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
 }
 
-fn parse_stat(text: &str) -> Option<(u32, u64)> {
-    let after = &text[text.rfind(')')? + 1..];
+/// The fields of a `/proc/PID/stat` line. The command name, in parentheses, may hold any
+/// bytes (spaces, parentheses, invalid UTF-8): the fields are counted after its last `)`.
+fn parse_stat(line: &[u8]) -> Option<Stat> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    let after = std::str::from_utf8(&line[close + 1..]).ok()?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the name: state (3), ppid (4), ..., starttime (22).
+    let dead = matches!(*fields.first()?, "Z" | "X" | "x");
     let ppid = fields.get(1)?.parse().ok()?;
     let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start))
+    Some(Stat { ppid, start, dead })
 }
 
-/// `pid` and its ancestors, nearest first, as far as the kernel records them (at most
-/// [`MAX_DEPTH`]); empty if `pid` is gone.
-pub fn lineage(pid: u32) -> Vec<Process> {
+/// Why a process could not be placed in the process tree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaced {
+    #[error("process {0} cannot be read in /proc (gone, or hidden)")]
+    Unreadable(u32),
+    #[error("its ancestry is deeper than {MAX_DEPTH} processes")]
+    TooDeep,
+}
+
+/// `pid` and every ancestor up to the top of the pid namespace, nearest first. Fails when any
+/// step cannot be read or the chain is too long: the caller then knows nothing of where the
+/// process runs, and must not take that for "outside every tree".
+pub fn lineage(pid: u32) -> Result<Vec<Process>, Unplaced> {
     let mut out = Vec::new();
     let mut next = pid;
-    while next > 0 && out.len() < MAX_DEPTH {
-        let Some((parent, start)) = stat(next) else {
-            break;
-        };
-        out.push(Process { pid: next, start });
-        next = parent;
+    loop {
+        if out.len() >= MAX_DEPTH {
+            return Err(Unplaced::TooDeep);
+        }
+        let s = stat(next).ok_or(Unplaced::Unreadable(next))?;
+        out.push(Process {
+            pid: next,
+            start: s.start,
+        });
+        if s.ppid == 0 {
+            return Ok(out);
+        }
+        next = s.ppid;
     }
-    out
 }
 
 /// Makes this process the subreaper of everything it starts from now on.
@@ -73,44 +106,78 @@ pub fn become_subreaper() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Ends what the agent left running in the tree: SIGTERM to every child this supervisor still
-/// has (descendants re-parented here included), SIGKILL after [`GRACE`], each reaped, until
-/// none is left. Bounded: it gives up after a few seconds more.
-pub fn end_tree() {
+/// Ends every process the agent left in the tree (descendants of this supervisor at any
+/// depth, found from `/proc`): each pass stops them all, then signals them (SIGTERM, SIGKILL
+/// after [`GRACE`]) and reaps what died. Returns whether the tree is empty: `false` when some
+/// survived [`END_WITHIN`] or the tree could not be read, and then its processes may outlive
+/// this supervisor.
+pub fn end_tree() -> bool {
+    let me = std::process::id();
     let started = Instant::now();
     loop {
         while let Ok(Some(_)) = rustix::process::wait(WaitOptions::NOHANG) {}
-        let left = children();
-        if left.is_empty() || started.elapsed() > GRACE * 3 {
-            return;
+        let Some(left) = descendants(me) else {
+            return false;
+        };
+        if left.is_empty() {
+            return true;
+        }
+        if started.elapsed() > END_WITHIN {
+            return false;
         }
         let signal = if started.elapsed() < GRACE {
             Signal::TERM
         } else {
             Signal::KILL
         };
-        for pid in left {
-            let _ = rustix::process::kill_process(pid, signal);
+        // Stopped first, so none can fork another while the others are signalled.
+        for pid in &left {
+            let _ = rustix::process::kill_process(*pid, Signal::STOP);
+        }
+        for pid in &left {
+            let _ = rustix::process::kill_process(*pid, signal);
+            let _ = rustix::process::kill_process(*pid, Signal::CONT);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// This process's children (every thread's), as `/proc` lists them.
-fn children() -> Vec<Pid> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .filter_map(Pid::from_raw)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// Every live descendant of `root`, from one pass over `/proc`; `None` if `/proc` cannot be
+/// read.
+fn descendants(root: u32) -> Option<Vec<Pid>> {
+    let mut parent_of: HashMap<u32, u32> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(s) = stat(pid).filter(|s| !s.dead) {
+            parent_of.insert(pid, s.ppid);
+        }
+    }
+    let mut inside: HashSet<u32> = HashSet::from([root]);
+    // Parents before children is not guaranteed by /proc's order: settle in rounds.
+    loop {
+        let before = inside.len();
+        for (pid, ppid) in &parent_of {
+            if inside.contains(ppid) {
+                inside.insert(*pid);
+            }
+        }
+        if inside.len() == before {
+            break;
+        }
+    }
+    inside.remove(&root);
+    Some(
+        inside
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok().and_then(Pid::from_raw))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -118,24 +185,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lineage_of_this_process_starts_with_it_and_climbs_to_its_parent() {
+    fn the_lineage_of_this_process_starts_with_it_and_reaches_the_top() {
         let me = std::process::id();
-        let line = lineage(me);
+        let line = lineage(me).unwrap();
         assert_eq!(line.first().map(|p| p.pid), Some(me));
         assert_eq!(
             line.get(1).map(|p| p.pid),
-            Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32))
+            rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32)
         );
         assert!(Process::of(me).unwrap().is_running());
-        assert!(lineage(0).is_empty());
+        assert_eq!(lineage(0), Err(Unplaced::Unreadable(0)));
     }
 
     #[test]
-    fn a_name_with_parentheses_and_spaces_does_not_shift_the_fields() {
-        // What /proc shows for a process that named itself ") 1 2 3 (".
-        let text = "4242 () 1 2 3 () S 17 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100";
-        assert_eq!(parse_stat(text), Some((17, 987_654)));
-        assert_eq!(parse_stat("4242 (cut) S 17"), None);
-        assert_eq!(parse_stat("no parenthesis"), None);
+    fn any_name_leaves_the_fields_in_place_and_a_zombie_does_not_run() {
+        // What /proc shows for a process that named itself ") 1 2 3 (" and one that took an
+        // invalid UTF-8 name.
+        let text = b"4242 () 1 2 3 () S 17 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100";
+        let s = parse_stat(text).unwrap();
+        assert_eq!((s.ppid, s.start, s.dead), (17, 987_654, false));
+        let mut odd = b"4242 (\xff\xfe) ".to_vec();
+        odd.extend_from_slice(b"Z 17 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 55 1 1");
+        let s = parse_stat(&odd).unwrap();
+        assert_eq!((s.ppid, s.start, s.dead), (17, 55, true));
+        assert_eq!(parse_stat(b"4242 (cut) S 17"), None);
+        assert_eq!(parse_stat(b"no parenthesis"), None);
+    }
+
+    #[test]
+    fn descendants_are_found_at_any_depth() {
+        // sh -> sh -> sleep: the sleep is two levels below the first sh.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sh -c 'sleep 30' & wait"])
+            .spawn()
+            .unwrap();
+        let root = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut below = Vec::new();
+        while below.len() < 2 {
+            assert!(Instant::now() < deadline, "the chain never appeared");
+            below = descendants(root).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in below {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -4,14 +4,14 @@
 //! (in the background and in tmux), and a supervisor pointed at files that are not its own.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
 use crate::peers::eventually;
-use crate::support::{TestHome, finish};
+use crate::support::{TestHome, TmuxServer, finish, tools_dir};
 
 /// Writes where its credential lives and its own pid, then sleeps (in a child, as agents run
 /// tools) until a signal ends it.
@@ -42,16 +42,7 @@ impl Sleeper {
         std::fs::write(bin.join("codex"), SLEEPER).unwrap();
         std::fs::set_permissions(bin.join("codex"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
-        let tools = home.scratch("tools");
-        std::fs::create_dir(&tools).unwrap();
-        for tool in ["sh", "sleep", "mv", "dirname"] {
-            let found = ["/usr/bin", "/bin"]
-                .iter()
-                .map(|d| Path::new(d).join(tool))
-                .find(|p| p.exists())
-                .unwrap();
-            std::os::unix::fs::symlink(found, tools.join(tool)).unwrap();
-        }
+        let tools = tools_dir(&home.scratch("tools"), &["sh", "sleep", "mv", "dirname"]);
         Sleeper { home, bin, tools }
     }
 
@@ -131,7 +122,26 @@ fn a_killed_spawn_loses_its_credential_files_to_the_daemons_sweep_and_the_daemon
             serde_json::from_str(&s.home.ok(&["--json", "status"])).unwrap();
         status["locked"] == true
     });
+    // A later unlock must not serve what escaped: the daemon refuses above the open tier
+    // until the person restarts it.
+    let line = s
+        .home
+        .run(&["unlock", "--for", "1h"])
+        .fails_with(3)
+        .to_string();
+    assert!(line.contains("restart the daemon"), "{line}");
+    s.home
+        .run(&["token", "show", "openai-codex/default", "--reveal"])
+        .fails_with(3);
     let _ = rustix::process::kill_process(Pid::from_raw(agent).unwrap(), Signal::KILL);
+    s.home.ok(&["daemon", "stop"]);
+    s.home.ok(&["daemon", "start"]);
+    s.home.ok(&["unlock", "--for", "1h"]);
+    assert!(
+        s.home
+            .reveal("openai-codex/default")
+            .contains("MUST-NOT-OUTLIVE")
+    );
 }
 
 /// A private directory with a FIFO, as `spawn --detach` makes one, but no one ever writes.
@@ -216,15 +226,8 @@ fn a_tmux_supervisor_whose_handover_never_comes_leaves_no_tmux_session() {
     let home = TestHome::new();
     home.init();
     let fifo = unwritten_fifo(&home);
-    let tmux_dir = home.scratch("tmux");
-    std::fs::create_dir(&tmux_dir).unwrap();
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .args(args)
-            .env("TMUX_TMPDIR", &tmux_dir)
-            .output()
-            .unwrap()
-    };
+    let server = TmuxServer::new(home.scratch("tmux"));
+    let tmux = |args: &[&str]| server.run(args);
     let (f, d) = (fifo.to_str().unwrap(), home.path());
     let d = d.to_str().unwrap().to_string();
     let mut args = vec![
@@ -247,7 +250,6 @@ fn a_tmux_supervisor_whose_handover_never_comes_leaves_no_tmux_session() {
             .status
             .success()
     });
-    let _ = tmux(&["kill-server"]);
 }
 
 #[test]

@@ -9,10 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::support::{TestHome, finish, write_private};
+use crate::support::{TestHome, TmuxServer, finish, tools_dir, write_private};
 
 /// Tries each line of its plan (`NAME ARGS...`) against the daemon, then again from a
-/// double-forked, `setsid` process, and records each exit code and error.
+/// double-forked, `setsid` process, and from under a process named with invalid UTF-8, and
+/// records each exit code and error.
 const HOSTILE: &str = r#"#!/bin/sh
 res="$1"; hb="$2"; hh="$3"; pass="$4"; plan="$5"
 run() {
@@ -27,6 +28,10 @@ while read -r name rest; do
   ( setsid "$0" "$res" "$hb" "$hh" "$pass" "$plan" --escaped "$res/$name.escaped" $rest & )
   i=0
   while [ ! -e "$res/$name.escaped.rc" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+  # From under a process whose name is not UTF-8 (its /proc/PID/stat is not text).
+  odd="$res/$(printf '\377')"
+  [ -e "$odd" ] || ln -s "$(command -v sh)" "$odd"
+  "$odd" "$0" "$res" "$hb" "$hh" "$pass" "$plan" --escaped "$res/$name.renamed" $rest
 done < "$plan"
 echo done > "$res/done"
 "#;
@@ -56,16 +61,10 @@ impl Lab {
         std::fs::write(&claude, HOSTILE).unwrap();
         std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
         // What the script needs, and no tmux unless a mode asks for it.
-        let tools = home.scratch("tools");
-        std::fs::create_dir(&tools).unwrap();
-        for tool in ["sh", "setsid", "sleep", "mv"] {
-            let found = ["/usr/bin", "/bin"]
-                .iter()
-                .map(|d| Path::new(d).join(tool))
-                .find(|p| p.exists())
-                .unwrap_or_else(|| panic!("{tool} is needed"));
-            std::os::unix::fs::symlink(found, tools.join(tool)).unwrap();
-        }
+        let tools = tools_dir(
+            &home.scratch("tools"),
+            &["sh", "setsid", "sleep", "mv", "ln", "printf"],
+        );
         let pass = home.scratch("agent-knows-the-passphrase");
         write_private(&pass, crate::support::PASSPHRASE.as_bytes());
         let replacement = home.scratch("attacker-key");
@@ -142,7 +141,11 @@ impl Lab {
     /// Every attempt, direct and escaped, was refused for the reason, and changed nothing.
     fn all_refused(&self, mode: &str, res: &Path) {
         for (name, _) in self.attempts(res) {
-            for run in [name.to_string(), format!("{name}.escaped")] {
+            for run in [
+                name.to_string(),
+                format!("{name}.escaped"),
+                format!("{name}.renamed"),
+            ] {
                 let rc = std::fs::read_to_string(res.join(format!("{run}.rc"))).unwrap();
                 let err = std::fs::read_to_string(res.join(format!("{run}.err"))).unwrap();
                 let out = std::fs::read_to_string(res.join(format!("{run}.out"))).unwrap();
@@ -215,18 +218,7 @@ fn an_agent_in_a_tmux_session_can_ask_for_nothing_above_the_open_tier() {
     };
     let lab = Lab::new();
     std::os::unix::fs::symlink(&tmux, lab.tools.join("tmux")).unwrap();
-    let tmux_dir = lab.home.scratch("tmux");
-    std::fs::create_dir(&tmux_dir).unwrap();
-    struct KillServer(PathBuf);
-    impl Drop for KillServer {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("tmux")
-                .arg("kill-server")
-                .env("TMUX_TMPDIR", &self.0)
-                .output();
-        }
-    }
-    let _server = KillServer(tmux_dir.clone());
-    let res = lab.run_agent("tmux", &["--detach"], &[("TMUX_TMPDIR", &tmux_dir)]);
+    let server = TmuxServer::new(lab.home.scratch("tmux"));
+    let res = lab.run_agent("tmux", &["--detach"], &[("TMUX_TMPDIR", &server.0)]);
     lab.all_refused("tmux", &res);
 }

@@ -67,9 +67,13 @@ fn daemon_with_files(home: &TestHome, files: u32) -> Daemon {
         .stderr(log)
         .spawn()
         .unwrap();
+    // One status per look: between taking the home and opening its socket the daemon owns
+    // the home but does not answer yet, so a second command could find it busy.
     eventually("the daemon serves", || {
-        home.run(&["--json", "status"]).code == Some(0)
-            && status(home)["daemon_pid"].as_u64() == Some(u64::from(child.id()))
+        let out = home.run(&["--json", "status"]);
+        out.code == Some(0)
+            && serde_json::from_str::<Value>(&out.stdout)
+                .is_ok_and(|v| v["daemon_pid"].as_u64() == Some(u64::from(child.id())))
     });
     Daemon(child)
 }

@@ -493,20 +493,12 @@ fn through_the_daemon_a_spawn_after_the_unlock_deadline_asks_again() {
 
 /// A PATH directory with what the stand-ins need and no tmux, to force background sessions.
 fn tools_without_tmux(b: &Bench) -> PathBuf {
-    let tools = b.home.scratch("tools");
-    std::fs::create_dir_all(&tools).unwrap();
-    for tool in [
-        "sh", "env", "sort", "sed", "stat", "cat", "dirname", "basename", "sleep", "kill",
-    ] {
-        let found = ["/usr/bin", "/bin"]
-            .iter()
-            .map(|d| Path::new(d).join(tool))
-            .find(|p| p.exists());
-        if let Some(path) = found {
-            let _ = std::os::unix::fs::symlink(path, tools.join(tool));
-        }
-    }
-    tools
+    crate::support::tools_dir(
+        &b.home.scratch("tools"),
+        &[
+            "sh", "env", "sort", "sed", "stat", "cat", "dirname", "basename", "sleep", "kill",
+        ],
+    )
 }
 
 /// Waits (bounded) until `session list --json` shows `id` in `state`.
@@ -620,19 +612,8 @@ fn detached_tmux_session_runs_and_stops_cleanly() {
         eprintln!("SKIPPED detached_tmux_session_runs_and_stops_cleanly: tmux is not installed");
         return;
     }
-    let tmux_dir = b.home.scratch("tmux");
-    std::fs::create_dir(&tmux_dir).unwrap();
-    /// Ends this test's private tmux server whatever happens.
-    struct KillServer(PathBuf);
-    impl Drop for KillServer {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("tmux")
-                .arg("kill-server")
-                .env("TMUX_TMPDIR", &self.0)
-                .output();
-        }
-    }
-    let _server = KillServer(tmux_dir.clone());
+    let server = crate::support::TmuxServer::new(b.home.scratch("tmux"));
+    let tmux_dir = server.0.clone();
     let path = format!("{}:/usr/bin:/bin", b.bin.display());
     let (id, _) = detached_session_lifecycle(&b, &path, &[("TMUX_TMPDIR", &tmux_dir)]);
     let list: serde_json::Value =

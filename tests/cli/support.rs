@@ -294,3 +294,47 @@ pub fn write_private(path: &Path, bytes: &[u8]) {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A directory for PATH holding links to just these system tools (so a test controls what a
+/// stand-in agent, or handoff, finds: no tmux unless it is asked for).
+pub fn tools_dir(dir: &Path, tools: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for tool in tools {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists());
+        if let Some(path) = found {
+            let _ = std::os::unix::fs::symlink(path, dir.join(tool));
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// A tmux server of the test's own (`TMUX_TMPDIR`), ended whatever happens.
+pub struct TmuxServer(pub PathBuf);
+
+impl TmuxServer {
+    pub fn new(dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        TmuxServer(dir)
+    }
+
+    /// Runs `tmux ARGS` against this server.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(args)
+            .env("TMUX_TMPDIR", &self.0)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("kill-server")
+            .env("TMUX_TMPDIR", &self.0)
+            .output();
+    }
+}
