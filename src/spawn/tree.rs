@@ -142,9 +142,58 @@ pub fn end_tree() -> bool {
     }
 }
 
-/// Every live descendant of `root`, from one pass over `/proc`; `None` if `/proc` cannot be
-/// read.
+/// Every live descendant of `root`: from the kernel's per-task `children` lists, one level at
+/// a time (cheap: an agent that left nothing costs one read), or, where the kernel has no such
+/// lists, from one pass over all of `/proc`. `None` if neither can be read.
 fn descendants(root: u32) -> Option<Vec<Pid>> {
+    let mut found: Vec<u32> = Vec::new();
+    let mut seen: HashSet<u32> = HashSet::from([root]);
+    let mut level = vec![root];
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for pid in level {
+            let Some(children) = children_of(pid) else {
+                // The root's lists missing means this kernel has none: scan instead.
+                if pid == root {
+                    return scan_descendants(root);
+                }
+                continue; // it exited meanwhile; its children went to the root
+            };
+            for child in children {
+                if seen.insert(child) {
+                    found.push(child);
+                    next.push(child);
+                }
+            }
+        }
+        level = next;
+    }
+    Some(
+        found
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok().and_then(Pid::from_raw))
+            .collect(),
+    )
+}
+
+/// The children of every thread of `pid` (`/proc/PID/task/*/children`).
+fn children_of(pid: u32) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// Every live descendant of `root`, from one pass over `/proc`.
+fn scan_descendants(root: u32) -> Option<Vec<Pid>> {
     let mut parent_of: HashMap<u32, u32> = HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -227,6 +276,17 @@ mod tests {
             below = descendants(root).unwrap();
             std::thread::sleep(Duration::from_millis(20));
         }
+        let raw = |v: Vec<Pid>| {
+            let mut v: Vec<i32> = v
+                .into_iter()
+                .map(Pid::as_raw_nonzero)
+                .map(|p| p.get())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let (scanned, listed) = (raw(scan_descendants(root).unwrap()), raw(below.clone()));
+        assert_eq!(scanned, listed, "the two ways of finding them agree");
         for pid in below {
             let _ = rustix::process::kill_process(pid, Signal::KILL);
         }
