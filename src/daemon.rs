@@ -264,7 +264,7 @@ async fn admit(
     let (placed, escaped) = tokio::task::spawn_blocking(move || {
         // Where the client is first, then whether a supervisor died meanwhile: a supervisor
         // killed during the walk is caught by the second look.
-        let placed = shared.trees.check(peer.pid);
+        let placed = shared.trees.check(peer);
         (placed, shared.trees.find_escape())
     })
     .await
@@ -278,7 +278,7 @@ async fn admit(
         return Err(OpError::Contained(
             daemon
                 .trees
-                .check(peer.pid)
+                .check(peer)
                 .err()
                 .map_or_else(|| "an agent session escaped".into(), |e| e.to_string()),
         ));

@@ -96,8 +96,12 @@ impl Trees {
 
     /// Whether client `pid` may be served above the open tier: its whole lineage is readable
     /// and holds no known supervisor, and nothing has escaped a tree since this daemon started.
-    pub(super) fn check(&self, pid: u32) -> Result<(), Inside> {
-        let line = tree::lineage(pid).map_err(Inside::Unplaced)?;
+    pub(super) fn check(&self, client: Process) -> Result<(), Inside> {
+        let line = tree::lineage(client.pid).map_err(Inside::Unplaced)?;
+        // The walk began at the client itself, not at a process that took its pid since.
+        if line.first() != Some(&client) {
+            return Err(Inside::Unplaced(Unplaced::Unreadable(client.pid)));
+        }
         let inner = self.lock();
         if let Some(supervisor) = line.iter().find(|p| inner.known.contains(p)) {
             return Err(Inside::Tree(*supervisor));
