@@ -275,13 +275,10 @@ async fn admit(
             "an agent supervisor stopped without ending its processes; locked, and refusing above the open tier until restarted"
         );
         daemon.lock_all().await;
-        return Err(OpError::Contained(
-            daemon
-                .trees
-                .check(peer)
-                .err()
-                .map_or_else(|| "an agent session escaped".into(), |e| e.to_string()),
-        ));
+        return Err(OpError::Contained(daemon.trees.escaped().map_or_else(
+            || "an agent session escaped".into(),
+            |e| e.to_string(),
+        )));
     }
     placed.map_err(|e| OpError::Contained(e.to_string()))
 }

@@ -94,7 +94,14 @@ impl Trees {
         Some(first)
     }
 
-    /// Whether client `pid` may be served above the open tier: its whole lineage is readable
+    /// The refusal every client gets once a tree escaped, if one did.
+    pub(super) fn escaped(&self) -> Option<Inside> {
+        self.lock()
+            .escaped
+            .map(|(process, at)| Inside::Escaped(process, at))
+    }
+
+    /// Whether `client` may be served above the open tier: its whole lineage is readable
     /// and holds no known supervisor, and nothing has escaped a tree since this daemon started.
     pub(super) fn check(&self, client: Process) -> Result<(), Inside> {
         let line = tree::lineage(client.pid).map_err(Inside::Unplaced)?;
