@@ -54,11 +54,31 @@ def measure(BIN):
         bindir.mkdir()
         for agent in ("claude", "codex"):
             path = bindir / agent
-            path.write_text("#!/bin/sh\nexit 0\n")
+            # `--refresh`: rewrites its Codex login the way codex does (a new file renamed over
+            # the old one), so the session ends with a write-back.
+            path.write_text(
+                "#!/bin/sh\n"
+                "if [ \"$1\" = --refresh ]; then\n"
+                "  printf '{\"tokens\":{\"access_token\":\"a%s\",\"refresh_token\":\"r%s\",\"account_id\":\"x\"}}' $$ $$ > \"$CODEX_HOME/auth.json.tmp\"\n"
+                "  mv \"$CODEX_HOME/auth.json.tmp\" \"$CODEX_HOME/auth.json\"\n"
+                "fi\n"
+                "exit 0\n"
+            )
             os.chmod(path, 0o755)
+        # The user's own agent directories, which the private ones mirror.
+        user = pathlib.Path(tmp, "user")
+        (user / ".codex").mkdir(parents=True)
+        (user / ".codex" / "config.toml").write_text('model = "o3"\n')
+        os.environ["HOME"] = str(user)
         os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
         run(home + ["token", "add", "openai-codex"], b'{"tokens":{"access_token":"bench"}}')
         run(home + ["token", "add", "anthropic", "--label", "spawn"], b"sk-ant-api03-bench")
+        # A Codex login with a refresh token: leased to each session, written back when changed.
+        run(
+            home + ["token", "add", "openai-codex", "--label", "login"],
+            b'{"tokens":{"access_token":"bench","refresh_token":"r0","account_id":"x"}}',
+        )
+        login = ["spawn", "codex", "--profile", "login"]
         base = median_ms(["--version"], with_home=False)
         rows = [
             ("token add", median_ms(["token", "add", "anthropic", "--label", "l{i}"], b"sk-ant-api03-" + b"x" * 90)),
@@ -68,6 +88,8 @@ def measure(BIN):
             ("agent alone", median_ms([], with_home=False, program=str(bindir / "claude"))),
             ("spawn claude (env)", median_ms(["spawn", "claude"])),
             ("spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
+            ("spawn codex (OAuth login)", median_ms(login)),
+            ("spawn codex + write-back", median_ms(login + ["--", "--refresh"])),
             ("spawn --service-auth native", median_ms(["spawn", "claude", "--service-auth", "native"])),
         ]
         # The same commands through a running, unlocked daemon.
@@ -79,6 +101,8 @@ def measure(BIN):
                 ("daemon: token show --reveal", median_ms(["token", "show", "anthropic/l3", "--reveal"])),
                 ("daemon: spawn claude (env)", median_ms(["spawn", "claude"])),
                 ("daemon: spawn codex (files)", median_ms(["spawn", "codex", "--service", "openai-codex"])),
+                ("daemon: spawn codex (OAuth login)", median_ms(login)),
+                ("daemon: spawn codex + write-back", median_ms(login + ["--", "--refresh"])),
             ]
         finally:
             run(home + ["daemon", "stop"])

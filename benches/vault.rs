@@ -16,7 +16,7 @@ use handoff::doc::schema::{Epoch, Member, Role, Service, Token, TokenKind, Vault
 use handoff::vault::epoch::TokenBinding;
 use handoff::vault::primitives::{x25519_agree, xchacha_seal};
 use handoff::vault::{Dek, DeviceKeys, KdfParams, VaultSecret, WrappedVaultKey, random_array};
-use handoff_protocol::binding::genesis_statement;
+use handoff_protocol::binding::{genesis_statement, token_version_statement};
 use handoff_protocol::dek_wrap::Recipient;
 use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 use x25519_dalek::StaticSecret;
@@ -71,14 +71,23 @@ fn dek_wrap(c: &mut Criterion) {
     g.finish();
 }
 
-/// A vault document with `n` sealed tokens, built through the same typed writes as the CLI.
-fn document_with_tokens(n: usize) -> (Vec<u8>, DeviceId) {
-    let (full, _, me) = document_history(n);
-    (full, me)
+/// What a bench vault was made with: its writer's keys and the epoch's DEK, to add more.
+struct Writer {
+    keys: DeviceKeys,
+    dek: Dek,
+    vault: VaultId,
+    epoch: EpochId,
 }
 
 /// A vault document with `n` tokens, and its snapshot from before the first token.
 fn document_history(n: usize) -> (Vec<u8>, Vec<u8>, DeviceId) {
+    let (full, genesis, me, _) = vault_with_writer(n);
+    (full, genesis, me)
+}
+
+/// A vault document with `n` signed, sealed tokens, built through the same typed writes as
+/// the CLI (one change per add); its snapshot from before the first token; and its writer.
+fn vault_with_writer(n: usize) -> (Vec<u8>, Vec<u8>, DeviceId, Writer) {
     let keys = DeviceKeys::generate().unwrap();
     let secret = VaultSecret::generate().unwrap();
     let me = keys.device_id();
@@ -115,7 +124,7 @@ fn document_history(n: usize) -> (Vec<u8>, Vec<u8>, DeviceId) {
         current_eligible: true,
     };
     let dek = Dek::generate().unwrap();
-    let mut doc = VaultDoc::create(&info, &founder, &epoch).unwrap();
+    let mut doc = VaultDoc::create(&info, &founder, &epoch, |m| keys.sign(m)).unwrap();
     let genesis = doc.save();
     for i in 0..n {
         let id = TokenId::from_bytes(random_array().unwrap());
@@ -126,7 +135,7 @@ fn document_history(n: usize) -> (Vec<u8>, Vec<u8>, DeviceId) {
             epoch: &epoch.id,
             service: service.as_str(),
         };
-        doc.put_token(&Token {
+        let token = Token {
             id,
             service,
             label: format!("label-{i}"),
@@ -138,12 +147,127 @@ fn document_history(n: usize) -> (Vec<u8>, Vec<u8>, DeviceId) {
             updated_at: 0,
             updated_by: me.to_hex(),
             deleted: false,
+            version: 1,
+            verified: true,
             conflicted: false,
-        })
-        .unwrap();
-        doc.commit("token.add"); // one change per add, as the CLI writes them
+            expires_at: None,
+            refreshed_at: None,
+            lease: None,
+        };
+        let sig = keys.sign(&token_version_statement(&info.id, &token.signed_fields()));
+        doc.put_token(&token, &sig).unwrap();
+        doc.commit("token.add", |m| keys.sign(m)); // one change per add, as the CLI writes them
     }
-    (doc.save(), genesis, me)
+    let writer = Writer {
+        keys,
+        dek,
+        vault: info.id,
+        epoch: epoch.id,
+    };
+    (doc.save(), genesis, me, writer)
+}
+
+/// One `token add` at the document layer, as `Device::add_token` makes it: seal, sign, write,
+/// commit, validate the new state.
+fn add_one(doc: &mut VaultDoc, w: &Writer, i: usize) {
+    let id = TokenId::from_bytes(random_array().unwrap());
+    let at = TokenBinding {
+        vault: &w.vault,
+        token: &id,
+        epoch: &w.epoch,
+        service: "anthropic",
+    };
+    let me = w.keys.device_id().to_hex();
+    let token = Token {
+        id,
+        service: Service::Anthropic,
+        label: format!("added-{i}"),
+        kind: TokenKind::ApiKey,
+        epoch: w.epoch,
+        ciphertext: Some(w.dek.seal_token(at, API_KEY).unwrap()),
+        created_at: 0,
+        created_by: me.clone(),
+        updated_at: 0,
+        updated_by: me,
+        deleted: false,
+        version: 1,
+        verified: true,
+        conflicted: false,
+        expires_at: None,
+        refreshed_at: None,
+        lease: None,
+    };
+    let sig = w
+        .keys
+        .sign(&token_version_statement(&w.vault, &token.signed_fields()));
+    doc.put_token(&token, &sig).unwrap();
+    doc.commit("token.add", |m| w.keys.sign(m));
+    doc.state().unwrap();
+}
+
+/// A token add into a 1,000-token vault, against sealing the secret alone (the add's own
+/// cryptography) in the same run.
+fn token_add_1000(c: &mut Criterion) {
+    let (bytes, _, me, writer) = vault_with_writer(1000);
+    let mut g = c.benchmark_group("token_add_1000_tokens");
+    g.sample_size(20);
+    let at = TokenBinding {
+        vault: &writer.vault,
+        token: &TokenId::from_bytes([2; 16]),
+        epoch: &writer.epoch,
+        service: "anthropic",
+    };
+    g.bench_function("baseline", |b| {
+        b.iter(|| writer.dek.seal_token(at, black_box(API_KEY)).unwrap())
+    });
+    let mut i = 0;
+    g.bench_function("add", |b| {
+        b.iter_batched_ref(
+            || VaultDoc::load_trusted(&bytes, &me).unwrap(),
+            |doc| {
+                i += 1;
+                add_one(doc, &writer, i);
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+/// The same vault as written before signatures (schema 1), from the same genesis: each
+/// token's fields directly in its record, unsigned, one change per add, so reading it checks
+/// no signature. The baseline of what verifying the signatures at load costs.
+fn unsigned_document(signed: &[u8], genesis: &[u8], me: &DeviceId) -> Vec<u8> {
+    use automerge::ObjType;
+    use automerge::transaction::Transactable;
+    let state = VaultDoc::load_trusted(signed, me).unwrap().state().unwrap();
+    let mut doc = AutoCommit::load(genesis)
+        .unwrap()
+        .with_actor(handoff::doc::actor_for(me));
+    let root = automerge::ROOT;
+    doc.put(&root, "schema", 1u64).unwrap();
+    let (_, tokens) = automerge::ReadDoc::get(&doc, &root, "tokens")
+        .unwrap()
+        .unwrap();
+    doc.commit();
+    for t in state.tokens.values() {
+        let obj = doc
+            .put_object(&tokens, t.id.to_hex(), ObjType::Map)
+            .unwrap();
+        doc.put(&obj, "service", t.service.as_str()).unwrap();
+        doc.put(&obj, "label", t.label.as_str()).unwrap();
+        doc.put(&obj, "kind", t.kind.as_str()).unwrap();
+        doc.put(&obj, "epoch", t.epoch.to_hex()).unwrap();
+        let ct = t.ciphertext.clone().unwrap();
+        doc.put(&obj, "ciphertext", automerge::ScalarValue::Bytes(ct))
+            .unwrap();
+        doc.put(&obj, "created_at", t.created_at).unwrap();
+        doc.put(&obj, "created_by", t.created_by.as_str()).unwrap();
+        doc.put(&obj, "updated_at", t.updated_at).unwrap();
+        doc.put(&obj, "updated_by", t.updated_by.as_str()).unwrap();
+        doc.commit();
+    }
+    doc.save()
 }
 
 /// Runs the sync protocol between two documents until neither has anything to send; returns
@@ -201,8 +325,19 @@ fn first_sync_1000(c: &mut Criterion) {
 }
 
 fn document_1000(c: &mut Criterion) {
-    let (bytes, me) = document_with_tokens(1000);
+    let (bytes, genesis, me) = document_history(1000);
     eprintln!("document with 1000 tokens: {} bytes saved", bytes.len());
+    let unsigned = unsigned_document(&bytes, &genesis, &me);
+    eprintln!("the same before signatures: {} bytes saved", unsigned.len());
+    assert!(
+        VaultDoc::load_trusted(&unsigned, &me)
+            .unwrap()
+            .state()
+            .unwrap()
+            .tokens
+            .values()
+            .all(|t| !t.verified)
+    );
     let mut g = c.benchmark_group("document_1000_tokens");
     g.sample_size(20);
     g.bench_function("baseline", |b| {
@@ -210,6 +345,24 @@ fn document_1000(c: &mut Criterion) {
     });
     g.bench_function("load", |b| {
         b.iter(|| VaultDoc::load_trusted(black_box(&bytes), &me).unwrap())
+    });
+    // As a device opens its vault: the signatures it checked before are known by digest.
+    let known = {
+        let doc = VaultDoc::load_trusted(&bytes, &me).unwrap();
+        doc.take_verified()
+    };
+    assert!(known.len() >= 1000);
+    g.bench_function("load_known", |b| {
+        b.iter(|| {
+            VaultDoc::load_known(black_box(&bytes), [], &me, None, known.iter().copied()).unwrap()
+        })
+    });
+    // The same vault before signatures: what reading costs without verifying any.
+    g.bench_function("load_unsigned", |b| {
+        b.iter(|| VaultDoc::load_trusted(black_box(&unsigned), &me).unwrap())
+    });
+    g.bench_function("load_unsigned_automerge", |b| {
+        b.iter(|| AutoCommit::load(black_box(&unsigned)).unwrap())
     });
     let mut doc = VaultDoc::load_trusted(&bytes, &me).unwrap();
     g.bench_function("save", |b| b.iter(|| doc.save()));
@@ -250,6 +403,7 @@ criterion_group!(
     token_seal_open,
     dek_wrap,
     document_1000,
+    token_add_1000,
     first_sync_1000,
     unlock
 );

@@ -103,6 +103,7 @@ pub enum Command {
         name: Option<String>,
     },
     /// Start an agent here with its credential in its own environment or private files only.
+    #[command(after_help = spawn_cmd::AGENTS_HELP)]
     Spawn(spawn_cmd::SpawnArgs),
     /// Detached agent sessions.
     #[command(subcommand)]
@@ -139,6 +140,9 @@ pub enum SessionCommand {
     /// Runs inside a detached session (started by `spawn --detach`).
     #[command(hide = true)]
     Supervise(session_cmds::SuperviseArgs),
+    /// Runs the agent in a tmux-mode session's first pane.
+    #[command(hide = true)]
+    Pane(session_cmds::PaneArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +156,11 @@ pub enum PeerCommand {
     /// Remove a device: rotate the vault key, disconnect it, refuse it from now on.
     Remove {
         /// Its name or device id.
+        name: String,
+    },
+    /// Give this device another name, the one the other members list it by.
+    Rename {
+        /// The new name.
         name: String,
     },
 }
@@ -234,6 +243,15 @@ pub enum TokenCommand {
         /// Token id, id prefix, or SERVICE/LABEL.
         id: String,
     },
+    /// Check OAuth logins' access-token expiry: exits 12 when one has expired, or expires
+    /// within --within (a login with a refresh token renews it when its agent starts).
+    Check {
+        /// Token id, id prefix, or SERVICE/LABEL (default: every OAuth login).
+        id: Option<String>,
+        /// Also count a login that expires within this long (e.g. 1h, 2d).
+        #[arg(long, value_name = "DURATION", default_value = "0s")]
+        within: humantime::Duration,
+    },
     /// Give a token another label (its secret stays as it is).
     Rename {
         /// Token id, id prefix, or SERVICE/LABEL.
@@ -267,6 +285,9 @@ pub enum CliError {
     Busy(String),
     #[error("{0}")]
     NotRunning(String),
+    /// `token check` found logins that expired or soon will.
+    #[error("{0}")]
+    Expiring(String),
     /// A failure the daemon reported, with the exit code it chose.
     #[error("{message}")]
     Remote {
@@ -317,6 +338,7 @@ impl CliError {
             CliError::Remote { exit, .. } => Exit::from_code(*exit),
             CliError::Busy(_) => Exit::Busy,
             CliError::NotRunning(_) => Exit::NotFound,
+            CliError::Expiring(_) => Exit::Expiring,
             CliError::Net(e) => net_exit(e),
         }
     }
@@ -348,12 +370,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             SessionCommand::Attach { id } => return session_cmds::attach(&ctx, &id),
             SessionCommand::Stop { id } => session_cmds::stop(&ctx, &id),
             SessionCommand::Supervise(args) => return session_cmds::supervise(&ctx, args),
+            SessionCommand::Pane(args) => return session_cmds::pane(&args),
         },
         Command::Peer(cmd) => match cmd {
             PeerCommand::Add(args) => peer_cmds::add(&ctx, &args),
             PeerCommand::Join(args) => peer_cmds::join(&ctx, args),
             PeerCommand::List => peer_cmds::list(&ctx),
             PeerCommand::Remove { name } => peer_cmds::remove(&ctx, &name),
+            PeerCommand::Rename { name } => peer_cmds::rename(&ctx, &name),
         },
         Command::Relay(cmd) => match cmd {
             RelayCommand::Add { addrs, token_file } => {
@@ -402,21 +426,7 @@ pub(crate) struct Context {
 }
 
 /// Formats Unix seconds for people.
-pub(crate) fn when(at: i64) -> String {
-    u64::try_from(at)
-        .ok()
-        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
-        .and_then(|t| {
-            let mut out = String::new();
-            std::fmt::Write::write_fmt(
-                &mut out,
-                format_args!("{}", humantime::format_rfc3339_seconds(t)),
-            )
-            .ok()
-            .map(|()| out)
-        })
-        .unwrap_or_else(|| "?".into())
-}
+pub(crate) use crate::entropy::when;
 
 /// Serializes output that holds a secret straight into a zeroizing buffer, sized so it does not
 /// reallocate (and leave copies) for a secret of `secret_len` bytes, escapes included.

@@ -19,13 +19,14 @@ use std::time::Duration;
 
 use handoff_protocol::{DecodeError, frame};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::ops::secret_bytes;
 use crate::ops::views::{OfferView, PairStep};
 use crate::ops::{Op, Outcome, Secret, Tier};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Largest request frame but an import's: the largest token with room to spare.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest import request: the largest document the vault accepts, with its envelope.
@@ -75,6 +76,16 @@ pub enum Request {
     /// running without saying so was killed, and its tree may have escaped it: the daemon
     /// locks.
     SupervisedEnd,
+    /// A supervisor left a write-back stash (`spawn::writeback`): an unlocked daemon takes the
+    /// waiting stashes now. Asks for nothing; a stash is judged on its own.
+    WriteBackReady,
+    /// A running session's supervisor: renew its lease on `token` (when this device holds it
+    /// for `session` under `fence`, and it is half spent).
+    RenewLease {
+        token: String,
+        session: String,
+        fence: u64,
+    },
 }
 
 /// What the daemon answers. `Debug` names the answer only: several carry secrets.
@@ -103,9 +114,12 @@ impl Request {
     /// Who may ask for it (see [`Tier`]); an operation's is its own.
     pub fn tier(&self) -> Tier {
         match self {
-            Request::Ping | Request::Lock | Request::Supervising | Request::SupervisedEnd => {
-                Tier::Open
-            }
+            Request::Ping
+            | Request::Lock
+            | Request::Supervising
+            | Request::SupervisedEnd
+            | Request::WriteBackReady
+            | Request::RenewLease { .. } => Tier::Open,
             Request::Op { op, .. } => op.tier(),
             Request::PairNext | Request::PairConfirm { .. } | Request::Shutdown => Tier::Person,
             // Unlocking (or extending an unlock), and admitting a device of any role.
@@ -126,6 +140,8 @@ impl Request {
             Request::Shutdown => "Shutdown",
             Request::Supervising => "Supervising",
             Request::SupervisedEnd => "SupervisedEnd",
+            Request::WriteBackReady => "WriteBackReady",
+            Request::RenewLease { .. } => "RenewLease",
         }
     }
 }
@@ -175,12 +191,21 @@ pub enum ControlError {
     Malformed(String),
 }
 
+/// The capacity a frame buffer starts with: a request or a response that holds the largest
+/// token there can be, with room for the rest of the message, fits in it.
+const FRAME_START: usize = handoff_protocol::sealed_token::MAX_PLAINTEXT + 16 * 1024;
+
 /// Encodes one message as a frame (the project's one frame codec, [`frame`]): length, then
 /// the CBOR envelope, serialized in place. `max` is the side's limit: [`MAX_IMPORT`] for a
 /// request, [`MAX_RESPONSE`] for a response.
-pub fn encode<T: Serialize>(body: &T, max: usize) -> Result<Vec<u8>, ControlError> {
-    let mut out = vec![0u8; frame::HEADER_LEN];
-    ciborium::into_writer(&Envelope { v: VERSION, body }, &mut out)
+///
+/// Frames carry passphrases and revealed secrets: the buffer is zeroed when dropped, and it
+/// starts large enough that a frame of ordinary size never grows (a grown buffer would leave
+/// its old copy behind, unzeroed).
+pub fn encode<T: Serialize>(body: &T, max: usize) -> Result<Zeroizing<Vec<u8>>, ControlError> {
+    let mut out = Zeroizing::new(Vec::with_capacity(FRAME_START));
+    out.resize(frame::HEADER_LEN, 0);
+    ciborium::into_writer(&Envelope { v: VERSION, body }, &mut *out)
         .map_err(|e| ControlError::Malformed(e.to_string()))?;
     let header = frame::header(out.len() - frame::HEADER_LEN, max)?;
     out[..frame::HEADER_LEN].copy_from_slice(&header);
@@ -279,7 +304,8 @@ impl Client {
             return Err(written.err().unwrap_or(e).into());
         }
         let len = frame::decode_len(header, MAX_RESPONSE)?;
-        let mut payload = Vec::with_capacity(len);
+        // Read into exactly its size, once, and zeroed when dropped (it may hold a secret).
+        let mut payload = Zeroizing::new(Vec::with_capacity(len));
         (&mut self.stream)
             .take(len as u64)
             .read_to_end(&mut payload)?;
@@ -424,6 +450,8 @@ mod tests {
         let outcome = Outcome::Credential {
             delivery: crate::spawn::Delivery::Env(vec!["X".into()]),
             secret: zeroize::Zeroizing::new(b"sk-ant-SECRET".to_vec()),
+            ticket: None,
+            warnings: Vec::new(),
         };
         assert_eq!(format!("{outcome:?}"), "Credential(..)");
         let response = Response::Outcome(Box::new(outcome));

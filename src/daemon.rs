@@ -91,6 +91,8 @@ struct Daemon {
     pairing: Pairing,
     /// The agent trees whose processes are refused above the open tier.
     trees: Trees,
+    /// The home this daemon serves (its supervisors carry a name made from it).
+    home: std::path::PathBuf,
     own_uid: u32,
     stop: tokio::sync::watch::Sender<bool>,
     /// The live control connections (numbered, to know which one owns the pairing offer).
@@ -104,6 +106,7 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
         .map_err(|e| OpError::Internal(format!("cannot listen on {}: {e}", socket.display())))?;
     std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| OpError::Internal(format!("cannot make {} private: {e}", socket.display())))?;
+    let home = device.home().root().to_path_buf();
     let state = Arc::new(Mutex::new(State::new(device)));
     let mesh = Mesh::start(state.clone(), mesh_config).await?;
     let view = mesh.view();
@@ -114,10 +117,17 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
         mesh,
         pairing: Pairing::default(),
         trees: Trees::default(),
+        home,
         own_uid: rustix::process::getuid().as_raw(),
         stop,
         clients: Arc::new(Clients::default()),
     });
+    // Agents may be running already (this daemon replaces one that stopped): know their
+    // supervisors before the first request is answered.
+    let trees = daemon.clone();
+    tokio::task::spawn_blocking(move || trees.trees.adopt_running(&trees.home))
+        .await
+        .map_err(|e| OpError::Internal(format!("cannot look for running agents: {e}")))?;
     tokio::spawn(watch_trees(daemon.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| OpError::Internal(format!("cannot watch signals: {e}")))?;
@@ -393,6 +403,32 @@ async fn answer(
             }
             Ok(Response::Done)
         }
+        Request::WriteBackReady => {
+            on_state(daemon, |state| {
+                state.take_write_backs();
+                Ok(())
+            })
+            .await?;
+            Ok(Response::Done)
+        }
+        Request::RenewLease {
+            token,
+            session,
+            fence,
+        } => {
+            let token = token
+                .parse()
+                .map_err(|_| OpError::Usage("not a token id".into()))?;
+            on_state(daemon, move |state| {
+                state
+                    .device
+                    .renew_lease(&token, &session, fence)
+                    .map(drop)
+                    .map_err(OpError::from)
+            })
+            .await?;
+            Ok(Response::Done)
+        }
         Request::Ping => {
             let shared = daemon.state.clone();
             let until = tokio::task::spawn_blocking(move || {
@@ -409,6 +445,26 @@ async fn answer(
         }
         Request::Shutdown => Ok(Response::Done),
     }
+}
+
+/// Runs `f` on the daemon's state off the runtime thread, and offers what it changed to the
+/// mesh.
+async fn on_state(
+    daemon: &Arc<Daemon>,
+    f: impl FnOnce(&mut State) -> Result<(), OpError> + Send + 'static,
+) -> Result<(), OpError> {
+    let shared = daemon.state.clone();
+    let changed = tokio::task::spawn_blocking(move || {
+        let mut guard = lock_state(&shared);
+        let before = guard.device.heads_hex();
+        f(&mut guard).map(|()| guard.device.heads_hex() != before)
+    })
+    .await
+    .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))??;
+    if changed {
+        daemon.mesh.changed();
+    }
+    Ok(())
 }
 
 /// A copy of the vault key for a pairing offer, from an admin-capable device that is unlocked
@@ -447,7 +503,8 @@ async fn hung_up(stream: &UnixStream) {
 const WATCH_EVERY: Duration = Duration::from_secs(3);
 
 /// From start-up on: sweeps what killed supervisors left (`spawn::materialize::sweep_stale`)
-/// and locks when a known supervisor stopped without ending its tree (see `trees.rs`).
+/// takes supervisors that run as known, and locks when a known supervisor stopped without
+/// ending its tree (see `trees.rs`).
 async fn watch_trees(daemon: Arc<Daemon>) {
     loop {
         if let Ok(swept) = tokio::task::spawn_blocking(crate::spawn::materialize::sweep_stale).await
@@ -458,9 +515,23 @@ async fn watch_trees(daemon: Arc<Daemon>) {
                 "removed credential directories of killed supervisors"
             );
         }
+        // What the sweep left for killed supervisors, and what waits from any other session.
+        let waiting =
+            !crate::spawn::writeback::waiting(&daemon.home.join(crate::spawn::writeback::DIR))
+                .is_empty();
+        if waiting {
+            let _ = on_state(&daemon, |state| {
+                state.take_write_backs();
+                Ok(())
+            })
+            .await;
+        }
         let trees = daemon.clone();
-        if let Ok(Some(gone)) = tokio::task::spawn_blocking(move || trees.trees.find_escape()).await
-        {
+        let found = tokio::task::spawn_blocking(move || {
+            trees.trees.adopt_running(&trees.home);
+            trees.trees.find_escape()
+        });
+        if let Ok(Some(gone)) = found.await {
             tracing::warn!(
                 supervisor = gone.pid,
                 "an agent supervisor stopped without ending its processes; locked, and refusing above the open tier until restarted"

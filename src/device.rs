@@ -8,8 +8,11 @@
 //! token or seal one need an [`Unlocked`] vault key, made from the passphrase.
 
 mod members;
+pub mod oauth;
 mod peers;
 mod relaying;
+mod tokens;
+mod writes;
 
 pub use members::{Joiner, PendingJoin, Removed, Upkeep};
 pub use peers::{PeerSeen, SyncRefusal};
@@ -22,15 +25,15 @@ use std::time::Duration;
 
 use handoff_protocol::binding::genesis_statement;
 use handoff_protocol::dek_wrap::Recipient;
-use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
+use handoff_protocol::{DeviceId, EpochId, VaultId};
 use secrecy::ExposeSecret;
 
-use crate::doc::schema::{Epoch, Member, Role, Service, Token, VaultInfo, VaultState, limits};
+use crate::doc::schema::{Epoch, Member, Role, Service, VaultInfo, VaultState, limits};
 use crate::doc::{DocError, VaultDoc};
 use crate::entropy::unix_now;
 use crate::home::{Home, HomeError, OwnerLock};
 use crate::store::{DeviceRecord, Store, StoreError};
-use crate::vault::epoch::{TokenBinding, wrap_statement};
+use crate::vault::epoch::wrap_statement;
 use crate::vault::{
     Dek, DeviceKeys, KdfParams, RecoveryCode, RecoveryMember, SecretBytes, SignedWrap, VaultError,
     VaultSecret, WrappedVaultKey, random_array,
@@ -71,6 +74,19 @@ pub enum DeviceError {
     KeyNeedsRotation,
     #[error("{0}")]
     InvalidInput(String),
+    /// This device's role does not allow the write (every other member would refuse it).
+    #[error("this device is a {} device: it cannot {what}; do it on an admin or member device", role.as_str())]
+    RoleForbids { role: Role, what: &'static str },
+    /// A rotating OAuth token another session holds (DESIGN §9).
+    #[error(
+        "{token} is in use by {holder} until {}; wait for its session to end, or pass --take to take it over (that session's later refreshes are then dropped)",
+        crate::entropy::when(*until)
+    )]
+    Leased {
+        token: String,
+        holder: String,
+        until: i64,
+    },
     #[error("the device record and the vault document disagree: {0}")]
     Inconsistent(&'static str),
     #[error("cannot write {path}: {source}")]
@@ -85,6 +101,11 @@ pub enum DeviceError {
 pub struct Unlocked(VaultSecret);
 
 impl Unlocked {
+    /// The vault public key this key opens for (what a write-back's stash is sealed to).
+    pub fn public(&self) -> [u8; 32] {
+        self.0.public()
+    }
+
     /// A second handle on the same key (for work that outlives the caller's hold on it, such
     /// as an open pairing offer); zeroized when dropped like the first.
     pub fn duplicate(&self) -> Unlocked {
@@ -205,9 +226,9 @@ impl Device {
             )?;
             epoch.wraps.insert(recipient, wrap);
         }
-        let mut doc = VaultDoc::create(&info, &founder, &epoch)?;
-        doc.append_audit(&me, "vault.create", &info.name)?;
-        doc.commit("audit");
+        let mut doc = VaultDoc::create(&info, &founder, &epoch, |m| keys.sign(m))?;
+        doc.audit(&me, "vault.create", &info.name, |m| keys.sign(m))?;
+        doc.commit("audit", |m| keys.sign(m));
         let device = Self::write_new(home, lock, doc, keys, &secret, new)?;
         Ok((device, code))
     }
@@ -268,8 +289,8 @@ impl Device {
             )?;
             doc.put_wrap(&epoch.id, &Recipient::Device(me), &mine)?;
         }
-        doc.append_audit(&me, "device.recover", new.name)?;
-        doc.commit("recover device");
+        doc.audit(&me, "device.recover", new.name, |m| keys.sign(m))?;
+        doc.commit("recover device", |m| keys.sign(m));
         Self::write_new(home, lock, doc, keys, &secret, new)
     }
 
@@ -340,11 +361,12 @@ impl Device {
             ));
         }
         let (snapshot, changes) = store.doc_parts()?;
-        let doc = VaultDoc::load_parts(
+        let doc = VaultDoc::load_known(
             &snapshot,
             changes.iter().map(Vec::as_slice),
             &record.device_id,
             Some(&record.anchors),
+            store.verified_digests()?,
         )?;
         Ok(Self {
             home,
@@ -400,11 +422,22 @@ impl Device {
 
     /// Persists the document's new changes; compacts the log when it has grown.
     fn persist(&mut self) -> Result<(), DeviceError> {
-        if let Some(chunk) = self.doc.take_unsaved()
-            && self.store.append_change(&chunk)?
-        {
+        let Some(chunk) = self.doc.take_unsaved() else {
+            // Nothing written: the home stays as it was (the checked signatures are saved
+            // with the next change).
+            return Ok(());
+        };
+        if self.store.append_change(&chunk)? {
             let snapshot = self.doc.save();
             self.store.compact(&snapshot)?;
+        }
+        // Only a cache: failing to keep it costs a verification at the next open.
+        let checked = self.doc.take_verified();
+        if let Err(e) = self
+            .store
+            .remember_verified(&checked, crate::doc::MAX_REMEMBERED_SIGNATURES)
+        {
+            tracing::warn!(error = %e, "could not save which signatures were checked");
         }
         Ok(())
     }
@@ -427,236 +460,9 @@ impl Device {
         Ok(Dek::unwrap(&wrap.wrap, &key.0, &state.info.id, epoch, &me)?)
     }
 
-    /// Finds a live token by full id, unique id prefix (4+ hex digits) or `SERVICE/LABEL`.
-    pub fn find_token<'s>(
-        &self,
-        state: &'s VaultState,
-        query: &str,
-    ) -> Result<&'s Token, DeviceError> {
-        let matches: Vec<&Token> = if let Some((service, label)) = query.split_once('/') {
-            // Two devices can add (or rename to) one label at once: then the label names
-            // neither, and the id must be given.
-            state
-                .live_tokens()
-                .filter(|t| t.service.as_str() == service && t.label == label)
-                .collect()
-        } else {
-            let q = query.to_ascii_lowercase();
-            if q.len() < 4 || !q.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(DeviceError::TokenNotFound(query.to_string()));
-            }
-            state
-                .live_tokens()
-                .filter(|t| t.id.to_hex().starts_with(&q))
-                .collect()
-        };
-        match matches.as_slice() {
-            [one] => Ok(one),
-            [] => Err(DeviceError::TokenNotFound(query.to_string())),
-            many => Err(DeviceError::AmbiguousToken {
-                query: query.to_string(),
-                matches: many
-                    .iter()
-                    .map(|t| t.id.to_hex()[..12].to_string())
-                    .collect(),
-            }),
-        }
-    }
-
-    /// Adds a token (or, with `replace`, changes the secret of an existing SERVICE/LABEL).
-    /// Refuses a label another live token of `service` already holds.
-    pub fn check_label_free(
-        state: &VaultState,
-        service: Service,
-        label: &str,
-    ) -> Result<(), DeviceError> {
-        if state
-            .live_tokens()
-            .any(|t| t.service == service && t.label == label)
-        {
-            return Err(DeviceError::DuplicateLabel {
-                service,
-                label: label.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    pub fn add_token(
-        &mut self,
-        key: &Unlocked,
-        service: Service,
-        label: &str,
-        secret: &[u8],
-        make_default: bool,
-        replace: bool,
-    ) -> Result<TokenId, DeviceError> {
-        check_label(label)?;
-        check_secret(service, secret)?;
-        let mut state = self.state()?;
-        let reaches_outsider = |state: &VaultState| {
-            state
-                .current_epoch()
-                .is_some_and(|e| state.reaches_outsider(e))
-        };
-        if reaches_outsider(&state) {
-            // An admin rotates past it now; anyone else must wait for one.
-            self.require_admin(&state)
-                .map_err(|_| DeviceError::KeyNeedsRotation)?;
-            self.upkeep(key)?;
-            state = self.state()?;
-            if reaches_outsider(&state) {
-                return Err(DeviceError::KeyNeedsRotation);
-            }
-        }
-        let epoch = state
-            .current_epoch()
-            .ok_or(DeviceError::Inconsistent("the vault has no key epoch"))?;
-        let dek = self.dek(&state, &epoch.id, key)?;
-        let me = self.record.device_id.to_hex();
-        let now = unix_now();
-        if !replace {
-            Self::check_label_free(&state, service, label)?;
-        }
-        let existing = state
-            .live_tokens()
-            .find(|t| t.service == service && t.label == label);
-        let mut token = match existing {
-            Some(t) => t.clone(),
-            None => Token {
-                id: TokenId::from_bytes(random_array()?),
-                service,
-                label: label.to_string(),
-                kind: service.kind_of(secret),
-                epoch: epoch.id,
-                ciphertext: None,
-                created_at: now,
-                created_by: me.clone(),
-                updated_at: now,
-                updated_by: me.clone(),
-                deleted: false,
-                conflicted: false,
-            },
-        };
-        let binding = TokenBinding {
-            vault: &state.info.id,
-            token: &token.id,
-            epoch: &epoch.id,
-            service: service.as_str(),
-        };
-        token.ciphertext = Some(dek.seal_token(binding, secret)?);
-        token.kind = service.kind_of(secret);
-        token.epoch = epoch.id;
-        token.updated_at = now;
-        token.updated_by = me;
-        let action = if existing.is_some() {
-            "token.edit"
-        } else {
-            "token.add"
-        };
-        self.doc.put_token(&token)?;
-        if make_default || !state.defaults.contains_key(&service) {
-            self.doc.set_default(service, Some(&token.id))?;
-        }
-        self.doc
-            .append_audit(&self.record.device_id, action, &token.id.to_hex())?;
-        self.doc.commit(action);
-        self.persist()?;
-        Ok(token.id)
-    }
-
-    /// Decrypts a token.
-    pub fn reveal(&self, key: &Unlocked, query: &str) -> Result<(Token, SecretBytes), DeviceError> {
-        let state = self.state()?;
-        let token = self.find_token(&state, query)?.clone();
-        let sealed = token
-            .ciphertext
-            .as_deref()
-            .ok_or_else(|| DeviceError::TokenNotFound(query.to_string()))?;
-        let dek = self.dek(&state, &token.epoch, key)?;
-        let binding = TokenBinding {
-            vault: &state.info.id,
-            token: &token.id,
-            epoch: &token.epoch,
-            service: token.service.as_str(),
-        };
-        let secret = dek.open_token(binding, sealed)?;
-        Ok((token, secret))
-    }
-
-    /// Deletes a token: the record stays as a tombstone, its ciphertext is dropped. If it was
-    /// its service's default and exactly one other token of that service remains, that one
-    /// becomes the default.
-    pub fn remove_token(&mut self, query: &str) -> Result<Token, DeviceError> {
-        let state = self.state()?;
-        let mut token = self.find_token(&state, query)?.clone();
-        token.deleted = true;
-        token.ciphertext = None;
-        token.updated_at = unix_now();
-        token.updated_by = self.record.device_id.to_hex();
-        self.doc.put_token(&token)?;
-        if state.is_default(&token) {
-            let others: Vec<&Token> = state
-                .live_tokens()
-                .filter(|t| t.service == token.service && t.id != token.id)
-                .collect();
-            let next = match others.as_slice() {
-                [only] => Some(&only.id),
-                _ => None,
-            };
-            self.doc.set_default(token.service, next)?;
-        }
-        self.doc
-            .append_audit(&self.record.device_id, "token.rm", &token.id.to_hex())?;
-        self.doc.commit("token.rm");
-        self.persist()?;
-        Ok(token)
-    }
-
-    /// Makes a token its service's default.
-    pub fn set_default(&mut self, query: &str) -> Result<Token, DeviceError> {
-        let state = self.state()?;
-        let token = self.find_token(&state, query)?.clone();
-        self.doc.set_default(token.service, Some(&token.id))?;
-        self.doc
-            .append_audit(&self.record.device_id, "token.default", &token.id.to_hex())?;
-        self.doc.commit("token.default");
-        self.persist()?;
-        Ok(token)
-    }
-
     /// Drops what an operation that failed wrote but did not commit.
     pub fn rollback(&mut self) {
         self.doc.rollback();
-    }
-
-    /// Gives a token another label (unique within its service, like a new one's). Its secret
-    /// is not touched: no key is needed.
-    pub fn rename_token(&mut self, query: &str, label: &str) -> Result<Token, DeviceError> {
-        check_label(label)?;
-        let state = self.state()?;
-        let mut token = self.find_token(&state, query)?.clone();
-        let taken = state
-            .live_tokens()
-            .any(|t| t.id != token.id && t.service == token.service && t.label == label);
-        if taken {
-            return Err(DeviceError::LabelTaken {
-                service: token.service,
-                label: label.to_string(),
-            });
-        }
-        if token.label == label {
-            return Ok(token);
-        }
-        token.label = label.to_string();
-        token.updated_at = unix_now();
-        token.updated_by = self.record.device_id.to_hex();
-        self.doc.put_token(&token)?;
-        self.doc
-            .append_audit(&self.record.device_id, "token.rename", &token.id.to_hex())?;
-        self.doc.commit("token.rename");
-        self.persist()?;
-        Ok(token)
     }
 
     /// The whole document in the standard Automerge format.
@@ -732,37 +538,6 @@ fn signed_wrap(
         sig: sig.to_vec(),
         signer: signer.to_string(),
     })
-}
-
-/// Refuses secrets that cannot be what the service expects.
-fn check_secret(service: Service, secret: &[u8]) -> Result<(), DeviceError> {
-    use crate::doc::TokenKind;
-    if secret.is_empty() {
-        return Err(DeviceError::InvalidInput("the token is empty".into()));
-    }
-    let max = handoff_protocol::sealed_token::MAX_PLAINTEXT;
-    if secret.len() > max {
-        return Err(VaultError::TokenTooLarge {
-            len: secret.len(),
-            max,
-        }
-        .into());
-    }
-    if service.kind_of(secret) == TokenKind::OauthJson {
-        // Checks the shape without copying any value into a non-zeroizing String.
-        let parsed: Result<BTreeMap<String, serde::de::IgnoredAny>, _> =
-            serde_json::from_slice(secret);
-        if parsed.is_err() {
-            return Err(DeviceError::InvalidInput(format!(
-                "a {service} OAuth credential must be a JSON object (the contents of its auth file)"
-            )));
-        }
-    } else if std::str::from_utf8(secret).is_err() || secret.iter().any(|b| b.is_ascii_control()) {
-        return Err(DeviceError::InvalidInput(format!(
-            "a {service} token is one line of printable text; this input has control characters or invalid UTF-8"
-        )));
-    }
-    Ok(())
 }
 
 /// Exposes a secret's bytes (kept here so callers need not import the trait).

@@ -15,17 +15,20 @@
 mod chunks;
 mod contain;
 mod read;
+mod records;
 pub mod schema;
 mod trust;
+mod verified;
+pub use verified::MAX_REMEMBERED as MAX_REMEMBERED_SIGNATURES;
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue};
 use handoff_protocol::dek_wrap::Recipient;
-use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
+use handoff_protocol::{DeviceId, EpochId, VaultId};
 
 pub use schema::{
-    AuditEntry, Epoch, Member, Relay, Role, Service, Token, TokenKind, TrustAnchors, UnknownName,
-    VaultInfo, VaultState,
+    AuditEntry, DefaultChoice, Epoch, Lease, Member, Relay, Role, Service, Token, TokenKind,
+    TrustAnchors, UnknownName, VaultInfo, VaultState,
 };
 
 use crate::entropy::unix_now;
@@ -62,8 +65,22 @@ pub enum DocError {
         actor: String,
         owed: Vec<(DeviceId, u64)>,
     },
+    /// A change wrote what its author's role does not allow, or a record without a valid
+    /// signature by its writer (DESIGN §3, "Who may write what").
+    #[error("a change in the document is not allowed: {0}; refusing it")]
+    Unauthorized(&'static str),
+    /// Changes that depend on changes neither they nor this document hold: not taken until
+    /// those come.
+    #[error("its changes depend on changes this device does not hold yet")]
+    Waiting,
     #[error("document operation failed: {0}")]
     Automerge(#[from] automerge::AutomergeError),
+    /// A sync message failed a check while it left out changes its sender holds (a change
+    /// the sender's Bloom filter wrongly took us to have, whose dependents came without it):
+    /// judged alone it may be refused for what the missing changes would allow. `refused` is
+    /// what the check said.
+    #[error("{refused} (in a sync message that left out changes its sender holds)")]
+    Incomplete { refused: Box<DocError> },
 }
 
 /// The vault document, the anchors it is checked against, and what of it has been persisted.
@@ -76,6 +93,8 @@ pub struct VaultDoc {
     /// method starts with [`Self::touched`]); a validated fork that replaces the document
     /// brings its own.
     valid: std::sync::OnceLock<VaultState>,
+    /// The signatures already checked, shared with the forks incoming changes are tried on.
+    verified: std::sync::Arc<verified::Verified>,
 }
 
 /// The Automerge actor a device writes with: its device id.
@@ -85,7 +104,12 @@ pub fn actor_for(device: &DeviceId) -> ActorId {
 
 impl VaultDoc {
     /// A new document holding the vault, its founding member and first epoch.
-    pub fn create(info: &VaultInfo, founder: &Member, epoch: &Epoch) -> Result<Self, DocError> {
+    pub fn create(
+        info: &VaultInfo,
+        founder: &Member,
+        epoch: &Epoch,
+        sign: impl Fn(&[u8]) -> [u8; 64],
+    ) -> Result<Self, DocError> {
         let mut doc = AutoCommit::new().with_actor(actor_for(&founder.device));
         doc.put(automerge::ROOT, "schema", schema::SCHEMA_VERSION)?;
         let vault = doc.put_object(automerge::ROOT, "vault", ObjType::Map)?;
@@ -106,10 +130,11 @@ impl VaultDoc {
             anchors: TrustAnchors::of(info),
             saved_heads: Vec::new(),
             valid: std::sync::OnceLock::new(),
+            verified: Default::default(),
         };
         this.put_member(founder)?;
         this.put_epoch(epoch)?;
-        this.commit("create vault");
+        this.commit("create vault", sign);
         Ok(this)
     }
 
@@ -119,6 +144,24 @@ impl VaultDoc {
         Self::load_parts(data, [], device, None)
     }
 
+    /// As [`Self::load_parts`], trusting the signatures whose digests `known` holds (what
+    /// [`Self::take_verified`] gave out earlier, saved by the store).
+    pub fn load_known<'a>(
+        snapshot: &[u8],
+        changes: impl IntoIterator<Item = &'a [u8]>,
+        device: &DeviceId,
+        anchors: Option<&TrustAnchors>,
+        known: impl IntoIterator<Item = [u8; 32]>,
+    ) -> Result<Self, DocError> {
+        let verified = std::sync::Arc::new(verified::Verified::with(known));
+        Self::load_with(snapshot, changes, device, anchors, verified)
+    }
+
+    /// The digests of the signatures checked since the last call, for the store to keep.
+    pub fn take_verified(&self) -> Vec<[u8; 32]> {
+        self.verified.take_unsaved()
+    }
+
     /// Loads a snapshot plus incremental change chunks, as the store keeps them, checked
     /// against the pinned `anchors` (or the document's own, if `None`), validated once.
     pub fn load_parts<'a>(
@@ -126,6 +169,16 @@ impl VaultDoc {
         changes: impl IntoIterator<Item = &'a [u8]>,
         device: &DeviceId,
         anchors: Option<&TrustAnchors>,
+    ) -> Result<Self, DocError> {
+        Self::load_with(snapshot, changes, device, anchors, Default::default())
+    }
+
+    fn load_with<'a>(
+        snapshot: &[u8],
+        changes: impl IntoIterator<Item = &'a [u8]>,
+        device: &DeviceId,
+        anchors: Option<&TrustAnchors>,
+        verified: std::sync::Arc<verified::Verified>,
     ) -> Result<Self, DocError> {
         check_size(snapshot.len())?;
         let changes: Vec<&[u8]> = changes.into_iter().collect();
@@ -141,7 +194,7 @@ impl VaultDoc {
                 doc.load_incremental(chunk)
                     .map_err(|e| DocError::Damaged(e.to_string()))?;
             }
-            let state = read::read_state(&doc, anchors)?;
+            let state = read::read_state(&doc, anchors, &verified)?;
             Ok((doc, state))
         })?;
         let saved_heads = doc.get_heads();
@@ -150,6 +203,7 @@ impl VaultDoc {
             anchors: TrustAnchors::of(&state.info),
             saved_heads,
             valid: state.into(),
+            verified,
         })
     }
 
@@ -163,7 +217,7 @@ impl VaultDoc {
         if let Some(state) = self.valid.get() {
             return Ok(state.clone());
         }
-        let state = read::read_state(&self.doc, Some(&self.anchors))?;
+        let state = read::read_state(&self.doc, Some(&self.anchors), &self.verified)?;
         let _ = self.valid.set(state.clone());
         Ok(state)
     }
@@ -175,11 +229,13 @@ impl VaultDoc {
 
     /// The full document in the standard Automerge binary format.
     pub fn save(&mut self) -> Vec<u8> {
+        self.settle();
         self.doc.save()
     }
 
     /// Changes made since the last call (or load), for the store to append; `None` if none.
     pub fn take_unsaved(&mut self) -> Option<Vec<u8>> {
+        self.settle();
         let heads = self.doc.get_heads();
         if heads == self.saved_heads {
             return None;
@@ -191,10 +247,12 @@ impl VaultDoc {
 
     /// Marks everything as persisted (after the store wrote a full snapshot).
     pub fn mark_saved(&mut self) {
+        self.settle();
         self.saved_heads = self.doc.get_heads();
     }
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.settle();
         self.doc.get_heads()
     }
 
@@ -217,18 +275,27 @@ impl VaultDoc {
         data: &[u8],
         admit: impl FnOnce(&VaultState) -> bool,
     ) -> Result<Option<usize>, DocError> {
+        self.settle();
         check_size(data.len())?;
         chunks::check_framing(data)?;
         let before = self.state()?;
         let heads = self.doc.get_heads();
+        // What was already waiting (a store from before changes stopped being queued).
+        let waiting = self.doc.get_missing_deps(&[]).len();
         let actor = self.doc.get_actor().clone();
         let mut fork = self.doc.fork().with_actor(actor);
         let anchors = &self.anchors;
+        let verified = &*self.verified;
         // Parse and validate inside the containment; the fork is dropped on any failure.
         let (fork, count, state) = contain::contained(move || {
             fork.load_incremental(data)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
-            let (count, state) = check_fork(&mut fork, anchors, &heads, &before)?;
+            // Changes waiting for one this document lacks are not kept: unchecked, they would
+            // be applied with it later, and one crafted among them could block it for ever.
+            if fork.get_missing_deps(&[]).len() > waiting {
+                return Err(DocError::Waiting);
+            }
+            let (count, state) = check_fork(&mut fork, anchors, verified, &heads, &before)?;
             Ok((fork, count, state))
         })?;
         if !admit(&state) {
@@ -250,6 +317,7 @@ impl VaultDoc {
         with_changes: bool,
     ) -> Option<Vec<u8>> {
         use automerge::sync::SyncDoc;
+        self.settle();
         let doc = &mut self.doc;
         let generated = contain::contained(|| {
             Ok(doc.sync().generate_sync_message(state).map(|mut message| {
@@ -266,6 +334,26 @@ impl VaultDoc {
         })
     }
 
+    /// A sync message that asks the peer for every change it holds, and to forget which it
+    /// sent already: after [`DocError::Incomplete`], so that the next message is judged on
+    /// the peer's whole document. (An empty `have` is how Automerge itself asks for
+    /// everything when it has lost track.)
+    pub fn ask_everything(&mut self) -> Vec<u8> {
+        self.settle();
+        let mut flags = automerge::sync::MessageFlags::new();
+        flags.set(automerge::sync::MessageFlags::SUPPORTS_SYNC_RESET);
+        flags.set(automerge::sync::MessageFlags::SYNC_RESET);
+        automerge::sync::Message {
+            heads: self.doc.get_heads(),
+            need: Vec::new(),
+            have: vec![automerge::sync::Have::default()],
+            changes: Vec::<Vec<u8>>::new().into(),
+            flags: Some(flags),
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode()
+    }
+
     /// Receives a peer's sync message on a fork and keeps the fork only if it validates as
     /// [`ingest`](Self::ingest) does; on any error neither the document nor `state` changes.
     /// Returns how many changes were new.
@@ -275,6 +363,7 @@ impl VaultDoc {
         message: &[u8],
     ) -> Result<usize, DocError> {
         use automerge::sync::SyncDoc;
+        self.settle();
         check_size(message.len())?;
         let message = contain::contained(|| {
             automerge::sync::Message::decode(message)
@@ -295,18 +384,40 @@ impl VaultDoc {
         }
         let before = self.state()?;
         let heads = self.doc.get_heads();
+        let waiting = self.doc.get_missing_deps(&[]).len();
         let actor = self.doc.get_actor().clone();
         let mut fork = self.doc.fork().with_actor(actor);
         let mut next = state.clone();
         let anchors = &self.anchors;
+        let verified = &*self.verified;
         let (fork, next, count, valid) = contain::contained(move || {
             for chunk in message.changes.iter() {
                 chunks::check_framing(chunk)?;
             }
+            let theirs = message.heads.clone();
             fork.sync()
                 .receive_sync_message(&mut next, message)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
-            let (count, valid) = check_fork(&mut fork, anchors, &heads, &before)?;
+            if fork.get_missing_deps(&[]).len() > waiting {
+                return Err(DocError::Incomplete {
+                    refused: Box::new(DocError::Waiting),
+                });
+            }
+            let (count, valid) = check_fork(&mut fork, anchors, verified, &heads, &before)
+                .map_err(|refused| {
+                    // Only the sender's heads count: changes queued earlier for parents
+                    // that never came say nothing of this message.
+                    if theirs
+                        .iter()
+                        .all(|h| fork.get_change_meta_by_hash(h).is_some())
+                    {
+                        refused
+                    } else {
+                        DocError::Incomplete {
+                            refused: Box::new(refused),
+                        }
+                    }
+                })?;
             Ok((fork, next, count, valid))
         })?;
         self.doc = fork;
@@ -337,6 +448,7 @@ impl VaultDoc {
 
     /// The highest change sequence number this document holds from `actor` (0 if none).
     pub fn last_seq(&mut self, actor: &[u8]) -> u64 {
+        self.settle();
         self.doc
             .get_changes(&[])
             .iter()
@@ -344,6 +456,17 @@ impl VaultDoc {
             .map(|c| c.seq())
             .max()
             .unwrap_or(0)
+    }
+
+    /// Drops writes left pending by an operation that failed half way without rolling back,
+    /// before anything would commit them implicitly (Automerge commits pending ops on a save,
+    /// a sync or a look at the heads): a change made that way would carry no attestation, and
+    /// every peer would refuse it and everything after it.
+    fn settle(&mut self) {
+        if self.doc.pending_ops() > 0 {
+            tracing::warn!("dropped writes an operation left uncommitted");
+            self.rollback();
+        }
     }
 
     /// Drops writes not yet committed (an operation that failed half way): they never become
@@ -354,14 +477,37 @@ impl VaultDoc {
         }
     }
 
-    /// Commits pending writes as one change.
-    pub fn commit(&mut self, message: &str) {
+    /// Commits pending writes as one change, and vouches for it with `sign` (this device's
+    /// identity key): an attestation change right after it, which holds no op, depends on it
+    /// alone and carries the signature as its message (`trust::check_attested`). A change no
+    /// attestation by its actor's member vouches for is refused by every reader, so nobody
+    /// writes under another member's actor id. Both are committed here; nothing else commits.
+    pub fn commit(&mut self, message: &str, sign: impl Fn(&[u8]) -> [u8; 64]) {
         self.touched();
-        self.doc.commit_with(
+        let Some(hash) = self.doc.commit_with(
             CommitOptions::default()
                 .with_message(message.to_string())
                 .with_time(unix_now()),
-        );
+        ) else {
+            return;
+        };
+        let Some(change) = self.doc.get_change_by_hash(&hash) else {
+            return;
+        };
+        let attestation = trust::attestation(&self.anchors.vault, &change, sign);
+        if let Err(e) = self.doc.apply_changes([attestation]) {
+            // Only a bug can get here; the change stays unattested, and peers refuse it.
+            tracing::error!(error = %e, "could not attest a change");
+        }
+    }
+
+    /// The attestation `commit` makes for `change` (for tests that write changes by hand).
+    pub fn attestation(
+        vault: &VaultId,
+        change: &automerge::Change,
+        sign: impl Fn(&[u8]) -> [u8; 64],
+    ) -> automerge::Change {
+        trust::attestation(vault, change, sign)
     }
 
     fn map(&self, path: &[&str]) -> Result<ObjId, DocError> {
@@ -385,15 +531,6 @@ impl VaultDoc {
             Some((automerge::Value::Object(ObjType::Map), id)) => Ok(id),
             _ => Ok(self.doc.put_object(parent, key, ObjType::Map)?),
         }
-    }
-
-    /// The field's value if it holds exactly one scalar (no conflict).
-    fn single(&self, obj: &ObjId, key: &str) -> Result<Option<ScalarValue>, DocError> {
-        let current = self.doc.get_all(obj, key)?;
-        Ok(match current.as_slice() {
-            [(value, _)] => value.as_scalar().cloned(),
-            _ => None,
-        })
     }
 
     /// Writes `value` unless the field already holds exactly it, so re-saving a record does
@@ -425,13 +562,35 @@ impl VaultDoc {
         // would make two maps under one key, and one of them would hide the other's entry.
         let removals = self.child_map(&obj, "removals")?;
         for r in &m.removals {
-            let entry = self.child_map(&removals, &r.by)?;
-            self.put_changed(&entry, "at", r.at.into())?;
-            self.put_changed(&entry, "after_seq", r.after_seq.into())?;
-            self.put_changed(&entry, "sig", bytes(&r.sig))?;
-            if r.vouch || self.doc.get(&entry, "vouch")?.is_some() {
-                self.put_changed(&entry, "vouch", r.vouch.into())?;
-            }
+            self.put_removal_in(&removals, r)?;
+        }
+        Ok(())
+    }
+
+    /// Sets a member record's `name`, and nothing else of it: what a member writes of its own.
+    pub fn put_member_name(&mut self, member: &DeviceId, name: &str) -> Result<(), DocError> {
+        self.touched();
+        let record = self.map(&["members", &member.to_hex()])?;
+        self.doc.put(&record, "name", name)?;
+        Ok(())
+    }
+
+    /// Writes one signer's removal or vouch entry under `member`'s record, and nothing else of
+    /// the record: what a member that is not an admin may write there.
+    pub fn put_removal(&mut self, member: &DeviceId, r: &schema::Removal) -> Result<(), DocError> {
+        self.touched();
+        let record = self.map(&["members", &member.to_hex()])?;
+        let removals = self.child_map(&record, "removals")?;
+        self.put_removal_in(&removals, r)
+    }
+
+    fn put_removal_in(&mut self, removals: &ObjId, r: &schema::Removal) -> Result<(), DocError> {
+        let entry = self.child_map(removals, &r.by)?;
+        self.put_changed(&entry, "at", r.at.into())?;
+        self.put_changed(&entry, "after_seq", r.after_seq.into())?;
+        self.put_changed(&entry, "sig", bytes(&r.sig))?;
+        if r.vouch || self.doc.get(&entry, "vouch")?.is_some() {
+            self.put_changed(&entry, "vouch", r.vouch.into())?;
         }
         Ok(())
     }
@@ -462,44 +621,6 @@ impl VaultDoc {
         self.put_changed(&obj, "wrap", bytes(&w.wrap))?;
         self.put_changed(&obj, "sig", bytes(&w.sig))?;
         self.put_changed(&obj, "signer", w.signer.as_str().into())?;
-        Ok(())
-    }
-
-    /// Writes a token record (creating it or changing the fields that differ).
-    pub fn put_token(&mut self, t: &Token) -> Result<(), DocError> {
-        self.touched();
-        let tokens = self.map(&["tokens"])?;
-        let obj = self.child_map(&tokens, &t.id.to_hex())?;
-        self.put_changed(&obj, "service", t.service.as_str().into())?;
-        self.put_changed(&obj, "label", t.label.as_str().into())?;
-        self.put_changed(&obj, "kind", t.kind.as_str().into())?;
-        // `epoch` and `ciphertext` are rewritten together whenever either changes, each as a
-        // delete then a put: every such write then makes the same sequence of operations, so
-        // two concurrent writes resolve both fields to the same writer, never to one's epoch
-        // and the other's ciphertext. (Automerge makes no operation for a put of the value a
-        // field already holds, which would otherwise break that pairing when only the
-        // ciphertext changes.)
-        let epoch: ScalarValue = t.epoch.to_hex().into();
-        let same_epoch = self.single(&obj, "epoch")?.as_ref() == Some(&epoch);
-        let same_ct = self.single(&obj, "ciphertext")? == t.ciphertext.as_deref().map(bytes);
-        if !(same_epoch && same_ct) {
-            for key in ["epoch", "ciphertext"] {
-                if self.doc.get(&obj, key)?.is_some() {
-                    self.doc.delete(&obj, key)?;
-                }
-            }
-            self.doc.put(&obj, "epoch", epoch)?;
-            if let Some(ct) = &t.ciphertext {
-                self.doc.put(&obj, "ciphertext", bytes(ct))?;
-            }
-        }
-        self.put_changed(&obj, "created_at", t.created_at.into())?;
-        self.put_changed(&obj, "created_by", t.created_by.as_str().into())?;
-        self.put_changed(&obj, "updated_at", t.updated_at.into())?;
-        self.put_changed(&obj, "updated_by", t.updated_by.as_str().into())?;
-        if t.deleted {
-            self.put_changed(&obj, "deleted", true.into())?;
-        }
         Ok(())
     }
 
@@ -540,6 +661,7 @@ impl VaultDoc {
     /// The raw bytes of every change not in the history of `have` (heads this document may
     /// or may not hold; unknown ones are ignored), oldest first.
     pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.settle();
         let known: Vec<ChangeHash> = have
             .iter()
             .filter(|h| self.doc.get_change_by_hash(h).is_some())
@@ -562,6 +684,7 @@ impl VaultDoc {
     /// Whether some change in `data` (change chunks) depends on a change that is neither in
     /// `data` nor applied here.
     pub fn lacks_deps_of(&mut self, data: &[u8]) -> Result<bool, DocError> {
+        self.settle();
         let (hashes, deps) = change_links(data)?;
         let inside: std::collections::HashSet<ChangeHash> = hashes.into_iter().collect();
         let outside: Vec<ChangeHash> = deps.into_iter().filter(|d| !inside.contains(d)).collect();
@@ -571,57 +694,10 @@ impl VaultDoc {
     /// Whether every one of `changes` is applied here (not unknown, nor queued waiting for
     /// a dependency this document lacks).
     pub fn holds(&mut self, changes: &[ChangeHash]) -> bool {
+        self.settle();
         changes
             .iter()
             .all(|h| self.doc.get_change_by_hash(h).is_some())
-    }
-
-    /// Makes `token` the default of `service`, or clears the default.
-    pub fn set_default(
-        &mut self,
-        service: Service,
-        token: Option<&TokenId>,
-    ) -> Result<(), DocError> {
-        self.touched();
-        let defaults = self.map(&["defaults"])?;
-        match token {
-            Some(id) => self.put_changed(&defaults, service.as_str(), id.to_hex().into())?,
-            None => {
-                if self.doc.get(&defaults, service.as_str())?.is_some() {
-                    self.doc.delete(&defaults, service.as_str())?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends an audit entry, dropping the oldest beyond the bound.
-    pub fn append_audit(
-        &mut self,
-        device: &DeviceId,
-        action: &str,
-        subject: &str,
-    ) -> Result<(), DocError> {
-        self.touched();
-        let audit = match self.doc.get(automerge::ROOT, "audit")? {
-            Some((automerge::Value::Object(ObjType::List), id)) => id,
-            _ => {
-                return Err(DocError::Schema {
-                    path: "audit".into(),
-                    problem: "is missing",
-                });
-            }
-        };
-        let len = self.doc.length(&audit);
-        let entry = self.doc.insert_object(&audit, len, ObjType::Map)?;
-        self.doc.put(&entry, "at", unix_now())?;
-        self.doc.put(&entry, "device", device.to_hex())?;
-        self.doc.put(&entry, "action", action)?;
-        self.doc.put(&entry, "subject", subject)?;
-        while self.doc.length(&audit) > schema::limits::AUDIT_MAX {
-            self.doc.delete(&audit, 0)?;
-        }
-        Ok(())
     }
 }
 

@@ -142,3 +142,14 @@ mod tests {
         assert_ne!(os, draw(7).0);
     }
 }
+
+/// Formats Unix seconds for people (RFC 3339, UTC); `?` for a time before 1970.
+pub fn when(at: i64) -> String {
+    u64::try_from(at)
+        .ok()
+        .map(|s| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+            humantime::format_rfc3339_seconds(t).to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}

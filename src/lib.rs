@@ -31,6 +31,7 @@ pub mod doc;
 pub mod entropy;
 pub mod home;
 pub mod net;
+pub mod oauth;
 pub mod ops;
 pub mod spawn;
 pub mod store;

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::config::Config;
 use crate::device::{Device, Unlocked, expose};
 use crate::doc::Service;
+use crate::spawn::writeback::Ticket;
 use crate::spawn::{Agent, Delivery, choose_token, delivery_for};
 pub use error::{Exit, OpError};
 use views::{PeerView, RelayView, RemovedView, StatusView, TokenView};
@@ -65,6 +66,10 @@ pub enum Op {
     RemovePeer {
         query: String,
     },
+    /// This device's own name in the vault.
+    RenameDevice {
+        name: String,
+    },
     AddRelay {
         addrs: Vec<crate::addr::Multiaddr>,
         #[serde(with = "secret_bytes::optional")]
@@ -74,11 +79,14 @@ pub enum Op {
     RemoveRelay {
         query: String,
     },
-    /// The credential for a local spawn of `agent`.
+    /// The credential for a local spawn of `agent`, in session `session`; a rotating OAuth
+    /// token comes with its lease (taken from another holder when `take`).
     Credential {
         agent: String,
         service: Option<Service>,
         profile: Option<String>,
+        session: String,
+        take: bool,
     },
 }
 
@@ -103,6 +111,10 @@ pub enum Outcome {
         delivery: Delivery,
         #[serde(with = "secret_bytes")]
         secret: Secret,
+        /// For a rotating OAuth token: what its write-back needs (its lease is held).
+        ticket: Option<Ticket>,
+        /// What the person should know before the agent starts (one line each).
+        warnings: Vec<String>,
     },
 }
 
@@ -140,6 +152,7 @@ impl Op {
             | Op::RemoveToken { .. }
             | Op::SetDefault { .. }
             | Op::RenameToken { .. }
+            | Op::RenameDevice { .. }
             | Op::Import { .. }
             | Op::Credential { .. } => Tier::Person,
             Op::Export | Op::RemovePeer { .. } | Op::AddRelay { .. } | Op::RemoveRelay { .. } => {
@@ -181,6 +194,7 @@ impl Op {
                 agent,
                 service,
                 profile,
+                ..
             } => {
                 credential_token(device, agent, *service, profile.as_deref())?;
             }
@@ -259,6 +273,10 @@ fn run(
         Op::Export => Outcome::Exported(device.export()),
         Op::Import { data } => Outcome::Imported(device.import(&data)?),
         Op::ListPeers => Outcome::Peers(PeerView::all(device, &device.state()?, around.online)?),
+        Op::RenameDevice { name } => {
+            device.rename_self(&name)?;
+            Outcome::Peers(PeerView::all(device, &device.state()?, around.online)?)
+        }
         Op::RemovePeer { query } => {
             let removed = device.remove_member(key()?, &query)?;
             Outcome::Removed(RemovedView::of(&device.state()?, &removed))
@@ -273,21 +291,78 @@ fn run(
             agent,
             service,
             profile,
+            session,
+            take,
         } => {
+            let key = key()?;
+            // What earlier sessions refreshed (and the leases they gave back) first.
+            device.take_write_backs(key);
             let (agent, token_id, delivery) =
                 credential_token(device, &agent, service, profile.as_deref())?;
-            let (_, secret) = device.reveal(key()?, &token_id)?;
+            let (token, secret) = device.reveal(key, &token_id)?;
+            let facts = crate::oauth::facts_of(token.service, token.kind, expose(&secret));
+            let mut warnings = Vec::new();
+            let file = !matches!(delivery, Delivery::Env(_));
+            let ticket = if facts.rotates() && file {
+                let lease = device.acquire_lease(&token.id, &session, take)?;
+                if let Some(why) = unchecked_lease(device, around)? {
+                    warnings.push(why);
+                }
+                Some(Ticket {
+                    token: token.id.to_hex(),
+                    service: token.service,
+                    session,
+                    fence: lease.fence,
+                    seal_to: key.public().to_vec(),
+                    home: device.home().root().to_path_buf(),
+                })
+            } else {
+                None
+            };
+            if let Some(exp) = facts.expires_at
+                && exp <= crate::entropy::unix_now()
+                && !facts.rotates()
+            {
+                warnings.push(format!(
+                    "{}/{}: its access token expired at {} and it has no refresh token; the agent will not be logged in (add a fresh one with `handoff token add {} --replace`)",
+                    token.service,
+                    token.label,
+                    crate::entropy::when(exp),
+                    token.service
+                ));
+            }
             tracing::info!(
                 agent = %agent.name,
                 service = %service.map_or("default", |s| s.as_str()),
+                leased = ticket.is_some(),
                 "credential handed to a local spawn"
             );
             Outcome::Credential {
                 delivery,
                 secret: Zeroizing::new(expose(&secret).to_vec()),
+                ticket,
+                warnings,
             }
         }
     })
+}
+
+/// Why this spawn could not check that no other device uses the login it leased: no daemon
+/// serves the mesh here, or no other member that could use it is connected.
+fn unchecked_lease(device: &Device, around: &Around<'_>) -> Result<Option<String>, OpError> {
+    let state = device.state()?;
+    let me = device.device_id();
+    let others = state
+        .members
+        .values()
+        .any(|m| m.device != me && m.is_active() && m.role.writes_tokens());
+    if !others {
+        return Ok(None);
+    }
+    let seen = around.online.is_some_and(|online| !online.is_empty());
+    Ok((!seen).then(|| {
+        "no other device of this vault is connected: cannot check that none of them uses this login now (two users of one refresh token log each other out)".to_string()
+    }))
 }
 
 /// Only an admin device can open a pairing offer.
@@ -332,6 +407,7 @@ impl Op {
             Op::Import { .. } => "Import",
             Op::ListPeers => "ListPeers",
             Op::RemovePeer { .. } => "RemovePeer",
+            Op::RenameDevice { .. } => "RenameDevice",
             Op::AddRelay { .. } => "AddRelay",
             Op::ListRelays => "ListRelays",
             Op::RemoveRelay { .. } => "RemoveRelay",

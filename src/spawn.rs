@@ -14,8 +14,11 @@
 
 pub mod agents;
 pub mod materialize;
+pub mod mirror;
 pub mod session;
+pub mod tmux;
 pub mod tree;
+pub mod writeback;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
@@ -29,7 +32,7 @@ use crate::device::DeviceError;
 use crate::doc::{Service, Token, VaultState};
 
 pub use agents::{Agent, Delivery};
-pub use materialize::{Materialized, PrivateDir, allowed_env, materialize};
+pub use materialize::{Materialized, PrivateDir, UserDirs, allowed_env, materialize};
 
 /// Errors of starting an agent.
 #[derive(Debug, thiserror::Error)]
@@ -212,18 +215,19 @@ pub struct Ended {
 /// any caught signal another process sends is passed on to the agent while it runs.
 pub fn run_foreground(
     signals: CaughtSignals,
+    home: &Path,
     program: &Path,
     args: &[OsString],
     dir: &Path,
     env: Vec<(OsString, OsString)>,
     credential: Materialized,
 ) -> Result<Ended, SpawnError> {
-    let CaughtSignals(mut signals) = signals;
-    tree::become_subreaper()
+    tree::become_supervisor(home)
         .map_err(|e| SpawnError::Io(format!("cannot supervise the agent's processes: {e}")))?;
     let Materialized {
         env: secret_env,
         dir: private,
+        watch,
     } = credential;
     let mut cmd = Command::new(program);
     cmd.args(args).current_dir(dir).env_clear().envs(env);
@@ -238,40 +242,80 @@ pub fn run_foreground(
     let mut child =
         spawned.map_err(|e| SpawnError::Io(format!("cannot start {}: {e}", program.display())))?;
     let pid = rustix::process::Pid::from_child(&child);
-    // Once the agent is reaped its pid may be reused: nothing is passed on after that.
-    let reaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let handle = signals.handle();
-    let forwarder_reaped = reaped.clone();
-    let forwarder = std::thread::spawn(move || {
-        for info in signals.forever() {
-            if forwarder_reaped.load(std::sync::atomic::Ordering::SeqCst) {
-                continue;
-            }
-            // What the terminal sent (Ctrl-C, Ctrl-\) reached the agent already; what a
-            // process sent reached only handoff.
-            let from_terminal = info.si_code > 0;
-            let interactive = [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT]
-                .contains(&info.si_signo);
-            if interactive && from_terminal {
-                continue;
-            }
-            if let Some(sig) = rustix::process::Signal::from_named_raw(info.si_signo) {
-                let _ = rustix::process::kill_process(pid, sig);
-            }
-        }
+    let forwarder = Forwarder::start(signals, move |sig| {
+        let _ = rustix::process::kill_process(pid, sig);
     });
     let status = child.wait();
-    reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Once the agent is reaped its pid may be reused: nothing is passed on after that.
+    forwarder.quiet();
     let tree_empty = tree::end_tree();
-    handle.close();
-    let _ = forwarder.join();
-    drop(private); // removes the private directory
+    forwarder.finish();
+    Materialized::finish(watch, private); // writes back, then removes the private directory
     let status = status.map_err(|e| SpawnError::Io(format!("lost track of the agent: {e}")))?;
     Ok(Ended {
-        code: status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(1),
+        code: exit_code(status),
         tree_empty,
     })
+}
+
+/// The code to report for a process that ended with `status`: its own, or 128 + its signal.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Passes the signals a supervisor catches on (`to`), from a thread, until told to stop.
+/// Ctrl-C and Ctrl-\ from the terminal reached the agent already (it shares the terminal's
+/// process group), so those are not passed on twice; what a process sent reached only
+/// handoff.
+struct Forwarder {
+    handle: signal_hook::iterator::Handle,
+    quiet: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Forwarder {
+    fn start(
+        signals: CaughtSignals,
+        to: impl Fn(rustix::process::Signal) + Send + 'static,
+    ) -> Self {
+        let CaughtSignals(mut signals) = signals;
+        let quiet = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handle = signals.handle();
+        let stopped = quiet.clone();
+        let thread = std::thread::spawn(move || {
+            for info in signals.forever() {
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let from_terminal = info.si_code > 0;
+                let interactive = [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT]
+                    .contains(&info.si_signo);
+                if interactive && from_terminal {
+                    continue;
+                }
+                if let Some(sig) = rustix::process::Signal::from_named_raw(info.si_signo) {
+                    to(sig);
+                }
+            }
+        });
+        Self {
+            handle,
+            quiet,
+            thread,
+        }
+    }
+
+    /// Passes nothing on from now: what it passed to is gone.
+    fn quiet(&self) {
+        self.quiet.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn finish(self) {
+        self.quiet();
+        self.handle.close();
+        let _ = self.thread.join();
+    }
 }

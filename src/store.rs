@@ -78,6 +78,9 @@ const MIGRATIONS: &[&str] = &[
     // refuses), for `status` and `peer list`.
     "ALTER TABLE peer_sync ADD COLUMN out_of_sync_since INTEGER;
      ALTER TABLE peer_sync ADD COLUMN out_of_sync_why TEXT;",
+    // 5: digests of the signatures in the document this device has checked (doc/verified.rs),
+    // so that opening the vault does not verify every signature again.
+    "CREATE TABLE verified_sigs (digest BLOB PRIMARY KEY) WITHOUT ROWID;",
 ];
 
 /// What `peers` returns of each peer: device, last seen, addresses, and since when and why
@@ -339,6 +342,50 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
         Ok((snapshot, changes))
+    }
+
+    /// The digests of the signatures this device checked before.
+    pub fn verified_digests(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT digest FROM verified_sigs")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            // A row that is not a digest is skipped: it can only make a check run again.
+            if let Ok(digest) = <[u8; 32]>::try_from(row.map_err(|e| self.err(e))?) {
+                out.push(digest);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Saves digests of signatures checked since the last save; past `max` rows the table
+    /// starts over (superseded records' signatures would pile up).
+    pub fn remember_verified(&self, digests: &[[u8; 32]], max: usize) -> Result<(), StoreError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let rows: i64 = tx
+            .query_row("SELECT count(*) FROM verified_sigs", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if usize::try_from(rows).unwrap_or(usize::MAX) + digests.len() > max {
+            tx.execute("DELETE FROM verified_sigs", [])
+                .map_err(|e| self.err(e))?;
+        }
+        {
+            let mut insert = tx
+                .prepare("INSERT OR IGNORE INTO verified_sigs (digest) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for d in digests {
+                insert.execute([&d[..]]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Appends a change chunk. Returns whether the log is now long enough to compact.

@@ -1,9 +1,12 @@
 //! Convergence of the mesh's sync, in one process: 3–5 real devices (SQLite stores in temp
 //! dirs, real keys and Automerge), a simulated network that partitions, heals, drops,
 //! duplicates and reorders sync messages, and random concurrent token adds, edits and deletes,
-//! pairings and removals (concurrent rotations included). After a full heal every remaining
-//! device must hold identical heads and state, keep every token, read every live token, and
-//! the current epoch must reach no removed device.
+//! pairings and removals (concurrent rotations included), `remote` devices that try to write
+//! tokens, and forged writes (a version signed by nobody, or under another member's actor, a
+//! token record removed or edited in place, a phone's signed deletion) that the device they
+//! are shown to must refuse whole. After a full heal every remaining device must hold
+//! identical heads and state (conflicts included), keep every token, read every live token,
+//! and the current epoch must reach no removed device; no forged write shows anywhere.
 //!
 //! Deterministic: the schedule comes from the seed, and so does everything the vault draws
 //! (keys, ids, nonces, Automerge actors and change times, through `handoff::entropy`'s seeded
@@ -188,6 +191,155 @@ fn trace(what: std::fmt::Arguments<'_>) {
     }
 }
 
+/// A `remote` device's own device refuses every token write, and writes nothing.
+fn remote_tries_to_write(node: &mut Node, seed: u64) -> Result<(), String> {
+    let heads = node.device.heads_hex();
+    let state = node.device.state().unwrap();
+    let label = state
+        .live_tokens()
+        .next()
+        .map(|t| format!("anthropic/{}", t.label));
+    let added = node.device.add_token(
+        &node.key,
+        Service::Anthropic,
+        "from-a-phone",
+        b"sk-ant-PHONE",
+        false,
+        false,
+    );
+    let mut refused = vec![added.map(|_| ())];
+    if let Some(label) = label {
+        refused.push(node.device.remove_token(&label).map(|_| ()));
+        refused.push(node.device.rename_token(&label, "phone").map(|_| ()));
+    }
+    for r in refused {
+        if !matches!(r, Err(DeviceError::RoleForbids { .. })) {
+            return Err(format!(
+                "seed {seed}: a remote device's write was not refused: {r:?}"
+            ));
+        }
+    }
+    if node.device.heads_hex() != heads {
+        return Err(format!(
+            "seed {seed}: a remote device's refused write changed its document"
+        ));
+    }
+    Ok(())
+}
+
+/// The label every forged token carries: it must never show on any device.
+const FORGED: &str = "forged";
+
+/// A member (or a remote device) forges one write on a copy of another device's document and
+/// shows it to that device: it must be refused as unauthorized, and change nothing.
+fn forge(nodes: &mut [Node], rng: &mut Rng, seed: u64) -> Result<(), String> {
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    let (f, t) = (rng.below(nodes.len()), rng.below(nodes.len()));
+    if f == t || nodes[f].removed || nodes[t].removed {
+        return Ok(());
+    }
+    let state = nodes[t].device.state().unwrap();
+    let (forger, victim_member) = (nodes[f].id(), nodes[t].id());
+    if !state.members.get(&forger).is_some_and(|m| m.is_active()) {
+        return Ok(()); // not a member the target knows: that is the removal tests' business
+    }
+    let Some(token) = state
+        .live_tokens()
+        .nth(rng.below(state.live_tokens().count().max(1)))
+    else {
+        return Ok(());
+    };
+    let base = nodes[t].device.export();
+    let keys = keys_of(&nodes[f]);
+    let mut forged_token = token.clone();
+    forged_token.label = FORGED.into();
+    forged_token.version += 1;
+    forged_token.updated_by = forger.to_hex();
+    let statement = |t: &handoff::doc::Token| {
+        handoff_protocol::binding::token_version_statement(&state.info.id, &t.signed_fields())
+    };
+    let kind = rng.below(5);
+    let forged = match kind {
+        // A version signed by nobody.
+        0 => {
+            let mut doc = handoff::doc::VaultDoc::load_trusted(&base, &forger).unwrap();
+            doc.put_token(&forged_token, &[0; 64]).unwrap();
+            doc.commit("forged", |m| keys.sign(m));
+            doc.save()
+        }
+        // Signed by the forger, written under the target's actor.
+        1 => {
+            let mut doc = handoff::doc::VaultDoc::load_trusted(&base, &victim_member).unwrap();
+            doc.put_token(&forged_token, &keys.sign(&statement(&forged_token)))
+                .unwrap();
+            doc.commit("forged", |m| keys.sign(m));
+            doc.save()
+        }
+        // The record removed, or a field of its version edited in place.
+        2 | 3 => {
+            let mut doc = automerge::AutoCommit::load(&base)
+                .unwrap()
+                .with_actor(handoff::doc::actor_for(&forger));
+            let (_, tokens) = doc.get(automerge::ROOT, "tokens").unwrap().unwrap();
+            if kind == 2 {
+                doc.delete(&tokens, token.id.to_hex()).unwrap();
+            } else {
+                let (_, record) = doc.get(&tokens, token.id.to_hex()).unwrap().unwrap();
+                let (_, version) = doc.get(&record, "current").unwrap().unwrap();
+                doc.put(&version, "label", FORGED).unwrap();
+            }
+            doc.commit();
+            doc.save()
+        }
+        // A deletion signed by the forger: what a member may do, so only a phone forges it.
+        _ => {
+            if nodes[f].role != Role::Remote {
+                return Ok(());
+            }
+            let mut deleted = token.clone();
+            deleted.deleted = true;
+            deleted.ciphertext = None;
+            deleted.version += 1;
+            deleted.updated_by = forger.to_hex();
+            let mut doc = handoff::doc::VaultDoc::load_trusted(&base, &forger).unwrap();
+            doc.put_token(&deleted, &keys.sign(&statement(&deleted)))
+                .unwrap();
+            doc.commit("forged", |m| keys.sign(m));
+            doc.save()
+        }
+    };
+    let heads = nodes[t].device.heads_hex();
+    let taken = nodes[t].device.import(&forged);
+    trace(format_args!(
+        "node{f} forges ({kind}) to node{t}: {taken:?}"
+    ));
+    if !matches!(
+        taken,
+        Err(DeviceError::Doc(handoff::doc::DocError::Unauthorized(_)))
+    ) {
+        return Err(format!(
+            "seed {seed}: forgery {kind} by node{f} was not refused: {taken:?}"
+        ));
+    }
+    if nodes[t].device.heads_hex() != heads {
+        return Err(format!(
+            "seed {seed}: a refused forgery changed node{t}'s document"
+        ));
+    }
+    Ok(())
+}
+
+/// A node's own keys, as its store holds them (a forger holds its own device's keys).
+fn keys_of(node: &Node) -> handoff::vault::DeviceKeys {
+    let db = node._dir.path().join("home").join("handoff.db");
+    let record = handoff::store::Store::open(&db, false)
+        .unwrap()
+        .device()
+        .unwrap();
+    handoff::vault::DeviceKeys::from_secrets(&record.identity_secret, &record.mailbox_secret)
+}
+
 fn upkeep(nodes: &mut [Node]) {
     for node in nodes.iter_mut().filter(|n| !n.removed) {
         let done = node.device.upkeep(&node.key).unwrap();
@@ -255,7 +407,9 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
             }
             25..=44 => {
                 let i = rng.below(n);
-                if !nodes[i].removed && nodes[i].role != Role::Remote {
+                if !nodes[i].removed && nodes[i].role == Role::Remote {
+                    remote_tries_to_write(&mut nodes[i], seed)?;
+                } else if !nodes[i].removed {
                     let label = format!("t{next_label}");
                     next_label += 1;
                     let node = &mut nodes[i];
@@ -291,7 +445,28 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
                     }
                 }
             }
-            45..=54 => {
+            45..=49 => {
+                // Take (or take over) the lease of a token this node sees, as a spawn of a
+                // rotating login does: concurrent takes must resolve to one holder everywhere.
+                let i = rng.below(n);
+                if !nodes[i].removed && nodes[i].role != Role::Remote {
+                    let state = nodes[i].device.state().unwrap();
+                    let live: Vec<_> = state.live_tokens().map(|t| t.id).collect();
+                    if let Some(id) = live.get(rng.below(live.len().max(1))) {
+                        let session = format!("s{}", rng.below(4));
+                        let take = rng.below(2) == 0;
+                        let taken = nodes[i].device.acquire_lease(id, &session, take);
+                        trace(format_args!(
+                            "node{i} leases {} for {session} (take {take}): {}",
+                            &id.to_hex()[..8],
+                            taken
+                                .as_ref()
+                                .map_or_else(|e| e.to_string(), |l| format!("fence {}", l.fence))
+                        ));
+                    }
+                }
+            }
+            50..=54 => {
                 // Edit a token this node sees.
                 let i = rng.below(n);
                 if !nodes[i].removed && nodes[i].role != Role::Remote {
@@ -327,7 +502,8 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
                     }
                 }
             }
-            62..=69 => upkeep(&mut nodes),
+            62..=66 => upkeep(&mut nodes),
+            67..=69 => forge(&mut nodes, &mut rng, seed)?,
             _ => {
                 round(&mut nodes, &mut net, &mut rng);
             }
@@ -422,6 +598,9 @@ fn check(seed: u64, nodes: &mut [Node], ledger: &Ledger) -> Result<Vec<String>, 
         if deleted && !token.deleted {
             return fail(format!("token {label} was deleted but is live"));
         }
+    }
+    if reference.tokens.values().any(|t| t.label == FORGED) {
+        return fail("a forged write shows".into());
     }
     let current = reference.current_epoch().unwrap();
     for r in current.wraps.keys() {

@@ -330,8 +330,24 @@ async fn a_stranger_is_closed_out_before_any_sync_message_is_answered() {
 
 /// Pairs a new node through `adder` over the network and starts it.
 async fn paired(adder: &Node, name: &str) -> Node {
-    let mut ticket = adder.offer(false).await;
-    let (dir, device, key) = join_with(adder, name, &ticket.code).await.unwrap();
+    let (dir, device, key) = pair_device(adder, name, Role::Member).await;
+    Node::start(dir, device, key, loopback(true)).await
+}
+
+/// A new device of `role` paired through `adder`, not started yet.
+async fn pair_device(
+    adder: &Node,
+    name: &str,
+    role: Role,
+) -> (
+    tempfile::TempDir,
+    handoff::device::Device,
+    handoff::device::Unlocked,
+) {
+    let mut ticket = adder
+        .offer_for(role, false, handoff::net::OFFER_LIFETIME)
+        .await;
+    let joined = join_with(adder, name, &ticket.code).await.unwrap();
     assert!(matches!(
         next_event(&mut ticket).await,
         PairEvent::Sas { .. }
@@ -342,7 +358,7 @@ async fn paired(adder: &Node, name: &str) -> Node {
     ));
     // The adder's own document now holds the new member; its mesh re-reads members.
     adder.mesh.changed();
-    Node::start(dir, device, key, loopback(true)).await
+    joined
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,4 +452,77 @@ async fn an_expired_offer_admits_no_one() {
     assert!(a.mesh.stats().connections_refused >= 1);
     let members = a.host.with(|d, _| d.state().unwrap().members.len());
     assert_eq!(members, 1);
+}
+
+/// A phone paired as `remote` whose client was modified to delete a token (a deletion it signs
+/// itself, already in its own store when it connects): over the real mesh, the admin and the
+/// member refuse its changes, say they are out of sync with it, and keep the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phones_forged_deletion_is_refused_over_the_mesh() {
+    let a = Node::founder(loopback(true)).await;
+    let b = paired(&a, "beta").await;
+    b.mesh.dial(a.addr()).await.unwrap();
+    a.add("work", "sk-ant-KEPT");
+    b.until("the token on b", |n| n.reveal("anthropic/work").is_some())
+        .await;
+
+    let (dir, phone, _) = pair_device(&a, "phone", Role::Remote).await;
+    let phone_id = phone.device_id();
+    b.until("b knows the phone", |n| {
+        n.host
+            .with(|d, _| d.state().unwrap().members.contains_key(&phone_id))
+    })
+    .await;
+    let home = handoff::home::Home::at(dir.path().join("home"));
+    drop(phone);
+    // The modified client writes a deletion signed with the phone's own key into its store.
+    let store = handoff::store::Store::open(&home.root().join("handoff.db"), false).unwrap();
+    let record = store.device().unwrap();
+    let keys =
+        handoff::vault::DeviceKeys::from_secrets(&record.identity_secret, &record.mailbox_secret);
+    let (snapshot, changes) = store.doc_parts().unwrap();
+    let mut doc = handoff::doc::VaultDoc::load_parts(
+        &snapshot,
+        changes.iter().map(Vec::as_slice),
+        &phone_id,
+        Some(&record.anchors),
+    )
+    .unwrap();
+    let state = doc.state().unwrap();
+    let mut gone = state.live_tokens().next().unwrap().clone();
+    gone.deleted = true;
+    gone.ciphertext = None;
+    gone.version += 1;
+    gone.updated_by = phone_id.to_hex();
+    let statement =
+        handoff_protocol::binding::token_version_statement(&state.info.id, &gone.signed_fields());
+    doc.put_token(&gone, &keys.sign(&statement)).unwrap();
+    doc.commit("token.rm", |m| keys.sign(m));
+    store.append_change(&doc.take_unsaved().unwrap()).unwrap();
+    drop(store);
+    let phone = handoff::device::Device::open(home).unwrap();
+    let key = phone.unlock(common::PASSPHRASE).unwrap();
+    let phone = Node::start(dir, phone, key, loopback(true)).await;
+    phone.mesh.dial(a.addr()).await.unwrap();
+    phone.mesh.dial(b.addr()).await.unwrap();
+
+    for (name, member) in [("a", &a), ("b", &b)] {
+        member
+            .until(&format!("{name} out of sync with the phone"), |n| {
+                n.host.with(|d, _| {
+                    d.peers_seen().unwrap().iter().any(|p| {
+                        p.device == phone_id
+                            && p.out_of_sync.as_ref().is_some_and(|(_, why)| {
+                                why.contains("not signed") || why.contains("not allowed")
+                            })
+                    })
+                })
+            })
+            .await;
+        assert_eq!(
+            member.reveal("anthropic/work").as_deref(),
+            Some("sk-ant-KEPT"),
+            "{name} took the phone's deletion"
+        );
+    }
 }

@@ -82,7 +82,7 @@ fn forge(export: &[u8], actor: &DeviceId, victim: DeviceId) -> (Vec<u8>, Dek, Ep
         current_eligible: true,
     };
     doc.put_epoch(&epoch).unwrap();
-    doc.commit("forged");
+    doc.commit("forged", |m| attacker.sign(m));
     (doc.save(), dek, epoch_id)
 }
 
@@ -107,16 +107,30 @@ fn changes_by_an_outsider_actor_are_refused_whole() {
 }
 
 #[test]
-fn a_forged_member_and_epoch_are_ignored_even_under_a_members_actor_id() {
+fn a_forged_member_and_epoch_under_a_members_actor_id_are_refused_and_would_count_for_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut victim = device(&dir);
     let export = victim.export();
-    // Actor ids are claims: the attacker writes as the victim's own actor.
+    // Actor ids are claims: the attacker writes as the victim's own actor. The change is not
+    // vouched for by the victim's key, so ingest refuses it whole.
     let (forged, attacker_dek, forged_epoch) =
         forge(&export, &victim.device_id(), victim.device_id());
-    victim.import(&forged).unwrap();
+    let err = victim.import(&forged).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Doc(DocError::Unauthorized(_))),
+        "{err}"
+    );
+    assert_eq!(
+        victim.export(),
+        export,
+        "a refused import changed the document"
+    );
 
-    let state = victim.state().unwrap();
+    // Read as a document on its own, the forged member and epoch count for nothing either.
+    let state = VaultDoc::load_trusted(&forged, &victim.device_id())
+        .unwrap()
+        .state()
+        .unwrap();
     assert_eq!(
         state.unverified.len(),
         1,
@@ -382,7 +396,7 @@ fn wraps_rewritten_under_a_removed_admins_name_are_refused() {
         };
         doc.put_wrap(&current.id, recipient, &rewritten).unwrap();
     }
-    doc.commit("rewrap");
+    doc.commit("rewrap", |m| attacker.sign(m));
     let before = victim.export();
     let err = victim.import(&doc.save()).unwrap_err();
     assert!(

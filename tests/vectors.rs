@@ -128,3 +128,154 @@ fn recovery_vector_derives_the_recovery_member() {
     assert_eq!(member.public(), arr32(&v["recovery_pub"]));
     assert_eq!(member.signing_public(), arr32(&v["recovery_sign_pub"]));
 }
+
+#[test]
+fn signed_record_vectors_verify_and_bind_every_field() {
+    use handoff_protocol::binding::{
+        TokenVersionFields, audit_statement, default_statement, token_version_statement,
+    };
+    let all = vectors();
+    let (vault, token, epoch) = ids(&all);
+    let v = &all["signed_records"];
+    let signer = arr32(&v["signer_pub"]);
+    let sealed = bytes(&all["sealed_token"]["sealed"]);
+    let t = &v["token_version"];
+    let s = |k: &str| t[k].as_str().unwrap();
+    let fields = TokenVersionFields {
+        token: &token,
+        version: t["version"].as_u64().unwrap(),
+        service: s("service"),
+        label: s("label"),
+        kind: s("kind"),
+        epoch: &epoch,
+        ciphertext: &sealed,
+        deleted: t["deleted"].as_bool().unwrap(),
+        created_at: t["created_at"].as_i64().unwrap(),
+        created_by: s("created_by"),
+        updated_at: t["updated_at"].as_i64().unwrap(),
+        writer: s("writer"),
+        expires_at: 0,
+        refreshed_at: 0,
+    };
+    let statement = token_version_statement(&vault, &fields);
+    assert_eq!(statement, bytes(&t["statement"]));
+    assert!(verify_signature(&signer, &statement, &bytes(&t["sig"])));
+    // The signature holds for these fields only: another label, version or deletion fails.
+    for changed in [
+        TokenVersionFields {
+            label: "other",
+            ..fields
+        },
+        TokenVersionFields {
+            version: fields.version + 1,
+            ..fields
+        },
+        TokenVersionFields {
+            deleted: true,
+            ciphertext: &[],
+            ..fields
+        },
+    ] {
+        let other = token_version_statement(&vault, &changed);
+        assert!(!verify_signature(&signer, &other, &bytes(&t["sig"])));
+    }
+
+    let d = &v["default"];
+    let statement = default_statement(
+        &vault,
+        d["service"].as_str().unwrap(),
+        d["token"].as_str().unwrap(),
+        d["version"].as_u64().unwrap(),
+        d["at"].as_i64().unwrap(),
+        d["writer"].as_str().unwrap(),
+    );
+    assert_eq!(statement, bytes(&d["statement"]));
+    assert!(verify_signature(&signer, &statement, &bytes(&d["sig"])));
+
+    let a = &v["audit"];
+    let statement = audit_statement(
+        &vault,
+        a["at"].as_i64().unwrap(),
+        a["device"].as_str().unwrap(),
+        a["action"].as_str().unwrap(),
+        a["subject"].as_str().unwrap(),
+    );
+    assert_eq!(statement, bytes(&a["statement"]));
+    assert!(verify_signature(&signer, &statement, &bytes(&a["sig"])));
+}
+
+#[test]
+fn oauth_token_version_and_lease_vectors_verify() {
+    use handoff_protocol::binding::{
+        LeaseFields, TokenVersionFields, lease_statement, token_version_statement,
+    };
+    let all = vectors();
+    let (vault, token, epoch) = ids(&all);
+    let v = &all["signed_records"];
+    let signer = arr32(&v["signer_pub"]);
+    let sealed = bytes(&all["sealed_token"]["sealed"]);
+    let t = &v["token_version_oauth"];
+    let s = |k: &str| t[k].as_str().unwrap();
+    let i = |k: &str| t[k].as_i64().unwrap();
+    let fields = TokenVersionFields {
+        token: &token,
+        version: t["version"].as_u64().unwrap(),
+        service: s("service"),
+        label: s("label"),
+        kind: s("kind"),
+        epoch: &epoch,
+        ciphertext: &sealed,
+        deleted: false,
+        created_at: i("created_at"),
+        created_by: s("created_by"),
+        updated_at: i("updated_at"),
+        writer: s("writer"),
+        expires_at: i("expires_at"),
+        refreshed_at: i("refreshed_at"),
+    };
+    let statement = token_version_statement(&vault, &fields);
+    assert_eq!(statement, bytes(&t["statement"]));
+    assert!(verify_signature(&signer, &statement, &bytes(&t["sig"])));
+    // The expiry is bound: a version that claims a later one does not verify.
+    let later = TokenVersionFields {
+        expires_at: fields.expires_at + 1,
+        ..fields
+    };
+    let other = token_version_statement(&vault, &later);
+    assert!(!verify_signature(&signer, &other, &bytes(&t["sig"])));
+
+    let l = &v["lease"];
+    let lease = LeaseFields {
+        token: &token,
+        version: l["version"].as_u64().unwrap(),
+        holder: l["holder"].as_str().unwrap(),
+        session: l["session"].as_str().unwrap(),
+        fence: l["fence"].as_u64().unwrap(),
+        until: l["until"].as_i64().unwrap(),
+        at: l["at"].as_i64().unwrap(),
+    };
+    let statement = lease_statement(&vault, &lease);
+    assert_eq!(statement, bytes(&l["statement"]));
+    assert!(verify_signature(&signer, &statement, &bytes(&l["sig"])));
+    let stolen = LeaseFields {
+        fence: lease.fence + 1,
+        ..lease
+    };
+    let other = lease_statement(&vault, &stolen);
+    assert!(!verify_signature(&signer, &other, &bytes(&l["sig"])));
+}
+
+#[test]
+fn change_attestation_vector_verifies() {
+    let all = vectors();
+    let (vault, _, _) = ids(&all);
+    let v = &all["signed_records"];
+    let c = &v["change"];
+    let statement = handoff_protocol::binding::change_statement(&vault, &arr32(&c["change_hash"]));
+    assert_eq!(statement, bytes(&c["statement"]));
+    assert!(verify_signature(
+        &arr32(&v["signer_pub"]),
+        &statement,
+        &bytes(&c["sig"])
+    ));
+}

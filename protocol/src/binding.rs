@@ -26,6 +26,16 @@ pub const VOUCH_DOMAIN: &[u8] = b"handoff/v1/member-vouch";
 pub const DEVICE_KEY_DOMAIN: &[u8] = b"handoff/v1/device-key";
 /// Domain of the statement an admin signs to list a relay in the vault.
 pub const RELAY_DOMAIN: &[u8] = b"handoff/v1/relay";
+/// Domain of the statement a member signs for each version of a token record it writes.
+pub const TOKEN_VERSION_DOMAIN: &[u8] = b"handoff/v1/token-version";
+/// Domain of the statement a member signs to set (or clear) a service's default token.
+pub const DEFAULT_DOMAIN: &[u8] = b"handoff/v1/default";
+/// Domain of the statement a member signs for a version of a token's lease.
+pub const LEASE_DOMAIN: &[u8] = b"handoff/v1/token-lease";
+/// Domain of the statement a member signs for each audit entry it writes.
+pub const AUDIT_DOMAIN: &[u8] = b"handoff/v1/audit";
+/// Domain of the statement by which a device vouches for an Automerge change it wrote.
+pub const CHANGE_DOMAIN: &[u8] = b"handoff/v1/change";
 /// Domain of the SPAKE2 password made from a pairing code.
 pub const PAIR_CODE_DOMAIN: &[u8] = b"handoff/v1/pair-code";
 /// Domain of the pairing Noise handshake's prologue.
@@ -193,6 +203,135 @@ pub fn relay_statement(
         .field(access_token)
         .field(added_by.as_bytes())
         .field(&added_at.to_be_bytes())
+        .finish()
+}
+
+/// The fields of one version of a token record that its writer signs.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenVersionFields<'a> {
+    pub token: &'a TokenId,
+    /// The record's version counter: one more than the highest version its writer had seen.
+    pub version: u64,
+    pub service: &'a str,
+    pub label: &'a str,
+    pub kind: &'a str,
+    pub epoch: &'a EpochId,
+    /// The encoded sealed token; empty for a deletion mark.
+    pub ciphertext: &'a [u8],
+    pub deleted: bool,
+    pub created_at: i64,
+    pub created_by: &'a str,
+    pub updated_at: i64,
+    /// The writer's device id, hex: whose identity key signs.
+    pub writer: &'a str,
+    /// An OAuth bundle's access-token expiry (unix seconds), 0 when unknown or not OAuth.
+    pub expires_at: i64,
+    /// When the bundle's refresh token was obtained (unix seconds), 0 when not OAuth.
+    pub refreshed_at: i64,
+}
+
+/// The statement a member (or admin) signs for one version of a token record: every field,
+/// bound to the vault and the record, so a signature cannot be moved to another record, field
+/// or vault.
+pub fn token_version_statement(vault: &VaultId, t: &TokenVersionFields<'_>) -> Vec<u8> {
+    let mut transcript = Transcript::new(TOKEN_VERSION_DOMAIN)
+        .field(vault.as_bytes())
+        .field(t.token.as_bytes())
+        .field(&t.version.to_be_bytes())
+        .field(t.service.as_bytes())
+        .field(t.label.as_bytes())
+        .field(t.kind.as_bytes())
+        .field(t.epoch.as_bytes())
+        .field(t.ciphertext)
+        .field(&[u8::from(t.deleted)])
+        .field(&t.created_at.to_be_bytes())
+        .field(t.created_by.as_bytes())
+        .field(&t.updated_at.to_be_bytes())
+        .field(t.writer.as_bytes());
+    // Only an OAuth bundle's version has these two (a version without them reads as before).
+    if t.expires_at != 0 || t.refreshed_at != 0 {
+        transcript = transcript
+            .field(&t.expires_at.to_be_bytes())
+            .field(&t.refreshed_at.to_be_bytes());
+    }
+    transcript.finish()
+}
+
+/// The fields of one version of a token's lease (DESIGN §9): which device's session may use
+/// a rotating OAuth token until when, under which fencing counter.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseFields<'a> {
+    pub token: &'a TokenId,
+    /// The lease record's version counter: one more than the highest its writer had seen.
+    pub version: u64,
+    /// The holder's device id, hex: the writer, whose identity key signs.
+    pub holder: &'a str,
+    /// The holder's session id.
+    pub session: &'a str,
+    /// Counts acquisitions: one more at each new holder or session, the same on renewal.
+    pub fence: u64,
+    /// The lease ends at this unix time; 0 is released.
+    pub until: i64,
+    pub at: i64,
+}
+
+/// The statement a member signs for a version of a token's lease.
+pub fn lease_statement(vault: &VaultId, l: &LeaseFields<'_>) -> Vec<u8> {
+    Transcript::new(LEASE_DOMAIN)
+        .field(vault.as_bytes())
+        .field(l.token.as_bytes())
+        .field(&l.version.to_be_bytes())
+        .field(l.holder.as_bytes())
+        .field(l.session.as_bytes())
+        .field(&l.fence.to_be_bytes())
+        .field(&l.until.to_be_bytes())
+        .field(&l.at.to_be_bytes())
+        .finish()
+}
+
+/// The statement a member signs to make `token` (hex; empty to clear) the default of
+/// `service`, as version `version` of that service's default.
+pub fn default_statement(
+    vault: &VaultId,
+    service: &str,
+    token: &str,
+    version: u64,
+    at: i64,
+    writer: &str,
+) -> Vec<u8> {
+    Transcript::new(DEFAULT_DOMAIN)
+        .field(vault.as_bytes())
+        .field(service.as_bytes())
+        .field(token.as_bytes())
+        .field(&version.to_be_bytes())
+        .field(&at.to_be_bytes())
+        .field(writer.as_bytes())
+        .finish()
+}
+
+/// The statement a device signs for an audit entry it writes (`device` is its own id, hex).
+pub fn audit_statement(
+    vault: &VaultId,
+    at: i64,
+    device: &str,
+    action: &str,
+    subject: &str,
+) -> Vec<u8> {
+    Transcript::new(AUDIT_DOMAIN)
+        .field(vault.as_bytes())
+        .field(&at.to_be_bytes())
+        .field(device.as_bytes())
+        .field(action.as_bytes())
+        .field(subject.as_bytes())
+        .finish()
+}
+
+/// The statement a device signs for each Automerge change it writes (`change_hash`, the
+/// change's 32-byte hash): the change is its own, whatever actor id another device claims.
+pub fn change_statement(vault: &VaultId, change_hash: &[u8; 32]) -> Vec<u8> {
+    Transcript::new(CHANGE_DOMAIN)
+        .field(vault.as_bytes())
+        .field(change_hash)
         .finish()
 }
 

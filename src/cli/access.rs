@@ -45,6 +45,17 @@ fn direct(ctx: &Context, op: Op) -> Result<Outcome, CliError> {
     };
     let mut device = Device::open(ctx.home.clone())?;
     let key = passphrase.map(|p| device.unlock(&p)).transpose()?;
+    // What the daemon does at unlock: a rotation owed, tokens to re-seal, records from before
+    // signatures to vouch for.
+    if let Some(key) = &key
+        && let Err(e) = device.upkeep(key)
+    {
+        tracing::warn!(error = %e, "upkeep after unlock failed");
+    }
+    // What sessions refreshed since the last unlock (before a spawn picks its token).
+    if let Some(key) = &key {
+        device.take_write_backs(key);
+    }
     Ok(ops::apply(
         &mut device,
         key.as_ref(),

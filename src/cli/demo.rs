@@ -8,7 +8,8 @@
 //! the desktop, back, finds the new value waiting at the relay, which could read none of it.
 //! The desktop starts an agent (a stand-in shell script) with the credential materialized in
 //! the agent's environment only, and the agent proves it holds exactly the token by reporting
-//! its hash. Finally the laptop is lost, and a third device regains the vault from the
+//! its hash; then a stand-in codex refreshes its OAuth login, which comes back to the vault as
+//! the token's next version. Finally the laptop is lost, and a third device regains the vault from the
 //! desktop's export and the recovery code. The homes are removed afterwards.
 
 use std::path::PathBuf;
@@ -300,6 +301,12 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
         "desktop: started an agent with ANTHROPIC_API_KEY in its environment only; it holds exactly the token: {matched}"
     ));
 
+    // A Codex login: the agent refreshes it, and the refresh comes back to the vault.
+    let refreshed = refresh_demo(&desktop, root)?;
+    step(&format!(
+        "desktop: a stand-in codex refreshed its login; the refreshed bundle is the token's next version and its lease is released: {refreshed}"
+    ));
+
     let leaked = [root.join("laptop"), root.join("desktop")]
         .iter()
         .flat_map(|home| std::fs::read_dir(home).into_iter().flatten().flatten())
@@ -333,7 +340,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
         "tablet: recovered the vault from the desktop's export and the recovery code; reads both tokens: {recovered}"
     ));
 
-    let ok = sas_match && matched && !leaked && !relay_saw && recovered;
+    let ok = sas_match && matched && refreshed && !leaked && !relay_saw && recovered;
     if json {
         print_json(&json!({
             "ok": ok,
@@ -341,6 +348,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
             "through_relay": true,
             "relay_saw_plaintext": relay_saw,
             "spawn_credential": matched,
+            "oauth_write_back": refreshed,
             "plaintext_on_disk": leaked,
             "recovered": recovered,
         }));
@@ -352,6 +360,74 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     } else {
         Err(failed("one of its checks did not hold"))
     }
+}
+
+/// A Codex login on the desktop, spawned the way `handoff spawn codex` would (its lease taken,
+/// `auth.json` in a private CODEX_HOME): the stand-in agent refreshes it as codex does (a new
+/// file renamed over the old), and the refreshed bundle comes back as the token's next version,
+/// with the lease released.
+fn refresh_demo(desktop: &Owned, root: &std::path::Path) -> Result<bool, CliError> {
+    use crate::ops::{Around, Op, Outcome};
+    let given = r#"{"tokens":{"access_token":"demo-access-1","refresh_token":"demo-refresh-1","account_id":"demo"}}"#;
+    let refreshed = r#"{"tokens":{"access_token":"demo-access-2","refresh_token":"demo-refresh-2","account_id":"demo"}}"#;
+    let outcome = desktop.with(|d, k| {
+        let k = k.ok_or_else(|| failed("the desktop is locked"))?;
+        d.add_token(
+            k,
+            Service::OpenaiCodex,
+            "login",
+            given.as_bytes(),
+            false,
+            false,
+        )?;
+        let op = Op::Credential {
+            agent: "codex".into(),
+            service: Some(Service::OpenaiCodex),
+            profile: Some("login".into()),
+            session: "demo0001".into(),
+            take: false,
+        };
+        Ok::<_, CliError>(crate::ops::apply(d, Some(k), op, &Around::default())?)
+    })?;
+    let Outcome::Credential {
+        delivery,
+        secret,
+        ticket,
+        ..
+    } = outcome
+    else {
+        return Err(failed("the desktop gave no credential"));
+    };
+    let home = desktop.with(|d, _| d.home().root().to_path_buf());
+    // The user's own ~/.codex of this demo, not yours.
+    let user = crate::spawn::UserDirs {
+        home: Some(root.join("user")),
+        ..crate::spawn::UserDirs::default()
+    };
+    let signals = CaughtSignals::catch()?;
+    let credential = materialize(&delivery, &secret, &user, ticket.as_ref())?;
+    drop(secret);
+    let script = format!(
+        "printf '%s' '{refreshed}' > \"$CODEX_HOME/auth.json.tmp\" && mv \"$CODEX_HOME/auth.json.tmp\" \"$CODEX_HOME/auth.json\""
+    );
+    let ended = run_foreground(
+        signals,
+        &home,
+        std::path::Path::new("/bin/sh"),
+        &["-c".into(), script.into()],
+        root,
+        allowed_env(std::env::vars_os(), &[]),
+        credential,
+    )?;
+    desktop.with(|d, k| {
+        let k = k.ok_or_else(|| failed("the desktop is locked"))?;
+        d.take_write_backs(k);
+        let (token, secret) = d.reveal(k, "openai-codex/login")?;
+        let released = token
+            .lease
+            .is_none_or(|l| !l.live(crate::entropy::unix_now()));
+        Ok(ended.code == 0 && expose(&secret) == refreshed.as_bytes() && released)
+    })
 }
 
 /// Starts a stand-in agent (a shell) on the desktop the way `handoff spawn claude` would:
@@ -367,8 +443,14 @@ fn spawn_demo_agent(
         let (_, secret) = d.reveal(k, "anthropic/work")?;
         Ok::<_, CliError>(zeroize::Zeroizing::new(expose(&secret).to_vec()))
     })?;
+    let home = desktop.with(|d, _| Ok::<_, CliError>(d.home().root().to_path_buf()))?;
     let signals = CaughtSignals::catch()?;
-    let credential = materialize(&Delivery::Env(vec!["ANTHROPIC_API_KEY".into()]), &secret)?;
+    let credential = materialize(
+        &Delivery::Env(vec!["ANTHROPIC_API_KEY".into()]),
+        &secret,
+        &crate::spawn::UserDirs::default(),
+        None,
+    )?;
     drop(secret);
     let script = format!(
         "printf '%s' \"$ANTHROPIC_API_KEY\" | sha256sum | cut -d' ' -f1 > '{}'",
@@ -377,6 +459,7 @@ fn spawn_demo_agent(
     let dir = report.parent().unwrap_or(std::path::Path::new("/"));
     let code = run_foreground(
         signals,
+        &home,
         std::path::Path::new("/bin/sh"),
         &["-c".into(), script.into()],
         dir,

@@ -415,3 +415,19 @@ pub(super) fn remove(ctx: &Context, query: &str) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+pub(super) fn rename(ctx: &Context, name: &str) -> Result<(), CliError> {
+    let rename = Op::RenameDevice {
+        name: name.to_string(),
+    };
+    let peers = run_op!(ctx, rename, Outcome::Peers(peers) => peers);
+    let me = peers.iter().find(|p| p.this_device);
+    if ctx.json {
+        print_json(&serde_json::to_value(me).unwrap_or_default());
+        return Ok(());
+    }
+    if let Some(me) = me {
+        say!("This device is now '{}' in the vault.", me.name);
+    }
+    Ok(())
+}

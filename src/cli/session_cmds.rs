@@ -16,31 +16,37 @@ use crate::spawn::{Delivery, resolve_command};
 
 /// How long the CLI waits for a detached supervisor to take the credential, or to stop.
 const WAIT: Duration = Duration::from_secs(10);
+/// How long `spawn --detach` waits for its supervisor to say the agent is starting (it
+/// registers with the daemon and materializes the credential first).
+const WAIT_STARTED: Duration = Duration::from_secs(30);
 
 /// What a detached spawn needs, resolved by the caller.
 pub(super) struct Detached<'a> {
+    pub id: &'a str,
     pub agent: &'a str,
     pub program: &'a Path,
     pub dir: &'a Path,
     pub args: &'a [OsString],
     pub delivery: Option<Delivery>,
     pub secret: zeroize::Zeroizing<Vec<u8>>,
+    pub ticket: Option<crate::spawn::writeback::Ticket>,
     pub env: Vec<(OsString, OsString)>,
 }
 
 pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliError> {
-    // From before the FIFO exists until the handover is done: a signal ends the wait and the
-    // FIFO's directory is removed, never left behind.
-    let mut signals = crate::spawn::CaughtSignals::catch()?;
-    let id: String = crate::vault::random_array::<4>()?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let (fifo_dir, fifo) = session::handover_fifo()?;
+    let id = d.id.to_string();
+    // The handover's socket: the other end becomes the supervisor's standard input.
+    let (handing, supervisor_stdin) = session::Handing::pair()?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Internal(format!("cannot find this program: {e}")))?;
+    // tmux when installed and its socket path fits (a very deep home's would not).
     let tmux = resolve_command("tmux", "tmux", std::env::var_os("PATH").as_deref()).ok();
-    let mode = if tmux.is_some() { "tmux" } else { "background" };
+    let fits = session::socket_path_fits(&session::tmux_socket(ctx.home.root(), &id));
+    let mode = if tmux.is_some() && fits {
+        "tmux"
+    } else {
+        "background"
+    };
     let mut supervisor_args: Vec<OsString> = vec![
         "--home".into(),
         ctx.home.root().into(),
@@ -52,8 +58,6 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
         d.agent.into(),
         "--mode".into(),
         mode.into(),
-        "--fifo".into(),
-        fifo.clone().into(),
         "--dir".into(),
         d.dir.into(),
         "--program".into(),
@@ -61,67 +65,49 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
         "--".into(),
     ];
     supervisor_args.extend(d.args.iter().cloned());
-    let started = crate::home::with_user_umask(|| match &tmux {
-        Some(tmux) => Command::new(tmux)
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                &SessionRecord::tmux_name(&id),
-                "-c",
-            ])
-            .arg(d.dir)
-            .arg(&exe)
+    // In both modes the supervisor starts on its own; in tmux mode it starts the session's
+    // tmux server itself, so that server is inside its tree (`spawn::tmux`), and what goes
+    // wrong reaches the session's record, not a log.
+    session::sessions_dir(ctx.home.root())?;
+    let log_path = session::log_path(ctx.home.root(), &id);
+    let output = || -> Result<Stdio, CliError> {
+        if mode == "tmux" {
+            return Ok(Stdio::null());
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map(Stdio::from)
+            .map_err(|source| CliError::File {
+                what: "cannot open",
+                path: log_path.clone(),
+                source,
+            })
+    };
+    let started = crate::home::with_user_umask(|| {
+        Command::new(&exe)
             .args(&supervisor_args)
             .env_remove("HANDOFF_PASSPHRASE_FILE")
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| CliError::Internal(format!("cannot start tmux: {e}")))
-            .and_then(|s| {
-                if s.success() {
-                    Ok(())
-                } else {
-                    Err(CliError::Internal(format!(
-                        "tmux could not start the session ({s})"
-                    )))
-                }
-            }),
-        None => {
-            session::sessions_dir(ctx.home.root())?;
-            let log_path = session::log_path(ctx.home.root(), &id);
-            let open_log = || {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(&log_path)
-                    .map_err(|source| CliError::File {
-                        what: "cannot open",
-                        path: log_path.clone(),
-                        source,
-                    })
-            };
-            Command::new(&exe)
-                .args(&supervisor_args)
-                .env_remove("HANDOFF_PASSPHRASE_FILE")
-                .stdin(Stdio::null())
-                .stdout(open_log()?)
-                .stderr(open_log()?)
-                .process_group(0)
-                .spawn()
-                .map(drop)
-                .map_err(|e| CliError::Internal(format!("cannot start the session: {e}")))
-        }
+            .stdin(supervisor_stdin)
+            .stdout(output()?)
+            .stderr(output()?)
+            .process_group(0)
+            .spawn()
+            .map(drop)
+            .map_err(|e| CliError::Internal(format!("cannot start the session: {e}")))
     });
     started?;
     let handover = Handover {
         delivery: d.delivery,
         secret: d.secret,
         env: session::env_bytes(&d.env),
+        user: crate::spawn::UserDirs::from_env(),
+        ticket: d.ticket,
     };
-    session::send_handover(&fifo, &handover, WAIT, &mut signals)?;
+    handing.hand_over(&handover, WAIT_STARTED)?;
     drop(handover);
-    drop(fifo_dir);
     if ctx.json {
         print_json(&json!({"session": id, "mode": mode}));
     } else if mode == "tmux" {
@@ -140,19 +126,48 @@ pub(super) fn start_detached(ctx: &Context, d: Detached<'_>) -> Result<(), CliEr
 
 /// Runs inside a detached session.
 pub(super) fn supervise(ctx: &Context, s: SuperviseArgs) -> Result<i32, CliError> {
-    // Before the credential arrives: the daemon refuses what this tree asks for from the start.
-    let tree = super::supervising::Supervising::start(ctx)?;
-    let ended = session::supervise(&Supervise {
+    let starter = session::Starter::from_stdin()?;
+    let supervise = Supervise {
         home: ctx.home.root(),
         id: &s.id,
         agent: &s.agent,
         mode: &s.mode,
-        fifo: &s.fifo,
         program: &s.program,
         dir: &s.dir,
         args: &s.args,
-    });
+    };
+    // Before the credential arrives: the daemon refuses what this tree asks for from the start.
+    let tree = match super::supervising::Supervising::start(ctx) {
+        Ok(tree) => tree,
+        Err(e) => {
+            session::record_failed(&supervise, &e.to_string());
+            starter.failed(&e.to_string());
+            return Err(e);
+        }
+    };
+    let ended = session::supervise(&supervise, starter, &|ticket| tree.renewing(ticket));
     Ok(tree.ended_with(ended)?)
+}
+
+/// Runs inside a tmux-mode session's first pane.
+pub(super) fn pane(p: &PaneArgs) -> Result<i32, CliError> {
+    let Some((program, args)) = p.program.split_first() else {
+        return Err(CliError::Usage("no program to run".into()));
+    };
+    Ok(crate::spawn::tmux::pane(
+        &p.exit_file,
+        std::path::Path::new(program),
+        args,
+    )?)
+}
+
+// The hidden pane's arguments.
+#[derive(Debug, clap::Args)]
+pub struct PaneArgs {
+    #[arg(long)]
+    exit_file: PathBuf,
+    #[arg(last = true, required = true)]
+    program: Vec<OsString>,
 }
 
 // The hidden supervisor's arguments.
@@ -164,8 +179,6 @@ pub struct SuperviseArgs {
     agent: String,
     #[arg(long)]
     mode: String,
-    #[arg(long)]
-    fifo: PathBuf,
     #[arg(long)]
     dir: PathBuf,
     #[arg(long)]
@@ -264,15 +277,32 @@ pub(super) fn attach(ctx: &Context, id: &str) -> Result<i32, CliError> {
     let record = find(ctx, id)?;
     if record.mode == "tmux" && record.is_running() {
         let tmux = resolve_command("tmux", "tmux", std::env::var_os("PATH").as_deref())?;
-        let status = Command::new(tmux)
-            .args([
-                "attach-session",
-                "-t",
-                &SessionRecord::tmux_name(&record.id),
-            ])
-            .status()
-            .map_err(|e| CliError::Internal(format!("cannot run tmux: {e}")))?;
-        return Ok(status.code().unwrap_or(1));
+        let args: Vec<OsString> = vec![
+            "-S".into(),
+            session::tmux_socket(ctx.home.root(), &record.id).into(),
+            "attach-session".into(),
+            "-t".into(),
+            SessionRecord::tmux_name(&record.id).into(),
+        ];
+        // The attached client runs what the session tells it to (`detach-client -E`,
+        // `lock-command`), so the agent could start work through it: it is supervised as
+        // the agent is, and nothing it starts is served.
+        let signals = crate::spawn::CaughtSignals::catch()?;
+        let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let tree = super::supervising::Supervising::start(ctx)?;
+        let ended = crate::spawn::run_foreground(
+            signals,
+            ctx.home.root(),
+            &tmux,
+            &args,
+            &here,
+            // What the client runs for the session gets no passphrase file of the user's.
+            std::env::vars_os()
+                .filter(|(k, _)| k != "HANDOFF_PASSPHRASE_FILE")
+                .collect(),
+            crate::spawn::Materialized::default(),
+        );
+        return Ok(tree.ended_with(ended)?);
     }
     match &record.log {
         Some(log) => {
@@ -286,9 +316,14 @@ pub(super) fn attach(ctx: &Context, id: &str) -> Result<i32, CliError> {
             Ok(0)
         }
         None => Err(CliError::NotRunning(format!(
-            "session {} has ended ({})",
+            "session {} has ended ({}{})",
             record.id,
-            state(&record)
+            state(&record),
+            record
+                .failure
+                .as_deref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default()
         ))),
     }
 }

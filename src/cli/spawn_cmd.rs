@@ -10,9 +10,26 @@ use crate::config::Config;
 
 use crate::doc::Service;
 use crate::ops::{Op, Outcome, Secret};
+use crate::spawn::writeback::Ticket;
 use crate::spawn::{
-    Agent, Delivery, Materialized, allowed_env, materialize, resolve_command, run_foreground,
+    Agent, Delivery, Materialized, UserDirs, allowed_env, materialize, resolve_command,
+    run_foreground,
 };
+
+/// The agent table `spawn --help` ends with.
+pub(super) const AGENTS_HELP: &str = "\
+Agents and how each credential reaches them:
+  claude    anthropic key: ANTHROPIC_API_KEY
+            claude-subscription setup-token: CLAUDE_CODE_OAUTH_TOKEN
+            claude-subscription login (.credentials.json): private CLAUDE_CONFIG_DIR
+  codex     openai key: OPENAI_API_KEY
+            openai-codex login (auth.json): private CODEX_HOME
+  gemini    gemini key: GEMINI_API_KEY and GOOGLE_API_KEY
+            gemini login (oauth_creds.json): private GEMINI_CLI_HOME
+  opencode  anthropic, openai, openai-codex, as above
+A private directory mirrors your own (~/.codex, ~/.claude and ~/.claude.json, ~/.gemini):
+only the credential file is the session's. A login with a refresh token is leased to one
+session at a time (--take takes it over) and what the agent refreshes is written back.";
 
 // What `spawn` was asked for (the variant's doc comment is its help).
 #[derive(Debug, clap::Args)]
@@ -31,6 +48,10 @@ pub struct SpawnArgs {
     /// Run it in the background: in tmux when installed, else with its output in a log.
     #[arg(long)]
     detach: bool,
+    /// Take a rotating OAuth login over from the session (on any device) that holds it; that
+    /// session's later refreshes are then dropped.
+    #[arg(long)]
+    take: bool,
     /// `native`: pass no credential; the agent uses its own login.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ServiceAuth::Handoff)]
     service_auth: ServiceAuth,
@@ -75,56 +96,106 @@ pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
         .transpose()
         .map_err(|e| CliError::Usage(e.to_string()))?;
 
+    let session = crate::spawn::session::new_id()?;
+    let wanted = Wanted {
+        agent: &agent.name,
+        service,
+        profile: req.profile.clone(),
+        session: &session,
+        take: req.take,
+    };
     if req.detach {
-        let (delivery, secret) = if req.service_auth == ServiceAuth::Native {
-            (None, zeroize::Zeroizing::new(Vec::new()))
+        let (delivery, secret, ticket) = if req.service_auth == ServiceAuth::Native {
+            (None, zeroize::Zeroizing::new(Vec::new()), None)
         } else {
-            let (delivery, secret) = credential(ctx, &agent.name, service, req.profile.clone())?;
-            (Some(delivery), secret)
+            let given = credential(ctx, &wanted)?;
+            (Some(given.delivery), given.secret, given.ticket)
         };
         return super::session_cmds::start_detached(
             ctx,
             super::session_cmds::Detached {
+                id: &session,
                 agent: &agent.name,
                 program: &program,
                 dir: &dir,
                 args: &req.args,
                 delivery,
                 secret,
+                ticket,
                 env: allowed_env(std::env::vars_os(), &config.env.allow),
             },
         )
         .map(|()| 0);
     }
     let signals = crate::spawn::CaughtSignals::catch()?;
-    let credential = if req.service_auth == ServiceAuth::Native {
-        Materialized {
-            env: Vec::new(),
-            dir: None,
-        }
+    let (credential, ticket) = if req.service_auth == ServiceAuth::Native {
+        (Materialized::default(), None)
     } else {
-        let (delivery, secret) = credential(ctx, &agent.name, service, req.profile.clone())?;
+        let given = credential(ctx, &wanted)?;
         crate::spawn::materialize::sweep_stale();
-        materialize(&delivery, &secret)?
+        let made = materialize(
+            &given.delivery,
+            &given.secret,
+            &UserDirs::from_env(),
+            given.ticket.as_ref(),
+        )?;
+        (made, given.ticket)
     };
     let env = allowed_env(std::env::vars_os(), &config.env.allow);
     // This process supervises the agent's tree: the daemon refuses what it asks for.
     let tree = super::supervising::Supervising::start(ctx)?;
-    let ended = run_foreground(signals, &program, &req.args, &dir, env, credential);
+    if let Some(ticket) = &ticket {
+        tree.renewing(ticket);
+    }
+    let ended = run_foreground(
+        signals,
+        ctx.home.root(),
+        &program,
+        &req.args,
+        &dir,
+        env,
+        credential,
+    );
     Ok(tree.ended_with(ended)?)
 }
 
-/// The credential `agent` gets from this vault, and how it is delivered.
-fn credential(
-    ctx: &Context,
-    agent: &str,
+/// What a spawn asks the vault for.
+struct Wanted<'a> {
+    agent: &'a str,
     service: Option<Service>,
     profile: Option<String>,
-) -> Result<(Delivery, Secret), CliError> {
+    session: &'a str,
+    take: bool,
+}
+
+/// What the vault gives a spawn.
+struct Given {
+    delivery: Delivery,
+    secret: Secret,
+    ticket: Option<Ticket>,
+}
+
+/// The credential `agent` gets from this vault, how it is delivered, and (a rotating OAuth
+/// login) its lease's ticket; says what the person should know before the agent starts.
+fn credential(ctx: &Context, w: &Wanted<'_>) -> Result<Given, CliError> {
     let op = Op::Credential {
-        agent: agent.to_string(),
-        service,
-        profile,
+        agent: w.agent.to_string(),
+        service: w.service,
+        profile: w.profile.clone(),
+        session: w.session.to_string(),
+        take: w.take,
     };
-    Ok(run_op!(ctx, op, Outcome::Credential { delivery, secret } => (delivery, secret)))
+    let (delivery, secret, ticket, warnings) = run_op!(
+        ctx,
+        op,
+        Outcome::Credential { delivery, secret, ticket, warnings } => (delivery, secret, ticket, warnings)
+    );
+    for warning in warnings {
+        eprintln!("handoff: warning: {warning}");
+    }
+    Ok(Given {
+        delivery,
+        secret,
+        ticket,
+    })
 }

@@ -3,7 +3,7 @@
 //! so a daemon started or restarted meanwhile learns of it within seconds.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use super::{CliError, Context};
@@ -13,8 +13,10 @@ use crate::control::{Client, Request, Response};
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// While alive, this process is a known agent supervisor; dropped once its tree is reaped.
+/// Once told of its session's lease, the heartbeat also renews it.
 pub(super) struct Supervising {
     socket: PathBuf,
+    lease: Arc<Mutex<Option<Request>>>,
     stop: Option<mpsc::Sender<()>>,
     beat: Option<std::thread::JoinHandle<()>>,
 }
@@ -31,15 +33,23 @@ impl Supervising {
         }
         let (stop, stopped) = mpsc::channel::<()>();
         let beat_socket = socket.clone();
+        let lease = Arc::new(Mutex::new(None::<Request>));
+        let renew = lease.clone();
         let beat = std::thread::spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
                 if let Some(mut client) = Client::connect(&beat_socket) {
                     let _ = tell(&mut client, &Request::Supervising);
+                    let renewal = renew.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    if let Some(request) = renewal {
+                        let _ = tell(&mut client, &request);
+                        *renew.lock().unwrap_or_else(PoisonError::into_inner) = Some(request);
+                    }
                 }
             }
         });
         Ok(Self {
             socket,
+            lease,
             stop: Some(stop),
             beat: Some(beat),
         })
@@ -47,6 +57,15 @@ impl Supervising {
 }
 
 impl Supervising {
+    /// The session holds `ticket`'s lease: renew it while the agent runs.
+    pub(super) fn renewing(&self, ticket: &crate::spawn::writeback::Ticket) {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(Request::RenewLease {
+            token: ticket.token.clone(),
+            session: ticket.session.clone(),
+            fence: ticket.fence,
+        });
+    }
+
     /// The agent's run ended: if every process of the tree is gone, says so to the daemon;
     /// if not (some would not die, or the run failed with the tree in an unknown state), says
     /// nothing, and the daemon takes the tree as escaped once this process is gone. Gives back
@@ -62,8 +81,11 @@ impl Supervising {
             // Nothing may have started, or the agent may still run: find out.
             Err(_) => crate::spawn::tree::end_tree(),
         };
-        if empty && let Some(mut client) = Client::connect(&self.socket) {
-            let _ = tell(&mut client, &Request::SupervisedEnd);
+        if empty {
+            crate::spawn::tree::stop_being_supervisor();
+            if let Some(mut client) = Client::connect(&self.socket) {
+                let _ = tell(&mut client, &Request::SupervisedEnd);
+            }
         }
         ended.map(|e| e.code)
     }

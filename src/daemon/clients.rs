@@ -197,7 +197,9 @@ impl Clients {
         }
         let len = frame::decode_len(len, control::MAX_IMPORT).map_err(|_| FrameError::TooLarge)?;
         let deadline = Instant::now() + FRAME_TIMEOUT;
-        let mut payload = Vec::new();
+        // The frame may hold a passphrase: zeroed however this ends (the request keeps its
+        // own, zeroizing, copy; an import's document is taken out whole).
+        let mut payload = zeroize::Zeroizing::new(Vec::new());
         let permit = if len > SMALL_FRAME {
             Some(
                 self.admit_large(stream, len, deadline, &mut payload)
@@ -206,7 +208,8 @@ impl Clients {
         } else {
             None
         };
-        payload.reserve_exact(len - payload.len());
+        let have = payload.len();
+        payload.reserve_exact(len - have);
         let rest = (len - payload.len()) as u64;
         let read = tokio::time::timeout_at(
             deadline,
@@ -224,7 +227,8 @@ impl Clients {
         if payload.starts_with(&prefix) {
             // An import's document is taken out of the frame in place: it costs its own
             // bytes once, not a second copy.
-            let request = take_import(payload, prefix.len()).ok_or(FrameError::Malformed)?;
+            let request = take_import(std::mem::take(&mut *payload), prefix.len())
+                .ok_or(FrameError::Malformed)?;
             return Ok(Some(Incoming::Request(Box::new(request), permit)));
         }
         let decoded = if len > SMALL_FRAME {

@@ -45,6 +45,15 @@ impl Host for Mutex<State> {
 }
 
 impl State {
+    /// Takes the write-backs waiting in the home when unlocked (they wait for the next unlock
+    /// otherwise). Returns how many were taken.
+    pub fn take_write_backs(&mut self) -> usize {
+        self.expire();
+        let State { device, key, .. } = self;
+        key.as_ref()
+            .map_or(0, |key| device.take_write_backs(key).len())
+    }
+
     pub fn new(device: Device) -> Self {
         Self {
             device,
@@ -150,6 +159,8 @@ impl State {
         if let Err(e) = self.device.upkeep(&key) {
             tracing::warn!(error = %e, "upkeep after unlock failed");
         }
+        // What sessions refreshed while the daemon was locked.
+        self.device.take_write_backs(&key);
         self.lock();
         self.key = Some(key);
         self.until =

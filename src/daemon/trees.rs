@@ -8,7 +8,9 @@
 //! supervisor, or cannot be read to the top. A supervisor that stopped without saying its tree
 //! ended was killed, or gave up on processes that would not die: its orphans now run outside
 //! any tree. The daemon then locks and refuses everything above the open tier until it is
-//! restarted, so nothing that escaped is served by a later unlock.
+//! restarted, so nothing that escaped is served by a later unlock. Supervisors also name
+//! themselves (`spawn::tree::become_supervisor`), so a daemon that starts while agents run
+//! finds them in `/proc` before it serves anything, even one its agent stopped.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -28,6 +30,9 @@ pub(super) struct Trees {
 #[derive(Debug, Default)]
 struct Inner {
     known: HashSet<Process>,
+    /// Supervisors that said their tree ended, newest last (at most [`MAX_TREES`]): not
+    /// adopted again by a scan in the moment before they exit.
+    ended: std::collections::VecDeque<Process>,
     /// The first supervisor found gone without ending its tree, and when.
     escaped: Option<(Process, std::time::SystemTime)>,
 }
@@ -58,7 +63,10 @@ impl Trees {
 
     /// `process` (a client, as named when it connected) supervises an agent tree.
     pub(super) fn register(&self, process: Process) -> Result<(), Inside> {
-        let mut inner = self.lock();
+        Self::register_in(&mut self.lock(), process)
+    }
+
+    fn register_in(inner: &mut Inner, process: Process) -> Result<(), Inside> {
         if !process.is_running() {
             return Err(Inside::Unplaced(Unplaced::Unreadable(process.pid)));
         }
@@ -69,9 +77,29 @@ impl Trees {
         Ok(())
     }
 
+    /// Takes every supervisor that runs now as known ([`tree::running_supervisors`]): at
+    /// start, before anything is served, and on each watch, so that a supervisor stopped
+    /// before it could say it runs is known all the same.
+    pub(super) fn adopt_running(&self, home: &std::path::Path) {
+        for process in tree::running_supervisors(home) {
+            // One lock for the look and the adoption: an end said in between is seen.
+            let mut inner = self.lock();
+            if inner.ended.contains(&process) {
+                continue;
+            }
+            // At the cap `check` refuses everything above the open tier anyway.
+            let _ = Self::register_in(&mut inner, process);
+        }
+    }
+
     /// Supervisor `process` ended every process of its tree.
     pub(super) fn ended(&self, process: Process) {
-        self.lock().known.remove(&process);
+        let mut inner = self.lock();
+        inner.known.remove(&process);
+        if inner.ended.len() >= MAX_TREES {
+            inner.ended.pop_front();
+        }
+        inner.ended.push_back(process);
     }
 
     /// Looks for known supervisors that stopped without ending their tree; returns the first

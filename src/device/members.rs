@@ -52,11 +52,13 @@ pub struct Upkeep {
     pub rotated: bool,
     pub wrapped: usize,
     pub resealed: usize,
+    /// Records from before signatures (schema 1) this admin vouched for by signing them.
+    pub resigned: usize,
 }
 
 impl Upkeep {
     pub fn changed(&self) -> bool {
-        self.rotated || self.wrapped > 0 || self.resealed > 0
+        self.rotated || self.wrapped > 0 || self.resealed > 0 || self.resigned > 0
     }
 }
 
@@ -152,9 +154,13 @@ impl Device {
             self.doc
                 .put_wrap(&epoch.id, &Recipient::Device(device), &wrap)?;
         }
-        self.doc
-            .append_audit(&self.record.device_id, "member.add", &device.to_hex())?;
-        self.doc.commit("member.add");
+        self.doc.audit(
+            &self.record.device_id,
+            "member.add",
+            &device.to_hex(),
+            |m| self.keys.sign(m),
+        )?;
+        self.doc.commit("member.add", |m| self.keys.sign(m));
         self.persist()?;
         Ok(member)
     }
@@ -180,12 +186,13 @@ impl Device {
         let (epoch, resealed) = self.rotate(key, &after)?;
         // The removed device knew how members find each other on a LAN: no longer.
         self.doc.set_discovery_secret(&random_array()?)?;
-        self.doc.append_audit(
+        self.doc.audit(
             &self.record.device_id,
             "member.remove",
             &member.device.to_hex(),
+            |m| self.keys.sign(m),
         )?;
-        self.doc.commit("member.remove");
+        self.doc.commit("member.remove", |m| self.keys.sign(m));
         self.persist()?;
         tracing::info!(resealed, "removed a member and rotated the vault key");
         Ok(Removed {
@@ -270,16 +277,12 @@ impl Device {
                 continue;
             }
             let vouch = own.is_none_or(|(_, vouch)| vouch);
-            let mut updated = member.clone();
-            updated.removals.retain(|r| r.by != mine);
-            updated
-                .removals
-                .push(self.sign_entry(&state, &device, held, vouch));
-            self.doc.put_member(&updated)?;
+            let entry = self.sign_entry(&state, &member.device, held, vouch);
+            self.doc.put_removal(&device, &entry)?;
             wrote = true;
         }
         if wrote {
-            self.doc.commit("member.vouch");
+            self.doc.commit("member.vouch", |m| self.keys.sign(m));
             self.persist()?;
         }
         Ok(wrote)
@@ -332,11 +335,62 @@ impl Device {
                 done.resealed = self.reseal_all(key, &state, &epoch, dek)?;
             }
         }
+        if admin {
+            done.resigned = self.resign_legacy(key)?;
+        }
         if done.changed() {
-            self.doc.commit("upkeep");
+            self.doc.commit("upkeep", |m| self.keys.sign(m));
             self.persist()?;
         }
         Ok(done)
+    }
+
+    /// Migrates a document from before signatures: signs, as this admin, every unsigned token
+    /// version it can vouch for (its secret opens, or it is a deletion mark) and every unsigned
+    /// default, then marks the document as the current schema. A token it cannot open stays
+    /// unverified until someone adds it again. Returns how many records it signed. Not
+    /// committed.
+    fn resign_legacy(&mut self, key: &Unlocked) -> Result<usize, DeviceError> {
+        let state = self.state()?;
+        let mut count = 0;
+        // Once: a vault already in the current schema holds no unsigned record this device
+        // should vouch for (one left over stays unverified; one from elsewhere is suspect).
+        if state.schema >= crate::doc::schema::SCHEMA_VERSION {
+            return Ok(0);
+        }
+        let legacy: Vec<Token> = state
+            .tokens
+            .values()
+            .filter(|t| !t.verified)
+            .cloned()
+            .collect();
+        for mut token in legacy {
+            // A deletion mark is not re-signed: nothing shows it, and nothing can vouch for it.
+            let opens = match &token.ciphertext {
+                None => false,
+                Some(sealed) => self.dek(&state, &token.epoch, key).is_ok_and(|dek| {
+                    let binding = TokenBinding {
+                        vault: &state.info.id,
+                        token: &token.id,
+                        epoch: &token.epoch,
+                        service: token.service.as_str(),
+                    };
+                    dek.open_token(binding, sealed).is_ok()
+                }),
+            };
+            if opens {
+                self.write_token(&state, &mut token)?;
+                count += 1;
+            }
+        }
+        for (service, token) in &state.defaults {
+            if state.default_versions.get(service.as_str()) == Some(&0) {
+                self.write_default(&state, *service, Some(token))?;
+                count += 1;
+            }
+        }
+        self.doc.set_schema_current()?;
+        Ok(count + 1)
     }
 
     /// Writes a new epoch (generation above every existing one) wrapped to every DEK-receiving
@@ -399,7 +453,7 @@ impl Device {
             moved.epoch = epoch.id;
             moved.ciphertext =
                 Some(dek.seal_token(binding(&epoch.id), crate::device::expose(&secret))?);
-            self.doc.put_token(&moved)?;
+            self.write_token(state, &mut moved)?;
             count += 1;
         }
         Ok(count)

@@ -7,6 +7,7 @@ use automerge::sync::State;
 use handoff_protocol::DeviceId;
 
 use super::{Device, DeviceError};
+use crate::doc::DocError;
 use crate::entropy::unix_now;
 
 /// Why a peer's sync message was not taken.
@@ -49,7 +50,25 @@ pub(super) struct PeerSync {
     /// While paused: the last message sent without changes. The same one is not sent twice,
     /// so two devices that cannot converge fall quiet instead of trading heads for ever.
     last_stripped: Option<Vec<u8>>,
+    /// Whether this side asks the peer for its whole document (see
+    /// [`DocError::Incomplete`]).
+    resend: Resend,
 }
+
+/// A message the peer sent failed a check while leaving out changes it holds: this side asks
+/// for everything, and judges the answer whole. Messages already on their way when the ask
+/// went out can be incomplete too, so a few are asked again for; past that the message is
+/// refused as it stands, so a peer cannot keep this side asking.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Resend {
+    /// The next message this side sends asks for everything.
+    ask: bool,
+    /// Incomplete messages since the last one taken.
+    incomplete: u8,
+}
+
+/// How many incomplete messages in a row are answered by asking for everything.
+const MAX_ASKS: u8 = 3;
 
 impl PeerSync {
     fn restart(&mut self) {
@@ -99,6 +118,7 @@ impl Device {
                 out_of_sync,
                 out_of_sync_why: None,
                 last_stripped: None,
+                resend: Resend::default(),
             },
         );
         Ok(token)
@@ -199,6 +219,9 @@ impl Device {
         }
         let heads = self.doc.heads();
         let session = self.syncing.get_mut(peer)?;
+        if std::mem::take(&mut session.resend.ask) {
+            return Some(self.doc.ask_everything());
+        }
         let with_changes = match &session.paused_at {
             // Still where the peer refused us: tell it what we have and need, so it can send
             // us what we lack (that may be what makes our changes acceptable to it), but do
@@ -230,8 +253,25 @@ impl Device {
         }
         let session = self.syncing.entry(*peer).or_default();
         let new = match self.doc.receive_sync(&mut session.state, message) {
-            Ok(new) => new,
+            Ok(new) => {
+                // Only new changes end a run of incomplete messages: a peer cannot reset the
+                // count with messages that carry none.
+                if new > 0 {
+                    session.resend = Resend::default();
+                }
+                new
+            }
+            Err(DocError::Incomplete { .. }) if session.resend.incomplete < MAX_ASKS => {
+                session.resend.incomplete += 1;
+                session.resend.ask = true;
+                return Ok(0);
+            }
             Err(e) => {
+                session.resend = Resend::default();
+                let e = match e {
+                    DocError::Incomplete { refused } => *refused,
+                    e => e,
+                };
                 let reason = format!("this device refuses its changes ({e})");
                 self.mark_out_of_sync(peer, Some(&reason));
                 self.vouch_for_refused(&e);

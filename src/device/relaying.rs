@@ -120,8 +120,10 @@ impl Device {
             .to_vec();
         self.doc.put_relay(&relay)?;
         self.doc
-            .append_audit(&self.record.device_id, "relay.add", &relay.id)?;
-        self.doc.commit("relay.add");
+            .audit(&self.record.device_id, "relay.add", &relay.id, |m| {
+                self.keys.sign(m)
+            })?;
+        self.doc.commit("relay.add", |m| self.keys.sign(m));
         self.persist()?;
         Ok(relay)
     }
@@ -151,8 +153,10 @@ impl Device {
         };
         self.doc.remove_relay(&relay.id)?;
         self.doc
-            .append_audit(&self.record.device_id, "relay.rm", &relay.id)?;
-        self.doc.commit("relay.rm");
+            .audit(&self.record.device_id, "relay.rm", &relay.id, |m| {
+                self.keys.sign(m)
+            })?;
+        self.doc.commit("relay.rm", |m| self.keys.sign(m));
         self.persist()?;
         Ok(relay)
     }
@@ -306,6 +310,8 @@ impl Device {
                 return Ok(Taken::Waiting);
             }
             Ok(None) => return Ok(Taken::Rejected(NOT_A_MEMBER.into())),
+            // Changes that wait for others still to come: the envelope stays at the relay.
+            Err(crate::doc::DocError::Waiting) => return Ok(Taken::Waiting),
             Err(e) => {
                 if is_sender(&state) {
                     self.vouch_for_refused(&e);

@@ -9,17 +9,22 @@ use std::collections::BTreeMap;
 
 use automerge::{AutoCommit, ObjId, ObjType, ReadDoc, Value};
 use handoff_protocol::dek_wrap::Recipient;
-use handoff_protocol::sealed_token::MAX_ENCODED;
 use handoff_protocol::{DekWrap, DeviceId, EpochId, TokenId, VaultId};
 
 use super::DocError;
 use super::schema::{
-    AuditEntry, Epoch, Member, Removal, Role, SCHEMA_VERSION, Service, Token, TokenKind,
-    TrustAnchors, VaultInfo, VaultState, limits,
+    Epoch, Member, Removal, Role, SCHEMA_OLDEST, SCHEMA_VERSION, Service, Token, TrustAnchors,
+    VaultInfo, VaultState, limits,
 };
+use super::verified::Verified;
+
+mod signed;
 use crate::vault::SignedWrap;
-use crate::vault::keys::verify_signature;
 use handoff_protocol::binding::{genesis_statement, member_statement};
+pub(super) use signed::{
+    Writers, audit_is_valid, default_is_valid, lease_is_valid, version_is_valid,
+};
+use signed::{read_audit_entry, read_default, read_token};
 
 /// One field of a map: its winning value, its object id, and whether writes conflict there.
 struct Entry {
@@ -31,8 +36,18 @@ struct Entry {
 /// A map's fields, read in one pass; names the path of whatever it rejects.
 pub(super) struct Fields<'a> {
     doc: &'a AutoCommit,
+    obj: ObjId,
     path: String,
     entries: BTreeMap<String, Entry>,
+}
+
+/// The Automerge actor of the op an id names (the creator of an object, the writer of a
+/// value); `None` for the root.
+pub(super) fn actor_of(id: &ObjId) -> Option<&[u8]> {
+    match id {
+        ObjId::Id(_, actor, _) => Some(actor.to_bytes()),
+        ObjId::Root => None,
+    }
 }
 
 fn schema(path: &str, problem: &'static str) -> DocError {
@@ -43,7 +58,7 @@ fn schema(path: &str, problem: &'static str) -> DocError {
 }
 
 impl<'a> Fields<'a> {
-    fn new(doc: &'a AutoCommit, obj: ObjId, path: String) -> Self {
+    pub(super) fn new(doc: &'a AutoCommit, obj: ObjId, path: String) -> Self {
         let entries = doc
             .map_range(&obj, ..)
             .map(|item| {
@@ -56,7 +71,51 @@ impl<'a> Fields<'a> {
                 (item.key.into_owned(), entry)
             })
             .collect();
-        Self { doc, path, entries }
+        Self {
+            doc,
+            obj,
+            path,
+            entries,
+        }
+    }
+
+    /// Every value `key` holds (several after concurrent writes), each with its op's id, the
+    /// document's own winner last.
+    pub(super) fn all(&self, key: &str) -> Result<Vec<(Value<'static>, ObjId)>, DocError> {
+        Ok(self
+            .doc
+            .get_all(&self.obj, key)?
+            .into_iter()
+            .map(|(v, id)| (v.into_owned(), id))
+            .collect())
+    }
+
+    /// The id of the value the document shows for `key` (Automerge's winner among conflicting
+    /// values).
+    pub(super) fn winner(&self, key: &str) -> Option<&ObjId> {
+        self.entries.get(key).map(|e| &e.id)
+    }
+
+    /// The map under `key` whose object id is `id` (one of [`Self::all`]'s).
+    pub(super) fn object_at(&self, key: &str, id: &ObjId) -> Fields<'a> {
+        Fields::new(self.doc, id.clone(), self.sub(key))
+    }
+
+    /// Whether every field's current value was written by `actor`.
+    pub(super) fn written_only_by(&self, actor: &[u8]) -> bool {
+        self.entries
+            .values()
+            .all(|e| actor_of(&e.id) == Some(actor))
+    }
+
+    /// Whether some field's current value was written by an op `is_new` names.
+    pub(super) fn any_written(&self, is_new: &dyn Fn(&ObjId) -> bool) -> bool {
+        self.entries.values().any(|e| is_new(&e.id))
+    }
+
+    /// Each field's name and the id of the op that wrote its current value.
+    pub(super) fn ids(&self) -> impl Iterator<Item = (&str, &ObjId)> {
+        self.entries.iter().map(|(k, e)| (k.as_str(), &e.id))
     }
 
     pub(super) fn root(doc: &'a AutoCommit) -> Self {
@@ -169,6 +228,14 @@ impl<'a> Fields<'a> {
         Ok(at)
     }
 
+    /// A time that may be absent.
+    fn opt_time(&self, key: &str) -> Result<Option<i64>, DocError> {
+        match self.value(key)? {
+            None => Ok(None),
+            Some(_) => self.time(key).map(Some),
+        }
+    }
+
     fn bool_or_false(&self, key: &str) -> Result<bool, DocError> {
         match self.value(key)? {
             None => Ok(false),
@@ -195,10 +262,12 @@ impl<'a> Fields<'a> {
 pub(super) fn read_state(
     doc: &AutoCommit,
     anchors: Option<&TrustAnchors>,
+    verified: &Verified,
 ) -> Result<VaultState, DocError> {
     let root = Fields::root(doc);
-    if root.u64("schema")? != SCHEMA_VERSION {
-        return Err(DocError::UnsupportedSchema(root.u64("schema")?));
+    let schema_version = root.u64("schema")?;
+    if !(SCHEMA_OLDEST..=SCHEMA_VERSION).contains(&schema_version) {
+        return Err(DocError::UnsupportedSchema(schema_version));
     }
     let info = read_info(&root.object("vault", ObjType::Map)?)?;
     let own = TrustAnchors::of(&info);
@@ -223,11 +292,11 @@ pub(super) fn read_state(
         .map(|m| m.identity_pub)
         .ok_or(DocError::UnvouchedFounder)?;
     let genesis = genesis_statement(&anchors.vault, &anchors.founder, &founder_key);
-    if !verify_signature(&anchors.recovery_sign_pub, &genesis, &info.genesis_sig) {
+    if !verified.check(&anchors.recovery_sign_pub, &genesis, &info.genesis_sig) {
         return Err(DocError::UnvouchedFounder);
     }
-    let (mut members, unverified) = verify_members(&info.id, anchors, records);
-    verify_removals(&info.id, anchors, &mut members);
+    let (mut members, unverified) = verify_members(&info.id, anchors, records, verified);
+    verify_removals(&info.id, anchors, &mut members, verified);
 
     // A wrap signer's key, and whether it may still make an epoch current: the recovery key
     // always, an admin only while active (its older wraps still open their epochs).
@@ -260,19 +329,29 @@ pub(super) fn read_state(
             id,
             &epochs_obj.object(&key, ObjType::Map)?,
             &signer_pub,
+            verified,
         )?;
         epochs.insert(id, epoch);
     }
 
+    let writers = Writers {
+        vault: &info.id,
+        members: &members,
+        verified,
+    };
     let tokens_obj = root.object("tokens", ObjType::Map)?;
     let token_keys = tokens_obj.keys();
     if token_keys.len() > limits::TOKENS_MAX {
         return Err(schema("tokens", "has too many entries"));
     }
     let mut tokens = BTreeMap::new();
+    let mut unverified_tokens = Vec::new();
     for key in token_keys {
         let id: TokenId = tokens_obj.key_as(&key)?;
-        let token = read_token(id, &tokens_obj.object(&key, ObjType::Map)?)?;
+        let Some(token) = read_token(id, &tokens_obj.object(&key, ObjType::Map)?, &writers)? else {
+            unverified_tokens.push(id);
+            continue;
+        };
         if !epochs.contains_key(&token.epoch) {
             return Err(schema(
                 &tokens_obj.sub(&key),
@@ -283,22 +362,35 @@ pub(super) fn read_state(
     }
 
     let defaults_obj = root.object("defaults", ObjType::Map)?;
+    if defaults_obj.keys().len() > limits::DEFAULTS_MAX {
+        return Err(schema("defaults", "has too many entries"));
+    }
     let mut defaults = BTreeMap::new();
+    let mut default_versions = BTreeMap::new();
     for key in defaults_obj.keys() {
+        let Some((token, version)) = read_default(&key, &defaults_obj, &writers)? else {
+            continue;
+        };
+        default_versions.insert(key.clone(), version);
         let Ok(service) = key.parse::<Service>() else {
             continue; // a service from a newer version: keep it, do not use it
         };
-        let id: TokenId = defaults_obj.parsed(&key, 32)?;
         // A concurrent delete can leave a default pointing at a deleted token: not an error.
-        if tokens
-            .get(&id)
-            .is_some_and(|t: &Token| !t.deleted && t.service == service)
+        if let Some(id) = token
+            && tokens
+                .get(&id)
+                .is_some_and(|t: &Token| !t.deleted && t.service == service)
         {
             defaults.insert(service, id);
         }
     }
 
-    let relays = read_relays(&info.id, &root.object("relays", ObjType::Map)?, &members)?;
+    let relays = read_relays(
+        &info.id,
+        &root.object("relays", ObjType::Map)?,
+        &members,
+        verified,
+    )?;
 
     let audit_obj = root.object_id("audit", ObjType::List)?;
     let audit_len = doc.length(&audit_obj);
@@ -312,12 +404,9 @@ pub(super) fn read_state(
             Some((Value::Object(ObjType::Map), id)) => Fields::new(doc, id, format!("audit.{i}")),
             _ => return Err(schema(&format!("audit.{i}"), "is not a map")),
         };
-        audit.push(AuditEntry {
-            at: entry.time("at")?,
-            device: entry.str("device", limits::NAME_MAX)?,
-            action: entry.str("action", limits::NAME_MAX)?,
-            subject: entry.str("subject", limits::NAME_MAX)?,
-        });
+        if let Some(entry) = read_audit_entry(&entry, &writers)? {
+            audit.push(entry);
+        }
     }
 
     Ok(VaultState {
@@ -326,7 +415,10 @@ pub(super) fn read_state(
         unverified,
         epochs,
         tokens,
+        unverified_tokens,
         defaults,
+        default_versions,
+        schema: schema_version,
         relays,
         audit,
     })
@@ -337,6 +429,7 @@ fn read_relays(
     vault: &VaultId,
     f: &Fields<'_>,
     members: &BTreeMap<DeviceId, Member>,
+    verified: &Verified,
 ) -> Result<BTreeMap<String, super::schema::Relay>, DocError> {
     let keys = f.keys();
     if keys.len() > limits::RELAYS_MAX {
@@ -367,7 +460,7 @@ fn read_relays(
             &relay.added_by,
             relay.added_at,
         );
-        if signer.is_some_and(|m| verify_signature(&m.identity_pub, &statement, &relay.sig)) {
+        if signer.is_some_and(|m| verified.check(&m.identity_pub, &statement, &relay.sig)) {
             relays.insert(id, relay);
         }
     }
@@ -381,6 +474,7 @@ fn verify_members(
     vault: &VaultId,
     anchors: &TrustAnchors,
     mut pending: BTreeMap<DeviceId, Member>,
+    checker: &Verified,
 ) -> (BTreeMap<DeviceId, Member>, Vec<DeviceId>) {
     let mut verified: BTreeMap<DeviceId, Member> = BTreeMap::new();
     loop {
@@ -402,7 +496,7 @@ fn verify_members(
                         .map(|admin| admin.identity_pub)
                 };
                 let statement = member_statement(vault, &m.signed_fields());
-                signer_pub.is_some_and(|public| verify_signature(&public, &statement, &m.sig))
+                signer_pub.is_some_and(|public| checker.check(&public, &statement, &m.sig))
             })
             .map(|m| m.device)
             .collect();
@@ -427,6 +521,7 @@ fn verify_removals(
     vault: &VaultId,
     anchors: &TrustAnchors,
     members: &mut BTreeMap<DeviceId, Member>,
+    verified: &Verified,
 ) {
     let keys: BTreeMap<String, ([u8; 32], bool)> = members
         .values()
@@ -448,7 +543,7 @@ fn verify_removals(
                 handoff_protocol::binding::removal_statement
             };
             let statement = statement(vault, &member.device, &r.by, r.at, r.after_seq);
-            key.is_some_and(|k| verify_signature(k, &statement, &r.sig))
+            key.is_some_and(|k| verified.check(k, &statement, &r.sig))
         });
         let decided = member.removals.iter().any(|r| deciding(r, &keys));
         if !decided {
@@ -532,6 +627,7 @@ fn read_epoch(
     id: EpochId,
     f: &Fields<'_>,
     signer_pub: &dyn Fn(&str) -> Option<WrapSigner>,
+    verified: &Verified,
 ) -> Result<Epoch, DocError> {
     let generation = f.u64("generation")?;
     let wraps_obj = f.object("wraps", ObjType::Map)?;
@@ -554,9 +650,8 @@ fn read_epoch(
         // signer may have been demoted concurrently. It simply cannot be used.
         let statement =
             crate::vault::epoch::wrap_statement(vault, &id, generation, &recipient, &signed.wrap);
-        let verdict = signer_pub(&signed.signer).filter(|signer| {
-            crate::vault::keys::verify_signature(&signer.key, &statement, &signed.sig)
-        });
+        let verdict = signer_pub(&signed.signer)
+            .filter(|signer| verified.check(&signer.key, &statement, &signed.sig));
         if let Some(signer) = verdict {
             current_eligible |= signer.may_make_current;
             wraps.insert(recipient, signed);
@@ -572,37 +667,5 @@ fn read_epoch(
         wraps,
         untrusted,
         current_eligible,
-    })
-}
-
-fn read_token(id: TokenId, f: &Fields<'_>) -> Result<Token, DocError> {
-    let service: Service = f.parsed("service", 32)?;
-    let label = f.str("label", limits::LABEL_MAX)?;
-    let deleted = f.bool_or_false("deleted")?;
-    let ciphertext = f.opt_bytes("ciphertext", MAX_ENCODED)?;
-    if !deleted && ciphertext.is_none() {
-        return Err(schema(&f.path, "has no ciphertext"));
-    }
-    let epoch_text = f.str("epoch", 32)?;
-    let epoch = epoch_text
-        .parse()
-        .map_err(|_| schema(&f.sub("epoch"), "is not an epoch id"))?;
-    let mut conflicted = false;
-    for field in ["service", "label", "ciphertext", "epoch", "deleted"] {
-        conflicted |= f.conflicted(field)?;
-    }
-    Ok(Token {
-        id,
-        service,
-        label,
-        kind: f.parsed::<TokenKind>("kind", 16)?,
-        epoch,
-        ciphertext,
-        created_at: f.time("created_at")?,
-        created_by: f.str("created_by", 64)?,
-        updated_at: f.time("updated_at")?,
-        updated_by: f.str("updated_by", 64)?,
-        deleted,
-        conflicted,
     })
 }

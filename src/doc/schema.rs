@@ -13,17 +13,26 @@ use handoff_protocol::{DeviceId, EpochId, TokenId, VaultId};
 
 use crate::vault::SignedWrap;
 
-/// The document schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The document schema version this build writes. Version 2 signs every token version,
+/// default and audit entry; a version-1 document (unsigned) is still read, its tokens shown as
+/// unverified until an unlocked admin re-signs them (`Device::upkeep`), which writes 2.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// The oldest schema version this build reads.
+pub const SCHEMA_OLDEST: u64 = 1;
 
 /// Limits checked on every document read: a hostile peer or file cannot make us hold more.
 pub mod limits {
     pub const NAME_MAX: usize = 128;
     pub const LABEL_MAX: usize = 64;
+    /// A session id in a lease.
+    pub const SESSION_MAX: usize = 64;
     pub const MEMBERS_MAX: usize = 256;
     pub const EPOCHS_MAX: usize = 4096;
     pub const TOKENS_MAX: usize = 10_000;
     pub const AUDIT_MAX: usize = 512;
+    /// Services with a default (five today; room for newer builds' services).
+    pub const DEFAULTS_MAX: usize = 64;
     pub const RELAYS_MAX: usize = 16;
     pub const RELAY_ADDRS_MAX: usize = 2048;
     pub const RELAY_TOKEN_MAX: usize = handoff_protocol::relay::MAX_TOKEN;
@@ -64,15 +73,11 @@ impl Service {
     pub fn kind_of(self, secret: &[u8]) -> TokenKind {
         match self {
             Service::Anthropic | Service::Openai => TokenKind::ApiKey,
-            Service::ClaudeSubscription => TokenKind::SetupToken,
             Service::OpenaiCodex => TokenKind::OauthJson,
-            Service::Gemini => {
-                if secret.trim_ascii_start().first() == Some(&b'{') {
-                    TokenKind::OauthJson
-                } else {
-                    TokenKind::ApiKey
-                }
-            }
+            Service::ClaudeSubscription if crate::oauth::is_json(secret) => TokenKind::OauthJson,
+            Service::ClaudeSubscription => TokenKind::SetupToken,
+            Service::Gemini if crate::oauth::is_json(secret) => TokenKind::OauthJson,
+            Service::Gemini => TokenKind::ApiKey,
         }
     }
 
@@ -384,10 +389,120 @@ pub struct Token {
     pub created_at: i64,
     pub created_by: String,
     pub updated_at: i64,
+    /// The device that wrote this version (hex device id); it signed it when `verified`.
     pub updated_by: String,
     pub deleted: bool,
-    /// Concurrent writes left more than one value in a field; the user should pick.
+    /// The record's version counter: the highest among its valid versions (the next write is
+    /// one more).
+    pub version: u64,
+    /// Signed by `updated_by`, a member whose role may write tokens. `false` only for a record
+    /// written before signatures (schema 1) that no admin has re-signed yet.
+    pub verified: bool,
+    /// Several valid versions stand (concurrent writes), or the document's own winner was not
+    /// validly signed and an older valid version is shown: the user should pick.
     pub conflicted: bool,
+    /// An OAuth bundle's access-token expiry (unix seconds), as read when it was stored.
+    pub expires_at: Option<i64>,
+    /// When an OAuth bundle's refresh token was obtained (unix seconds).
+    pub refreshed_at: Option<i64>,
+    /// The newest valid lease of a rotating OAuth token (live or not).
+    pub lease: Option<Lease>,
+}
+
+/// Who may use a rotating OAuth token now (DESIGN §9): one session of one device at a time,
+/// until `until`. Each version is signed by its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's device id, hex (the writer).
+    pub holder: String,
+    pub session: String,
+    /// One more at each new holder or session; kept on renewal. A write-back under an older
+    /// fence is refused.
+    pub fence: u64,
+    /// Unix time the lease ends; 0 once released.
+    pub until: i64,
+    pub at: i64,
+    /// The lease record's highest valid version.
+    pub version: u64,
+}
+
+impl Lease {
+    /// Whether it still holds at `now`.
+    pub fn live(&self, now: i64) -> bool {
+        self.until > now
+    }
+
+    /// The fields its holder signs, for `token`.
+    pub fn signed_fields<'a>(
+        &'a self,
+        token: &'a TokenId,
+    ) -> handoff_protocol::binding::LeaseFields<'a> {
+        handoff_protocol::binding::LeaseFields {
+            token,
+            version: self.version,
+            holder: &self.holder,
+            session: &self.session,
+            fence: self.fence,
+            until: self.until,
+            at: self.at,
+        }
+    }
+}
+
+impl Token {
+    /// The fields its writer signs, as the version `self.version` names.
+    pub fn signed_fields(&self) -> handoff_protocol::binding::TokenVersionFields<'_> {
+        handoff_protocol::binding::TokenVersionFields {
+            token: &self.id,
+            version: self.version,
+            service: self.service.as_str(),
+            label: &self.label,
+            kind: self.kind.as_str(),
+            epoch: &self.epoch,
+            ciphertext: self.ciphertext.as_deref().unwrap_or_default(),
+            deleted: self.deleted,
+            created_at: self.created_at,
+            created_by: &self.created_by,
+            updated_at: self.updated_at,
+            writer: &self.updated_by,
+            expires_at: self.expires_at.unwrap_or(0),
+            refreshed_at: self.refreshed_at.unwrap_or(0),
+        }
+    }
+}
+
+/// What may write records other than members, epochs and relays: tokens and defaults need an
+/// admin or a member; an audit entry any member that signs it as itself.
+impl Role {
+    pub fn writes_tokens(self) -> bool {
+        matches!(self, Role::Admin | Role::Member)
+    }
+}
+
+/// One version of `defaults.<service>`: which token is the service's default (`None`: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultChoice {
+    pub service: Service,
+    pub token: Option<TokenId>,
+    pub version: u64,
+    pub at: i64,
+    /// The writer's device id, hex.
+    pub writer: String,
+}
+
+impl DefaultChoice {
+    /// The statement its writer signs.
+    pub fn statement(&self, vault: &VaultId) -> Vec<u8> {
+        let token = self.token.map(|t| t.to_hex()).unwrap_or_default();
+        handoff_protocol::binding::default_statement(
+            vault,
+            self.service.as_str(),
+            &token,
+            self.version,
+            self.at,
+            &self.writer,
+        )
+    }
 }
 
 /// `relays.<relay id>`: a relay every member uses, listed by an admin.
@@ -422,12 +537,27 @@ impl std::fmt::Debug for Relay {
 }
 
 /// One `audit` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AuditEntry {
     pub at: i64,
     pub device: String,
     pub action: String,
     pub subject: String,
+    /// Signed by `device`, a member. `false` for an entry written before signatures.
+    pub verified: bool,
+}
+
+impl AuditEntry {
+    /// The statement its writer signs.
+    pub fn statement(&self, vault: &VaultId) -> Vec<u8> {
+        handoff_protocol::binding::audit_statement(
+            vault,
+            self.at,
+            &self.device,
+            &self.action,
+            &self.subject,
+        )
+    }
 }
 
 /// What a device pins locally when it joins a vault and checks every document against: no
@@ -464,7 +594,15 @@ pub struct VaultState {
     pub unverified: Vec<DeviceId>,
     pub epochs: BTreeMap<EpochId, Epoch>,
     pub tokens: BTreeMap<TokenId, Token>,
+    /// Token records none of whose versions is validly signed (and that are not from before
+    /// signatures): ignored, and worth reporting.
+    pub unverified_tokens: Vec<TokenId>,
     pub defaults: BTreeMap<Service, TokenId>,
+    /// Each service's default record's version counter (the next write is one more), by
+    /// service name, including defaults that point nowhere now.
+    pub default_versions: BTreeMap<String, u64>,
+    /// The schema version the document says it is.
+    pub schema: u64,
     /// Relays listed by a verified admin (others are ignored).
     pub relays: BTreeMap<String, Relay>,
     pub audit: Vec<AuditEntry>,

@@ -3,11 +3,14 @@
 //! and nothing trusted is taken away. A refusal for changes by a removed member says what this
 //! device could vouch for (see ARCHITECTURE.md, "How an incoming sync message flows").
 
-use automerge::{AutoCommit, ChangeHash, ReadDoc};
-use handoff_protocol::DeviceId;
+use std::collections::HashMap;
 
-use super::read;
-use super::schema::{self, Member, TrustAnchors, VaultState};
+use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, Value};
+use handoff_protocol::DeviceId;
+use handoff_protocol::dek_wrap::Recipient;
+
+use super::read::{self, Fields, Writers};
+use super::schema::{self, Member, Role, TrustAnchors, VaultState};
 use super::{DocError, fork_vault_id};
 
 /// Validates a fork that outside changes were applied to: one vault record, this vault, valid
@@ -17,6 +20,7 @@ use super::{DocError, fork_vault_id};
 pub(super) fn check_fork(
     fork: &mut AutoCommit,
     anchors: &TrustAnchors,
+    verified: &super::verified::Verified,
     heads: &[ChangeHash],
     before: &VaultState,
 ) -> Result<(usize, VaultState), DocError> {
@@ -27,16 +31,18 @@ pub(super) fn check_fork(
             problem: "was written by two different vaults",
         });
     }
-    let state =
-        read::read_state(fork, Some(anchors)).map_err(|e| match (e, fork_vault_id(fork)) {
+    let state = read::read_state(fork, Some(anchors), verified).map_err(|e| {
+        match (e, fork_vault_id(fork)) {
             (DocError::AnchorsMoved, Some(found)) if found != ours => DocError::WrongVault {
                 expected: ours,
                 found,
             },
             (other, _) => other,
-        })?;
+        }
+    })?;
     check_no_regression(before, &state)?;
     let new_changes = fork.get_changes(heads);
+    let mut new_ops = NewOps::default();
     for change in &new_changes {
         let author = state
             .members
@@ -52,8 +58,500 @@ pub(super) fn check_fork(
                 owed: held_past_bounds(fork, &state, &new_changes),
             });
         }
+        // An honest change's ops count on from the last op it saw: a change that starts
+        // anywhere else could only have been crafted (one starting near the counter's limit
+        // would stop every device from committing again).
+        let after = change
+            .deps()
+            .iter()
+            .filter_map(|d| fork.get_change_meta_by_hash(d).map(|c| c.max_op))
+            .max()
+            .unwrap_or(0);
+        if change.start_op().get() != after.saturating_add(1) {
+            return Err(refuse(
+                "a change's op counter does not follow its dependencies",
+            ));
+        }
+        new_ops.add(change);
     }
+    check_attested(&state, before, &new_changes, verified)?;
+    check_writes(fork, &state, before, &new_ops, verified)?;
+    check_authority(fork, &state, &new_changes, &new_ops)?;
     Ok((new_changes.len(), state))
+}
+
+/// The attestation of `change`, which its writer signs with `sign` (see `VaultDoc::commit`):
+/// the change after it in its actor's sequence, without ops, depending on it alone, with time
+/// 0 and the signature (hex) as its message, so that it is the same bytes whoever builds it.
+pub(super) fn attestation(
+    vault: &handoff_protocol::VaultId,
+    change: &automerge::Change,
+    sign: impl Fn(&[u8]) -> [u8; 64],
+) -> automerge::Change {
+    let sig = sign(&handoff_protocol::binding::change_statement(
+        vault,
+        &change.hash().0,
+    ));
+    automerge::Change::from(automerge::ExpandedChange {
+        operations: Vec::new(),
+        actor_id: change.actor_id().clone(),
+        hash: None,
+        seq: change.seq() + 1,
+        start_op: std::num::NonZeroU64::new(change.max_op() + 1)
+            .unwrap_or(std::num::NonZeroU64::MIN),
+        time: 0,
+        message: Some(hex::encode(sig)),
+        deps: vec![change.hash()],
+        extra_bytes: Vec::new(),
+        author: None,
+    })
+}
+
+/// Every new change with ops must be vouched for by an attestation among the new changes,
+/// signed by the member its actor names (and every change without ops must be such an
+/// attestation), so that no change written under another member's actor id is taken. A vault
+/// still in schema 1, written before attestations, is not held to it.
+fn check_attested(
+    state: &VaultState,
+    before: &VaultState,
+    new_changes: &[automerge::Change],
+    verified: &super::verified::Verified,
+) -> Result<(), DocError> {
+    // Judged by the vault as it was: a change that sets the schema back cannot exempt itself.
+    if before.schema < schema::SCHEMA_VERSION {
+        return Ok(());
+    }
+    let mut attested = std::collections::HashSet::new();
+    let by_hash: HashMap<ChangeHash, &automerge::Change> =
+        new_changes.iter().map(|c| (c.hash(), c)).collect();
+    for change in new_changes.iter().filter(|c| c.is_empty()) {
+        let member = state
+            .members
+            .values()
+            .find(|m| m.actor == change.actor_id().to_bytes());
+        let sig = change.message().and_then(|m| hex::decode(m).ok());
+        let attests = match (change.deps(), member, sig) {
+            ([dep], Some(member), Some(sig)) if change.timestamp() == 0 => {
+                let statement = handoff_protocol::binding::change_statement(&state.info.id, &dep.0);
+                // The change it vouches for comes with it, by the same actor, just before it:
+                // an old attestation copied under another change's header vouches for nothing.
+                let own = by_hash.get(dep).is_some_and(|d| {
+                    !d.is_empty()
+                        && d.actor_id() == change.actor_id()
+                        && d.seq() + 1 == change.seq()
+                });
+                (own && verified.check(&member.identity_pub, &statement, &sig)).then_some(*dep)
+            }
+            _ => None,
+        };
+        match attests {
+            Some(dep) => {
+                attested.insert(dep);
+            }
+            None => {
+                return Err(refuse(
+                    "a change is not vouched for by the member that wrote it",
+                ));
+            }
+        }
+    }
+    if new_changes
+        .iter()
+        .any(|c| !c.is_empty() && !attested.contains(&c.hash()))
+    {
+        return Err(refuse(
+            "a change is not vouched for by the member that wrote it",
+        ));
+    }
+    Ok(())
+}
+
+/// The ops the new changes made, as the ranges of op counters each actor used.
+#[derive(Default)]
+struct NewOps(HashMap<Vec<u8>, Vec<(u64, u64)>>);
+
+impl NewOps {
+    fn add(&mut self, change: &automerge::Change) {
+        let range = (change.start_op().get(), change.max_op());
+        self.0
+            .entry(change.actor_id().to_bytes().to_vec())
+            .or_default()
+            .push(range);
+    }
+
+    /// Whether the op `id` names (an object's creation, a value's write) is a new one.
+    fn contains(&self, id: &ObjId) -> bool {
+        let ObjId::Id(counter, actor, _) = id else {
+            return false;
+        };
+        self.0.get(actor.to_bytes()).is_some_and(|ranges| {
+            ranges
+                .iter()
+                .any(|(start, end)| (*start..=*end).contains(counter))
+        })
+    }
+}
+
+fn refuse(problem: &'static str) -> DocError {
+    DocError::Unauthorized(problem)
+}
+
+/// Token versions, defaults and audit entries that new changes wrote must be signed by a member
+/// whose role allows the write, under its own actor (`read` checks each signature and actor);
+/// none is edited in place or taken away. The state alone cannot show these: a reader falls
+/// back to an older valid version where the newest is not valid, so ingest refuses the change
+/// that wrote it instead.
+fn check_writes(
+    fork: &AutoCommit,
+    state: &VaultState,
+    before: &VaultState,
+    new: &NewOps,
+    verified: &super::verified::Verified,
+) -> Result<(), DocError> {
+    let is_new = |id: &ObjId| new.contains(id);
+    let root = Fields::root(fork);
+    let writers = Writers {
+        vault: &state.info.id,
+        members: &state.members,
+        verified,
+    };
+    let tokens = root.object("tokens", ObjType::Map)?;
+    for (key, record_id) in tokens.ids() {
+        let record = tokens.object(key, ObjType::Map)?;
+        let existed = key.parse().is_ok_and(|id| {
+            before.tokens.contains_key(&id) || before.unverified_tokens.contains(&id)
+        });
+        if existed && is_new(record_id) {
+            return Err(refuse("a token record was replaced"));
+        }
+        for (field, field_id) in record.ids() {
+            if !matches!(field, "current" | "lease") && is_new(field_id) {
+                return Err(refuse("a token was written without a signature"));
+            }
+        }
+        for (value, obj) in record.all("lease")? {
+            let lease = record.object_at("lease", &obj);
+            let touched = is_new(&obj) || lease.any_written(&is_new);
+            if touched
+                && (!matches!(value, Value::Object(ObjType::Map))
+                    || !read::lease_is_valid(key, &lease, &writers)?)
+            {
+                return Err(refuse("a lease is not signed by the member holding it"));
+            }
+        }
+        for (value, obj) in record.all("current")? {
+            let version = record.object_at("current", &obj);
+            let touched = is_new(&obj) || version.any_written(&is_new);
+            if touched && !matches!(value, Value::Object(ObjType::Map)) {
+                return Err(refuse("a token version is not a signed record"));
+            }
+            if touched && !read::version_is_valid(key, &version, &writers)? {
+                return Err(refuse(
+                    "a token version is not signed by a member allowed to write it",
+                ));
+            }
+        }
+    }
+    for id in before.tokens.keys().chain(&before.unverified_tokens) {
+        if !state.tokens.contains_key(id) && !state.unverified_tokens.contains(id) {
+            return Err(refuse("a token record was removed"));
+        }
+    }
+    for (id, token) in &before.tokens {
+        let now = state.tokens.get(id);
+        if token.verified && !now.is_some_and(|t| t.verified) {
+            return Err(refuse("a token lost its signed versions"));
+        }
+        if token.deleted && !now.is_some_and(|t| t.deleted) {
+            return Err(refuse("a deleted token was written again"));
+        }
+    }
+    if state
+        .unverified_tokens
+        .iter()
+        .any(|id| !before.unverified_tokens.contains(id))
+    {
+        return Err(refuse(
+            "a token version is not signed by a member allowed to write it",
+        ));
+    }
+    let defaults = root.object("defaults", ObjType::Map)?;
+    for key in before.default_versions.keys() {
+        if !state.default_versions.contains_key(key) {
+            return Err(refuse("a default lost its signed versions"));
+        }
+    }
+    for key in defaults.keys() {
+        for (value, obj) in defaults.all(&key)? {
+            let touched = is_new(&obj)
+                || (matches!(value, Value::Object(_))
+                    && defaults.object_at(&key, &obj).any_written(&is_new));
+            if !touched {
+                continue;
+            }
+            let valid = matches!(value, Value::Object(ObjType::Map))
+                && read::default_is_valid(&key, &defaults.object_at(&key, &obj), &writers)?;
+            if !valid {
+                return Err(refuse(
+                    "a default is not signed by a member allowed to set it",
+                ));
+            }
+        }
+    }
+    let audit = fork
+        .get(automerge::ROOT, "audit")?
+        .map(|(_, id)| id)
+        .ok_or_else(|| refuse("the audit log was removed"))?;
+    for i in 0..fork.length(&audit) {
+        let Some((Value::Object(ObjType::Map), id)) = fork.get(&audit, i)? else {
+            continue; // read_state refused anything else
+        };
+        let entry = Fields::new(fork, id.clone(), format!("audit.{i}"));
+        if (is_new(&id) || entry.any_written(&is_new)) && !read::audit_is_valid(&entry, &writers)? {
+            return Err(refuse(
+                "an audit entry is not signed by the member it names",
+            ));
+        }
+    }
+    // Entries leave only to keep the log at its bound, oldest first (each writer trims the
+    // front): every entry that went was older than every entry that stayed.
+    let mut left: HashMap<&schema::AuditEntry, usize> = HashMap::new();
+    for entry in &state.audit {
+        *left.entry(entry).or_default() += 1;
+    }
+    let (mut kept_one, mut removed) = (false, false);
+    for entry in &before.audit {
+        match left.get_mut(entry) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                kept_one = true;
+            }
+            _ if kept_one => return Err(refuse("audit entries were removed out of order")),
+            _ => removed = true,
+        }
+    }
+    if removed && state.audit.len() < schema::limits::AUDIT_MAX {
+        return Err(refuse("audit entries were removed"));
+    }
+    if state.schema < before.schema {
+        return Err(refuse("the document's schema was set back"));
+    }
+    Ok(())
+}
+
+/// What each op of each new change may do, by the author its actor names (DESIGN §3): a
+/// whitelist of the writes honest code makes, so that nothing is deleted, replaced or edited in
+/// place where a signature could not show it. Ops on an object the same change created are
+/// allowed (its creation was checked); on any other object, only what its place allows:
+///
+/// - the root, `vault`, `epochs` (epochs, wraps) and `relays`: an admin;
+/// - `members`: an admin, or a device creating its own record (a recovery);
+/// - a member record: an admin, or the member itself setting its `name`;
+/// - a record's `removals`: a new entry under the author's own id (or `recovery`, by an
+///   admin), and re-signing that entry;
+/// - `tokens` and `defaults` (admins and members only): a new record, a new version in a
+///   record's place (never a delete) that supersedes the versions its writer saw, with a
+///   `version` above each of them, so a writer's old signed version cannot be put back; the
+///   same for a token's `lease`;
+/// - `audit`: appending an entry (any member) and trimming (checked by `check_writes`).
+fn check_authority(
+    fork: &AutoCommit,
+    state: &VaultState,
+    new_changes: &[automerge::Change],
+    new: &NewOps,
+) -> Result<(), DocError> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let places = Places::of(fork)?;
+    for change in new_changes {
+        let actor = change.actor_id();
+        let Some(author) = state.members.values().find(|m| m.actor == actor.to_bytes()) else {
+            continue; // check_fork refused it already
+        };
+        let admin = author.role == Role::Admin;
+        let writer = author.role.writes_tokens();
+        let me = author.device.to_hex();
+        let start = change.start_op().get();
+        let made_here = |id: &automerge::legacy::OpId| {
+            id.1 == *actor && (start..=change.max_op()).contains(&id.0)
+        };
+        let refused = || {
+            refuse(if author.role == Role::Remote {
+                "a remote device wrote what only a member or admin may"
+            } else {
+                "a change writes what its author may not"
+            })
+        };
+        for (i, op) in change.decode().operations.iter().enumerate() {
+            let ObjectId::Id(obj) = &op.obj else {
+                if !admin {
+                    return Err(refuse("only an admin may change the document's root"));
+                }
+                continue;
+            };
+            let key = match &op.key {
+                Key::Map(k) => k.as_str(),
+                Key::Seq(_) => "",
+            };
+            let make = matches!(op.action, OpType::Make(_));
+            let put = matches!(op.action, OpType::Put(_));
+            let fresh = op.pred.is_empty();
+            let place = places.0.get(&(obj.0, obj.1.to_bytes().to_vec()));
+            let allowed = match place {
+                _ if made_here(obj) && !matches!(place, Some(Place::TokenRecord)) => true,
+                None => false,
+                Some(Place::AdminOnly) => admin,
+                Some(Place::Members) => admin || (make && fresh && key == me),
+                Some(Place::Member(device)) => {
+                    admin || (put && *device == author.device && key == "name")
+                }
+                Some(Place::Removals) => {
+                    make && fresh && (key == me || (admin && key == Recipient::RECOVERY_NAME))
+                }
+                Some(Place::RemovalEntry(by)) => {
+                    put && (*by == me || (admin && by == Recipient::RECOVERY_NAME))
+                }
+                Some(Place::Tokens) => writer && make && fresh,
+                Some(Place::TokenRecord) => {
+                    // A new version supersedes what its writer saw; one beside the current
+                    // version (superseding nothing) could only put an old one back. A record
+                    // from before signatures gets its first one (an admin's migration).
+                    writer
+                        && make
+                        && match key {
+                            "current" => made_here(obj) || !fresh || !holds_older(fork, obj, new)?,
+                            "lease" => true,
+                            _ => false,
+                        }
+                        && counts_on(fork, change, i, op.pred.iter())?
+                }
+                Some(Place::Defaults) => {
+                    writer && make && counts_on(fork, change, i, op.pred.iter())?
+                }
+                Some(Place::Audit) => (op.insert && make) || matches!(op.action, OpType::Delete),
+            };
+            if !allowed {
+                return Err(refused());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the version the `i`th op of `change` makes has a `version` above that of every
+/// version it supersedes (its `pred`): honest writers count up from what they saw.
+/// Whether the record `obj` (a token record, by the op that made it) holds a version that
+/// no new change wrote.
+fn holds_older(
+    fork: &AutoCommit,
+    obj: &automerge::legacy::OpId,
+    new: &NewOps,
+) -> Result<bool, DocError> {
+    let Ok((record, _)) = fork.import(&format!("{}@{}", obj.0, obj.1)) else {
+        return Ok(true);
+    };
+    Ok(fork
+        .get_all(&record, "current")?
+        .iter()
+        .any(|(_, id)| !new.contains(id)))
+}
+
+/// Whether the version the `i`th op of `change` makes counts on from what it supersedes (its
+/// `pred`): `version` is one more than the highest superseded version (1 over none), as an
+/// honest writer makes it. Neither an old version put back nor a counter run up to its limit
+/// (which would leave no next version for a rotation to re-seal into) passes.
+fn counts_on<'a>(
+    fork: &AutoCommit,
+    change: &automerge::Change,
+    i: usize,
+    pred: impl Iterator<Item = &'a automerge::legacy::OpId>,
+) -> Result<bool, DocError> {
+    let id = |counter: u64, actor: &automerge::ActorId| format!("{counter}@{actor}");
+    let version = |name: String| -> Option<u64> {
+        let (obj, _) = fork.import(&name).ok()?;
+        let (value, _) = fork.get(&obj, "version").ok()??;
+        value.as_u64()
+    };
+    let counter = change.start_op().get() + u64::try_from(i).unwrap_or(u64::MAX);
+    let Some(new) = version(id(counter, change.actor_id())) else {
+        return Ok(false); // read_state refused a version without one already
+    };
+    let highest = pred
+        .map(|p| version(id(p.0, &p.1)).unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    Ok(highest.checked_add(1) == Some(new))
+}
+
+/// The objects whose writers `check_authority` restricts, by the id of the op that made them.
+struct Places(HashMap<(u64, Vec<u8>), Place>);
+
+enum Place {
+    AdminOnly,
+    Members,
+    Member(DeviceId),
+    Removals,
+    RemovalEntry(String),
+    Tokens,
+    TokenRecord,
+    Defaults,
+    Audit,
+}
+
+impl Places {
+    fn of(fork: &AutoCommit) -> Result<Self, DocError> {
+        let mut places = HashMap::new();
+        let mut put = |id: &ObjId, place| {
+            if let ObjId::Id(counter, actor, _) = id {
+                places.insert((*counter, actor.to_bytes().to_vec()), place);
+            }
+        };
+        let root = Fields::root(fork);
+        for (key, id) in root.ids() {
+            match key {
+                "vault" | "epochs" | "relays" => put(id, Place::AdminOnly),
+                "members" => put(id, Place::Members),
+                "tokens" => put(id, Place::Tokens),
+                "defaults" => put(id, Place::Defaults),
+                "audit" => put(id, Place::Audit),
+                _ => {}
+            }
+        }
+        let members = root.object("members", ObjType::Map)?;
+        for (key, id) in members.ids() {
+            let Ok(device) = key.parse::<DeviceId>() else {
+                continue;
+            };
+            put(id, Place::Member(device));
+            let record = members.object(key, ObjType::Map)?;
+            if let Some((_, removals)) = record.ids().find(|(k, _)| *k == "removals") {
+                put(removals, Place::Removals);
+                let removals = record.object("removals", ObjType::Map)?;
+                for (by, entry) in removals.ids() {
+                    put(entry, Place::RemovalEntry(by.to_string()));
+                }
+            }
+        }
+        let epochs = root.object("epochs", ObjType::Map)?;
+        for (key, id) in epochs.ids() {
+            put(id, Place::AdminOnly);
+            let epoch = epochs.object(key, ObjType::Map)?;
+            for (field, id) in epoch.ids() {
+                if field == "wraps" {
+                    put(id, Place::AdminOnly);
+                    for (_, wrap) in epoch.object("wraps", ObjType::Map)?.ids() {
+                        put(wrap, Place::AdminOnly);
+                    }
+                }
+            }
+        }
+        for (_, id) in root.object("relays", ObjType::Map)?.ids() {
+            put(id, Place::AdminOnly);
+        }
+        for (_, id) in root.object("tokens", ObjType::Map)?.ids() {
+            put(id, Place::TokenRecord);
+        }
+        Ok(Places(places))
+    }
 }
 
 /// The members `state` shows removed whose changes the document held before `new` arrived

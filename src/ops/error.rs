@@ -25,6 +25,12 @@ pub enum Exit {
     Damaged = 8,
     /// Another process owns the home.
     Busy = 9,
+    /// This device's role does not allow what was asked (a `remote` device writing a token).
+    Forbidden = 10,
+    /// A rotating OAuth token is leased to another session.
+    Leased = 11,
+    /// `token check`: a token is expired or expires within the window.
+    Expiring = 12,
 }
 
 impl Exit {
@@ -39,6 +45,9 @@ impl Exit {
             Exit::Network,
             Exit::Damaged,
             Exit::Busy,
+            Exit::Forbidden,
+            Exit::Leased,
+            Exit::Expiring,
         ]
         .into_iter()
         .find(|e| *e as u8 == code)
@@ -116,6 +125,8 @@ pub fn device_exit(e: &DeviceError) -> Exit {
         DeviceError::AmbiguousToken { .. } | DeviceError::InvalidInput(_) => Exit::Usage,
         DeviceError::NoAccess(_) | DeviceError::KeyNeedsRotation => Exit::Locked,
         DeviceError::Inconsistent(_) => Exit::Damaged,
+        DeviceError::RoleForbids { .. } => Exit::Forbidden,
+        DeviceError::Leased { .. } => Exit::Leased,
     }
 }
 

@@ -22,6 +22,30 @@ pub struct TokenView {
     pub created_by: String,
     pub updated_at: i64,
     pub updated_by: String,
+    /// The name of the device that wrote the version shown, if it is a member.
+    pub updated_by_name: Option<String>,
+    /// The version shown is signed by `updated_by`, which may write tokens; `false` for a
+    /// record from before signatures that no admin has re-signed.
+    pub verified: bool,
+    /// An OAuth bundle's access-token expiry (unix seconds).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// When an OAuth bundle's refresh token was obtained (unix seconds); `None`: it has none.
+    #[serde(default)]
+    pub refreshed_at: Option<i64>,
+    /// Its lease, while one is live.
+    #[serde(default)]
+    pub lease: Option<LeaseView>,
+}
+
+/// A live lease on a rotating OAuth token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub holder: String,
+    /// The holder's device name, if it is a member.
+    pub holder_name: Option<String>,
+    pub session: String,
+    pub until: i64,
 }
 
 impl TokenView {
@@ -37,6 +61,30 @@ impl TokenView {
             created_by: t.created_by.clone(),
             updated_at: t.updated_at,
             updated_by: t.updated_by.clone(),
+            updated_by_name: t
+                .updated_by
+                .parse()
+                .ok()
+                .and_then(|d| state.members.get(&d))
+                .map(|m| m.name.clone()),
+            verified: t.verified,
+            expires_at: t.expires_at,
+            refreshed_at: t.refreshed_at,
+            lease: t
+                .lease
+                .as_ref()
+                .filter(|l| l.live(crate::entropy::unix_now()))
+                .map(|l| LeaseView {
+                    holder: l.holder.clone(),
+                    holder_name: l
+                        .holder
+                        .parse()
+                        .ok()
+                        .and_then(|d| state.members.get(&d))
+                        .map(|m| m.name.clone()),
+                    session: l.session.clone(),
+                    until: l.until,
+                }),
         }
     }
 

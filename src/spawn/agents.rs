@@ -3,9 +3,12 @@
 //!
 //! | agent | service | delivered as |
 //! | --- | --- | --- |
-//! | claude | anthropic / claude-subscription | `ANTHROPIC_API_KEY` / `CLAUDE_CODE_OAUTH_TOKEN` |
+//! | claude | anthropic / claude-subscription | `ANTHROPIC_API_KEY` / setup-token: `CLAUDE_CODE_OAUTH_TOKEN`, OAuth login: private `CLAUDE_CONFIG_DIR` with `.credentials.json` |
 //! | codex | openai / openai-codex | `OPENAI_API_KEY` / private `CODEX_HOME` with `auth.json` |
-//! | gemini | gemini (key / OAuth) | `GEMINI_API_KEY` + `GOOGLE_API_KEY` / private `HOME` with `.gemini/oauth_creds.json` |
+//! | gemini | gemini (key / OAuth) | `GEMINI_API_KEY` + `GOOGLE_API_KEY` / private `GEMINI_CLI_HOME` with `.gemini/oauth_creds.json` |
+//!
+//! A private directory mirrors the user's own (`~/.codex`, `~/.claude` and `~/.claude.json`,
+//! `~/.gemini`; see [`super::mirror`]): only the credential file is the session's.
 //! | opencode | anthropic, openai, openai-codex | the same as above |
 //!
 //! Custom agents from `config.toml` take any service, as the variables they name.
@@ -22,8 +25,12 @@ pub enum Delivery {
     Env(Vec<String>),
     /// As `auth.json` in a private directory named by `CODEX_HOME`.
     CodexHome,
-    /// As `.gemini/oauth_creds.json` under a private directory given as `HOME`.
+    /// As `.gemini/oauth_creds.json` under a private directory given as `GEMINI_CLI_HOME`,
+    /// its `.gemini` mirroring the user's.
     GeminiHome,
+    /// As `.credentials.json` in a private directory given as `CLAUDE_CONFIG_DIR`, mirroring
+    /// the user's `~/.claude`.
+    ClaudeConfigDir,
 }
 
 /// An agent handoff can start.
@@ -116,6 +123,7 @@ impl Agent {
         }
         Some(match (service, kind) {
             (Service::Anthropic, _) => env(&["ANTHROPIC_API_KEY"]),
+            (Service::ClaudeSubscription, TokenKind::OauthJson) => Delivery::ClaudeConfigDir,
             (Service::ClaudeSubscription, _) => env(&["CLAUDE_CODE_OAUTH_TOKEN"]),
             (Service::Openai, _) => env(&["OPENAI_API_KEY"]),
             (Service::OpenaiCodex, _) => Delivery::CodexHome,

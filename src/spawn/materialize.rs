@@ -21,6 +21,8 @@ use zeroize::Zeroizing;
 
 use super::SpawnError;
 use super::agents::Delivery;
+use super::mirror::Mirror;
+use super::writeback::{Ticket, Watcher};
 use crate::vault::random_array;
 
 /// Parent variables every agent may inherit.
@@ -49,10 +51,14 @@ pub fn allowed_env(
         .collect()
 }
 
-/// A private directory for credential files, removed on drop.
+/// A private directory for credential files, removed on drop (after what the agent saved in
+/// its mirrors of the user's directories went back to them).
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
+    /// The credential file in it, once written.
+    credential: Option<PathBuf>,
+    mirrors: Vec<Mirror>,
 }
 
 impl PrivateDir {
@@ -69,11 +75,47 @@ impl PrivateDir {
             .mode(0o700)
             .create(&path)
             .map_err(|e| SpawnError::Io(format!("cannot create {}: {e}", path.display())))?;
-        Ok(Self { path })
+        Ok(Self {
+            path,
+            credential: None,
+            mirrors: Vec::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The credential file the agent was given (what a write-back reads).
+    pub fn credential_file(&self) -> Option<&Path> {
+        self.credential.as_deref()
+    }
+
+    /// Writes the credential file at `relative`.
+    fn write_credential(&mut self, relative: &str, bytes: &[u8]) -> Result<(), SpawnError> {
+        self.credential = Some(self.write(relative, bytes)?);
+        Ok(())
+    }
+
+    /// Mirrors the user's `source` at `relative` (empty: the directory itself), keeping
+    /// `private` (the credential file's name) out of it.
+    fn mirror(
+        &mut self,
+        relative: &str,
+        source: &Path,
+        private: &'static str,
+        make: &[&str],
+    ) -> Result<&mut Mirror, SpawnError> {
+        let target = self.path.join(relative);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&target)
+            .map_err(|e| SpawnError::Io(format!("cannot create {}: {e}", target.display())))?;
+        let mirror = Mirror::link(source, &target, vec![private, TICKET], make)?;
+        self.mirrors.push(mirror);
+        let last = self.mirrors.len() - 1;
+        Ok(&mut self.mirrors[last])
     }
 
     /// Writes `bytes` to `relative` (creating 0700 parents), mode 0600, refusing to follow
@@ -101,6 +143,9 @@ impl PrivateDir {
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
+        for mirror in &self.mirrors {
+            mirror.give_back();
+        }
         overwrite_files(&self.path);
         let _ = fs::remove_dir_all(&self.path);
     }
@@ -138,25 +183,6 @@ fn owner_in_name(name: &str) -> Option<i32> {
         .flatten()
 }
 
-/// Whether `path` is provably a private directory handoff made for this user: its name has
-/// the private form, it is a directory itself (not a link to one), this user owns it, and
-/// nobody else may enter it (mode 0700). Only such a directory is ever removed by a process
-/// that was told its path (`session supervise --fifo`).
-pub fn is_private_dir(path: &Path) -> bool {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let named = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(owner_in_name)
-        .is_some();
-    named
-        && fs::symlink_metadata(path).is_ok_and(|m| {
-            m.file_type().is_dir()
-                && m.uid() == rustix::process::getuid().as_raw()
-                && m.permissions().mode() & 0o7777 == 0o700
-        })
-}
-
 /// Removes private directories whose owner (the supervisor that made them) no longer runs:
 /// killed before it could clean up. An agent it left running loses its files with it; it was
 /// never meant to outlive its supervisor. Only this user's directories are touched. Returns
@@ -177,6 +203,7 @@ pub fn sweep_stale() -> usize {
             .is_ok_and(|m| m.file_type().is_dir() && m.uid() == me);
         // A pid reused since only delays the sweep; it never removes files in use.
         if ours && !pid_alive(pid) {
+            super::writeback::sweep_write_back(&entry.path());
             overwrite_files(&entry.path());
             if fs::remove_dir_all(entry.path()).is_ok() {
                 swept += 1;
@@ -189,9 +216,23 @@ pub fn sweep_stale() -> usize {
 /// The files a private directory's credential can be in (relative paths), the only ones ever
 /// overwritten before removal: everything else there is the agent's own, perhaps a hard link
 /// to a file of the user's.
-const CREDENTIAL_FILES: [&str; 2] = [CODEX_AUTH, GEMINI_CREDS];
+const CREDENTIAL_FILES: [&str; 3] = [CODEX_AUTH, GEMINI_CREDS, CLAUDE_CREDS];
 const CODEX_AUTH: &str = "auth.json";
 const GEMINI_CREDS: &str = ".gemini/oauth_creds.json";
+const CLAUDE_CREDS: &str = ".credentials.json";
+/// What a write-back needs to know of the session, beside the credential (not secret).
+pub const TICKET: &str = ".handoff-writeback";
+
+/// Where a private directory holds the credential file of a `service` bundle.
+pub fn credential_path(dir: &Path, service: crate::doc::Service) -> Option<PathBuf> {
+    use crate::doc::Service;
+    match service {
+        Service::OpenaiCodex => Some(dir.join(CODEX_AUTH)),
+        Service::ClaudeSubscription => Some(dir.join(CLAUDE_CREDS)),
+        Service::Gemini => Some(dir.join(GEMINI_CREDS)),
+        Service::Anthropic | Service::Openai => None,
+    }
+}
 
 /// Best effort: zero the credential files handoff writes in `dir` before the directory is
 /// removed. Every step of each path is opened without following a link (a directory the agent
@@ -253,10 +294,24 @@ fn overwrite_files(dir: &Path) {
 }
 
 /// What the child gets for its credential: variables to set, and the directory (if any) that
-/// must live as long as the child. `Debug` names the variables, never their values.
+/// must live as long as the child, with the watch that writes its refreshed bundle back.
+/// `Debug` names the variables, never their values.
+#[derive(Default)]
 pub struct Materialized {
     pub env: Vec<(String, Zeroizing<String>)>,
     pub dir: Option<PrivateDir>,
+    pub watch: Option<Watcher>,
+}
+
+impl Materialized {
+    /// The agent has ended: what it refreshed goes back (a last stash), then the private
+    /// directory goes.
+    pub fn finish(watch: Option<Watcher>, dir: Option<PrivateDir>) {
+        if let Some(watch) = watch {
+            watch.finish();
+        }
+        drop(dir);
+    }
 }
 
 impl std::fmt::Debug for Materialized {
@@ -264,12 +319,59 @@ impl std::fmt::Debug for Materialized {
         f.debug_struct("Materialized")
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .field("dir", &self.dir)
+            .field("watch", &self.watch.is_some())
             .finish()
     }
 }
 
-/// Turns a credential into what `delivery` says the agent expects.
-pub fn materialize(delivery: &Delivery, secret: &[u8]) -> Result<Materialized, SpawnError> {
+/// Where the user's own agent directories are, from the environment of the command that
+/// spawns (sent to a detached session's supervisor with the handover).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserDirs {
+    pub home: Option<PathBuf>,
+    pub codex_home: Option<PathBuf>,
+    pub claude_config_dir: Option<PathBuf>,
+    pub gemini_cli_home: Option<PathBuf>,
+}
+
+impl UserDirs {
+    /// From this process's environment (absolute paths only).
+    pub fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        Self {
+            home: var("HOME"),
+            codex_home: var("CODEX_HOME"),
+            claude_config_dir: var("CLAUDE_CONFIG_DIR"),
+            gemini_cli_home: var("GEMINI_CLI_HOME"),
+        }
+    }
+}
+
+/// Turns a credential into what `delivery` says the agent expects. File credentials go in a
+/// private directory that mirrors the user's own agent directory (from `user`), so the agent
+/// keeps its configuration and history ([`super::mirror`]); `HOME` is never replaced.
+pub fn materialize(
+    delivery: &Delivery,
+    secret: &[u8],
+    user: &UserDirs,
+    ticket: Option<&Ticket>,
+) -> Result<Materialized, SpawnError> {
+    let mut made = place(delivery, secret, user)?;
+    if let (Some(ticket), Some(dir)) = (ticket, &made.dir)
+        && let Some(file) = dir.credential_file()
+    {
+        super::writeback::write_ticket(dir, ticket)?;
+        made.watch = Some(Watcher::start(file.to_path_buf(), ticket.clone(), secret));
+    }
+    Ok(made)
+}
+
+fn place(delivery: &Delivery, secret: &[u8], user: &UserDirs) -> Result<Materialized, SpawnError> {
+    let text = |path: &Path| Zeroizing::new(path.to_string_lossy().into_owned());
     match delivery {
         Delivery::Env(names) => {
             let value = std::str::from_utf8(secret).map_err(|_| {
@@ -279,24 +381,67 @@ pub fn materialize(delivery: &Delivery, secret: &[u8]) -> Result<Materialized, S
                 .iter()
                 .map(|n| (n.clone(), Zeroizing::new(value.to_string())))
                 .collect();
-            Ok(Materialized { env, dir: None })
+            Ok(Materialized {
+                env,
+                ..Materialized::default()
+            })
         }
         Delivery::CodexHome => {
-            let dir = PrivateDir::create()?;
-            dir.write(CODEX_AUTH, secret)?;
-            let home = Zeroizing::new(dir.path().to_string_lossy().into_owned());
+            let mut dir = PrivateDir::create()?;
+            let source = user
+                .codex_home
+                .clone()
+                .or_else(|| user.home.as_ref().map(|h| h.join(".codex")));
+            if let Some(source) = source {
+                dir.mirror("", &source, CODEX_AUTH, &["sessions"])?;
+            }
+            dir.write_credential(CODEX_AUTH, secret)?;
+            let home = text(dir.path());
             Ok(Materialized {
                 env: vec![("CODEX_HOME".into(), home)],
                 dir: Some(dir),
+                watch: None,
+            })
+        }
+        Delivery::ClaudeConfigDir => {
+            let mut dir = PrivateDir::create()?;
+            let source = match (&user.claude_config_dir, &user.home) {
+                (Some(own), _) => Some((own.clone(), None)),
+                (None, Some(home)) => Some((home.join(".claude"), Some(home.join(".claude.json")))),
+                (None, None) => None,
+            };
+            if let Some((source, global)) = source {
+                let mirror = dir.mirror("", &source, CLAUDE_CREDS, &[])?;
+                // With CLAUDE_CONFIG_DIR set, Claude Code keeps its global settings inside
+                // it; without, beside it in the home.
+                if let Some(global) = global {
+                    mirror.link_one(".claude.json", &global);
+                }
+            }
+            dir.write_credential(CLAUDE_CREDS, secret)?;
+            let path = text(dir.path());
+            Ok(Materialized {
+                env: vec![("CLAUDE_CONFIG_DIR".into(), path)],
+                dir: Some(dir),
+                watch: None,
             })
         }
         Delivery::GeminiHome => {
-            let dir = PrivateDir::create()?;
-            dir.write(GEMINI_CREDS, secret)?;
-            let home = Zeroizing::new(dir.path().to_string_lossy().into_owned());
+            let mut dir = PrivateDir::create()?;
+            let source = user
+                .gemini_cli_home
+                .as_ref()
+                .or(user.home.as_ref())
+                .map(|h| h.join(".gemini"));
+            if let Some(source) = source {
+                dir.mirror(".gemini", &source, "oauth_creds.json", &[])?;
+            }
+            dir.write_credential(GEMINI_CREDS, secret)?;
+            let home = text(dir.path());
             Ok(Materialized {
-                env: vec![("HOME".into(), home)],
+                env: vec![("GEMINI_CLI_HOME".into(), home)],
                 dir: Some(dir),
+                watch: None,
             })
         }
     }
@@ -328,7 +473,13 @@ mod tests {
 
     #[test]
     fn private_files_are_0600_in_0700_and_removed_on_drop() {
-        let m = materialize(&Delivery::GeminiHome, b"{\"refresh_token\":\"r\"}").unwrap();
+        let m = materialize(
+            &Delivery::GeminiHome,
+            b"{\"refresh_token\":\"r\"}",
+            &UserDirs::default(),
+            None,
+        )
+        .unwrap();
         let dir = m.dir.as_ref().unwrap().path().to_path_buf();
         let file = dir.join(".gemini/oauth_creds.json");
         assert_eq!(
@@ -347,7 +498,7 @@ mod tests {
             fs::metadata(&file).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(m.env[0].0, "HOME");
+        assert_eq!(m.env[0].0, "GEMINI_CLI_HOME");
         drop(m);
         assert!(!dir.exists());
     }

@@ -1,20 +1,23 @@
 //! Detached sessions: an agent that outlives the command that started it.
 //!
-//! `spawn --detach` starts `handoff session supervise` inside a tmux session when tmux is
-//! installed (so `session attach` gives the terminal back), else as a background process whose
-//! output goes to a log. The credential never goes through argv or tmux's environment: the CLI
-//! creates a FIFO (0600, in a fresh 0700 directory), the supervisor opens it, and the CLI writes
-//! the [`Handover`] (how to deliver the credential, the secret, the allowlisted environment)
-//! into it. The supervisor then materializes and runs the agent exactly as a foreground spawn
-//! does, and records the session in `$HANDOFF_HOME/sessions/ID.json` (0600): who supervises it,
-//! and, once it ends, its exit code.
+//! `spawn --detach` starts `handoff session supervise` on its own, in a process group of its
+//! own. The credential never goes through argv or a file: the CLI writes the [`Handover`] (how
+//! to deliver the credential, the secret, the allowlisted environment) into a socket that is
+//! the supervisor's standard input ([`Handing`], [`Starter`]), and waits for one line back:
+//! the agent is starting, or why it is not. The supervisor materializes the credential and
+//! runs the agent: with its output in a log (background mode), or, when tmux is installed, in
+//! the first pane of a tmux server of the session's own that the supervisor starts, so that
+//! `session attach` gives the terminal back and the server is inside the agent's tree
+//! ([`super::tmux`]). It records the session in `$HANDOFF_HOME/sessions/ID.json` (0600): who
+//! supervises it, and, once it ends, its exit code or why it failed.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -22,13 +25,13 @@ use zeroize::Zeroizing;
 use super::{Delivery, Materialized, SpawnError, materialize, run_foreground};
 use crate::entropy::unix_now;
 
-/// Largest handover read from the FIFO.
+/// Largest handover read from the socket.
 const HANDOVER_MAX: usize = 1024 * 1024;
 /// How long a supervisor waits for its handover before it gives up (the command that started
 /// it was stopped or killed).
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(15);
 
-/// What the CLI hands the supervisor through the FIFO. `Debug` leaves out the secret.
+/// What the CLI hands the supervisor through the socket. `Debug` leaves out the secret.
 #[derive(Serialize, Deserialize)]
 pub struct Handover {
     /// `None` for `--service-auth native`.
@@ -37,6 +40,10 @@ pub struct Handover {
     pub secret: Zeroizing<Vec<u8>>,
     /// The allowlisted environment, as raw bytes.
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The spawning command's own agent directories (the private ones mirror them).
+    pub user: super::UserDirs,
+    /// A rotating OAuth token's write-back (its lease is this session's).
+    pub ticket: Option<super::writeback::Ticket>,
 }
 
 impl std::fmt::Debug for Handover {
@@ -45,8 +52,19 @@ impl std::fmt::Debug for Handover {
             .field("delivery", &self.delivery)
             .field("secret", &format_args!("<{} bytes>", self.secret.len()))
             .field("env", &self.env.len())
+            .field("user", &self.user)
+            .field("ticket", &self.ticket)
             .finish()
     }
+}
+
+/// A new session id (8 hex digits).
+pub fn new_id() -> Result<String, SpawnError> {
+    Ok(crate::vault::random_array::<4>()
+        .map_err(|e| SpawnError::Io(e.to_string()))?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// One session's record.
@@ -152,109 +170,176 @@ pub fn find(home: &Path, query: &str) -> Option<SessionRecord> {
     }
 }
 
-/// Creates the FIFO the handover goes through, in its own private directory.
-pub fn handover_fifo() -> Result<(super::PrivateDir, PathBuf), SpawnError> {
-    let dir = super::PrivateDir::create()?;
-    let fifo = dir.path().join("handover");
-    rustix::fs::mkfifoat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| SpawnError::Io(format!("cannot create {}: {e}", fifo.display())))?;
-    Ok((dir, fifo))
+/// The CLI's end of a detached spawn's handover: one end of a socket pair whose other end is
+/// the supervisor's standard input. Only the two processes hold it, and unlike a pipe or a
+/// FIFO a socket cannot be opened again through `/proc/PID/fd` by another process of the uid.
+#[derive(Debug)]
+pub struct Handing(UnixStream);
+
+/// What a supervisor says once it holds the credential (or why it will not run the agent).
+const STARTED: &[u8] = b"ok\n";
+
+impl Handing {
+    /// A socket pair: this end, and the one to give the supervisor as its standard input.
+    pub fn pair() -> Result<(Self, std::process::Stdio), SpawnError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(io("cannot make the handover's socket".into()))?;
+        Ok((Self(ours), std::os::fd::OwnedFd::from(theirs).into()))
+    }
+
+    /// Writes the handover and waits, at most `wait`, for the supervisor to say it holds the
+    /// credential and runs the agent; its refusal, if it says one, is the error.
+    pub fn hand_over(mut self, handover: &Handover, wait: Duration) -> Result<(), SpawnError> {
+        let mut payload = Zeroizing::new(Vec::new());
+        ciborium::into_writer(handover, &mut *payload)
+            .map_err(|e| SpawnError::Io(e.to_string()))?;
+        self.0
+            .write_all(&payload)
+            .and_then(|()| self.0.shutdown(std::net::Shutdown::Write))
+            .map_err(io("cannot hand the credential over".into()))?;
+        drop(payload);
+        self.0
+            .set_read_timeout(Some(wait))
+            .map_err(io("cannot wait for the session".into()))?;
+        // One line (the supervisor keeps its end open while the agent runs).
+        let mut reply = Vec::new();
+        let read = loop {
+            let mut byte = [0u8; 1];
+            match self.0.read(&mut byte) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {
+                    reply.push(byte[0]);
+                    if byte[0] == b'\n' || reply.len() >= 1024 {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match read {
+            Ok(_) if reply == STARTED => Ok(()),
+            Ok(_) if reply.starts_with(b"err ") => Err(SpawnError::Io(
+                String::from_utf8_lossy(&reply[4..]).trim_end().to_string(),
+            )),
+            Ok(_) => Err(SpawnError::Io(
+                "the session's supervisor stopped before it started the agent".into(),
+            )),
+            Err(e) => Err(SpawnError::Io(format!(
+                "the session's supervisor did not say it started: {e}"
+            ))),
+        }
+    }
 }
 
-/// Writes the handover once the supervisor has opened the FIFO, waiting at most `wait`; a
-/// signal meanwhile ends the wait (the caller then removes the FIFO, and the supervisor gives
-/// up).
-pub fn send_handover(
-    fifo: &Path,
-    handover: &Handover,
-    wait: Duration,
-    signals: &mut super::CaughtSignals,
-) -> Result<(), SpawnError> {
-    let mut payload = Zeroizing::new(Vec::new());
-    ciborium::into_writer(handover, &mut *payload).map_err(|e| SpawnError::Io(e.to_string()))?;
-    let deadline = Instant::now() + wait;
-    let mut file = loop {
-        // Non-blocking open fails until a reader has the FIFO open: poll for it, bounded.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(fifo)
-        {
-            Ok(f) => break f,
-            Err(_) if Instant::now() < deadline => {
-                if let Some(signal) = signals.arrived() {
-                    return Err(SpawnError::Io(format!(
-                        "stopped by signal {signal} before the session got its credential"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => {
+/// The supervisor's end of the handover (its standard input, a socket the CLI holds the other
+/// end of), read directly: never through the process's buffered `stdin`, which would keep a
+/// copy of the secret for the life of the process. Once the session is recorded it holds the
+/// record too: a failure is saved before the CLI hears of it, so the spawn never returns
+/// while `session list` still says running.
+#[derive(Debug)]
+pub struct Starter {
+    pipe: UnixStream,
+    record: Option<(PathBuf, SessionRecord)>,
+}
+
+impl Starter {
+    /// Takes the socket off standard input, which becomes `/dev/null`: the agent never
+    /// inherits the handover's socket.
+    pub fn from_stdin() -> Result<Self, SpawnError> {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io("cannot take the handover's socket".into()))?;
+        let null = std::fs::File::open("/dev/null").map_err(io("cannot open /dev/null".into()))?;
+        rustix::stdio::dup2_stdin(&null)
+            .map_err(|e| SpawnError::Io(format!("cannot replace standard input: {e}")))?;
+        Ok(Self {
+            pipe: UnixStream::from(fd),
+            record: None,
+        })
+    }
+
+    /// The record a failure is saved into before the CLI hears of it.
+    fn recording(&mut self, home: &Path, record: &SessionRecord) {
+        self.record = Some((home.to_path_buf(), record.clone()));
+    }
+
+    /// Reads the whole handover, waiting at most `wait` for it. A starter that went away
+    /// before writing it all leaves an end of file, and this fails at once; bytes after the
+    /// handover are refused, not ignored.
+    pub fn receive(&mut self, wait: Duration) -> Result<Handover, SpawnError> {
+        let deadline = std::time::Instant::now() + wait;
+        // Room for the largest handover and the byte that shows one is larger: never grown.
+        let mut buf = Zeroizing::new(vec![0u8; HANDOVER_MAX + 1]);
+        let mut len = 0;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 return Err(SpawnError::Io(format!(
-                    "the session supervisor did not start: {e}"
+                    "the credential did not arrive within {} s",
+                    wait.as_secs()
                 )));
             }
+            self.pipe
+                .set_read_timeout(Some(left))
+                .map_err(io("cannot wait for the handover".into()))?;
+            match self.pipe.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    len += n;
+                    if len > HANDOVER_MAX {
+                        return Err(SpawnError::Io("the handover is too large".into()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(SpawnError::Io(format!("cannot read the handover: {e}"))),
+            }
         }
-    };
-    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
-        .map_err(|e| SpawnError::Io(e.to_string()))?;
-    file.write_all(&payload)
-        .map_err(io("cannot hand the credential over".into()))
-}
-
-/// Reads the handover from `fifo`, waiting at most `wait` for it, then removes the FIFO and
-/// its directory. Only a FIFO of this user (0600) inside a private directory handoff made
-/// ([`super::materialize::is_private_dir`]) is read or removed: pointed at anything else,
-/// this touches nothing.
-pub fn receive_handover(fifo: &Path, wait: Duration) -> Result<Handover, SpawnError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let dir = fifo
-        .parent()
-        .filter(|d| super::materialize::is_private_dir(d));
-    let is_fifo = std::fs::symlink_metadata(fifo).is_ok_and(|m| {
-        m.file_type().is_fifo()
-            && m.uid() == rustix::process::getuid().as_raw()
-            && m.permissions().mode() & 0o7777 == 0o600
-    });
-    let (Some(dir), true) = (dir, is_fifo) else {
-        return Err(SpawnError::Io(format!(
-            "{} is not a handover FIFO of this user; nothing was read or removed",
-            fifo.display()
-        )));
-    };
-    // Opening a FIFO blocks until a writer comes: in a thread, so a writer that never comes
-    // costs a bounded wait, not a supervisor blocked for ever.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = fifo.to_path_buf();
-    std::thread::spawn(move || {
-        let mut buf = Zeroizing::new(Vec::new());
-        let read = std::fs::File::open(&path)
-            .and_then(|f| f.take(HANDOVER_MAX as u64 + 1).read_to_end(&mut buf))
-            .map(|_| buf);
-        let _ = tx.send(read);
-    });
-    let received = rx.recv_timeout(wait);
-    let _ = std::fs::remove_file(fifo);
-    let _ = std::fs::remove_dir(dir); // only if empty: nothing but the FIFO was there
-    let buf = match received {
-        Ok(Ok(buf)) => buf,
-        Ok(Err(e)) => return Err(SpawnError::Io(format!("cannot read the handover: {e}"))),
-        Err(_) => {
-            return Err(SpawnError::Io(format!(
-                "the credential did not arrive within {} s (the command that started this session went away)",
-                wait.as_secs()
-            )));
+        if len == 0 {
+            return Err(SpawnError::Io(
+                "the command that started this session went away before handing the credential over"
+                    .into(),
+            ));
         }
-    };
-    if buf.len() > HANDOVER_MAX {
-        return Err(SpawnError::Io("the handover is too large".into()));
+        let mut rest = &buf[..len];
+        let handover: Handover = ciborium::from_reader(&mut rest)
+            .map_err(|e| SpawnError::Io(format!("the handover did not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(SpawnError::Io(
+                "the handover has bytes after its end; refusing it".into(),
+            ));
+        }
+        Ok(handover)
     }
-    ciborium::from_reader(buf.as_slice())
-        .map_err(|e| SpawnError::Io(format!("the handover did not decode: {e}")))
+
+    /// Tells the CLI the agent is starting.
+    pub fn started(mut self) {
+        let _ = self.pipe.write_all(STARTED);
+    }
+
+    /// Records the session as failed (when it is recorded), then tells the CLI why the agent
+    /// will not start.
+    pub fn failed(mut self, why: &str) {
+        if let Some((home, mut record)) = self.record.take() {
+            record.ended_at = Some(unix_now());
+            record.failure = Some(why.to_string());
+            if let Err(e) = save(&home, &record) {
+                eprintln!("handoff: {e}");
+            }
+        }
+        let line: String = why
+            .chars()
+            .map(|c| if c == '\n' { ' ' } else { c })
+            .collect();
+        let _ = self.pipe.write_all(format!("err {line}\n").as_bytes());
+    }
 }
 
 /// What the supervisor is told on its command line (nothing secret).
@@ -264,15 +349,39 @@ pub struct Supervise<'a> {
     pub id: &'a str,
     pub agent: &'a str,
     pub mode: &'a str,
-    pub fifo: &'a Path,
     pub program: &'a Path,
     pub dir: &'a Path,
     pub args: &'a [OsString],
 }
 
+/// Records a session that ended before it began: `why`.
+pub fn record_failed(s: &Supervise<'_>, why: &str) {
+    let now = unix_now();
+    let record = SessionRecord {
+        id: s.id.to_string(),
+        agent: s.agent.to_string(),
+        dir: s.dir.display().to_string(),
+        mode: s.mode.to_string(),
+        supervisor_pid: std::process::id(),
+        started_at: now,
+        ended_at: Some(now),
+        exit: None,
+        log: None,
+        failure: Some(why.to_string()),
+    };
+    if let Err(e) = save(s.home, &record) {
+        eprintln!("handoff: {e}");
+    }
+}
+
 /// The supervisor: receive the credential, record the session, run the agent, record its end.
 /// Returns the agent's exit code.
-pub fn supervise(s: &Supervise<'_>) -> Result<super::Ended, SpawnError> {
+/// `leased` hears of the session's lease (to renew it while the agent runs).
+pub fn supervise(
+    s: &Supervise<'_>,
+    mut starter: Starter,
+    leased: &dyn Fn(&super::writeback::Ticket),
+) -> Result<super::Ended, SpawnError> {
     // Caught from the start: a signal while waiting for the handover still records the end.
     let signals = super::CaughtSignals::catch()?;
     let log = (s.mode == "background").then(|| log_path(s.home, s.id).display().to_string());
@@ -289,35 +398,75 @@ pub fn supervise(s: &Supervise<'_>) -> Result<super::Ended, SpawnError> {
         failure: None,
     };
     save(s.home, &record)?;
-    let handover = match receive_handover(s.fifo, HANDOVER_WAIT) {
-        Ok(handover) => handover,
+    starter.recording(s.home, &record);
+    let received = starter.receive(HANDOVER_WAIT).and_then(|handover| {
+        super::materialize::sweep_stale();
+        let credential = match &handover.delivery {
+            Some(delivery) => materialize(
+                delivery,
+                &handover.secret,
+                &handover.user,
+                handover.ticket.as_ref(),
+            )?,
+            None => Materialized::default(),
+        };
+        Ok((handover.env, credential, handover.ticket))
+    });
+    let (env, credential, ticket) = match received {
+        Ok(got) => got,
         Err(e) => {
-            record.ended_at = Some(unix_now());
-            record.failure = Some(e.to_string());
-            save(s.home, &record)?;
+            starter.failed(&e.to_string());
             return Err(e);
         }
     };
-    let secret = handover.secret;
-    super::materialize::sweep_stale();
-    let credential = match &handover.delivery {
-        Some(delivery) => materialize(delivery, &secret)?,
-        None => Materialized {
-            env: Vec::new(),
-            dir: None,
-        },
-    };
-    drop(secret);
-    let env: Vec<(OsString, OsString)> = handover
-        .env
+    if let Some(ticket) = &ticket {
+        leased(ticket);
+    }
+    let env: Vec<(OsString, OsString)> = env
         .into_iter()
         .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
         .collect();
-    let ended = run_foreground(signals, s.program, s.args, s.dir, env, credential);
+    // In tmux mode the CLI hears once the tmux session exists (or why it does not); in the
+    // background, now.
+    let ended = if s.mode == "tmux" {
+        match super::resolve_command("tmux", "tmux", std::env::var_os("PATH").as_deref()) {
+            Err(e) => {
+                starter.failed(&e.to_string());
+                Err(e)
+            }
+            Ok(tmux) => {
+                let run = super::tmux::TmuxRun {
+                    session: s,
+                    tmux: &tmux,
+                    socket: &tmux_socket(s.home, s.id),
+                    name: &SessionRecord::tmux_name(s.id),
+                    exit_file: &s.home.join("sessions").join(format!("{}.exit", s.id)),
+                };
+                super::tmux::run_in_tmux(signals, &run, env, credential, starter)
+            }
+        }
+    } else {
+        starter.started();
+        run_foreground(signals, s.home, s.program, s.args, s.dir, env, credential)
+    };
     record.ended_at = Some(unix_now());
     record.exit = Some(ended.as_ref().map_or(1, |e| e.code));
+    if let Err(e) = &ended {
+        record.failure = Some(e.to_string());
+    }
     save(s.home, &record)?;
     ended
+}
+
+/// The socket of a tmux-mode session's own tmux server.
+pub fn tmux_socket(home: &Path, id: &str) -> PathBuf {
+    home.join("sessions").join(format!("{id}.tmux"))
+}
+
+/// Whether a socket at `path` fits in a Unix socket address (tmux cannot listen otherwise).
+pub fn socket_path_fits(path: &Path) -> bool {
+    // sun_path is 108 bytes on Linux, with the terminating NUL.
+    path.as_os_str().len() < 108
 }
 
 /// Where a background session's output goes.

@@ -8,6 +8,7 @@
 //! agent exits, the supervisor ends every process it left, and says whether it could.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -99,11 +100,92 @@ pub fn lineage(pid: u32) -> Result<Vec<Process>, Unplaced> {
     }
 }
 
-/// Makes this process the subreaper of everything it starts from now on.
-pub fn become_subreaper() -> std::io::Result<()> {
+/// The name (`comm`, at most 15 bytes) a supervisor takes before it starts its agent, so a
+/// daemon that starts while agents run finds their supervisors ([`running_supervisors`]):
+/// `handoff-` and 7 hex digits of a digest of the home's path, so that the daemon of one home
+/// does not take another home's supervisors for its own.
+fn supervisor_name(home: &Path) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    let digest = Sha256::digest(home.as_os_str().as_encoded_bytes());
+    let mut name = b"handoff-".to_vec();
+    name.extend_from_slice(&hex::encode(digest).as_bytes()[..7]);
+    name
+}
+
+/// Makes this process the subreaper of everything it starts from now on, and names it a
+/// supervisor for `home`. Call it from the main thread: its name is the process's. Only a
+/// process itself can set its name, so an agent cannot rename its supervisor to hide it; a
+/// process that takes the name (anyone of this uid can) is adopted, and when it exits without
+/// saying its tree ended the daemon locks: no worse than an agent killing its own supervisor.
+pub fn become_supervisor(home: &Path) -> std::io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+        set_own_name(&supervisor_name(home))?;
+    }
     Ok(())
+}
+
+/// Gives up the supervisor's name, once its tree is verified empty and before it says so: a
+/// daemon that looks in between must not adopt a supervisor that is about to exit.
+pub fn stop_being_supervisor() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = set_own_name(b"handoff") {
+        tracing::warn!(error = %e, "cannot give up the supervisor's name");
+    }
+}
+
+/// Names this process (`PR_SET_NAME` on the main thread; `/proc/self/comm` is not writable
+/// once the process is not dumpable, and every handoff process makes itself so).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_own_name(name: &[u8]) -> std::io::Result<()> {
+    if rustix::thread::gettid() != rustix::process::getpid() {
+        return Err(std::io::Error::other(
+            "only the main thread can name the process",
+        ));
+    }
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    Ok(rustix::thread::set_name(&name)?)
+}
+
+/// The supervisors for `home` of this user that run now, found by name in `/proc`: a daemon
+/// started (or restarted) while agents run learns of their trees before it serves anything,
+/// including a supervisor its agent stopped (SIGSTOP) so that it cannot say it runs. A process
+/// that forked from a supervisor and has not yet exec'd carries the name too: one whose parent
+/// is a supervisor is left out (it is inside that supervisor's tree anyway).
+pub fn running_supervisors(home: &Path) -> Vec<Process> {
+    let wanted = supervisor_name(home);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let uid = rustix::process::getuid().as_raw();
+    let me = std::process::id();
+    let named = |pid: u32| -> Option<Stat> {
+        let line = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+        let open = line.iter().position(|&b| b == b'(')?;
+        let close = line.iter().rposition(|&b| b == b')')?;
+        let s = parse_stat(&line)?;
+        (line.get(open + 1..close)? == wanted.as_slice() && !s.dead).then_some(s)
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            use std::os::unix::fs::MetadataExt;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            if pid == me || entry.metadata().ok()?.uid() != uid {
+                return None;
+            }
+            let s = named(pid)?;
+            if named(s.ppid).is_some() {
+                return None;
+            }
+            Some(Process {
+                pid,
+                start: s.start,
+            })
+        })
+        .collect()
 }
 
 /// Ends every process the agent left in the tree (descendants of this supervisor at any
@@ -174,6 +256,11 @@ fn descendants(root: u32) -> Option<Vec<Pid>> {
             .filter_map(|p| i32::try_from(p).ok().and_then(Pid::from_raw))
             .collect(),
     )
+}
+
+/// The children of `pid` (none if they cannot be read).
+pub fn children(pid: u32) -> Vec<u32> {
+    children_of(pid).unwrap_or_default()
 }
 
 /// The children of every thread of `pid` (`/proc/PID/task/*/children`).

@@ -1,7 +1,8 @@
 //! The unlocked daemon serves the person, never the agents it starts. A hostile stand-in
 //! agent, started by `spawn` in the foreground, in tmux and in the background, tries what an
 //! agent must not do through the daemon, first directly and then from a process that
-//! double-forked and called `setsid` to leave its parent. It is even given the passphrase:
+//! double-forked and called `setsid` to leave its parent (and, in tmux, from a window it
+//! opens on its tmux server). It is even given the passphrase:
 //! from inside an agent tree every attempt is refused with exit 3 and a line that says why.
 //! The same commands from outside the tree work (tier 2) or want the passphrase (tier 3).
 
@@ -32,6 +33,12 @@ while read -r name rest; do
   odd="$res/$(printf '\377')"
   [ -e "$odd" ] || ln -s "$(command -v sh)" "$odd"
   "$odd" "$0" "$res" "$hb" "$hh" "$pass" "$plan" --escaped "$res/$name.renamed" $rest
+  # From a window of the tmux server the agent runs on, if it runs on one.
+  if [ -n "$TMUX" ]; then
+    tmux new-window "$0 $res $hb $hh $pass $plan --escaped $res/$name.window $rest"
+    i=0
+    while [ ! -e "$res/$name.window.rc" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+  fi
 done < "$plan"
 echo done > "$res/done"
 "#;
@@ -141,11 +148,15 @@ impl Lab {
     /// Every attempt, direct and escaped, was refused for the reason, and changed nothing.
     fn all_refused(&self, mode: &str, res: &Path) {
         for (name, _) in self.attempts(res) {
-            for run in [
+            let mut runs = vec![
                 name.to_string(),
                 format!("{name}.escaped"),
                 format!("{name}.renamed"),
-            ] {
+            ];
+            if mode == "tmux" {
+                runs.push(format!("{name}.window"));
+            }
+            for run in runs {
                 let rc = std::fs::read_to_string(res.join(format!("{run}.rc"))).unwrap();
                 let err = std::fs::read_to_string(res.join(format!("{run}.err"))).unwrap();
                 let out = std::fs::read_to_string(res.join(format!("{run}.out"))).unwrap();
@@ -221,4 +232,183 @@ fn an_agent_in_a_tmux_session_can_ask_for_nothing_above_the_open_tier() {
     let server = TmuxServer::new(lab.home.scratch("tmux"));
     let res = lab.run_agent("tmux", &["--detach"], &[("TMUX_TMPDIR", &server.0)]);
     lab.all_refused("tmux", &res);
+}
+
+/// Stops its own supervisor (so it can tell no daemon that it runs), waits for `go`, then
+/// asks for a secret: the attack on a daemon that learns of supervisors only from them.
+const STOPS_ITS_SUPERVISOR: &str = r#"#!/bin/sh
+res="$1"; hb="$2"; hh="$3"
+kill -STOP "$PPID"
+echo stopped > "$res/stopped"
+i=0
+while [ ! -e "$res/go" ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done
+"$hb" --home "$hh" token show openai-codex/default --reveal </dev/null >"$res/out" 2>"$res/err"
+echo $? >"$res/rc.tmp"; mv "$res/rc.tmp" "$res/rc"
+kill -CONT "$PPID"
+"#;
+
+/// The agent stops its supervisor, the daemon dies (the agent can read its pid from
+/// `status`), and the person starts a new one and unlocks: the new daemon finds the stopped
+/// supervisor before it answers anything, and refuses the agent.
+#[test]
+fn a_daemon_started_while_an_agent_runs_refuses_it_though_the_agent_stopped_its_supervisor() {
+    let lab = Lab::new();
+    std::fs::write(lab.bin.join("claude"), STOPS_ITS_SUPERVISOR).unwrap();
+    let res = lab.home.scratch("results-stopped");
+    std::fs::create_dir(&res).unwrap();
+    let home = lab.home.path().display().to_string();
+    let res_s = res.display().to_string();
+    let mut cmd = lab.home.command(&[
+        "spawn",
+        "claude",
+        "--",
+        &res_s,
+        crate::support::binary(),
+        &home,
+    ]);
+    cmd.env(
+        "PATH",
+        format!("{}:{}", lab.bin.display(), lab.tools.display()),
+    );
+    let spawn = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !res.join("stopped").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never stopped its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&lab.home.ok(&["--json", "status"])).unwrap();
+    let daemon = status["daemon_pid"].as_u64().unwrap();
+    let daemon = rustix::process::Pid::from_raw(i32::try_from(daemon).unwrap()).unwrap();
+    rustix::process::kill_process(daemon, rustix::process::Signal::KILL).unwrap();
+    crate::wait::eventually_blocking("the daemon died", || {
+        rustix::process::test_kill_process(daemon).is_err()
+    });
+    lab.home.ok(&["daemon", "start"]);
+    lab.home.ok(&["unlock", "--for", "1h"]);
+    std::fs::write(res.join("go"), b"").unwrap();
+    let out = finish(spawn, Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let rc = std::fs::read_to_string(res.join("rc")).unwrap();
+    let err = std::fs::read_to_string(res.join("err")).unwrap();
+    let stolen = std::fs::read_to_string(res.join("out")).unwrap();
+    assert_eq!(rc.trim(), "3", "exit {rc}: {err} {stolen}");
+    assert!(err.contains("inside an agent session"), "{err}");
+    assert!(!stolen.contains("CODEX-BUNDLE-SECRET"), "{stolen}");
+    // The supervisor ended its tree and said so: the person is served as before.
+    assert!(
+        lab.home
+            .reveal("openai-codex/default")
+            .contains("CODEX-BUNDLE-SECRET")
+    );
+}
+
+/// Reports whether the credential arrived, and the name its supervisor runs under.
+const REPORTS: &str = r#"#!/bin/sh
+[ -n "$ANTHROPIC_API_KEY" ] && echo "key" > "$1/report"
+cut -d' ' -f2 "/proc/$PPID/stat" >> "$1/report"
+"#;
+
+/// Every handoff process makes itself non-dumpable, which leaves its `/proc/self/comm` to
+/// root: a supervisor that named itself by writing there worked for root and failed every
+/// spawn of everyone else. The other tests here run as whoever runs the suite; when that is
+/// root, this one runs a daemon and a spawn as another user (uid 65534).
+#[test]
+fn a_user_who_is_not_root_can_spawn_through_the_daemon() {
+    use std::os::unix::fs::chown;
+    if !rustix::process::getuid().is_root() {
+        eprintln!("SKIPPED: not root, so every other spawn test already runs as a plain user");
+        return;
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("SKIPPED: setpriv is not installed");
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path();
+    let (home, bin, res) = (root.join("home"), root.join("bin"), root.join("res"));
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::create_dir(&res).unwrap();
+    std::fs::write(bin.join("claude"), REPORTS).unwrap();
+    std::fs::set_permissions(bin.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pass = root.join("passphrase");
+    write_private(&pass, crate::support::PASSPHRASE.as_bytes());
+    let key = root.join("key");
+    write_private(&key, b"sk-ant-api03-NOT-ROOTS");
+    for path in [root, &bin, &res, &pass, &key, &bin.join("claude")] {
+        chown(path, Some(65534), Some(65534)).unwrap();
+    }
+    let command = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&setpriv);
+        cmd.args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            crate::support::binary(),
+            "--home",
+        ])
+        .arg(&home)
+        .args(args)
+        .env("HOME", root)
+        .env("HANDOFF_PASSPHRASE_FILE", &pass)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env_remove("HANDOFF_HOME")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let as_user = |args: &[&str]| {
+        let out = finish(command(args).spawn().unwrap(), Duration::from_secs(60));
+        assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+    };
+    as_user(&["init", "--name", "plain-user"]);
+    write_private(
+        &home.join("config.toml"),
+        crate::support::LOOPBACK_NET.as_bytes(),
+    );
+    chown(home.join("config.toml"), Some(65534), Some(65534)).unwrap();
+    let key_s = key.display().to_string();
+    as_user(&[
+        "token",
+        "add",
+        "anthropic",
+        "--label",
+        "work",
+        "--from-file",
+        &key_s,
+    ]);
+    as_user(&["daemon", "start"]);
+    // However this test ends, the daemon it started as the other user stops.
+    struct StopsDaemon(std::process::Command);
+    impl Drop for StopsDaemon {
+        fn drop(&mut self) {
+            let _ = self.0.status();
+        }
+    }
+    let daemon = StopsDaemon(command(&["daemon", "stop"]));
+    as_user(&["unlock", "--for", "1h"]);
+    let res_s = res.display().to_string();
+    as_user(&["spawn", "claude", "--", &res_s]);
+    drop(daemon);
+    let report = std::fs::read_to_string(res.join("report")).unwrap();
+    let mut lines = report.lines();
+    assert_eq!(lines.next(), Some("key"), "{report}");
+    assert!(
+        lines
+            .next()
+            .is_some_and(|name| name.starts_with("(handoff-")),
+        "the supervisor did not take its name: {report}"
+    );
 }

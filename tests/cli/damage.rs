@@ -1,7 +1,8 @@
 //! Damaged or tampered state gives one clear line, exit 8, and changes nothing on disk.
 
-use handoff::doc::{VaultDoc, VaultState};
+use handoff::doc::{Token, VaultDoc, VaultState};
 use handoff::store::Store;
+use handoff::vault::DeviceKeys;
 use handoff_protocol::dek_wrap::Recipient;
 
 use crate::support::TestHome;
@@ -14,10 +15,12 @@ fn seeded(home: TestHome) -> TestHome {
     home
 }
 
-/// Rewrites the document the way someone with write access to the database could.
-fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState)) {
+/// Rewrites the document the way someone with write access to the database could: with the
+/// device's own identity key, which the database holds.
+fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState, &DeviceKeys)) {
     let store = Store::open(&home.db(), false).unwrap();
     let device = store.device().unwrap();
+    let keys = DeviceKeys::from_secrets(&device.identity_secret, &device.mailbox_secret);
     let (snapshot, changes) = store.doc_parts().unwrap();
     let mut doc = VaultDoc::load_parts(
         &snapshot,
@@ -27,13 +30,23 @@ fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState)) {
     )
     .unwrap();
     let state = doc.state().unwrap();
-    edit(&mut doc, &state);
-    doc.commit("tamper");
+    edit(&mut doc, &state, &keys);
+    doc.commit("tamper", |m| keys.sign(m));
     store.append_change(&doc.take_unsaved().unwrap()).unwrap();
 }
 
 /// Runs a reveal (through the daemon, on a daemon-mode home) that must fail with exit 8 and
 /// leave every file as it was.
+/// Writes `token` as its next version, signed by the device whose keys these are.
+fn put_signed(doc: &mut VaultDoc, state: &VaultState, keys: &DeviceKeys, token: &Token) {
+    let mut token = token.clone();
+    token.version += 1;
+    token.updated_by = keys.device_id().to_hex();
+    let statement =
+        handoff_protocol::binding::token_version_statement(&state.info.id, &token.signed_fields());
+    doc.put_token(&token, &keys.sign(&statement)).unwrap();
+}
+
 fn reveal_fails_cleanly(home: &TestHome, query: &str) -> String {
     home.start_daemon_if_wanted();
     let before = home.files();
@@ -46,7 +59,7 @@ fn reveal_fails_cleanly(home: &TestHome, query: &str) -> String {
 
 fn tampered_ciphertext_is_refused(home: TestHome) {
     let home = seeded(home);
-    tamper(&home, |doc, state| {
+    tamper(&home, |doc, state, keys| {
         let mut token = state
             .live_tokens()
             .find(|t| t.label == "work")
@@ -54,7 +67,7 @@ fn tampered_ciphertext_is_refused(home: TestHome) {
             .clone();
         let ct = token.ciphertext.as_mut().unwrap();
         *ct.last_mut().unwrap() ^= 0x01;
-        doc.put_token(&token).unwrap();
+        put_signed(doc, state, keys, &token);
     });
     let line = reveal_fails_cleanly(&home, "anthropic/work");
     assert!(
@@ -67,7 +80,7 @@ fn tampered_ciphertext_is_refused(home: TestHome) {
 
 fn ciphertext_moved_to_another_token_is_refused(home: TestHome) {
     let home = seeded(home);
-    tamper(&home, |doc, state| {
+    tamper(&home, |doc, state, keys| {
         let work = state.live_tokens().find(|t| t.label == "work").unwrap();
         let mut other = state
             .live_tokens()
@@ -75,14 +88,14 @@ fn ciphertext_moved_to_another_token_is_refused(home: TestHome) {
             .unwrap()
             .clone();
         other.ciphertext = work.ciphertext.clone();
-        doc.put_token(&other).unwrap();
+        put_signed(doc, state, keys, &other);
     });
     reveal_fails_cleanly(&home, "openai/default");
 }
 
 fn tampered_wrap_is_refused(home: TestHome) {
     let home = seeded(home);
-    tamper(&home, |doc, state| {
+    tamper(&home, |doc, state, _| {
         let epoch = state.current_epoch().unwrap();
         let (recipient, wrap) = epoch
             .wraps

@@ -17,10 +17,13 @@ fn export_is_plain_automerge_without_plaintext(home: TestHome) {
     let doc = AutoCommit::load(&bytes).unwrap();
     let (_, tokens) = doc.get(automerge::ROOT, "tokens").unwrap().unwrap();
     let (_, token) = doc.get(&tokens, id.as_str()).unwrap().unwrap();
-    let (service, _) = doc.get(&token, "service").unwrap().unwrap();
+    let (_, version) = doc.get(&token, "current").unwrap().unwrap();
+    let (service, _) = doc.get(&version, "service").unwrap().unwrap();
     assert_eq!(service.to_string(), "\"anthropic\"");
+    let (sig, _) = doc.get(&version, "sig").unwrap().unwrap();
+    assert_eq!(sig.as_bytes().map(<[u8]>::len), Some(64));
     let (schema, _) = doc.get(automerge::ROOT, "schema").unwrap().unwrap();
-    assert_eq!(schema.to_string(), "1");
+    assert_eq!(schema.to_string(), "2");
 }
 
 #[test]
@@ -173,7 +176,8 @@ fn export_loads_in_automerge_js() {
 import { readFileSync } from "node:fs";
 const doc = A.load(new Uint8Array(readFileSync(process.argv[2])));
 const tokens = Object.entries(doc.tokens).map(([id, t]) =>
-  ({ id, service: t.service, label: t.label, ciphertext_len: t.ciphertext.length }));
+  ({ id, service: t.current.service, label: t.current.label,
+     ciphertext_len: t.current.ciphertext.length, sig_len: t.current.sig.length }));
 console.log(JSON.stringify({ schema: Number(doc.schema), vault: doc.vault.name, tokens }));
 "#,
     )
@@ -192,7 +196,7 @@ console.log(JSON.stringify({ schema: Number(doc.schema), vault: doc.vault.name, 
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!stdout.contains("JS-INTEROP-SECRET"));
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(v["schema"], 1);
+    assert_eq!(v["schema"], 2);
     assert_eq!(v["vault"], "personal");
     let token = &v["tokens"][0];
     assert_eq!(
@@ -204,6 +208,7 @@ console.log(JSON.stringify({ schema: Number(doc.schema), vault: doc.vault.name, 
         (Some(id.as_str()), Some("gemini"), Some("work"))
     );
     assert!(token["ciphertext_len"].as_u64().unwrap() > 40);
+    assert_eq!(token["sig_len"], 64);
 }
 
 /// Concurrent edits of one token on two devices both survive a merge, and the list shows the

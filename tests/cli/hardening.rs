@@ -101,8 +101,10 @@ fn a_reader_that_goes_away_ends_output_quietly(home: TestHome) {
         &["--json", "status"],
         &["session", "list"],
     ] {
-        let mut child = home.command(args).spawn().unwrap();
-        drop(child.stdout.take()); // the reader is gone before anything is written
+        // The reader is gone before the command starts: a pipe whose read end is closed.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = home.command(args).stdout(writer).spawn().unwrap();
         let out = crate::support::finish(child, Duration::from_secs(60));
         assert_eq!(out.code, Some(141), "{args:?}: {out:?}");
         assert!(!out.stderr.contains("panicked"), "{args:?}: {out:?}");

@@ -37,6 +37,8 @@ mod export_recover;
 mod hardening;
 mod hostile;
 mod lan;
+mod migration;
+mod oauth;
 mod peers;
 mod propagation;
 mod refused_first;

@@ -21,10 +21,13 @@ struct Offer {
 
 impl Offer {
     fn open(admin: &TestHome) -> Offer {
-        let mut child = admin
-            .command(&["--json", "peer", "add", "--yes"])
-            .spawn()
-            .unwrap();
+        Self::open_with(admin, &[])
+    }
+
+    fn open_with(admin: &TestHome, extra: &[&str]) -> Offer {
+        let mut args = vec!["--json", "peer", "add", "--yes"];
+        args.extend_from_slice(extra);
+        let mut child = admin.command(&args).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -89,7 +92,12 @@ fn join(new: &TestHome, offer: &Offer, code: &str, name: &str) -> Output {
 
 /// Pairs `new` (an empty home) through `admin` and starts its daemon.
 pub(crate) fn pair(admin: &TestHome, new: &TestHome, name: &str) {
-    let offer = Offer::open(admin);
+    pair_as(admin, new, name, "member");
+}
+
+/// The same, with the role the admin gives the new device.
+pub(crate) fn pair_as(admin: &TestHome, new: &TestHome, name: &str, role: &str) {
+    let offer = Offer::open_with(admin, &["--role", role]);
     let code = offer.code();
     let joined = join(new, &offer, &code, name);
     assert_eq!(joined.code, Some(0), "peer join failed: {joined:?}");
@@ -425,4 +433,93 @@ fn lock_withdraws_an_open_offer_and_its_code_admits_no_one() {
     assert!(!b.db().exists());
     let peers: Value = serde_json::from_str(&a.ok(&["--json", "peer", "list"])).unwrap();
     assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+}
+
+/// A `remote` device (a phone) paired through the real binaries holds no key for any epoch,
+/// reveals nothing, and cannot change a token: its own device refuses (exit 10), and a change
+/// its hand-modified client makes anyway is refused by every member (see
+/// tests/signed_writes.rs). Its new name reaches the other members.
+#[test]
+fn a_remote_device_asks_but_cannot_read_or_damage() {
+    let a = admin();
+    let work = a.add("anthropic", "work", "sk-ant-REMOTE-CANNOT-READ", &[]);
+    let b = TestHome::with_daemon();
+    pair(&a, &b, "desktop");
+    let phone = TestHome::with_daemon();
+    pair_as(&a, &phone, "phone", "remote");
+    eventually("the phone on b", || {
+        let peers: Value = serde_json::from_str(&b.ok(&["--json", "peer", "list"])).unwrap();
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "phone" && p["role"] == "remote")
+    });
+
+    // No wrap for it in any epoch of its own document.
+    let export = phone.export("phone.automerge");
+    let me = phone_id(&phone);
+    let state = handoff::doc::VaultDoc::load_trusted(&std::fs::read(export).unwrap(), &me)
+        .unwrap()
+        .state()
+        .unwrap();
+    assert!(!state.epochs.is_empty());
+    for epoch in state.epochs.values() {
+        assert!(
+            !epoch
+                .wraps
+                .contains_key(&handoff_protocol::dek_wrap::Recipient::Device(me)),
+            "the phone holds a wrap"
+        );
+    }
+    let out = phone.run(&["token", "show", "anthropic/work", "--reveal"]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(!out.stdout.contains("REMOTE-CANNOT-READ"), "{out:?}");
+
+    // Every token write is refused on the phone itself, with its own exit code.
+    let before = tokens(&a);
+    for args in [
+        vec!["token", "rm", "anthropic/work"],
+        vec!["token", "rename", "anthropic/work", "mine"],
+        vec!["token", "default", "anthropic/work"],
+    ] {
+        let line = phone.run(&args).fails_with(10).to_string();
+        assert!(line.contains("remote"), "{line}");
+    }
+    let out = phone.run_with_stdin(
+        &["token", "add", "openai"],
+        Some(
+            b"sk-proj-FROM-PHONE
+",
+        ),
+    );
+    out.fails_with(10);
+
+    // Its own name is its to change, and the change reaches the members.
+    phone.ok(&["peer", "rename", "pocket"]);
+    for member in [&a, &b] {
+        eventually("the phone's new name", || {
+            let peers: Value =
+                serde_json::from_str(&member.ok(&["--json", "peer", "list"])).unwrap();
+            peers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "pocket")
+        });
+    }
+    assert_eq!(tokens(&a), before, "the phone changed a token");
+    assert_eq!(tokens(&b), before);
+    assert_eq!(
+        reveal(&b, "anthropic/work").as_deref(),
+        Some("sk-ant-REMOTE-CANNOT-READ")
+    );
+    let listed = a.list_json();
+    assert_eq!(listed[0]["id"], work.as_str());
+    assert_eq!(listed[0]["updated_by"]["name"], "test-device");
+}
+
+fn phone_id(home: &TestHome) -> handoff_protocol::DeviceId {
+    let status: Value = serde_json::from_str(&home.ok(&["--json", "status"])).unwrap();
+    status["device"]["id"].as_str().unwrap().parse().unwrap()
 }

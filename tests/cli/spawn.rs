@@ -14,12 +14,13 @@ out="$(dirname "$0")/record.$(basename "$0")"
 {
   for a in "$@"; do echo "ARG:$a"; done
   env | sort | sed 's/^/ENV:/'
-  for f in "$CODEX_HOME" "$CODEX_HOME/auth.json" "$HOME/.gemini" "$HOME/.gemini/oauth_creds.json"; do
-    [ -e "$f" ] && echo "MODE:$(stat -c %a "$f"):$f"
+  for f in "$CODEX_HOME" "$CODEX_HOME/auth.json" "$GEMINI_CLI_HOME/.gemini" "$GEMINI_CLI_HOME/.gemini/oauth_creds.json" "$CLAUDE_CONFIG_DIR" "$CLAUDE_CONFIG_DIR/.credentials.json"; do
+    [ -n "$f" ] && [ -e "$f" ] && echo "MODE:$(stat -c %a "$f"):$f"
   done
-  [ -e "$HOME/.gemini" ] && echo "MODE:$(stat -c %a "$HOME"):$HOME"
-  [ -f "$CODEX_HOME/auth.json" ] && echo "FILE:$(cat "$CODEX_HOME/auth.json")"
-  [ -f "$HOME/.gemini/oauth_creds.json" ] && echo "FILE:$(cat "$HOME/.gemini/oauth_creds.json")"
+  [ -n "$GEMINI_CLI_HOME" ] && echo "MODE:$(stat -c %a "$GEMINI_CLI_HOME"):$GEMINI_CLI_HOME"
+  [ -n "$CODEX_HOME" ] && [ -f "$CODEX_HOME/auth.json" ] && echo "FILE:$(cat "$CODEX_HOME/auth.json")"
+  [ -n "$GEMINI_CLI_HOME" ] && [ -f "$GEMINI_CLI_HOME/.gemini/oauth_creds.json" ] && echo "FILE:$(cat "$GEMINI_CLI_HOME/.gemini/oauth_creds.json")"
+  [ -n "$CLAUDE_CONFIG_DIR" ] && [ -f "$CLAUDE_CONFIG_DIR/.credentials.json" ] && echo "FILE:$(cat "$CLAUDE_CONFIG_DIR/.credentials.json")"
   echo "PWD:$(pwd)"
   echo "UMASK:$(umask)"
 } > "$out"
@@ -307,7 +308,12 @@ fn gemini_oauth_gets_a_private_home_and_api_keys_two_variables() {
     let r = b.record("gemini");
     assert_eq!(r.files, [creds]);
     let dir = private_dir(&r, 1);
-    assert_eq!(r.env["HOME"], dir.to_str().unwrap());
+    assert_eq!(r.env["GEMINI_CLI_HOME"], dir.to_str().unwrap());
+    assert_eq!(
+        r.env["HOME"],
+        b.home.user_home().to_str().unwrap(),
+        "HOME is the user's own"
+    );
     assert!(!dir.exists());
 
     b.spawn(&["gemini", "--profile", "key"]);
@@ -537,10 +543,14 @@ fn wait_for_record(b: &Bench, agent: &str) -> Record {
     b.record(agent)
 }
 
+/// The variables tmux gives what runs in its panes.
+const TMUX_SETS: &[&str] = &["TMUX", "TMUX_PANE", "TERM_PROGRAM", "TERM_PROGRAM_VERSION"];
+
 fn detached_session_lifecycle(
     b: &Bench,
     path: &str,
     extra_env: &[(&str, &Path)],
+    tmux: bool,
 ) -> (String, Record) {
     b.home.add(
         "openai-codex",
@@ -576,7 +586,11 @@ fn detached_session_lifecycle(
         "the credential directory lives as long as the session"
     );
     secret_only_in(&r, "DETACHED-SECRET", &[]);
-    only_allowed_plus(&r, &["CODEX_HOME"]);
+    let mut expected = vec!["CODEX_HOME"];
+    if tmux {
+        expected.extend_from_slice(TMUX_SETS);
+    }
+    only_allowed_plus(&r, &expected);
     wait_for_state(b, &id, "running");
     // Stop: SIGTERM reaches the agent, the directory goes, the exit is recorded.
     b.home.ok(&["session", "stop", &id]);
@@ -595,7 +609,7 @@ fn detached_background_session_runs_and_stops_cleanly() {
     let b = Bench::new();
     let tools = tools_without_tmux(&b);
     let path = format!("{}:{}", b.bin.display(), tools.display());
-    let (id, _) = detached_session_lifecycle(&b, &path, &[]);
+    let (id, _) = detached_session_lifecycle(&b, &path, &[], false);
     let log = b.home.path().join("sessions").join(format!("{id}.log"));
     assert!(log.exists());
     assert_eq!(
@@ -615,17 +629,87 @@ fn detached_tmux_session_runs_and_stops_cleanly() {
     let server = crate::support::TmuxServer::new(b.home.scratch("tmux"));
     let tmux_dir = server.0.clone();
     let path = format!("{}:/usr/bin:/bin", b.bin.display());
-    let (id, _) = detached_session_lifecycle(&b, &path, &[("TMUX_TMPDIR", &tmux_dir)]);
+    let (id, r) = detached_session_lifecycle(&b, &path, &[("TMUX_TMPDIR", &tmux_dir)], true);
     let list: serde_json::Value =
         serde_json::from_str(&b.home.ok(&["--json", "session", "list"])).unwrap();
     assert_eq!(list[0]["mode"], "tmux", "{list}");
-    // The tmux session went away with the agent.
+    // The agent ran on a tmux server of the session's own, never on the user's, and that
+    // server went away with the agent.
+    let socket = b.home.path().join("sessions").join(format!("{id}.tmux"));
+    assert!(
+        r.env["TMUX"].starts_with(&format!("{},", socket.display())),
+        "{r:?}"
+    );
+    assert!(!socket.exists(), "the session's tmux server outlived it");
     let ls = std::process::Command::new("tmux")
         .arg("ls")
         .env("TMUX_TMPDIR", &tmux_dir)
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&ls.stdout).contains(&format!("handoff-{id}")));
+}
+
+/// An agent that exits at once, in tmux mode, takes its session's server with it perhaps
+/// before the supervisor could ask tmux anything: its exit code is still the session's.
+#[test]
+fn a_tmux_session_whose_agent_exits_at_once_records_its_code() {
+    let b = Bench::new();
+    if resolve("tmux").is_none() {
+        eprintln!("SKIPPED: tmux is not installed");
+        return;
+    }
+    let server = crate::support::TmuxServer::new(b.home.scratch("tmux"));
+    b.home.add("anthropic", "work", "sk-ant-api03-QUICK", &[]);
+    let mut cmd = b
+        .home
+        .command(&["--json", "spawn", "claude", "--detach", "--", "--fail"]);
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", b.bin.display()))
+        .env("TMUX_TMPDIR", &server.0);
+    b.isolate_tmp(&mut cmd);
+    let out = finish(cmd.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let started: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = started["session"].as_str().unwrap();
+    assert_eq!(started["mode"], "tmux", "{started}");
+    let row = wait_for_state(&b, id, "exited 42");
+    assert!(row["failure"].is_null(), "{row}");
+    let sessions = b.home.path().join("sessions");
+    for left in [format!("{id}.tmux"), format!("{id}.exit")] {
+        assert!(!sessions.join(&left).exists(), "{left} was left behind");
+    }
+}
+
+/// `spawn --detach` returns only once its supervisor holds the credential and, in tmux mode,
+/// the session exists: a tmux that cannot start one fails the spawn with tmux's own words,
+/// and the session shows as failed, with nothing left of its credential.
+#[test]
+fn a_detached_spawn_whose_session_cannot_start_says_why() {
+    let b = Bench::new();
+    let tmux = b.bin.join("tmux");
+    std::fs::write(&tmux, "#!/bin/sh\necho 'no terminal here' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&tmux, std::fs::Permissions::from_mode(0o755)).unwrap();
+    b.home.add(
+        "openai-codex",
+        "default",
+        r#"{"tokens":{"access_token":"NEVER-STARTED"}}"#,
+        &[],
+    );
+    let mut cmd = b
+        .home
+        .command(&["spawn", "codex", "--service", "openai-codex", "--detach"]);
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", b.bin.display()));
+    b.isolate_tmp(&mut cmd);
+    let out = finish(cmd.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no terminal here"), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    let list: serde_json::Value =
+        serde_json::from_str(&b.home.ok(&["--json", "session", "list"])).unwrap();
+    assert_eq!(list[0]["state"], "failed", "{list}");
+    let tmp = b.home.scratch("tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "a credential directory was left: {left:?}");
+    no_plaintext_under_home(&b.home, "NEVER-STARTED");
 }
 
 fn resolve(tool: &str) -> Option<PathBuf> {

@@ -87,6 +87,13 @@ impl TestHome {
         self.dir.path().join(name)
     }
 
+    /// The user's home directory the commands run with (made on first use).
+    pub fn user_home(&self) -> PathBuf {
+        let path = self.scratch("user");
+        let _ = std::fs::create_dir(&path);
+        path
+    }
+
     pub fn db(&self) -> PathBuf {
         self.path().join("handoff.db")
     }
@@ -107,10 +114,17 @@ impl TestHome {
                 cmd
             }
         };
+        // The user's own home is the test's: agent directories handoff mirrors (~/.codex,
+        // ~/.claude, ~/.gemini) are never the real user's.
+        let user_home = self.user_home();
         cmd.arg("--home")
             .arg(self.path())
             .args(args)
+            .env("HOME", &user_home)
             .env_remove("HANDOFF_HOME")
+            .env_remove("CODEX_HOME")
+            .env_remove("CLAUDE_CONFIG_DIR")
+            .env_remove("GEMINI_CLI_HOME")
             .env("HANDOFF_PASSPHRASE_FILE", &self.passphrase_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -130,7 +144,11 @@ impl TestHome {
         let mut child = cmd.spawn().unwrap();
         if let Some(bytes) = stdin {
             let mut pipe = child.stdin.take().unwrap();
-            pipe.write_all(bytes).unwrap();
+            // A command may refuse before it reads its input (an unknown service, a label
+            // taken), and exit before this write ends: its output says what happened.
+            if let Err(e) = pipe.write_all(bytes) {
+                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+            }
         }
         finish(child, COMMAND_TIMEOUT)
     }
@@ -224,11 +242,17 @@ impl TestHome {
     }
 
     /// Every regular file under the home with its contents, to prove a failed command changed
-    /// nothing (the daemon's socket and log are not vault state and are left out).
+    /// nothing (the daemon's socket and log, and SQLite's read marks, are not vault state and
+    /// are left out).
     pub fn files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        // SQLite's shared-memory index (`-shm`) changes when anyone merely reads (its read
+        // marks): it is no vault state either.
         self.all_files()
             .into_iter()
-            .filter(|(p, _)| p.file_name().is_none_or(|n| n != "daemon.log"))
+            .filter(|(p, _)| {
+                p.file_name()
+                    .is_none_or(|n| n != "daemon.log" && !n.to_string_lossy().ends_with("-shm"))
+            })
             .collect()
     }
 
@@ -247,6 +271,16 @@ impl TestHome {
 
 impl Drop for TestHome {
     fn drop(&mut self) {
+        // A failing test shows what its daemon logged: the daemon is another process.
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.path().join("daemon.log"))
+        {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- daemon.log (last lines)");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if self.daemon {
             let _ = self.run(&["daemon", "stop"]);
         }

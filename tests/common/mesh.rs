@@ -120,10 +120,15 @@ impl Node {
     }
 
     pub async fn offer_lasting(&self, long_code: bool, lifetime: Duration) -> PairTicket {
+        self.offer_for(Role::Member, long_code, lifetime).await
+    }
+
+    /// Opens a pairing offer for a device of `role`.
+    pub async fn offer_for(&self, role: Role, long_code: bool, lifetime: Duration) -> PairTicket {
         let key = self.host.with(|_, k| k.unwrap().duplicate());
         self.mesh
             .offer(OfferRequest {
-                role: Role::Member,
+                role,
                 name: None,
                 long_code,
                 auto_confirm: true,
