@@ -416,6 +416,14 @@ async fn answer(
             session,
             fence,
         } => {
+            // Only a running supervisor keeps a lease alive, and none once a tree escaped: an
+            // agent that left its tree cannot hold its login's lease for ever.
+            let supervisor = peer.is_some_and(|p| daemon.trees.is_supervisor(&p));
+            if !supervisor || daemon.trees.escaped().is_some() {
+                return Err(OpError::Usage(
+                    "only a running session's supervisor renews its lease".into(),
+                ));
+            }
             let token = token
                 .parse()
                 .map_err(|_| OpError::Usage("not a token id".into()))?;

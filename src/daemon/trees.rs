@@ -92,6 +92,11 @@ impl Trees {
         }
     }
 
+    /// Whether `process` is a supervisor this daemon knows runs.
+    pub(super) fn is_supervisor(&self, process: &Process) -> bool {
+        self.lock().known.contains(process)
+    }
+
     /// Supervisor `process` ended every process of its tree.
     pub(super) fn ended(&self, process: Process) {
         let mut inner = self.lock();

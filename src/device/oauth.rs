@@ -23,6 +23,13 @@ use crate::spawn::writeback::{self, Stash};
 pub const LEASE_TTL: i64 = 10 * 60;
 /// A running session renews its lease once less than this is left.
 const RENEW_WHEN: i64 = LEASE_TTL / 2;
+/// How long after a lease lapsed its session's write-back is still taken (if no one took the
+/// lease since).
+const LEASE_GRACE: i64 = LEASE_TTL;
+/// Write-backs of one token are at least this far apart (but for a session's last one).
+const WRITE_BACK_EVERY: i64 = 60;
+/// Largest bundle written back (real ones are a few KiB).
+const WRITE_BACK_MAX: usize = 16 * 1024;
 
 /// What became of a stash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +40,8 @@ pub enum WriteBack {
     Unchanged,
     /// Refused, and why (the vault keeps its version).
     Refused(String),
+    /// Not yet: the token was written back a moment ago (the stash waits for the next call).
+    Waiting,
 }
 
 impl Device {
@@ -145,18 +154,36 @@ impl Device {
         Ok(())
     }
 
-    /// Opens and judges every stash waiting in this home, oldest first, and removes each; what
-    /// each became, for the log. A stash that does not open with this device's key is dropped.
+    /// Opens and judges the stashes waiting in this home (at most [`writeback::STASHES_MAX`]
+    /// per call, oldest first), and removes each it is done with; what each became, for the
+    /// log. Of several stashes of one session, only the newest is judged (the file as the agent
+    /// last left it); a stash that does not open with this device's key is dropped.
     pub fn take_write_backs(&mut self, key: &Unlocked) -> Vec<WriteBack> {
         let dir = self.home().root().join(writeback::DIR);
-        let mut done = Vec::new();
         // Bounded per call: a flood of files (an agent can write there) is worked off over
-        // several calls, oldest first.
-        for path in writeback::waiting(&dir)
+        // several calls.
+        let batch: Vec<_> = writeback::waiting(&dir)
             .into_iter()
             .take(writeback::STASHES_MAX)
-        {
-            let outcome = self.take_one(key, &path);
+            .map(|path| {
+                let stash = open_stash(key, &path);
+                (path, stash)
+            })
+            .collect();
+        let newest_of = |i: usize, stash: &Stash| {
+            !batch[i + 1..].iter().any(|(_, later)| {
+                later.as_ref().is_ok_and(|l| {
+                    l.token == stash.token && l.session == stash.session && l.fence == stash.fence
+                })
+            })
+        };
+        let mut done = Vec::new();
+        for (i, (path, stash)) in batch.iter().enumerate() {
+            let outcome = match stash {
+                Err(why) => WriteBack::Refused(why.clone()),
+                Ok(stash) if !newest_of(i, stash) => WriteBack::Unchanged,
+                Ok(stash) => self.take_one(key, stash),
+            };
             match &outcome {
                 WriteBack::Written(id) => {
                     tracing::info!(token = %id.to_hex(), "a refreshed credential was written back");
@@ -164,30 +191,21 @@ impl Device {
                 WriteBack::Refused(why) => {
                     tracing::warn!(why = %why, "a write-back was refused; the vault keeps its version");
                 }
-                WriteBack::Unchanged => {}
+                WriteBack::Unchanged | WriteBack::Waiting => {}
             }
-            let _ = std::fs::remove_file(&path);
+            if outcome != WriteBack::Waiting {
+                let _ = std::fs::remove_file(path);
+            }
             done.push(outcome);
         }
         done
     }
 
-    fn take_one(&mut self, key: &Unlocked, path: &Path) -> WriteBack {
-        let refused = |why: &str| WriteBack::Refused(why.to_string());
-        let Some(sealed) = writeback::read_stash(path) else {
-            return refused("the stash cannot be read, or is too large");
-        };
-        let Ok((_, plain)) = crate::vault::envelope::open(&key.0.to_bytes(), &sealed) else {
-            return refused("the stash does not open with this device's key");
-        };
-        let plain = Zeroizing::new(plain);
-        let Ok(stash) = ciborium::from_reader::<Stash, _>(plain.as_slice()) else {
-            return refused("the stash does not decode");
-        };
+    fn take_one(&mut self, key: &Unlocked, stash: &Stash) -> WriteBack {
         let Ok(token) = stash.token.parse::<TokenId>() else {
-            return refused("the stash names no token");
+            return WriteBack::Refused("the stash names no token".into());
         };
-        let outcome = self.write_back(key, &token, &stash).unwrap_or_else(|e| {
+        let outcome = self.write_back(key, &token, stash).unwrap_or_else(|e| {
             self.rollback();
             WriteBack::Refused(e.to_string())
         });
@@ -214,13 +232,28 @@ impl Device {
         let Some(content) = stash.content.as_ref().filter(|c| !c.is_empty()) else {
             return Ok(WriteBack::Unchanged);
         };
+        if content.len() > WRITE_BACK_MAX {
+            return refused("the file is larger than any login bundle");
+        }
         let state = self.state()?;
-        if self.held(&state, id, &stash.session, stash.fence).is_none() {
+        let now = unix_now();
+        // The lease must still be the session's: live, or lapsed a short while ago with no
+        // one else holding it since (the session's supervisor was killed, or the daemon was
+        // locked when it ended). A released lease takes nothing more.
+        let Some(lease) = self.held(&state, id, &stash.session, stash.fence) else {
             return refused("its session no longer holds the token's lease");
+        };
+        if lease.until == 0 || now > lease.until.saturating_add(LEASE_GRACE) {
+            return refused("its session's lease has ended");
         }
         let Some(token) = state.tokens.get(id).filter(|t| !t.deleted).cloned() else {
             return refused("the token is gone");
         };
+        // One write-back a minute per token, however often the file changes: the session's
+        // last stash is judged at once, the others wait.
+        if !stash.last && (0..WRITE_BACK_EVERY).contains(&now.saturating_sub(token.updated_at)) {
+            return Ok(WriteBack::Waiting);
+        }
         if token.service.kind_of(content) != token.kind || token.kind != TokenKind::OauthJson {
             return refused("the file is not a bundle of the token's kind");
         }
@@ -241,12 +274,16 @@ impl Device {
         if old.account.is_some() && new.account != old.account {
             return refused("the file is not for the login's account");
         }
+        // Nothing a later session needs changed (the agent rewrote the file with the same
+        // refresh token and no later expiry): no new version.
+        if new.refresh == old.refresh && new.expires_at <= old.expires_at {
+            return Ok(WriteBack::Unchanged);
+        }
         let epoch = state
             .current_epoch()
             .filter(|e| !state.reaches_outsider(e))
             .ok_or(DeviceError::KeyNeedsRotation)?;
         let dek = self.dek(&state, &epoch.id, key)?;
-        let now = unix_now();
         let mut token = token;
         Self::seal_secret(&state, &dek, epoch.id, &mut token, content, now)?;
         if new.refresh != old.refresh || token.refreshed_at.is_none() {
@@ -301,4 +338,14 @@ fn next(seen: u64) -> Result<u64, DeviceError> {
     seen.checked_add(1).ok_or(DeviceError::InvalidInput(
         "this lease's counter is spent".into(),
     ))
+}
+
+/// Reads and opens the stash at `path`, or why not.
+fn open_stash(key: &Unlocked, path: &Path) -> Result<Stash, String> {
+    let sealed = writeback::read_stash(path).ok_or("the stash cannot be read, or is too large")?;
+    let (_, plain) = crate::vault::envelope::open(&key.0.to_bytes(), &sealed)
+        .map_err(|_| "the stash does not open with this device's key")?;
+    let plain = Zeroizing::new(plain);
+    ciborium::from_reader::<Stash, _>(plain.as_slice())
+        .map_err(|_| "the stash does not decode".to_string())
 }

@@ -101,7 +101,15 @@ impl Mirror {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if name.to_str().is_none_or(|n| self.private.contains(&n)) {
+            // The credential, and anything named after it (an agent's temporary or backup
+            // copy of it): the session's, never the user's.
+            let is_private = |n: &str| {
+                let bare = n.trim_start_matches('.');
+                self.private
+                    .iter()
+                    .any(|p| bare.starts_with(p.trim_start_matches('.')))
+            };
+            if name.to_str().is_none_or(is_private) {
                 continue;
             }
             let Ok(meta) = fs::symlink_metadata(entry.path()) else {
@@ -131,9 +139,22 @@ impl Mirror {
 /// Copies `from` to `to` by a temporary file beside `to` and a rename, so the user's file is
 /// never seen half written; the copy keeps `from`'s permission bits (at most 0700's).
 fn copy_over(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let bytes = fs::read(from)?;
-    let mode = fs::metadata(from)?.permissions().mode() & 0o700;
+    // Never through a link the agent put in place since the entry was listed.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(from)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > GIVE_BACK_MAX {
+        return Err(std::io::Error::other(
+            "not a regular file of a size to give back",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(GIVE_BACK_MAX).read_to_end(&mut bytes)?;
+    let mode = meta.permissions().mode() & 0o700;
     let name = to
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

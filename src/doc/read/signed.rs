@@ -169,10 +169,7 @@ pub(in crate::doc) fn lease_is_valid(
     f: &Fields<'_>,
     writers: &Writers<'_>,
 ) -> Result<bool, DocError> {
-    let id = key
-        .parse()
-        .map_err(|_| schema(&f.path, "is not under a token id"))?;
-    Ok(signed_lease(id, f, writers)?.is_some())
+    Ok(signed_lease(token_key(key, f)?, f, writers)?.is_some())
 }
 
 /// A token version, if it is signed by a member that may write tokens, under its own actor.
@@ -194,10 +191,13 @@ pub(in crate::doc) fn version_is_valid(
     f: &Fields<'_>,
     writers: &Writers<'_>,
 ) -> Result<bool, DocError> {
-    let id = key
-        .parse()
-        .map_err(|_| schema(&f.path, "is not under a token id"))?;
-    Ok(signed_version(id, f, writers)?.is_some())
+    Ok(signed_version(token_key(key, f)?, f, writers)?.is_some())
+}
+
+/// The token id a record's key names.
+fn token_key(key: &str, f: &Fields<'_>) -> Result<TokenId, DocError> {
+    key.parse()
+        .map_err(|_| schema(&f.path, "is not under a token id"))
 }
 
 /// One signed version of a token record, and its signature.
