@@ -27,6 +27,7 @@ mod demo;
 pub mod input;
 pub mod output;
 mod peer_cmds;
+mod policy_cmds;
 mod relay_cmds;
 mod session_cmds;
 mod spawn_cmd;
@@ -108,6 +109,9 @@ pub enum Command {
     /// Detached agent sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Which devices may ask this one to start agents (this device's own; default deny).
+    #[command(subcommand)]
+    SpawnPolicy(policy_cmds::PolicyCommand),
     /// Pair, list and remove the devices of this vault.
     #[command(subcommand)]
     Peer(PeerCommand),
@@ -314,6 +318,11 @@ impl From<OpError> for CliError {
             OpError::Busy(m) => CliError::Busy(m),
             OpError::Net(e) => CliError::Net(e),
             OpError::Contained(m) => CliError::Contained(m),
+            e @ OpError::Policy(_) => CliError::Remote {
+                exit: e.exit() as u8,
+                message: e.to_string(),
+                passphrase: false,
+            },
         }
     }
 }
@@ -372,6 +381,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             SessionCommand::Supervise(args) => return session_cmds::supervise(&ctx, args),
             SessionCommand::Pane(args) => return session_cmds::pane(&args),
         },
+        Command::SpawnPolicy(cmd) => policy_cmds::run(&ctx, cmd),
         Command::Peer(cmd) => match cmd {
             PeerCommand::Add(args) => peer_cmds::add(&ctx, &args),
             PeerCommand::Join(args) => peer_cmds::join(&ctx, args),

@@ -111,6 +111,21 @@ impl Unlocked {
     pub fn duplicate(&self) -> Unlocked {
         Unlocked(VaultSecret::from_bytes(*self.0.to_bytes()))
     }
+
+    /// A key for one purpose (`domain`), derived from the vault key with HKDF-SHA256: only a
+    /// holder of the passphrase (or an unlocked daemon) can make it.
+    pub fn derive(&self, domain: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        // 32 bytes is well within HKDF-SHA256's output limit.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, &self.0.to_bytes()[..])
+            .expand(domain, &mut out[..]);
+        out
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(bytes: [u8; 32]) -> Unlocked {
+        Unlocked(VaultSecret::from_bytes(bytes))
+    }
 }
 
 /// What `init` and `recover` need to know besides the home.

@@ -18,12 +18,13 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::device::{Device, Unlocked, expose};
+use crate::device::{Device, DeviceError, Unlocked, expose};
 use crate::doc::Service;
+use crate::spawn::policy::Policy;
 use crate::spawn::writeback::Ticket;
 use crate::spawn::{Agent, Delivery, choose_token, delivery_for};
 pub use error::{Exit, OpError};
-use views::{PeerView, RelayView, RemovedView, StatusView, TokenView};
+use views::{PeerView, RelayView, RemovedView, SpawnPolicyView, StatusView, TokenView};
 
 /// Secret bytes held by an operation or its outcome: zeroized when dropped, never in `Debug`.
 pub type Secret = Zeroizing<Vec<u8>>;
@@ -79,6 +80,13 @@ pub enum Op {
     RemoveRelay {
         query: String,
     },
+    /// This device's spawn policy: which devices may ask it to start agents.
+    SpawnPolicy,
+    /// Sets `device`'s rule in this device's spawn policy, or drops it (`rule: None`).
+    SetSpawnPolicy {
+        device: String,
+        rule: Option<crate::spawn::policy::Rule>,
+    },
     /// The credential for a local spawn of `agent`, in session `session`; a rotating OAuth
     /// token comes with its lease (taken from another holder when `take`).
     Credential {
@@ -107,6 +115,7 @@ pub enum Outcome {
     Removed(RemovedView),
     Relay(RelayView),
     Relays(Vec<RelayView>),
+    SpawnPolicy(SpawnPolicyView),
     Credential {
         delivery: Delivery,
         #[serde(with = "secret_bytes")]
@@ -144,9 +153,12 @@ impl Op {
     /// The operation's tier: the one place it is decided.
     pub fn tier(&self) -> Tier {
         match self {
-            Op::Status | Op::ListTokens | Op::ShowToken { .. } | Op::ListPeers | Op::ListRelays => {
-                Tier::Open
-            }
+            Op::Status
+            | Op::ListTokens
+            | Op::ShowToken { .. }
+            | Op::ListPeers
+            | Op::ListRelays
+            | Op::SpawnPolicy => Tier::Open,
             Op::AddToken { .. }
             | Op::Reveal { .. }
             | Op::RemoveToken { .. }
@@ -155,9 +167,12 @@ impl Op {
             | Op::RenameDevice { .. }
             | Op::Import { .. }
             | Op::Credential { .. } => Tier::Person,
-            Op::Export | Op::RemovePeer { .. } | Op::AddRelay { .. } | Op::RemoveRelay { .. } => {
-                Tier::Fresh
-            }
+            // A rule lets another device start agents here: as much as handing it the vault.
+            Op::Export
+            | Op::RemovePeer { .. }
+            | Op::AddRelay { .. }
+            | Op::RemoveRelay { .. }
+            | Op::SetSpawnPolicy { .. } => Tier::Fresh,
         }
     }
 
@@ -166,7 +181,11 @@ impl Op {
     pub fn needs_key(&self) -> bool {
         matches!(
             self,
-            Op::AddToken { .. } | Op::Reveal { .. } | Op::RemovePeer { .. } | Op::Credential { .. }
+            Op::AddToken { .. }
+                | Op::Reveal { .. }
+                | Op::RemovePeer { .. }
+                | Op::Credential { .. }
+                | Op::SetSpawnPolicy { .. }
         )
     }
 
@@ -189,6 +208,9 @@ impl Op {
             }
             Op::RemovePeer { query } => {
                 device.removable(&device.state()?, query)?;
+            }
+            Op::SetSpawnPolicy { device: query, .. } => {
+                device.find_member(&device.state()?, query)?;
             }
             Op::Credential {
                 agent,
@@ -225,6 +247,7 @@ fn run(
     op: Op,
     around: &Around<'_>,
 ) -> Result<Outcome, OpError> {
+    let given = key;
     let key = || key.ok_or_else(|| OpError::Locked("this operation needs the vault key".into()));
     Ok(match op {
         Op::Status => {
@@ -286,6 +309,46 @@ fn run(
             Outcome::Relay(RelayView::of(&relay))
         }
         Op::ListRelays => Outcome::Relays(device.relays()?.iter().map(RelayView::of).collect()),
+        Op::SpawnPolicy => {
+            let (policy, checked) = Policy::load(device.home().root(), given)?;
+            Outcome::SpawnPolicy(SpawnPolicyView::of(&device.state()?, &policy, checked))
+        }
+        Op::SetSpawnPolicy {
+            device: query,
+            rule,
+        } => {
+            let key = key()?;
+            let home = device.home().root().to_path_buf();
+            let state = device.state()?;
+            let member = device.find_member(&state, &query)?;
+            if !member.is_active() {
+                return Err(OpError::Usage(format!(
+                    "{query} was removed from the vault"
+                )));
+            }
+            let member = member.device;
+            // A file someone else wrote is not built on: it starts again from nothing.
+            let (mut policy, reset) = match Policy::load(&home, Some(key)) {
+                Ok((policy, _)) => (policy, false),
+                Err(crate::spawn::policy::PolicyError::Tampered(_)) => (Policy::default(), true),
+                Err(e) => return Err(e.into()),
+            };
+            match rule {
+                Some(rule) => policy.allow(member, rule)?,
+                None => {
+                    if !policy.deny(&member) && !reset {
+                        return Err(OpError::Device(DeviceError::InvalidInput(format!(
+                            "the spawn policy has no rule for {query}"
+                        ))));
+                    }
+                }
+            }
+            policy.save(&home, key)?;
+            let checked = crate::spawn::policy::Checked::Verified;
+            let mut view = SpawnPolicyView::of(&state, &policy, checked);
+            view.reset = reset;
+            Outcome::SpawnPolicy(view)
+        }
         Op::RemoveRelay { query } => Outcome::Relay(RelayView::of(&device.remove_relay(&query)?)),
         Op::Credential {
             agent,
@@ -412,6 +475,8 @@ impl Op {
             Op::ListRelays => "ListRelays",
             Op::RemoveRelay { .. } => "RemoveRelay",
             Op::Credential { .. } => "Credential",
+            Op::SpawnPolicy => "SpawnPolicy",
+            Op::SetSpawnPolicy { .. } => "SetSpawnPolicy",
         }
     }
 }
@@ -431,6 +496,7 @@ impl Outcome {
             Outcome::Relay(_) => "Relay",
             Outcome::Relays(_) => "Relays",
             Outcome::Credential { .. } => "Credential",
+            Outcome::SpawnPolicy(_) => "SpawnPolicy",
         }
     }
 }

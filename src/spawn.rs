@@ -11,10 +11,14 @@
 //! - [`materialize`]: the child's environment, and private credential files.
 //! - [`tree`]: the agent's process tree under its supervisor.
 //! - [`session`]: detached sessions.
+//! - [`mirror`]: private agent homes that link the user's own; [`writeback`]: what an agent
+//!   refreshed, sealed back to the vault.
+//! - [`policy`]: which devices may ask this one to start an agent (`spawn-policy`).
 
 pub mod agents;
 pub mod materialize;
 pub mod mirror;
+pub mod policy;
 pub mod session;
 pub mod tmux;
 pub mod tree;

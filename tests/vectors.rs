@@ -279,3 +279,79 @@ fn change_attestation_vector_verifies() {
         &bytes(&c["sig"])
     ));
 }
+
+#[test]
+fn spawn_message_vectors_encode_and_decode() {
+    use handoff_protocol::spawn::{Ask, Outcome, Refusal, Request, Response, Row, RowState, Start};
+    let all = vectors();
+    let v = &all["spawn"];
+    let id: [u8; 16] = bytes(&v["id"]).try_into().unwrap();
+    let sent_at = v["sent_at"].as_i64().unwrap();
+    let text = |x: &Value| x.as_str().unwrap().to_string();
+    let s = &v["start"];
+    let requests = [
+        (
+            Ask::Start(Start {
+                agent: text(&s["agent"]),
+                dir: text(&s["dir"]),
+                profile: s["profile"].as_str().map(str::to_string),
+                service: s["service"].as_str().map(str::to_string),
+                args: s["args"].as_array().unwrap().iter().map(text).collect(),
+            }),
+            s,
+        ),
+        (Ask::List, &v["list"]),
+        (
+            Ask::Stop {
+                session: text(&v["stop"]["session"]),
+            },
+            &v["stop"],
+        ),
+    ];
+    for (ask, vector) in requests {
+        let request = Request { id, sent_at, ask };
+        let encoded = bytes(&vector["encoded"]);
+        assert_eq!(request.encode().unwrap(), encoded);
+        assert_eq!(Request::decode(&encoded).unwrap(), request);
+    }
+    let rows = v["sessions"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| Row {
+            session: text(&r["session"]),
+            agent: text(&r["agent"]),
+            dir: text(&r["dir"]),
+            started_at: r["started_at"].as_i64().unwrap(),
+            state: match r["state"].as_u64().unwrap() {
+                1 => RowState::Running,
+                2 => RowState::Exited,
+                _ => RowState::Failed,
+            },
+        })
+        .collect();
+    assert_eq!(v["refused"]["refusal"].as_u64(), Some(5));
+    let responses = [
+        (
+            Outcome::Started {
+                session: text(&v["started"]["session"]),
+            },
+            &v["started"],
+        ),
+        (
+            Outcome::Refused {
+                why: Refusal::DirNotAllowed,
+                detail: text(&v["refused"]["detail"]),
+            },
+            &v["refused"],
+        ),
+        (Outcome::Sessions(rows), &v["sessions"]),
+        (Outcome::Stopped, &v["stopped"]),
+    ];
+    for (outcome, vector) in responses {
+        let response = Response { id, outcome };
+        let encoded = bytes(&vector["encoded"]);
+        assert_eq!(response.encode().unwrap(), encoded);
+        assert_eq!(Response::decode(&encoded).unwrap(), response);
+    }
+}

@@ -16,6 +16,8 @@
 //! - [`pairing`]: `/handoff/pair/1`, a new device joining through an admin with a short code.
 //! - [`relay`]: `/handoff/relay/1`, deposits into and deliveries from a blind relay.
 //! - [`envelope`]: what a device leaves at a relay for another, sealed to the recipient.
+//! - [`spawn`]: `/handoff/spawn/1`, one device asking another to start, list or stop agent
+//!   sessions.
 //! - [`DecodeError`]: how a decoder says no.
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ pub mod ids;
 pub mod pairing;
 pub mod relay;
 pub mod sealed_token;
+pub mod spawn;
 pub mod sync;
 
 pub use dek_wrap::DekWrap;

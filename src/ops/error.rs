@@ -77,6 +77,8 @@ pub enum OpError {
     /// The client may not ask for this (it runs inside an agent's process tree).
     #[error("refused: {0}")]
     Contained(String),
+    #[error(transparent)]
+    Policy(#[from] crate::spawn::policy::PolicyError),
 }
 
 impl From<VaultError> for OpError {
@@ -95,6 +97,14 @@ impl OpError {
             OpError::Internal(_) => Exit::Internal,
             OpError::Busy(_) => Exit::Busy,
             OpError::Net(e) => net_exit(e),
+            OpError::Policy(e) => {
+                use crate::spawn::policy::PolicyError;
+                match e {
+                    PolicyError::Tampered(_) => Exit::Damaged,
+                    PolicyError::Invalid(_) => Exit::Usage,
+                    _ => Exit::Internal,
+                }
+            }
         }
     }
 }

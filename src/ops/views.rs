@@ -232,6 +232,60 @@ impl RelayView {
     }
 }
 
+/// This device's spawn policy as `spawn-policy list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnPolicyView {
+    /// Whether the file verified under the vault key (`false`: the vault is locked, so it
+    /// was not checked; one that fails to verify is an error, never a listing).
+    pub verified: bool,
+    /// The file found did not verify (someone wrote it without the passphrase), so this
+    /// change started the policy again from nothing.
+    pub reset: bool,
+    pub rules: Vec<SpawnRuleView>,
+}
+
+/// One device's rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnRuleView {
+    pub device_id: String,
+    /// Its name in the vault, if it is still a member.
+    pub name: Option<String>,
+    pub agents: Vec<String>,
+    pub roots: Vec<String>,
+    pub profiles: Vec<String>,
+    pub args: bool,
+}
+
+impl SpawnPolicyView {
+    pub fn of(
+        state: &VaultState,
+        policy: &crate::spawn::policy::Policy,
+        checked: crate::spawn::policy::Checked,
+    ) -> Self {
+        let rules = policy
+            .rules
+            .iter()
+            .map(|(device, rule)| SpawnRuleView {
+                device_id: device.clone(),
+                name: state
+                    .members
+                    .values()
+                    .find(|m| m.device.to_hex() == *device && m.is_active())
+                    .map(|m| m.name.clone()),
+                agents: rule.agents.clone(),
+                roots: rule.roots.iter().map(|r| r.display().to_string()).collect(),
+                profiles: rule.profiles.clone(),
+                args: rule.args,
+            })
+            .collect();
+        Self {
+            verified: checked == crate::spawn::policy::Checked::Verified,
+            reset: false,
+            rules,
+        }
+    }
+}
+
 /// What `peer remove` did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemovedView {

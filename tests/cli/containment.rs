@@ -103,6 +103,13 @@ impl Lab {
             ("remove", words("peer remove somebody")),
             ("relay", words(&format!("relay add {RELAY}"))),
             ("unlock", words("unlock --for 1h")),
+            (
+                "policy",
+                words(&format!(
+                    "spawn-policy allow test-device --args --root {}",
+                    res.display()
+                )),
+            ),
         ]
     }
 

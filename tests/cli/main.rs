@@ -48,3 +48,4 @@ mod round_trip;
 mod secrecy_on_disk;
 mod snapshots;
 mod spawn;
+mod spawn_policy;

@@ -1,0 +1,398 @@
+//! Who may ask this device to start an agent (`spawn-policy`), and the judgement of one such
+//! request. The policy is this device's own: it lives in the home (`spawn-policy.json`), is
+//! never synced, and no other device can grant itself anything in it. Default deny.
+//!
+//! The file is authenticated with a key derived from the vault key (HMAC-SHA256 under
+//! HKDF(vault secret, `handoff/v1/spawn-policy`)), so a process of this user that writes it
+//! without the passphrase (an agent) makes it fail to verify, and a policy that does not verify
+//! allows nothing. Writing it takes the passphrase every time (tier 3).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use handoff_protocol::DeviceId;
+use handoff_protocol::spawn::{Refusal, Start};
+use serde::{Deserialize, Serialize};
+
+use crate::device::Unlocked;
+
+/// The policy's file in the home.
+pub const FILE: &str = "spawn-policy.json";
+/// Largest policy file read.
+const FILE_MAX: u64 = 1024 * 1024;
+/// Most entries of each list in one rule.
+pub const LIST_MAX: usize = 64;
+const DOMAIN: &[u8] = b"handoff/v1/spawn-policy";
+
+/// What one device may ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Agents it may start; empty: any agent this device knows.
+    pub agents: Vec<String>,
+    /// Directories (canonical) a session may start in or under; never empty.
+    pub roots: Vec<PathBuf>,
+    /// Profile labels it may name; empty: any, or none (the service's default).
+    pub profiles: Vec<String>,
+    /// Whether it may pass extra arguments (an agent's arguments can run code).
+    pub args: bool,
+}
+
+/// The rules, by device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The rules, by device id (hex).
+    pub rules: BTreeMap<String, Rule>,
+}
+
+/// Why the policy cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    #[error("cannot read or write {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} does not verify (it was written without the passphrase); it allows nothing until set again with `handoff spawn-policy`"
+    )]
+    Tampered(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The file: the rules and their MAC.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    v: u8,
+    rules: BTreeMap<String, Rule>,
+    mac: String,
+}
+
+/// What a stored policy is, read without the key (for a listing while locked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Its MAC verified under the vault key.
+    Verified,
+    /// Not checked: the vault is locked.
+    Unchecked,
+}
+
+impl Policy {
+    fn path(home: &Path) -> PathBuf {
+        home.join(FILE)
+    }
+
+    /// The policy, verified with `key` when given. No file: no rule. A file that does not
+    /// verify is an error (callers judging a request treat it as deny-all).
+    pub fn load(home: &Path, key: Option<&Unlocked>) -> Result<(Policy, Checked), PolicyError> {
+        let path = Self::path(home);
+        let file_err = |source| PolicyError::File {
+            path: path.clone(),
+            source,
+        };
+        let bytes = match std::fs::File::open(&path) {
+            Ok(f) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, FILE_MAX), &mut bytes)
+                    .map_err(file_err)?;
+                bytes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let checked = key.map_or(Checked::Unchecked, |_| Checked::Verified);
+                return Ok((Policy::default(), checked));
+            }
+            Err(e) => return Err(file_err(e)),
+        };
+        let stored: Stored =
+            serde_json::from_slice(&bytes).map_err(|_| PolicyError::Tampered(path.clone()))?;
+        let policy = Policy {
+            rules: stored.rules,
+        };
+        let Some(key) = key else {
+            return Ok((policy, Checked::Unchecked));
+        };
+        let good = hex::decode(&stored.mac)
+            .ok()
+            .is_some_and(|mac| policy.verify(key, &mac));
+        if stored.v != 1 || !good {
+            return Err(PolicyError::Tampered(path));
+        }
+        Ok((policy, Checked::Verified))
+    }
+
+    /// Writes the policy with its MAC, atomically, mode 0600.
+    pub fn save(&self, home: &Path, key: &Unlocked) -> Result<(), PolicyError> {
+        let stored = Stored {
+            v: 1,
+            rules: self.rules.clone(),
+            mac: hex::encode(self.mac(key)),
+        };
+        let bytes =
+            serde_json::to_vec_pretty(&stored).map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        let path = Self::path(home);
+        write_private(&path, &bytes).map_err(|source| PolicyError::File { path, source })
+    }
+
+    fn mac(&self, key: &Unlocked) -> [u8; 32] {
+        // HKDF-Extract is HMAC-SHA256(salt, ikm): here HMAC(mac key, the rules' canonical JSON).
+        let rules = serde_json::to_vec(&self.rules).unwrap_or_default();
+        let (prk, _) = hkdf::Hkdf::<sha2::Sha256>::extract(Some(&key.derive(DOMAIN)[..]), &rules);
+        prk.into()
+    }
+
+    fn verify(&self, key: &Unlocked, mac: &[u8]) -> bool {
+        // Constant time: every byte is compared whatever the first difference.
+        let ours = self.mac(key);
+        mac.len() == ours.len() && ours.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// Sets `device`'s rule, checking and canonicalizing it first.
+    pub fn allow(&mut self, device: DeviceId, mut rule: Rule) -> Result<(), PolicyError> {
+        if rule.roots.is_empty() {
+            return Err(PolicyError::Invalid(
+                "name at least one --root DIR the device may start sessions under".into(),
+            ));
+        }
+        if [rule.agents.len(), rule.roots.len(), rule.profiles.len()]
+            .iter()
+            .any(|n| *n > LIST_MAX)
+        {
+            return Err(PolicyError::Invalid(format!(
+                "a rule holds at most {LIST_MAX} agents, roots and profiles each"
+            )));
+        }
+        for root in &mut rule.roots {
+            *root = std::fs::canonicalize(&*root)
+                .map_err(|e| PolicyError::Invalid(format!("--root {}: {e}", root.display())))?;
+            if !root.is_dir() {
+                return Err(PolicyError::Invalid(format!(
+                    "--root {} is not a directory",
+                    root.display()
+                )));
+            }
+        }
+        rule.agents.sort();
+        rule.agents.dedup();
+        rule.roots.sort();
+        rule.roots.dedup();
+        rule.profiles.sort();
+        rule.profiles.dedup();
+        self.rules.insert(device.to_hex(), rule);
+        Ok(())
+    }
+
+    /// Drops `device`'s rule; whether it had one.
+    pub fn deny(&mut self, device: &DeviceId) -> bool {
+        self.rules.remove(&device.to_hex()).is_some()
+    }
+
+    /// Judges `start` from `device`: the directory to start in (canonical), or the refusal
+    /// and its one line. `agent` is the name the target resolved the request's agent to.
+    pub fn judge(&self, device: &DeviceId, start: &Start) -> Result<PathBuf, (Refusal, String)> {
+        let Some(rule) = self.rules.get(&device.to_hex()) else {
+            return Err((
+                Refusal::Policy,
+                "this device's spawn policy does not allow yours to start sessions".into(),
+            ));
+        };
+        if !rule.agents.is_empty() && !rule.agents.contains(&start.agent) {
+            return Err((
+                Refusal::Policy,
+                format!(
+                    "the spawn policy does not allow your device to start {}",
+                    start.agent
+                ),
+            ));
+        }
+        if !start.args.is_empty() && !rule.args {
+            return Err((
+                Refusal::ArgsNotAllowed,
+                "the spawn policy does not allow your device to pass arguments".into(),
+            ));
+        }
+        if let Some(profile) = &start.profile
+            && !rule.profiles.is_empty()
+            && !rule.profiles.contains(profile)
+        {
+            return Err((
+                Refusal::Policy,
+                format!("the spawn policy does not allow your device to use profile {profile}"),
+            ));
+        }
+        let dir = Path::new(&start.dir);
+        let outside = || {
+            (
+                Refusal::DirNotAllowed,
+                format!("{} is not under a directory the policy allows", start.dir),
+            )
+        };
+        if !dir.is_absolute() {
+            return Err((
+                Refusal::DirNotAllowed,
+                format!("{} is not an absolute path", start.dir),
+            ));
+        }
+        // Symlinks and `..` resolved: what the agent would really start in.
+        let real = std::fs::canonicalize(dir).map_err(|_| {
+            (
+                Refusal::DirNotAllowed,
+                format!("{} does not exist on this device", start.dir),
+            )
+        })?;
+        if !real.is_dir() {
+            return Err(outside());
+        }
+        // Component-wise: /src/app2 is not under /src/app. A root is canonicalized again,
+        // since a symlink among its parents may have moved since the rule was set.
+        let under = rule
+            .roots
+            .iter()
+            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(&root)));
+        if !under {
+            return Err(outside());
+        }
+        Ok(real)
+    }
+}
+
+/// Writes `bytes` to `path` through a fresh temporary file and a rename, mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let suffix = hex::encode(crate::vault::random_array::<8>().map_err(std::io::Error::other)?);
+    let tmp = path.with_extension(format!("tmp-{suffix}"));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(dir: &Path) -> Start {
+        Start {
+            agent: "claude".into(),
+            dir: dir.display().to_string(),
+            profile: Some("work".into()),
+            service: None,
+            args: Vec::new(),
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf, Policy, DeviceId) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("elsewhere")).unwrap();
+        let device = DeviceId::from_bytes([9; 16]);
+        let mut policy = Policy::default();
+        policy
+            .allow(
+                device,
+                Rule {
+                    agents: vec!["claude".into()],
+                    roots: vec![root.clone()],
+                    profiles: vec!["work".into()],
+                    args: false,
+                },
+            )
+            .unwrap();
+        (tmp, root, policy, device)
+    }
+
+    #[test]
+    fn a_request_is_judged_by_the_senders_rule() {
+        let (tmp, root, policy, device) = setup();
+        let real = std::fs::canonicalize(root.join("app")).unwrap();
+        assert_eq!(policy.judge(&device, &start(&root.join("app"))), Ok(real));
+        let refused = |s: &Start| policy.judge(&device, s).unwrap_err().0;
+        // Another device: default deny.
+        let other = DeviceId::from_bytes([1; 16]);
+        assert_eq!(
+            policy.judge(&other, &start(&root)).unwrap_err().0,
+            Refusal::Policy
+        );
+        let mut s = start(&root);
+        s.agent = "codex".into();
+        assert_eq!(refused(&s), Refusal::Policy);
+        let mut s = start(&root);
+        s.profile = Some("personal".into());
+        assert_eq!(refused(&s), Refusal::Policy);
+        let mut s = start(&root);
+        s.args = vec!["--yolo".into()];
+        assert_eq!(refused(&s), Refusal::ArgsNotAllowed);
+        // Outside, through `..`, through a symlink, a sibling with the root as prefix, missing,
+        // relative: each refused as a directory not allowed.
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), root.join("link")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("root2")).unwrap();
+        for dir in [
+            tmp.path().join("elsewhere"),
+            root.join("app/../../elsewhere"),
+            root.join("link"),
+            tmp.path().join("root2"),
+            root.join("missing"),
+            PathBuf::from("root/app"),
+        ] {
+            assert_eq!(refused(&start(&dir)), Refusal::DirNotAllowed, "{dir:?}");
+        }
+    }
+
+    #[test]
+    fn a_policy_written_without_the_key_allows_nothing() {
+        let (tmp, _root, policy, device) = setup();
+        let home = tmp.path();
+        let key = Unlocked::for_tests([3; 32]);
+        policy.save(home, &key).unwrap();
+        let (read, checked) = Policy::load(home, Some(&key)).unwrap();
+        assert_eq!((read, checked), (policy.clone(), Checked::Verified));
+        let mode = std::fs::metadata(home.join(FILE)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        // Another key (another vault), or rules edited in place: refused.
+        let other = Unlocked::for_tests([4; 32]);
+        assert!(matches!(
+            Policy::load(home, Some(&other)),
+            Err(PolicyError::Tampered(_))
+        ));
+        let text = std::fs::read_to_string(home.join(FILE)).unwrap();
+        let edited = text.replace("\"args\": false", "\"args\": true");
+        assert_ne!(edited, text);
+        std::fs::write(home.join(FILE), edited).unwrap();
+        assert!(matches!(
+            Policy::load(home, Some(&key)),
+            Err(PolicyError::Tampered(_))
+        ));
+        // Without the key it can be listed, marked unchecked.
+        let (read, checked) = Policy::load(home, None).unwrap();
+        assert!(read.rules[&device.to_hex()].args);
+        assert_eq!(checked, Checked::Unchecked);
+    }
+
+    #[test]
+    fn a_rule_needs_a_root_that_exists() {
+        let mut policy = Policy::default();
+        let device = DeviceId::from_bytes([9; 16]);
+        assert!(policy.allow(device, Rule::default()).is_err());
+        let missing = Rule {
+            roots: vec!["/nonexistent/handoff/root".into()],
+            ..Rule::default()
+        };
+        assert!(policy.allow(device, missing).is_err());
+        assert!(policy.rules.is_empty());
+    }
+}
