@@ -82,7 +82,7 @@ fn render(ctx: &Context, view: &SpawnPolicyView) {
     };
     for r in &view.rules {
         let name = r.name.as_deref().unwrap_or("(no longer a member)");
-        say!("{name}  {}", &r.device_id[..12]);
+        say!("{name}  {}", r.device_id.get(..12).unwrap_or(&r.device_id));
         say!("  agents    {}", any(&r.agents, "agent"));
         say!("  roots     {}", r.roots.join(", "));
         say!("  profiles  {}", any(&r.profiles, "profile"));

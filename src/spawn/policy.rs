@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use handoff_protocol::DeviceId;
@@ -25,6 +25,10 @@ const FILE_MAX: u64 = 1024 * 1024;
 /// Most entries of each list in one rule.
 pub const LIST_MAX: usize = 64;
 const DOMAIN: &[u8] = b"handoff/v1/spawn-policy";
+/// The file's format version (covered by its MAC).
+const VERSION: u8 = 1;
+/// Longest refusal line sent back (the asker's own words are cut to fit).
+const DETAIL_MAX: usize = 512;
 
 /// What one device may ask for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +97,16 @@ impl Policy {
             path: path.clone(),
             source,
         };
-        let bytes = match std::fs::File::open(&path) {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(&path);
+        let bytes = match opened {
+            Ok(f) if !f.metadata().map_err(file_err)?.is_file() => {
+                return Err(PolicyError::Tampered(path));
+            }
             Ok(f) => {
                 let mut bytes = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::Read::take(f, FILE_MAX), &mut bytes)
@@ -117,7 +130,7 @@ impl Policy {
         let good = hex::decode(&stored.mac)
             .ok()
             .is_some_and(|mac| policy.verify(key, &mac));
-        if stored.v != 1 || !good {
+        if stored.v != VERSION || !good {
             return Err(PolicyError::Tampered(path));
         }
         Ok((policy, Checked::Verified))
@@ -126,9 +139,9 @@ impl Policy {
     /// Writes the policy with its MAC, atomically, mode 0600.
     pub fn save(&self, home: &Path, key: &Unlocked) -> Result<(), PolicyError> {
         let stored = Stored {
-            v: 1,
+            v: VERSION,
             rules: self.rules.clone(),
-            mac: hex::encode(self.mac(key)),
+            mac: hex::encode(self.mac(key)?),
         };
         let bytes =
             serde_json::to_vec_pretty(&stored).map_err(|e| PolicyError::Invalid(e.to_string()))?;
@@ -136,16 +149,22 @@ impl Policy {
         write_private(&path, &bytes).map_err(|source| PolicyError::File { path, source })
     }
 
-    fn mac(&self, key: &Unlocked) -> [u8; 32] {
-        // HKDF-Extract is HMAC-SHA256(salt, ikm): here HMAC(mac key, the rules' canonical JSON).
-        let rules = serde_json::to_vec(&self.rules).unwrap_or_default();
-        let (prk, _) = hkdf::Hkdf::<sha2::Sha256>::extract(Some(&key.derive(DOMAIN)[..]), &rules);
-        prk.into()
+    /// HMAC-SHA256 under the policy key of the format version and the rules' JSON (one
+    /// serialization of one value: the map is ordered, the lists were sorted when set).
+    /// HKDF-Extract is HMAC(salt, ikm).
+    fn mac(&self, key: &Unlocked) -> Result<[u8; 32], PolicyError> {
+        let mut input = vec![VERSION];
+        serde_json::to_writer(&mut input, &self.rules)
+            .map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        let (prk, _) = hkdf::Hkdf::<sha2::Sha256>::extract(Some(&key.derive(DOMAIN)[..]), &input);
+        Ok(prk.into())
     }
 
     fn verify(&self, key: &Unlocked, mac: &[u8]) -> bool {
         // Constant time: every byte is compared whatever the first difference.
-        let ours = self.mac(key);
+        let Ok(ours) = self.mac(key) else {
+            return false;
+        };
         mac.len() == ours.len() && ours.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
@@ -190,7 +209,8 @@ impl Policy {
     }
 
     /// Judges `start` from `device`: the directory to start in (canonical), or the refusal
-    /// and its one line. `agent` is the name the target resolved the request's agent to.
+    /// and its one line. The caller must start the agent in that directory without
+    /// resolving the path again (or check it again where the agent starts).
     pub fn judge(&self, device: &DeviceId, start: &Start) -> Result<PathBuf, (Refusal, String)> {
         let Some(rule) = self.rules.get(&device.to_hex()) else {
             return Err((
@@ -201,10 +221,10 @@ impl Policy {
         if !rule.agents.is_empty() && !rule.agents.contains(&start.agent) {
             return Err((
                 Refusal::Policy,
-                format!(
+                detail(&format!(
                     "the spawn policy does not allow your device to start {}",
                     start.agent
-                ),
+                )),
             ));
         }
         if !start.args.is_empty() && !rule.args {
@@ -213,49 +233,68 @@ impl Policy {
                 "the spawn policy does not allow your device to pass arguments".into(),
             ));
         }
-        if let Some(profile) = &start.profile
-            && !rule.profiles.is_empty()
-            && !rule.profiles.contains(profile)
+        // A rule that names profiles allows only those: a request that names none (the
+        // service's default) is refused rather than handed whatever the default is.
+        if !rule.profiles.is_empty()
+            && !start
+                .profile
+                .as_ref()
+                .is_some_and(|p| rule.profiles.contains(p))
         {
             return Err((
                 Refusal::Policy,
-                format!("the spawn policy does not allow your device to use profile {profile}"),
+                detail(&format!(
+                    "the spawn policy allows your device only the profiles {}",
+                    rule.profiles.join(", ")
+                )),
             ));
         }
-        let dir = Path::new(&start.dir);
-        let outside = || {
+        // One line for a directory that is missing and one outside the roots: an asker
+        // learns nothing of what exists outside them.
+        let refused = || {
             (
                 Refusal::DirNotAllowed,
-                format!("{} is not under a directory the policy allows", start.dir),
+                detail(&format!(
+                    "{} is not a directory under one the policy allows",
+                    start.dir
+                )),
             )
         };
+        let dir = Path::new(&start.dir);
         if !dir.is_absolute() {
-            return Err((
-                Refusal::DirNotAllowed,
-                format!("{} is not an absolute path", start.dir),
-            ));
+            return Err(refused());
         }
         // Symlinks and `..` resolved: what the agent would really start in.
-        let real = std::fs::canonicalize(dir).map_err(|_| {
-            (
-                Refusal::DirNotAllowed,
-                format!("{} does not exist on this device", start.dir),
-            )
-        })?;
+        let real = std::fs::canonicalize(dir).map_err(|_| refused())?;
         if !real.is_dir() {
-            return Err(outside());
+            return Err(refused());
         }
-        // Component-wise: /src/app2 is not under /src/app. A root is canonicalized again,
-        // since a symlink among its parents may have moved since the rule was set.
-        let under = rule
-            .roots
-            .iter()
-            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(&root)));
+        // Component-wise (/src/app2 is not under /src/app), against each root as it was
+        // when the rule was set: a root that no longer resolves to itself (replaced by a
+        // link since) allows nothing.
+        let under = rule.roots.iter().any(|root| {
+            std::fs::canonicalize(root).is_ok_and(|now| now == *root) && real.starts_with(root)
+        });
         if !under {
-            return Err(outside());
+            return Err(refused());
         }
         Ok(real)
     }
+}
+
+/// A refusal line of at most [`DETAIL_MAX`] bytes, without control characters (it echoes the
+/// asker's own words).
+fn detail(line: &str) -> String {
+    let mut out: String = line.chars().filter(|c| !c.is_control()).collect();
+    if out.len() > DETAIL_MAX {
+        let mut cut = DETAIL_MAX - 3;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
 }
 
 /// Writes `bytes` to `path` through a fresh temporary file and a rename, mode 0600.
@@ -332,8 +371,15 @@ mod tests {
         s.profile = Some("personal".into());
         assert_eq!(refused(&s), Refusal::Policy);
         let mut s = start(&root);
+        s.profile = None;
+        assert_eq!(refused(&s), Refusal::Policy, "no profile: not the default");
+        let mut s = start(&root);
         s.args = vec!["--yolo".into()];
         assert_eq!(refused(&s), Refusal::ArgsNotAllowed);
+        let mut s = start(&root);
+        s.agent = format!("claude\n{}", "x".repeat(5000));
+        let (_, line) = policy.judge(&device, &s).unwrap_err();
+        assert!(line.len() <= DETAIL_MAX && !line.contains('\n'), "{line}");
         // Outside, through `..`, through a symlink, a sibling with the root as prefix, missing,
         // relative: each refused as a directory not allowed.
         std::os::unix::fs::symlink(tmp.path().join("elsewhere"), root.join("link")).unwrap();
@@ -348,6 +394,17 @@ mod tests {
         ] {
             assert_eq!(refused(&start(&dir)), Refusal::DirNotAllowed, "{dir:?}");
         }
+        // The root itself replaced by a link to somewhere wider: it allows nothing.
+        std::fs::rename(&root, tmp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &root).unwrap();
+        assert_eq!(
+            refused(&start(&tmp.path().join("elsewhere"))),
+            Refusal::DirNotAllowed
+        );
+        assert_eq!(
+            refused(&start(&root.join("elsewhere"))),
+            Refusal::DirNotAllowed
+        );
     }
 
     #[test]
