@@ -704,7 +704,7 @@ fn lease(version: u64, holder: &DeviceId, fence: u64) -> handoff::doc::Lease {
         holder: holder.to_hex(),
         session: "s1".into(),
         fence,
-        until: 1_900_000_000,
+        until: 1_800_000_600,
         at: 1_800_000_000,
         version,
     }
@@ -746,6 +746,18 @@ fn a_lease_is_its_holders_own_and_never_a_remote_devices() {
         doc.put_lease(&work, &lease(1, &b, 1), &[0u8; 64]).unwrap();
     });
     v.refused_everywhere(&unsigned, b);
+    // Signed by its holder, but such as no honest holder writes: a fence no later acquisition
+    // could count on from (so `--take` would fail for ever), or a lease that runs for years.
+    let pinned = v.forge(&b, |doc, state| {
+        put_lease(doc, state, &b_keys, &work, &lease(1, &b, u64::MAX));
+    });
+    v.refused_everywhere(&pinned, b);
+    let forever = v.forge(&b, |doc, state| {
+        let mut l = lease(1, &b, 1);
+        l.until = l.at + 10 * 365 * 24 * 3600;
+        put_lease(doc, state, &b_keys, &work, &l);
+    });
+    v.refused_everywhere(&forever, b);
     // A version that does not count on from the one it replaces could put an old lease back.
     let honest = v.forge(&b, |doc, state| {
         put_lease(doc, state, &b_keys, &work, &lease(1, &b, 1));

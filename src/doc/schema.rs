@@ -27,6 +27,8 @@ pub mod limits {
     pub const LABEL_MAX: usize = 64;
     /// A session id in a lease.
     pub const SESSION_MAX: usize = 64;
+    /// Longest a lease may run from when it was written (a holder renews it long before).
+    pub const LEASE_SPAN_MAX: i64 = 3600;
     pub const MEMBERS_MAX: usize = 256;
     pub const EPOCHS_MAX: usize = 4096;
     pub const TOKENS_MAX: usize = 10_000;

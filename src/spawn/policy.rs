@@ -117,6 +117,10 @@ impl Policy {
                 let checked = key.map_or(Checked::Unchecked, |_| Checked::Verified);
                 return Ok((Policy::default(), checked));
             }
+            // A link in its place: not a file this device wrote.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(PolicyError::Tampered(path));
+            }
             Err(e) => return Err(file_err(e)),
         };
         let stored: Stored =
@@ -438,6 +442,13 @@ mod tests {
         let (read, checked) = Policy::load(home, None).unwrap();
         assert!(read.rules[&device.to_hex()].args);
         assert_eq!(checked, Checked::Unchecked);
+        // A link in the file's place (to a FIFO that would block a reader, here) is refused.
+        std::fs::remove_file(home.join(FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/null", home.join(FILE)).unwrap();
+        assert!(matches!(
+            Policy::load(home, Some(&key)),
+            Err(PolicyError::Tampered(_))
+        ));
     }
 
     #[test]

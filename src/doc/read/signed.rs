@@ -159,7 +159,12 @@ fn signed_lease(
     let sig = f.bytes("sig", 64)?;
     let statement =
         handoff_protocol::binding::lease_statement(writers.vault, &lease.signed_fields(&id));
-    let valid = writers.signed(&lease.holder, Role::writes_tokens, f, &statement, &sig);
+    // A lease no honest holder writes is refused like a bad signature, so no member can pin
+    // a token for ever: each new fence comes with a new version (so fence <= version, which
+    // ingest lets grow by one a write), and a lease runs at most LEASE_SPAN_MAX from its write.
+    let sane = lease.fence <= lease.version
+        && (lease.until == 0 || lease.until.saturating_sub(lease.at) <= limits::LEASE_SPAN_MAX);
+    let valid = sane && writers.signed(&lease.holder, Role::writes_tokens, f, &statement, &sig);
     Ok(valid.then_some(lease))
 }
 
