@@ -1,7 +1,7 @@
 //! Write-back judged on a real device, with stashes left the way a supervisor (or an agent
 //! forging one) leaves them: only the newest of a session counts, a lease that was released
 //! takes nothing more, nothing larger than a login bundle or unchanged in what matters
-//! becomes a version, and write-backs of one token are spaced out.
+//! becomes a version, and a session's write-backs are spaced out.
 
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
@@ -135,12 +135,18 @@ fn oversized_or_unchanged_bundles_make_no_version_and_write_backs_are_spaced_out
     assert_eq!(r.device.take_write_backs(&key), vec![WriteBack::Unchanged]);
 
     let lease = r.device.acquire_lease(&r.token, "s-four", false).unwrap();
-    // A change while the session runs, a moment after the token was written: it waits (the
-    // stash stays) rather than becoming a version at once.
+    // A change while the session runs is taken at once; the next, a moment after that
+    // write-back, waits (the stash stays) rather than becoming a version at once.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     r.leave("s-four", lease.fence, &codex("rt-running-3e4f", 0), false);
+    assert_eq!(
+        r.device.take_write_backs(&key),
+        vec![WriteBack::Written(r.token)]
+    );
+    r.leave("s-four", lease.fence, &codex("rt-again-7c8d", 0), false);
     assert_eq!(r.device.take_write_backs(&key), vec![WriteBack::Waiting]);
     assert_eq!(r.waiting(), 1);
-    assert!(r.secret().contains("rt-first-0a1b"));
+    assert!(r.secret().contains("rt-running-3e4f"));
     // The session's end is judged at once, and the waiting stash is superseded by it.
     r.leave("s-four", lease.fence, &codex("rt-ended-5a6b", 0), true);
     assert_eq!(

@@ -26,7 +26,7 @@ const RENEW_WHEN: i64 = LEASE_TTL / 2;
 /// How long after a lease lapsed its session's write-back is still taken (if no one took the
 /// lease since).
 const LEASE_GRACE: i64 = LEASE_TTL;
-/// Write-backs of one token are at least this far apart (but for a session's last one).
+/// A session's write-backs are at least this far apart (but for its last one).
 const WRITE_BACK_EVERY: i64 = 60;
 /// Largest bundle written back (real ones are a few KiB).
 const WRITE_BACK_MAX: usize = 16 * 1024;
@@ -249,9 +249,11 @@ impl Device {
         let Some(token) = state.tokens.get(id).filter(|t| !t.deleted).cloned() else {
             return refused("the token is gone");
         };
-        // One write-back a minute per token, however often the file changes: the session's
-        // last stash is judged at once, the others wait.
-        if !stash.last && (0..WRITE_BACK_EVERY).contains(&now.saturating_sub(token.updated_at)) {
+        // One write-back a minute per session, however often the file changes: a change a
+        // moment after the session's own last write-back (the token written since the lease
+        // was taken or renewed) waits; the first is taken at once, and so is the last stash.
+        let recent = (0..WRITE_BACK_EVERY).contains(&now.saturating_sub(token.updated_at));
+        if !stash.last && recent && token.updated_at > lease.at {
             return Ok(WriteBack::Waiting);
         }
         if token.service.kind_of(content) != token.kind || token.kind != TokenKind::OauthJson {
