@@ -318,7 +318,7 @@ impl From<OpError> for CliError {
             OpError::Busy(m) => CliError::Busy(m),
             OpError::Net(e) => CliError::Net(e),
             OpError::Contained(m) => CliError::Contained(m),
-            e @ OpError::Policy(_) => CliError::Remote {
+            e @ (OpError::Policy(_) | OpError::Refused(..)) => CliError::Remote {
                 exit: e.exit() as u8,
                 message: e.to_string(),
                 passphrase: false,

@@ -26,7 +26,7 @@ use crate::ops::views::{OfferView, PairStep};
 use crate::ops::{Op, Outcome, Secret, Tier};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Largest request frame but an import's: the largest token with room to spare.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest import request: the largest document the vault accepts, with its envelope.
@@ -86,6 +86,15 @@ pub enum Request {
         session: String,
         fence: u64,
     },
+    /// Asks member `device` to start an agent there (`spawn --on`); never carries a secret.
+    SpawnOn {
+        device: String,
+        agent: String,
+        dir: String,
+        profile: Option<String>,
+        service: Option<String>,
+        args: Vec<String>,
+    },
 }
 
 /// What the daemon answers. `Debug` names the answer only: several carry secrets.
@@ -97,6 +106,10 @@ pub enum Response {
     },
     Outcome(Box<Outcome>),
     Offered(OfferView),
+    /// The session another device started.
+    Spawned {
+        session: String,
+    },
     PairStep(PairStep),
     Done,
     /// A failure: the exit code the CLI leaves with, and its one line; `passphrase` when the
@@ -121,7 +134,11 @@ impl Request {
             | Request::WriteBackReady
             | Request::RenewLease { .. } => Tier::Open,
             Request::Op { op, .. } => op.tier(),
-            Request::PairNext | Request::PairConfirm { .. } | Request::Shutdown => Tier::Person,
+            // Starting an agent elsewhere is as much as starting one here.
+            Request::PairNext
+            | Request::PairConfirm { .. }
+            | Request::Shutdown
+            | Request::SpawnOn { .. } => Tier::Person,
             // Unlocking (or extending an unlock), and admitting a device of any role.
             Request::Unlock { .. } | Request::PairOffer { .. } => Tier::Fresh,
         }
@@ -138,6 +155,7 @@ impl Request {
             Request::PairNext => "PairNext",
             Request::PairConfirm { .. } => "PairConfirm",
             Request::Shutdown => "Shutdown",
+            Request::SpawnOn { .. } => "SpawnOn",
             Request::Supervising => "Supervising",
             Request::SupervisedEnd => "SupervisedEnd",
             Request::WriteBackReady => "WriteBackReady",
@@ -153,6 +171,7 @@ impl Response {
             Response::Pong { .. } => "Pong",
             Response::Outcome(outcome) => outcome.name(),
             Response::Offered(_) => "Offered",
+            Response::Spawned { .. } => "Spawned",
             Response::PairStep(_) => "PairStep",
             Response::Done => "Done",
             Response::Error { .. } => "Error",

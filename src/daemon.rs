@@ -11,6 +11,7 @@
 
 mod clients;
 mod pairing;
+mod remote;
 mod state;
 mod trees;
 
@@ -108,7 +109,8 @@ async fn serve(device: Device, socket: &Path, mesh_config: MeshConfig) -> Result
         .map_err(|e| OpError::Internal(format!("cannot make {} private: {e}", socket.display())))?;
     let home = device.home().root().to_path_buf();
     let state = Arc::new(Mutex::new(State::new(device)));
-    let mesh = Mesh::start(state.clone(), mesh_config).await?;
+    let target = Arc::new(remote::Target::new(state.clone(), home.clone()));
+    let mesh = Mesh::start_serving(state.clone(), mesh_config, Some(target)).await?;
     let view = mesh.view();
     tracing::info!(peer_id = %view.peer_id, listen = ?view.listen, "mesh listening");
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -452,6 +454,24 @@ async fn answer(
             })
         }
         Request::Shutdown => Ok(Response::Done),
+        Request::SpawnOn {
+            device,
+            agent,
+            dir,
+            profile,
+            service,
+            args,
+        } => {
+            let start = handoff_protocol::spawn::Start {
+                agent,
+                dir,
+                profile,
+                service,
+                args,
+            };
+            let session = remote::spawn_on(daemon, device, start).await?;
+            Ok(Response::Spawned { session })
+        }
     }
 }
 

@@ -19,6 +19,8 @@
 //! - `session`: one member's sync session over `/handoff/sync/1`.
 //! - [`pair`]: the pairing protocol, both sides; [`code`]: pairing codes and SAS words.
 //! - `mdns`: LAN discovery with mDNS/DNS-SD.
+//! - `spawn_ask`: `/handoff/spawn/1`, members asking this device for agent sessions and this
+//!   device asking them.
 //! - `relay`: the client side of the blind relay: deposits for offline members, this
 //!   device's mailbox drained and acknowledged once applied.
 
@@ -29,6 +31,7 @@ mod gate;
 mod mdns;
 pub mod pair;
 mod relay;
+mod spawn_ask;
 mod sync_task;
 
 pub use code::{LinkHints, PairCode};
@@ -37,6 +40,7 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use pair::{
     JoinRequest, OFFER_LIFETIME, OfferRequest, PairEvent, PairFailure, PairTicket, join,
 };
+pub use spawn_ask::{SpawnServer, refused};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +67,8 @@ pub enum NetError {
     Pair(#[from] PairFailure),
     #[error("the device is busy or gone")]
     HostGone,
+    #[error("cannot reach the device: {0}")]
+    Unreachable(String),
 }
 
 impl From<handoff_relay::listen::ListenFailure> for NetError {

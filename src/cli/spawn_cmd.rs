@@ -48,6 +48,10 @@ pub struct SpawnArgs {
     /// Run it in the background: in tmux when installed, else with its output in a log.
     #[arg(long)]
     detach: bool,
+    /// Start it on another device of this vault instead (its name), in the background there;
+    /// that device's own spawn policy decides, and its credential never leaves it.
+    #[arg(long, value_name = "DEVICE", conflicts_with_all = ["take", "service_auth"])]
+    on: Option<String>,
     /// Take a rotating OAuth login over from the session (on any device) that holds it; that
     /// session's later refreshes are then dropped.
     #[arg(long)]
@@ -71,6 +75,9 @@ enum ServiceAuth {
 
 /// Runs the agent; returns the exit code to leave with (the agent's own).
 pub(super) fn spawn(ctx: &Context, req: SpawnArgs) -> Result<i32, CliError> {
+    if let Some(device) = req.on.clone() {
+        return spawn_on(ctx, device, req).map(|()| 0);
+    }
     // Everything that can fail without the vault fails before the passphrase is asked for.
     let config = Config::load(ctx.home.root()).map_err(|e| CliError::Usage(e.to_string()))?;
     let agent = Agent::find(&req.agent, &config)?;
@@ -198,4 +205,53 @@ fn credential(ctx: &Context, w: &Wanted<'_>) -> Result<Given, CliError> {
         secret,
         ticket,
     })
+}
+
+/// `spawn AGENT --on DEVICE`: asks that device, through this one's daemon, for a session. The
+/// request holds the agent, the directory there, the profile and the arguments: no secret.
+fn spawn_on(ctx: &Context, device: String, req: SpawnArgs) -> Result<(), CliError> {
+    let text = |what: &str, s: &std::ffi::OsStr| {
+        s.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| CliError::Usage(format!("{what} must be UTF-8 to be sent to {device}")))
+    };
+    let dir = match &req.dir {
+        Some(d) => text("--dir", d.as_os_str())?,
+        None => text(
+            "the current directory",
+            std::env::current_dir()
+                .map_err(|e| CliError::Usage(format!("no working directory: {e}")))?
+                .as_os_str(),
+        )?,
+    };
+    let args = req
+        .args
+        .iter()
+        .map(|a| text("an argument", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client = crate::control::Client::connect(&ctx.home.socket_path()).ok_or_else(|| {
+        CliError::NotRunning(
+            "spawn --on asks through this device's daemon, and none runs: `handoff daemon start`"
+                .into(),
+        )
+    })?;
+    let request = crate::control::Request::SpawnOn {
+        device: device.clone(),
+        agent: req.agent.clone(),
+        dir,
+        profile: req.profile.clone(),
+        service: req.service.clone(),
+        args,
+    };
+    match super::access::call(&mut client, &request)? {
+        crate::control::Response::Spawned { session } => {
+            if ctx.json {
+                super::print_json(&serde_json::json!({"session": session, "on": device}));
+            } else {
+                say!("Started session {session} on {device} ({}).", req.agent);
+            }
+            Ok(())
+        }
+        other => Err(super::access::unexpected_response(&other)),
+    }
 }

@@ -54,6 +54,11 @@ impl State {
             .map_or(0, |key| device.take_write_backs(key).len())
     }
 
+    /// The vault key, while unlocked.
+    pub fn key(&self) -> Option<&Unlocked> {
+        self.key.as_ref()
+    }
+
     pub fn new(device: Device) -> Self {
         Self {
             device,

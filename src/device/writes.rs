@@ -89,6 +89,14 @@ impl Device {
     }
 
     /// Appends an audit entry by this device, signed. Not committed.
+    /// Writes one audit entry of this device's own as a change of its own, persisted (a
+    /// remote spawn request, answered).
+    pub fn audit_event(&mut self, action: &str, subject: &str) -> Result<(), DeviceError> {
+        self.audit(action, subject)?;
+        self.doc.commit(action, |m| self.keys.sign(m));
+        self.persist()
+    }
+
     pub(crate) fn audit(&mut self, action: &str, subject: &str) -> Result<(), DeviceError> {
         let me = self.record.device_id;
         self.doc

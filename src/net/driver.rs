@@ -87,6 +87,7 @@ enum Internal {
     Sync(Report),
     InboundSync(PeerId, Stream),
     InboundPair(PeerId, Stream, Hello),
+    InboundSpawn(PeerId, Stream),
     Members(MemberRead),
     /// A relay round ended; `retry` if a deposit should be tried again later.
     RelayRoundDone {
@@ -162,6 +163,9 @@ struct Driver {
     relay_due: Option<tokio::time::Instant>,
     relay_running: bool,
     relay_again: bool,
+    /// Who answers members' spawn requests (none: they are not served), and those in flight.
+    spawn_server: Option<Arc<dyn super::SpawnServer>>,
+    spawn_serving: tokio::task::JoinSet<()>,
 }
 
 impl Driver {
@@ -193,6 +197,10 @@ impl Driver {
                 () = sleep_until(offer_deadline) => self.expire_offer(),
                 () = sleep_until(self.relay_due) => self.relay_round(),
                 Some(_) = self.sync_tasks.join_next(), if !self.sync_tasks.is_empty() => {}
+                Some(_) = self.spawn_serving.join_next(), if !self.spawn_serving.is_empty() => {
+                    // An answer may have written to the document (its audit entry).
+                    self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
+                }
             }
         };
         self.shutdown().await;
@@ -209,6 +217,7 @@ impl Driver {
         })
         .await;
         self.sync_tasks.abort_all();
+        self.spawn_serving.abort_all();
         self.helpers.abort_all();
         for (_, task) in self.subscriptions.drain() {
             task.abort();
@@ -216,6 +225,20 @@ impl Driver {
         if let Some(discovery) = self.discovery.take() {
             discovery.shutdown();
         }
+    }
+
+    /// A member's spawn request: served when this node has a server and room for it.
+    fn on_spawn_stream(&mut self, peer: PeerId, stream: Stream) {
+        let (Some(server), Some(device)) = (&self.spawn_server, self.members.get(&peer)) else {
+            return;
+        };
+        if !self.swarm.behaviour().gate.is_member(&peer)
+            || self.spawn_serving.len() >= super::spawn_ask::SERVED_AT_ONCE
+        {
+            return;
+        }
+        self.spawn_serving
+            .spawn(super::spawn_ask::serve(stream, *device, server.clone()));
     }
 
     fn connected(&self) -> Vec<PeerId> {
@@ -369,6 +392,7 @@ impl Driver {
                 }
             }
             Internal::InboundPair(peer, stream, hello) => self.on_pair_stream(peer, stream, hello),
+            Internal::InboundSpawn(peer, stream) => self.on_spawn_stream(peer, stream),
             Internal::Members(read) => self.on_members(read),
             Internal::RelayRoundDone { retry } => {
                 self.relay_running = false;

@@ -79,6 +79,9 @@ pub enum OpError {
     Contained(String),
     #[error(transparent)]
     Policy(#[from] crate::spawn::policy::PolicyError),
+    /// Another device refused a request: the class's exit code and its line.
+    #[error("{1}")]
+    Refused(Exit, String),
 }
 
 impl From<VaultError> for OpError {
@@ -97,6 +100,7 @@ impl OpError {
             OpError::Internal(_) => Exit::Internal,
             OpError::Busy(_) => Exit::Busy,
             OpError::Net(e) => net_exit(e),
+            OpError::Refused(exit, _) => *exit,
             OpError::Policy(e) => {
                 use crate::spawn::policy::PolicyError;
                 match e {
@@ -159,6 +163,7 @@ pub fn net_exit(e: &NetError) -> Exit {
         NetError::OfferOpen => Exit::Conflict,
         NetError::Pair(f) => pair_exit(f),
         NetError::Stopped | NetError::HostGone => Exit::Internal,
+        NetError::Unreachable(_) => Exit::Network,
         _ => Exit::Network,
     }
 }

@@ -43,6 +43,7 @@ mod peers;
 mod propagation;
 mod refused_first;
 mod relays;
+mod remote_spawn;
 mod rename;
 mod round_trip;
 mod secrecy_on_disk;

@@ -61,17 +61,34 @@ pub struct Stats {
 
 /// The running mesh. Dropping it stops the node (sessions persist their state first when
 /// [`Mesh::stop`] is used).
-#[derive(Debug)]
 pub struct Mesh {
     commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
     shared: Arc<Shared>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("peer_id", &self.shared.peer_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Mesh {
     /// Starts the node for `host`'s device: listens, dials what it knows, discovers on the LAN.
     /// Returns once every listener is up.
     pub async fn start(host: Arc<dyn Host>, config: MeshConfig) -> Result<Mesh, NetError> {
+        Self::start_serving(host, config, None).await
+    }
+
+    /// The same, answering members' spawn requests with `server`.
+    pub async fn start_serving(
+        host: Arc<dyn Host>,
+        config: MeshConfig,
+        server: Option<Arc<dyn super::super::SpawnServer>>,
+    ) -> Result<Mesh, NetError> {
         let secret = on_device(&host, |d, _| d.identity_secret()).await?;
         let identity = keypair(&secret)?;
         drop(secret);
@@ -90,6 +107,9 @@ impl Mesh {
         let pair_in = control
             .accept(StreamProtocol::new(pair_proto::PROTOCOL))
             .map_err(|e| NetError::Transport(e.to_string()))?;
+        let spawn_in = control
+            .accept(StreamProtocol::new(handoff_protocol::spawn::PROTOCOL))
+            .map_err(|e| NetError::Transport(e.to_string()))?;
         let shared = Arc::new(Shared {
             peer_id,
             view: Mutex::new(NetView {
@@ -105,6 +125,7 @@ impl Mesh {
         });
         let mut helpers = tokio::task::JoinSet::new();
         helpers.spawn(accept_sync(sync_in, internal_tx.clone()));
+        helpers.spawn(accept_spawn(spawn_in, internal_tx.clone()));
         helpers.spawn(accept_pair(pair_in, internal_tx.clone(), shared.clone()));
         let discovery = if config.mdns {
             let discovery = Discovery::start()?;
@@ -115,6 +136,7 @@ impl Mesh {
             None
         };
         let (commands, command_rx) = mpsc::channel(16);
+        let asking = control.clone();
         let mut driver = Driver {
             swarm,
             host,
@@ -146,6 +168,8 @@ impl Mesh {
             relay_due: None,
             relay_running: false,
             relay_again: false,
+            spawn_server: server,
+            spawn_serving: tokio::task::JoinSet::new(),
         };
         driver.static_peers = driver
             .config
@@ -159,6 +183,7 @@ impl Mesh {
         let task = tokio::spawn(driver.run());
         Ok(Mesh {
             commands,
+            control: asking,
             shared,
             task: Some(task),
         })
@@ -231,6 +256,15 @@ impl Mesh {
         self.send(Command::CancelOffer).await
     }
 
+    /// Asks member `peer` to start, list or stop agent sessions (`/handoff/spawn/1`).
+    pub async fn ask(
+        &self,
+        peer: PeerId,
+        request: &handoff_protocol::spawn::Request,
+    ) -> Result<handoff_protocol::spawn::Response, NetError> {
+        super::super::spawn_ask::ask(self.control.clone(), peer, request).await
+    }
+
     /// Closes every connection to `device`'s PeerId now.
     pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetError> {
         self.send(Command::Disconnect(peer)).await
@@ -266,6 +300,17 @@ async fn accept_sync(
 ) {
     while let Some((peer, stream)) = incoming.next().await {
         if internal.send(Internal::InboundSync(peer, stream)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_spawn(
+    mut incoming: libp2p_stream::IncomingStreams,
+    internal: mpsc::UnboundedSender<Internal>,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        if internal.send(Internal::InboundSpawn(peer, stream)).is_err() {
             return;
         }
     }
