@@ -48,6 +48,10 @@ def measure(BIN):
             return statistics.median(samples)
 
         run(home + ["init", "--name", "bench"])
+        # Both homes stay on loopback and off the LAN.
+        pathlib.Path(tmp, "home", "config.toml").write_text(
+            '[net]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n'
+        )
         # A stand-in agent that exits at once: the spawn rows minus "agent alone" is handoff's own
         # time from `handoff spawn` to the agent's exec (unlock, decrypt, materialize, fork/exec).
         bindir = pathlib.Path(tmp, "bin")
@@ -104,9 +108,62 @@ def measure(BIN):
                 ("daemon: spawn codex (OAuth login)", median_ms(login)),
                 ("daemon: spawn codex + write-back", median_ms(login + ["--", "--refresh"])),
             ]
+            if remote_spawn_supported(BIN):
+                rows += remote_rows(tmp, home, run, median_ms)
         finally:
             run(home + ["daemon", "stop"])
         return base, rows
+
+
+def remote_spawn_supported(binary):
+    help = subprocess.run([str(binary), "spawn", "--help"], capture_output=True, timeout=60)
+    return b"--on" in help.stdout
+
+
+def remote_rows(tmp, home, run, median_ms):
+    """A second device, paired with a code, asks this one over loopback for sessions:
+    `spawn --on`, against the same detached spawn started here."""
+    import json
+    offer = subprocess.Popen(
+        [str(BIN)] + home + ["--json", "peer", "add", "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    first = json.loads(offer.stdout.readline())
+    other = ["--home", str(pathlib.Path(tmp, "other")), "--passphrase-file", home[3]]
+    run(other + ["--json", "peer", "join", first["code"], "--addr", first["addrs"][0],
+                 "--yes", "--no-mdns", "--name", "asker"])
+    offer.wait(timeout=60)
+    pathlib.Path(tmp, "other", "config.toml").write_text(
+        '[net]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\n'
+    )
+    root = pathlib.Path(tmp, "projects")
+    root.mkdir()
+    run(home + ["spawn-policy", "allow", "asker", "--agent", "claude", "--root", str(root)])
+    run(other + ["daemon", "start"])
+    try:
+        ask = ["spawn", "claude", "--on", "bench", "--dir", str(root), "--profile", "spawn"]
+        deadline = time.time() + 30
+        while subprocess.run([str(BIN)] + other + ask, capture_output=True, timeout=60).returncode:
+            if time.time() > deadline:
+                raise SystemExit("the asker never reached this device")
+            time.sleep(0.2)
+        local = ["spawn", "claude", "--detach", "--dir", str(root), "--profile", "spawn"]
+        return [
+            ("daemon: spawn --detach (here)", median_ms(local)),
+            # At most 20 requests a minute per asker: a few fewer samples than the others.
+            ("spawn --on (asked over the mesh)", median_remote(other + ask, 15)),
+        ]
+    finally:
+        run(other + ["daemon", "stop"])
+
+
+def median_remote(argv, n):
+    samples = []
+    for _ in range(min(RUNS, n)):
+        start = time.perf_counter()
+        subprocess.run([str(BIN)] + argv, capture_output=True, check=True, timeout=60)
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
 
 
 base, rows = measure(BIN)
@@ -114,7 +171,7 @@ other = measure(OTHER) if OTHER is not None else None
 print(f"baseline `handoff --version`: {base:.1f} ms (median of {RUNS})")
 for i, (name, ms) in enumerate(rows):
     line = f"  {name:<30} {ms:8.1f} ms   x{ms / base:.1f} of baseline"
-    if other is not None:
+    if other is not None and i < len(other[1]):
         line += f"   x{ms / other[1][i][1]:.2f} of {OTHER.name} ({other[1][i][1]:.1f} ms)"
     print(line)
 if other is not None:

@@ -29,6 +29,8 @@ const SEEN_MAX: usize = 4096;
 /// Requests answered per sender and minute; beyond, `busy` and nothing audited (each answer
 /// is a document change every member keeps).
 const PER_MINUTE: u32 = 20;
+/// Sessions running on this device at most, for a remote request to start another.
+const SESSIONS_MAX: usize = 16;
 /// Longest a started child may take to say which session it started.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
 
@@ -40,6 +42,8 @@ pub(super) struct Target {
     seen: Mutex<HashMap<(DeviceId, [u8; 16]), i64>>,
     /// Per sender: the minute counted, and its requests so far.
     rate: Mutex<HashMap<DeviceId, (i64, u32)>>,
+    /// Per sender: the minute of its last audited refusal.
+    refusals: Mutex<HashMap<DeviceId, i64>>,
 }
 
 impl Target {
@@ -49,6 +53,7 @@ impl Target {
             home,
             seen: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,70 +88,119 @@ impl Target {
     }
 
     fn start(&self, from: DeviceId, id: [u8; 16], start: &Start) -> Response {
-        let refuse = |why, detail: String| refused(id, why, detail);
-        // The policy, verified, and the request checked against it and this device, under the
-        // state's lock; the child runs after it is released (it asks this daemon for the
-        // credential).
-        let dir = {
+        let refuse = |why, detail: &str| refused(id, why, detail);
+        // Under the state's lock only what needs it: the lock state, a copy of the key, the
+        // sender's membership now (it may have been removed since its stream opened).
+        let key = {
             let mut state = lock_state(&self.state);
             state.expire();
+            let active = state
+                .device
+                .state()
+                .is_ok_and(|v| v.members.get(&from).is_some_and(|m| m.is_active()));
+            if !active {
+                return refuse(
+                    Refusal::NotAMember,
+                    "your device is not a member of this vault",
+                );
+            }
             let Some(key) = state.key() else {
                 return refuse(
                     Refusal::Locked,
-                    "the target's vault is locked; unlock it there".into(),
+                    "the target's vault is locked; unlock it there",
                 );
             };
-            let policy = match Policy::load(&self.home, Some(key)) {
-                Ok((policy, _)) => policy,
-                Err(e) => return refuse(Refusal::Policy, format!("the target's policy: {e}")),
-            };
-            let dir = match policy.judge(&from, start) {
-                Ok(dir) => dir,
-                Err((why, line)) => return refuse(why, line),
-            };
-            let config = match Config::load(&self.home) {
-                Ok(c) => c,
-                Err(e) => return refuse(Refusal::Failed, e.to_string()),
-            };
-            let agent = match Agent::find(&start.agent, &config) {
-                Ok(agent) => agent,
-                Err(e) => return refuse(Refusal::UnknownAgent, e.to_string()),
-            };
-            // The program from this device's own PATH and configuration, never the asker's.
-            if let Err(e) = resolve_command(
-                &agent.name,
-                &agent.command,
-                std::env::var_os("PATH").as_deref(),
-            ) {
-                return refuse(Refusal::NotInstalled, e.to_string());
-            }
-            let service = match start.service.as_deref().map(str::parse).transpose() {
-                Ok(s) => s,
-                Err(e) => return refuse(Refusal::NoSuchProfile, format!("{e}")),
-            };
-            let credential = Op::Credential {
-                agent: agent.name.clone(),
-                service,
-                profile: start.profile.clone(),
-                session: String::new(),
-                take: false,
-            };
-            if let Err(e) = credential.check(&state.device) {
-                return refuse(Refusal::NoSuchProfile, e.to_string());
-            }
-            dir
+            key.duplicate()
         };
-        match run_detached(&self.home, start, &dir) {
+        // The file system work outside it: a directory on a hung mount stalls this request
+        // only, never the daemon.
+        let policy = match Policy::load(&self.home, Some(&key)) {
+            Ok((policy, _)) => policy,
+            Err(e) => {
+                tracing::warn!(error = %e, "the spawn policy cannot be used");
+                return refuse(Refusal::Policy, "the target's spawn policy cannot be used");
+            }
+        };
+        drop(key);
+        let dir = match policy.judge(&from, start) {
+            Ok(dir) => dir,
+            Err((why, line)) => return refuse(why, &line),
+        };
+        let Ok(config) = Config::load(&self.home) else {
+            return refuse(Refusal::Failed, "the target's configuration does not load");
+        };
+        let Ok(agent) = Agent::find(&start.agent, &config) else {
+            return refuse(
+                Refusal::UnknownAgent,
+                "the target knows no agent of that name",
+            );
+        };
+        // The program from this device's own PATH and configuration, never the asker's.
+        if resolve_command(
+            &agent.name,
+            &agent.command,
+            std::env::var_os("PATH").as_deref(),
+        )
+        .is_err()
+        {
+            return refuse(
+                Refusal::NotInstalled,
+                "the agent is not installed on the target",
+            );
+        }
+        let Ok(service) = start.service.as_deref().map(str::parse).transpose() else {
+            return refuse(Refusal::NoSuchProfile, "no such service");
+        };
+        let running = crate::spawn::session::list(&self.home)
+            .iter()
+            .filter(|r| r.is_running())
+            .count();
+        if running >= SESSIONS_MAX {
+            return refuse(
+                Refusal::Busy,
+                "the target runs as many sessions as it takes",
+            );
+        }
+        let credential = Op::Credential {
+            agent: agent.name.clone(),
+            service,
+            profile: start.profile.clone(),
+            session: String::new(),
+            take: false,
+        };
+        if credential.check(&lock_state(&self.state).device).is_err() {
+            return refuse(
+                Refusal::NoSuchProfile,
+                "the target has no token of that profile for the agent",
+            );
+        }
+        match run_detached(&self.home, &agent.name, start, &dir) {
             Ok(session) => Response {
                 id,
                 outcome: Outcome::Started { session },
             },
-            Err(line) => refuse(Refusal::Failed, line),
+            Err(line) => {
+                tracing::warn!(why = %line, "a requested session did not start");
+                refuse(
+                    Refusal::Failed,
+                    "the session did not start on the target (its daemon log says why)",
+                )
+            }
         }
     }
 
-    /// Writes one audit entry for a request: what, from whom, and how it ended.
+    /// Writes one audit entry for a request: what, from whom, and how it ended. Every start;
+    /// of a sender's refusals, the first of each minute (the log has the rest), so no member
+    /// can flush the audit with requests it knows will be refused.
     fn audit(&self, from: DeviceId, ask: Option<&Ask>, outcome: &Outcome) {
+        if matches!(outcome, Outcome::Refused { .. }) {
+            let minute = unix_now() / 60;
+            let mut last = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+            last.retain(|_, m| *m == minute);
+            if last.insert(from, minute).is_some() {
+                return;
+            }
+        }
         let what = match outcome {
             Outcome::Started { .. } => "spawn.remote.started".to_string(),
             Outcome::Refused { why, .. } => format!("spawn.remote.refused.{}", refusal_name(*why)),
@@ -213,6 +267,7 @@ impl SpawnServer for Target {
 /// Runs `handoff spawn AGENT --detach` for `start` in `dir`; the session id it printed.
 fn run_detached(
     home: &std::path::Path,
+    agent: &str,
     start: &Start,
     dir: &std::path::Path,
 ) -> Result<String, String> {
@@ -220,13 +275,18 @@ fn run_detached(
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--home")
         .arg(home)
-        .args(["--json", "spawn", &start.agent, "--detach", "--dir"])
-        .arg(dir);
+        .args(["--json", "spawn", agent, "--detach"])
+        .arg({
+            let mut arg = std::ffi::OsString::from("--dir=");
+            arg.push(dir.as_os_str());
+            arg
+        });
+    // `--x=VALUE`: a value that starts with `-` stays a value.
     if let Some(p) = &start.profile {
-        cmd.args(["--profile", p]);
+        cmd.arg(format!("--profile={p}"));
     }
     if let Some(s) = &start.service {
-        cmd.args(["--service", s]);
+        cmd.arg(format!("--service={s}"));
     }
     if !start.args.is_empty() {
         cmd.arg("--").args(&start.args);
@@ -239,7 +299,22 @@ fn run_detached(
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start handoff: {e}"))?;
-    let output = wait_bounded(child, START_TIMEOUT)?;
+    let pid = child.id();
+    // Read on a thread of its own, so a child that writes a lot never stalls on a full pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(format!("cannot wait for handoff: {e}")),
+        Err(_) => {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            return Err("the session took too long to start".into());
+        }
+    };
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
         let line = err.lines().last().unwrap_or("the session did not start");
@@ -251,42 +326,6 @@ fn run_detached(
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| "the session's start named no session".into())
-}
-
-/// Waits for `child` at most `limit`, killing it past that.
-fn wait_bounded(
-    mut child: std::process::Child,
-    limit: std::time::Duration,
-) -> Result<std::process::Output, String> {
-    use std::io::Read;
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut stdout = Vec::new();
-                let mut stderr = Vec::new();
-                if let Some(mut o) = child.stdout.take() {
-                    let _ = o.read_to_end(&mut stdout);
-                }
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_end(&mut stderr);
-                }
-                return Ok(std::process::Output {
-                    status,
-                    stdout,
-                    stderr,
-                });
-            }
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("the session took too long to start".into());
-            }
-        }
-    }
 }
 
 /// What the asking side does with a target's refusal: its exit code.
@@ -338,8 +377,9 @@ fn refusal_line(why: Refusal) -> String {
     }
 }
 
-/// At most `max` bytes of `line`, on a character boundary.
-fn cut(line: &str, max: usize) -> String {
+/// At most `max` bytes of `line`, on a character boundary, without control characters.
+pub(crate) fn cut(line: &str, max: usize) -> String {
+    let line: String = line.chars().filter(|c| !c.is_control()).collect();
     let mut end = line.len().min(max);
     while !line.is_char_boundary(end) {
         end -= 1;
@@ -385,10 +425,11 @@ pub(super) async fn spawn_on(
         )))
     })?;
     match response.outcome {
-        Outcome::Started { session } => Ok(session),
+        // What a target says is shown to the person: no control characters, bounded.
+        Outcome::Started { session } => Ok(cut(&session, 64)),
         Outcome::Refused { why, detail } => Err(OpError::Refused(
             refusal_exit(why),
-            format!("the target refused: {detail}"),
+            format!("the target refused: {}", cut(&detail, 512)),
         )),
         _ => Err(OpError::Internal(
             "the target answered something else".into(),

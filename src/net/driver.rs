@@ -165,7 +165,9 @@ struct Driver {
     relay_again: bool,
     /// Who answers members' spawn requests (none: they are not served), and those in flight.
     spawn_server: Option<Arc<dyn super::SpawnServer>>,
-    spawn_serving: tokio::task::JoinSet<()>,
+    spawn_serving: tokio::task::JoinSet<PeerId>,
+    /// Requests in flight per member (each may hold only a share of the slots).
+    spawn_per_peer: HashMap<PeerId, usize>,
 }
 
 impl Driver {
@@ -197,7 +199,15 @@ impl Driver {
                 () = sleep_until(offer_deadline) => self.expire_offer(),
                 () = sleep_until(self.relay_due) => self.relay_round(),
                 Some(_) = self.sync_tasks.join_next(), if !self.sync_tasks.is_empty() => {}
-                Some(_) = self.spawn_serving.join_next(), if !self.spawn_serving.is_empty() => {
+                Some(done) = self.spawn_serving.join_next(), if !self.spawn_serving.is_empty() => {
+                    if let Ok(peer) = done
+                        && let Some(n) = self.spawn_per_peer.get_mut(&peer)
+                    {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.spawn_per_peer.remove(&peer);
+                        }
+                    }
                     // An answer may have written to the document (its audit entry).
                     self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
                 }
@@ -232,13 +242,19 @@ impl Driver {
         let (Some(server), Some(device)) = (&self.spawn_server, self.members.get(&peer)) else {
             return;
         };
+        let mine = self.spawn_per_peer.get(&peer).copied().unwrap_or(0);
         if !self.swarm.behaviour().gate.is_member(&peer)
             || self.spawn_serving.len() >= super::spawn_ask::SERVED_AT_ONCE
+            || mine >= super::spawn_ask::SERVED_PER_PEER
         {
             return;
         }
-        self.spawn_serving
-            .spawn(super::spawn_ask::serve(stream, *device, server.clone()));
+        *self.spawn_per_peer.entry(peer).or_default() += 1;
+        let (device, server) = (*device, server.clone());
+        self.spawn_serving.spawn(async move {
+            super::spawn_ask::serve(stream, device, server).await;
+            peer
+        });
     }
 
     fn connected(&self) -> Vec<PeerId> {

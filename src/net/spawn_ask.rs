@@ -20,6 +20,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most requests served at once; more are dropped unread.
 pub(super) const SERVED_AT_ONCE: usize = 8;
+/// Most requests of one member served at once.
+pub(super) const SERVED_PER_PEER: usize = 2;
 
 /// Whoever owns the device answers requests from members (the daemon). Called on the
 /// blocking pool; `request` is what the stream carried, or why it did not decode.

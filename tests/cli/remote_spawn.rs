@@ -150,4 +150,19 @@ fn a_remote_device_starts_an_agent_by_the_targets_policy_and_never_holds_the_tok
     }
     laptop.ok(&["unlock", "--for", "1h"]);
     laptop.ok(&["session", "stop", &session]);
+
+    // A removed device: its rule stays in the file, but it is no longer served.
+    laptop.ok(&["peer", "remove", "phone"]);
+    let out = phone.run(&[
+        "spawn",
+        "claude",
+        "--on",
+        "test-device",
+        "--dir",
+        app,
+        "--profile",
+        "work",
+    ]);
+    assert!(matches!(out.code, Some(7 | 10)), "{out:?}");
+    assert!(!record.exists(), "a removed device started an agent");
 }

@@ -170,6 +170,7 @@ impl Mesh {
             relay_again: false,
             spawn_server: server,
             spawn_serving: tokio::task::JoinSet::new(),
+            spawn_per_peer: HashMap::new(),
         };
         driver.static_peers = driver
             .config
