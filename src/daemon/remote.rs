@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::entropy::unix_now;
 use crate::net::{SpawnServer, refused};
 use crate::ops::{Exit, Op, OpError};
-use crate::spawn::policy::Policy;
+use crate::spawn::policy::{Policy, one_line};
 use crate::spawn::{Agent, resolve_command};
 
 /// Request ids remembered for replay, at most (a flood is refused as busy, never forgotten).
@@ -219,7 +219,7 @@ impl Target {
         if let Outcome::Started { session } = outcome {
             subject.push_str(&format!(" as {session}"));
         }
-        let subject = cut(&subject, crate::doc::schema::limits::NAME_MAX);
+        let subject = one_line(&subject, crate::doc::schema::limits::NAME_MAX);
         let mut state = lock_state(&self.state);
         if let Err(e) = state.device.audit_event(&what, &subject) {
             tracing::warn!(error = %e, "could not audit a spawn request");
@@ -241,7 +241,7 @@ impl SpawnServer for Target {
         let request = match request {
             Ok(r) => r,
             Err(e) => {
-                let response = refused([0; 16], Refusal::Malformed, cut(&e.to_string(), 256));
+                let response = refused([0; 16], Refusal::Malformed, one_line(&e.to_string(), 256));
                 self.audit(from, None, &response.outcome);
                 return response;
             }
@@ -318,7 +318,7 @@ fn run_detached(
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
         let line = err.lines().last().unwrap_or("the session did not start");
-        return Err(cut(line, 256));
+        return Err(one_line(line, 256));
     }
     let value: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|_| "the session's start said nothing readable".to_string())?;
@@ -377,16 +377,6 @@ fn refusal_line(why: Refusal) -> String {
     }
 }
 
-/// At most `max` bytes of `line`, on a character boundary, without control characters.
-pub(crate) fn cut(line: &str, max: usize) -> String {
-    let line: String = line.chars().filter(|c| !c.is_control()).collect();
-    let mut end = line.len().min(max);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    line[..end].to_string()
-}
-
 /// The asking side: `spawn AGENT --on DEVICE` through this device's daemon. The session id the
 /// target started, or its refusal as an error with the class's exit code.
 pub(super) async fn spawn_on(
@@ -426,10 +416,10 @@ pub(super) async fn spawn_on(
     })?;
     match response.outcome {
         // What a target says is shown to the person: no control characters, bounded.
-        Outcome::Started { session } => Ok(cut(&session, 64)),
+        Outcome::Started { session } => Ok(one_line(&session, 64)),
         Outcome::Refused { why, detail } => Err(OpError::Refused(
             refusal_exit(why),
-            format!("the target refused: {}", cut(&detail, 512)),
+            format!("the target refused: {}", one_line(&detail, 512)),
         )),
         _ => Err(OpError::Internal(
             "the target answered something else".into(),

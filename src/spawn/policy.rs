@@ -286,12 +286,17 @@ impl Policy {
     }
 }
 
-/// A refusal line of at most [`DETAIL_MAX`] bytes, without control characters (it echoes the
-/// asker's own words).
+/// A refusal line of at most [`DETAIL_MAX`] bytes (it echoes the asker's own words).
 fn detail(line: &str) -> String {
-    let mut out: String = line.chars().filter(|c| !c.is_control()).collect();
-    if out.len() > DETAIL_MAX {
-        let mut cut = DETAIL_MAX - 3;
+    one_line(line, DETAIL_MAX)
+}
+
+/// `text` as one line of at most `max` bytes: no control characters, cut on a character
+/// boundary (marked `...`) when longer. For words that come from another device.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).collect();
+    if out.len() > max {
+        let mut cut = max.saturating_sub(3);
         while !out.is_char_boundary(cut) {
             cut -= 1;
         }

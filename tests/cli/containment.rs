@@ -103,6 +103,8 @@ impl Lab {
             ("remove", words("peer remove somebody")),
             ("relay", words(&format!("relay add {RELAY}"))),
             ("unlock", words("unlock --for 1h")),
+            // Starting an agent on another device is as much as starting one here.
+            ("remote", words("spawn claude --on somebody --dir /")),
             (
                 "policy",
                 words(&format!(
