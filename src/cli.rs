@@ -11,6 +11,7 @@
 //! - `token_cmds`: `token add|list|show|rm|default`.
 //! - `peer_cmds`: `peer add|join|list|remove`.
 //! - `relay_cmds`: `relay add|list|rm`.
+//! - `audit_cmd`: `audit`.
 //! - `demo`: the end-to-end demonstration on temporary homes.
 
 /// `println!` for command output: a reader that went away ends output quietly (see
@@ -21,6 +22,7 @@ macro_rules! say {
 }
 
 mod access;
+mod audit_cmd;
 mod daemon_cmds;
 #[cfg(feature = "demo")]
 mod demo;
@@ -118,6 +120,15 @@ pub enum Command {
     /// The blind relays that keep envelopes for members that are offline.
     #[command(subcommand)]
     Relay(RelayCommand),
+    /// The vault's signed audit, newest first: membership, token, relay and spawn events.
+    Audit {
+        /// Only entries written by this device (a name or device id).
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<String>,
+        /// Only entries at or after this time (2026-12-01T10:00:00Z, Unix seconds, or 2h ago).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+    },
     /// Keep the vault key in the daemon for a while, so commands need no passphrase.
     Unlock {
         /// How long (e.g. 30m, 8h; default 8h).
@@ -136,11 +147,20 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
     /// Sessions started with `spawn --detach`, running and ended.
-    List,
+    List {
+        /// The sessions this device started on member DEVICE (`spawn --on`).
+        #[arg(long, value_name = "DEVICE")]
+        on: Option<String>,
+    },
     /// Attach to a tmux session (or print a background session's output).
     Attach { id: String },
     /// Stop a session: its agent gets SIGTERM, its credential files are removed.
-    Stop { id: String },
+    Stop {
+        id: String,
+        /// A session this device started on member DEVICE (`spawn --on`).
+        #[arg(long, value_name = "DEVICE")]
+        on: Option<String>,
+    },
     /// Runs inside a detached session (started by `spawn --detach`).
     #[command(hide = true)]
     Supervise(session_cmds::SuperviseArgs),
@@ -375,9 +395,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         } => vault_cmds::recover(&ctx, &from, code_file, name),
         Command::Spawn(args) => return spawn_cmd::spawn(&ctx, args),
         Command::Session(cmd) => match cmd {
-            SessionCommand::List => session_cmds::list(&ctx),
+            SessionCommand::List { on: None } => session_cmds::list(&ctx),
+            SessionCommand::List { on: Some(device) } => session_cmds::list_on(&ctx, &device),
             SessionCommand::Attach { id } => return session_cmds::attach(&ctx, &id),
-            SessionCommand::Stop { id } => session_cmds::stop(&ctx, &id),
+            SessionCommand::Stop { id, on: None } => session_cmds::stop(&ctx, &id),
+            SessionCommand::Stop {
+                id,
+                on: Some(device),
+            } => session_cmds::stop_on(&ctx, &device, &id),
             SessionCommand::Supervise(args) => return session_cmds::supervise(&ctx, args),
             SessionCommand::Pane(args) => return session_cmds::pane(&args),
         },
@@ -396,6 +421,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             RelayCommand::List => relay_cmds::list(&ctx),
             RelayCommand::Rm { id } => relay_cmds::remove(&ctx, &id),
         },
+        Command::Audit { device, since } => audit_cmd::run(&ctx, device, since.as_deref()),
         Command::Unlock { duration } => daemon_cmds::unlock(&ctx, duration),
         Command::Lock => daemon_cmds::lock(&ctx),
         Command::Daemon(cmd) => match cmd {

@@ -13,6 +13,10 @@
 //! mdns = true                        # find members (and pairing offers) on the LAN
 //! peers = ["/dns4/desktop.example/tcp/4001"]   # always dial these
 //! dial_known = true                  # redial where members were last seen
+//!
+//! [spawn]
+//! request_window = 300               # seconds a member's spawn request may be old (at most
+//!                                    # 300 on a direct stream, 900 through a relay)
 //! ```
 //! A missing file is the empty configuration; a malformed one is an error naming the file.
 
@@ -44,6 +48,17 @@ pub struct Config {
     pub agents: BTreeMap<String, CustomAgent>,
     #[serde(default)]
     pub net: NetConfig,
+    #[serde(default)]
+    pub spawn: SpawnConfig,
+}
+
+/// How this device answers members' spawn requests (its policy is `spawn-policy`, signed).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnConfig {
+    /// How old a request may be, in seconds; it only narrows the protocol's windows (a
+    /// request sent long before, held back by a relay, is refused sooner).
+    pub request_window: Option<u32>,
 }
 
 /// The mesh's settings; command-line flags override them.

@@ -26,7 +26,7 @@ use crate::ops::views::{OfferView, PairStep};
 use crate::ops::{Op, Outcome, Secret, Tier};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// Largest request frame but an import's: the largest token with room to spare.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest import request: the largest document the vault accepts, with its envelope.
@@ -95,6 +95,46 @@ pub enum Request {
         service: Option<String>,
         args: Vec<String>,
     },
+    /// Asks member `device` for the sessions this device started there.
+    SessionsOn {
+        device: String,
+    },
+    /// Asks member `device` to stop a session this device started there.
+    StopOn {
+        device: String,
+        session: String,
+    },
+}
+
+/// A session another device started for this one, as that device lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteSession {
+    pub session: String,
+    pub agent: String,
+    pub dir: String,
+    pub started_at: i64,
+    /// `running`, `exited` or `failed`.
+    pub state: String,
+}
+
+impl RemoteSession {
+    /// A row as the target sent it; its texts are shown to the person, so made one line.
+    pub fn of(row: &handoff_protocol::spawn::Row) -> Self {
+        use handoff_protocol::spawn::RowState;
+        let text = |s: &str| crate::spawn::policy::one_line(s, 1024);
+        Self {
+            session: text(&row.session),
+            agent: text(&row.agent),
+            dir: text(&row.dir),
+            started_at: row.started_at,
+            state: match row.state {
+                RowState::Running => "running",
+                RowState::Exited => "exited",
+                RowState::Failed => "failed",
+            }
+            .into(),
+        }
+    }
 }
 
 /// What the daemon answers. `Debug` names the answer only: several carry secrets.
@@ -106,9 +146,15 @@ pub enum Response {
     },
     Outcome(Box<Outcome>),
     Offered(OfferView),
-    /// The session another device started.
+    /// The session another device started; `relayed` when the request went through a relay.
     Spawned {
         session: String,
+        #[serde(default)]
+        relayed: bool,
+    },
+    /// The sessions another device started for this one.
+    RemoteSessions {
+        rows: Vec<RemoteSession>,
     },
     PairStep(PairStep),
     Done,
@@ -138,7 +184,9 @@ impl Request {
             Request::PairNext
             | Request::PairConfirm { .. }
             | Request::Shutdown
-            | Request::SpawnOn { .. } => Tier::Person,
+            | Request::SpawnOn { .. }
+            | Request::SessionsOn { .. }
+            | Request::StopOn { .. } => Tier::Person,
             // Unlocking (or extending an unlock), and admitting a device of any role.
             Request::Unlock { .. } | Request::PairOffer { .. } => Tier::Fresh,
         }
@@ -156,6 +204,8 @@ impl Request {
             Request::PairConfirm { .. } => "PairConfirm",
             Request::Shutdown => "Shutdown",
             Request::SpawnOn { .. } => "SpawnOn",
+            Request::SessionsOn { .. } => "SessionsOn",
+            Request::StopOn { .. } => "StopOn",
             Request::Supervising => "Supervising",
             Request::SupervisedEnd => "SupervisedEnd",
             Request::WriteBackReady => "WriteBackReady",
@@ -172,6 +222,7 @@ impl Response {
             Response::Outcome(outcome) => outcome.name(),
             Response::Offered(_) => "Offered",
             Response::Spawned { .. } => "Spawned",
+            Response::RemoteSessions { .. } => "RemoteSessions",
             Response::PairStep(_) => "PairStep",
             Response::Done => "Done",
             Response::Error { .. } => "Error",

@@ -33,8 +33,10 @@ use crate::net::{Mesh, MeshConfig, OfferRequest};
 use crate::ops::Tier;
 use crate::ops::views::OfferView;
 use crate::ops::{Exit, OpError};
+use crate::spawn::policy::one_line;
 use crate::spawn::tree::Process;
 use clients::{Clients, Incoming};
+use handoff_protocol::spawn::{Ask, Outcome};
 use handoff_relay::descriptors::AcceptBackoff;
 use pairing::Pairing;
 use state::{State, lock_state};
@@ -469,10 +471,32 @@ async fn answer(
                 service,
                 args,
             };
-            let session = remote::spawn_on(daemon, device, start).await?;
-            Ok(Response::Spawned { session })
+            let (outcome, route) = remote::ask_on(daemon, device, Ask::Start(start)).await?;
+            match outcome {
+                Outcome::Started { session } => Ok(Response::Spawned {
+                    session: one_line(&session, 64),
+                    relayed: route == crate::net::Route::Relay,
+                }),
+                _ => Err(answered_else()),
+            }
+        }
+        Request::SessionsOn { device } => match remote::ask_on(daemon, device, Ask::List).await? {
+            (Outcome::Sessions(rows), _) => Ok(Response::RemoteSessions {
+                rows: rows.iter().map(crate::control::RemoteSession::of).collect(),
+            }),
+            _ => Err(answered_else()),
+        },
+        Request::StopOn { device, session } => {
+            match remote::ask_on(daemon, device, Ask::Stop { session }).await? {
+                (Outcome::Stopped, _) => Ok(Response::Done),
+                _ => Err(answered_else()),
+            }
         }
     }
+}
+
+fn answered_else() -> OpError {
+    OpError::Internal("the target answered something else".into())
 }
 
 /// Runs `f` on the daemon's state off the runtime thread, and offers what it changed to the

@@ -68,6 +68,11 @@ pub enum DeviceError {
     LabelTaken { service: Service, label: String },
     #[error("this device holds no key for epoch {0}; another admin must grant it access")]
     NoAccess(EpochId),
+    /// A `remote` device never holds a key to the tokens.
+    #[error(
+        "this is a remote device: it holds no key, so it cannot read or use a token here; ask a member to start the agent instead (`handoff spawn AGENT --on DEVICE`)"
+    )]
+    RemoteHoldsNoKey,
     #[error(
         "the vault key is one a removed device may hold; an admin must rotate it first (its next unlock does)"
     )]
@@ -469,6 +474,13 @@ impl Device {
                     what: "this device's DEK wrap",
                 }
                 .into());
+            }
+            if state
+                .members
+                .get(&self.record.device_id)
+                .is_some_and(|m| m.role == crate::doc::Role::Remote)
+            {
+                return Err(DeviceError::RemoteHoldsNoKey);
             }
             return Err(DeviceError::NoAccess(*epoch));
         };

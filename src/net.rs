@@ -35,7 +35,7 @@ mod spawn_ask;
 mod sync_task;
 
 pub use code::{LinkHints, PairCode};
-pub use driver::{Mesh, NetView, OfferPhase, Stats};
+pub use driver::{Mesh, NetView, OfferPhase, Route, Stats};
 pub use libp2p::{Multiaddr, PeerId};
 pub use pair::{
     JoinRequest, OFFER_LIFETIME, OfferRequest, PairEvent, PairFailure, PairTicket, join,
@@ -69,6 +69,9 @@ pub enum NetError {
     HostGone,
     #[error("cannot reach the device: {0}")]
     Unreachable(String),
+    /// The request may have reached the device, but no answer came.
+    #[error("no answer from the device: {0}")]
+    NoAnswer(String),
 }
 
 impl From<handoff_relay::listen::ListenFailure> for NetError {

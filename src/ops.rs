@@ -24,7 +24,7 @@ use crate::spawn::policy::Policy;
 use crate::spawn::writeback::Ticket;
 use crate::spawn::{Agent, Delivery, choose_token, delivery_for};
 pub use error::{Exit, OpError};
-use views::{PeerView, RelayView, RemovedView, SpawnPolicyView, StatusView, TokenView};
+use views::{AuditView, PeerView, RelayView, RemovedView, SpawnPolicyView, StatusView, TokenView};
 
 /// Secret bytes held by an operation or its outcome: zeroized when dropped, never in `Debug`.
 pub type Secret = Zeroizing<Vec<u8>>;
@@ -80,6 +80,12 @@ pub enum Op {
     RemoveRelay {
         query: String,
     },
+    /// The audit, newest first: entries written by `device` (a name or id prefix), at or
+    /// after `since` (Unix seconds).
+    Audit {
+        device: Option<String>,
+        since: Option<i64>,
+    },
     /// This device's spawn policy: which devices may ask it to start agents.
     SpawnPolicy,
     /// Sets `device`'s rule in this device's spawn policy, or drops it (`rule: None`).
@@ -116,6 +122,7 @@ pub enum Outcome {
     Relay(RelayView),
     Relays(Vec<RelayView>),
     SpawnPolicy(SpawnPolicyView),
+    Audit(Vec<AuditView>),
     Credential {
         delivery: Delivery,
         #[serde(with = "secret_bytes")]
@@ -158,6 +165,7 @@ impl Op {
             | Op::ShowToken { .. }
             | Op::ListPeers
             | Op::ListRelays
+            | Op::Audit { .. }
             | Op::SpawnPolicy => Tier::Open,
             Op::AddToken { .. }
             | Op::Reveal { .. }
@@ -309,6 +317,16 @@ fn run(
             Outcome::Relay(RelayView::of(&relay))
         }
         Op::ListRelays => Outcome::Relays(device.relays()?.iter().map(RelayView::of).collect()),
+        Op::Audit {
+            device: query,
+            since,
+        } => {
+            let state = device.state()?;
+            let writer = query
+                .map(|q| device.find_member(&state, &q).map(|m| m.device.to_hex()))
+                .transpose()?;
+            Outcome::Audit(AuditView::newest_first(&state, writer.as_deref(), since))
+        }
         Op::SpawnPolicy => {
             let (policy, checked) = Policy::load(device.home().root(), given)?;
             Outcome::SpawnPolicy(SpawnPolicyView::of(&device.state()?, &policy, checked))
@@ -476,6 +494,7 @@ impl Op {
             Op::RemoveRelay { .. } => "RemoveRelay",
             Op::Credential { .. } => "Credential",
             Op::SpawnPolicy => "SpawnPolicy",
+            Op::Audit { .. } => "Audit",
             Op::SetSpawnPolicy { .. } => "SetSpawnPolicy",
         }
     }
@@ -497,6 +516,7 @@ impl Outcome {
             Outcome::Relays(_) => "Relays",
             Outcome::Credential { .. } => "Credential",
             Outcome::SpawnPolicy(_) => "SpawnPolicy",
+            Outcome::Audit(_) => "Audit",
         }
     }
 }

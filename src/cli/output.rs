@@ -61,3 +61,51 @@ pub fn failure_status() -> Option<u8> {
         _ => None,
     }
 }
+
+/// While a command waits on another device: on a terminal (never with `--json`, never when
+/// stderr is not one), a line on stderr saying for whom and for how long so far, from a second
+/// on; cleared when dropped.
+#[derive(Debug)]
+pub struct Waiting {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Waiting {
+    pub fn start(json: bool, what: String) -> Self {
+        use std::io::IsTerminal;
+        if json || !std::io::stderr().is_terminal() {
+            return Self {
+                done: None,
+                thread: None,
+            };
+        }
+        let (done, stop) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut shown = false;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop.recv_timeout(std::time::Duration::from_secs(1))
+            {
+                eprint!("\r{what}... {}s", started.elapsed().as_secs());
+                shown = true;
+            }
+            if shown {
+                eprint!("\r\x1b[2K");
+            }
+        });
+        Self {
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -198,6 +198,79 @@ fn state(r: &SessionRecord) -> String {
     }
 }
 
+/// This device's daemon, which asks other devices (`what` needs it).
+pub(super) fn asking_daemon(ctx: &Context, what: &str) -> Result<crate::control::Client, CliError> {
+    crate::control::Client::connect(&ctx.home.socket_path()).ok_or_else(|| {
+        CliError::NotRunning(format!(
+            "{what} asks through this device's daemon, and none runs: `handoff daemon start`"
+        ))
+    })
+}
+
+/// `session list --on DEVICE`: the sessions this device started there.
+pub(super) fn list_on(ctx: &Context, device: &str) -> Result<(), CliError> {
+    let mut client = asking_daemon(ctx, "session list --on")?;
+    let request = crate::control::Request::SessionsOn {
+        device: device.to_string(),
+    };
+    let waiting = super::output::Waiting::start(ctx.json, format!("Waiting for {device}"));
+    let answer = super::access::call(&mut client, &request);
+    drop(waiting);
+    let rows = match answer? {
+        crate::control::Response::RemoteSessions { rows } => rows,
+        other => return Err(super::access::unexpected_response(&other)),
+    };
+    if ctx.json {
+        print_json(&serde_json::to_value(&rows).unwrap_or_default());
+        return Ok(());
+    }
+    if rows.is_empty() {
+        say!("No sessions of this device's on {device}.");
+        return Ok(());
+    }
+    say!(
+        "{:<10} {:<10} {:<11} {:<21} DIR",
+        "ID",
+        "AGENT",
+        "STATE",
+        "STARTED"
+    );
+    for r in &rows {
+        say!(
+            "{:<10} {:<10} {:<11} {:<21} {}",
+            r.session,
+            r.agent,
+            r.state,
+            when(r.started_at),
+            r.dir
+        );
+    }
+    Ok(())
+}
+
+/// `session stop --on DEVICE ID`: stops a session this device started there.
+pub(super) fn stop_on(ctx: &Context, device: &str, id: &str) -> Result<(), CliError> {
+    let mut client = asking_daemon(ctx, "session stop --on")?;
+    let request = crate::control::Request::StopOn {
+        device: device.to_string(),
+        session: id.to_string(),
+    };
+    let waiting = super::output::Waiting::start(ctx.json, format!("Waiting for {device}"));
+    let answer = super::access::call(&mut client, &request);
+    drop(waiting);
+    match answer? {
+        crate::control::Response::Done => {
+            if ctx.json {
+                print_json(&json!({"stopped": id, "on": device}));
+            } else {
+                say!("Stopped session {id} on {device}.");
+            }
+            Ok(())
+        }
+        other => Err(super::access::unexpected_response(&other)),
+    }
+}
+
 pub(super) fn list(ctx: &Context) -> Result<(), CliError> {
     let records = session::list(ctx.home.root());
     if ctx.json {
@@ -244,32 +317,15 @@ fn find(ctx: &Context, id: &str) -> Result<SessionRecord, CliError> {
 
 pub(super) fn stop(ctx: &Context, id: &str) -> Result<(), CliError> {
     let record = find(ctx, id)?;
-    if !record.is_running() {
+    if session::stop(ctx.home.root(), &record, WAIT)? {
+        say!("Stopped session {}.", record.id);
+    } else {
         say!(
             "Session {} has already ended ({}).",
             record.id,
             state(&record)
         );
-        return Ok(());
     }
-    let pid = i32::try_from(record.supervisor_pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| CliError::Internal("the session record has a bad pid".into()))?;
-    // The supervisor passes SIGTERM to the agent, waits for it, removes its files, records it.
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-        .map_err(|e| CliError::Internal(format!("cannot signal the session: {e}")))?;
-    let deadline = Instant::now() + WAIT;
-    while find(ctx, &record.id).is_ok_and(|r| r.is_running()) {
-        if Instant::now() > deadline {
-            return Err(CliError::Internal(format!(
-                "session {} did not stop within {WAIT:?}",
-                record.id
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    say!("Stopped session {}.", record.id);
     Ok(())
 }
 

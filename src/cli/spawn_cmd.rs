@@ -229,12 +229,7 @@ fn spawn_on(ctx: &Context, device: String, req: SpawnArgs) -> Result<(), CliErro
         .iter()
         .map(|a| text("an argument", a))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut client = crate::control::Client::connect(&ctx.home.socket_path()).ok_or_else(|| {
-        CliError::NotRunning(
-            "spawn --on asks through this device's daemon, and none runs: `handoff daemon start`"
-                .into(),
-        )
-    })?;
+    let mut client = super::session_cmds::asking_daemon(ctx, "spawn --on")?;
     let request = crate::control::Request::SpawnOn {
         device: device.clone(),
         agent: req.agent.clone(),
@@ -243,12 +238,21 @@ fn spawn_on(ctx: &Context, device: String, req: SpawnArgs) -> Result<(), CliErro
         service: req.service.clone(),
         args,
     };
-    match super::access::call(&mut client, &request)? {
-        crate::control::Response::Spawned { session } => {
+    let waiting = super::output::Waiting::start(ctx.json, format!("Waiting for {device}"));
+    let answer = super::access::call(&mut client, &request);
+    drop(waiting);
+    match answer? {
+        crate::control::Response::Spawned { session, relayed } => {
             if ctx.json {
-                super::print_json(&serde_json::json!({"session": session, "on": device}));
+                super::print_json(
+                    &serde_json::json!({"session": session, "on": device, "relayed": relayed}),
+                );
             } else {
-                say!("Started session {session} on {device} ({}).", req.agent);
+                let via = if relayed { ", through the relay" } else { "" };
+                say!(
+                    "Started session {session} on {device} ({}{via}): `handoff session stop --on {device} {session}`.",
+                    req.agent
+                );
             }
             Ok(())
         }

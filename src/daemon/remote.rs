@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use handoff_protocol::DeviceId;
 use handoff_protocol::spawn::{
-    Ask, FRESH_DIRECT, FRESH_RELAY, FUTURE_SKEW, Outcome, Refusal, Request, Response, Start,
+    Ask, FRESH_DIRECT, FRESH_RELAY, FUTURE_SKEW, Outcome, Refusal, Request, Response, Row,
+    RowState, Start,
 };
 
 use super::state::{State, lock_state};
@@ -22,6 +23,7 @@ use crate::entropy::unix_now;
 use crate::net::{SpawnServer, refused};
 use crate::ops::{Exit, Op, OpError};
 use crate::spawn::policy::{Policy, one_line};
+use crate::spawn::session::{self, SessionRecord};
 use crate::spawn::{Agent, resolve_command};
 
 /// Request ids remembered for replay, at most (a flood is refused as busy, never forgotten).
@@ -29,10 +31,14 @@ const SEEN_MAX: usize = 4096;
 /// Requests answered per sender and minute; beyond, `busy` and nothing audited (each answer
 /// is a document change every member keeps).
 const PER_MINUTE: u32 = 20;
+/// A sender's refusals audited per minute at most.
+const REFUSALS_AUDITED: u32 = 10;
 /// Sessions running on this device at most, for a remote request to start another.
 const SESSIONS_MAX: usize = 16;
 /// Longest a started child may take to say which session it started.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+/// Longest a requested stop waits for the session to end.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// This device, as the target of members' requests.
 pub(super) struct Target {
@@ -42,8 +48,8 @@ pub(super) struct Target {
     seen: Mutex<HashMap<(DeviceId, [u8; 16]), i64>>,
     /// Per sender: the minute counted, and its requests so far.
     rate: Mutex<HashMap<DeviceId, (i64, u32)>>,
-    /// Per sender: the minute of its last audited refusal.
-    refusals: Mutex<HashMap<DeviceId, i64>>,
+    /// Per sender: the minute counted, and its refusals audited in it.
+    refusals: Mutex<HashMap<DeviceId, (i64, u32)>>,
 }
 
 impl Target {
@@ -69,7 +75,13 @@ impl Target {
 
     /// Refuses a stale, future or replayed request; remembers a fresh one.
     fn fresh(&self, from: DeviceId, request: &Request, relayed: bool) -> Result<(), Refusal> {
-        let window = if relayed { FRESH_RELAY } else { FRESH_DIRECT };
+        let mut window = if relayed { FRESH_RELAY } else { FRESH_DIRECT };
+        // The person may narrow it, never widen it.
+        if let Ok(Some(narrower)) =
+            Config::load(&self.home).map(|c| c.spawn.request_window.map(i64::from))
+        {
+            window = window.min(narrower);
+        }
         let now = unix_now();
         let age = now.checked_sub(request.sent_at).ok_or(Refusal::Stale)?;
         if age > window || age < -FUTURE_SKEW {
@@ -151,7 +163,7 @@ impl Target {
         let Ok(service) = start.service.as_deref().map(str::parse).transpose() else {
             return refuse(Refusal::NoSuchProfile, "no such service");
         };
-        let running = crate::spawn::session::list(&self.home)
+        let running = session::list(&self.home)
             .iter()
             .filter(|r| r.is_running())
             .count();
@@ -175,10 +187,16 @@ impl Target {
             );
         }
         match run_detached(&self.home, &agent.name, start, &dir) {
-            Ok(session) => Response {
-                id,
-                outcome: Outcome::Started { session },
-            },
+            Ok(session) => {
+                // The asker may list and stop it (and no other member).
+                if let Err(e) = session::note_asker(&self.home, &session, &from.to_hex()) {
+                    tracing::warn!(error = %e, "cannot record who asked for a session");
+                }
+                Response {
+                    id,
+                    outcome: Outcome::Started { session },
+                }
+            }
             Err(line) => {
                 tracing::warn!(why = %line, "a requested session did not start");
                 refuse(
@@ -189,15 +207,64 @@ impl Target {
         }
     }
 
-    /// Writes one audit entry for a request: what, from whom, and how it ended. Every start;
-    /// of a sender's refusals, the first of each minute (the log has the rest), so no member
-    /// can flush the audit with requests it knows will be refused.
+    /// Lists, or stops one of, the sessions `from` asked for: a member sees and stops only its
+    /// own (another's is "no such session", never "not yours").
+    fn theirs(&self, from: DeviceId, id: [u8; 16], ask: &Ask) -> Response {
+        let active = lock_state(&self.state)
+            .device
+            .state()
+            .is_ok_and(|v| v.members.get(&from).is_some_and(|m| m.is_active()));
+        if !active {
+            return refused(
+                id,
+                Refusal::NotAMember,
+                "your device is not a member of this vault",
+            );
+        }
+        let asker = from.to_hex();
+        let mine: Vec<SessionRecord> = session::list(&self.home)
+            .into_iter()
+            .filter(|r| session::asker(&self.home, &r.id).as_deref() == Some(asker.as_str()))
+            .collect();
+        let outcome = match ask {
+            Ask::Stop { session: wanted } => {
+                let Some(record) = mine.iter().find(|r| &r.id == wanted) else {
+                    return refused(
+                        id,
+                        Refusal::NoSuchSession,
+                        "the target has no session of yours with that id",
+                    );
+                };
+                match session::stop(&self.home, record, STOP_WAIT) {
+                    Ok(_) => Outcome::Stopped,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a requested stop failed");
+                        return refused(id, Refusal::Failed, "the session did not stop");
+                    }
+                }
+            }
+            _ => Outcome::Sessions(
+                mine.iter()
+                    .take(handoff_protocol::spawn::ROWS_MAX)
+                    .map(row)
+                    .collect(),
+            ),
+        };
+        Response { id, outcome }
+    }
+
+    /// Writes one audit entry for a request: what, from whom, and how it ended. Every start
+    /// and stop; of a sender's refusals, the first [`REFUSALS_AUDITED`] of each minute (the
+    /// log has the rest), so no member can flush the audit with requests it knows will be
+    /// refused.
     fn audit(&self, from: DeviceId, ask: Option<&Ask>, outcome: &Outcome) {
         if matches!(outcome, Outcome::Refused { .. }) {
             let minute = unix_now() / 60;
-            let mut last = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
-            last.retain(|_, m| *m == minute);
-            if last.insert(from, minute).is_some() {
+            let mut counted = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+            counted.retain(|_, (m, _)| *m == minute);
+            let entry = counted.entry(from).or_insert((minute, 0));
+            entry.1 = entry.1.saturating_add(1);
+            if entry.1 > REFUSALS_AUDITED {
                 return;
             }
         }
@@ -215,6 +282,9 @@ impl Target {
                 s.profile.as_deref().unwrap_or("(default)"),
                 s.dir
             ));
+        }
+        if let Some(Ask::Stop { session }) = ask {
+            subject.push_str(&format!(" session {session}"));
         }
         if let Outcome::Started { session } = outcome {
             subject.push_str(&format!(" as {session}"));
@@ -250,17 +320,39 @@ impl SpawnServer for Target {
             Err(why) => refused(request.id, why, refusal_line(why)),
             Ok(()) => match &request.ask {
                 Ask::Start(start) => self.start(from, request.id, start),
-                // Sessions started for others are not the asker's to see or stop yet.
-                Ask::List | Ask::Stop { .. } => refused(
-                    request.id,
-                    Refusal::Policy,
-                    "this target does not list or stop sessions for other devices yet",
-                ),
+                Ask::List | Ask::Stop { .. } => self.theirs(from, request.id, &request.ask),
             },
         };
-        self.audit(from, Some(&request.ask), &response.outcome);
-        tracing::info!(from = %from.to_hex(), outcome = outcome_name(&response.outcome), "a spawn request was answered");
+        // A listing changes nothing: it is logged, not audited (each audit entry is a change
+        // every member keeps).
+        if !matches!(response.outcome, Outcome::Sessions(_)) {
+            self.audit(from, Some(&request.ask), &response.outcome);
+        }
+        let why = match &response.outcome {
+            Outcome::Refused { why, .. } => refusal_name(*why),
+            _ => "",
+        };
+        tracing::info!(from = %from.to_hex(), outcome = outcome_name(&response.outcome), why, relayed, "a spawn request was answered");
         response
+    }
+}
+
+/// A session as a listing for its asker shows it.
+fn row(r: &SessionRecord) -> Row {
+    let state = if r.is_running() {
+        RowState::Running
+    } else if r.failure.is_some() {
+        RowState::Failed
+    } else {
+        RowState::Exited
+    };
+    let text = |s: &str| one_line(s, handoff_protocol::spawn::TEXT_MAX);
+    Row {
+        session: text(&r.id),
+        agent: text(&r.agent),
+        dir: text(&r.dir),
+        started_at: r.started_at,
+        state,
     }
 }
 
@@ -377,53 +469,61 @@ fn refusal_line(why: Refusal) -> String {
     }
 }
 
-/// The asking side: `spawn AGENT --on DEVICE` through this device's daemon. The session id the
-/// target started, or its refusal as an error with the class's exit code.
-pub(super) async fn spawn_on(
+/// How long the asking side waits for a result that travels through a relay (the control
+/// client's own read timeout is longer).
+pub(crate) const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The asking side: `spawn --on`, `session list --on`, `session stop --on` through this
+/// device's daemon. What the target did and how the request reached it, or its refusal as an
+/// error with the class's exit code.
+pub(super) async fn ask_on(
     daemon: &Arc<super::Daemon>,
     device: String,
-    start: Start,
-) -> Result<String, OpError> {
+    ask: Ask,
+) -> Result<(Outcome, crate::net::Route), OpError> {
     let shared = daemon.state.clone();
-    let peer = tokio::task::spawn_blocking(move || {
+    let (to, peer) = tokio::task::spawn_blocking(move || {
         let state = lock_state(&shared);
         let vault = state.device.state()?;
         let member = state.device.find_member(&vault, &device)?;
         if member.device == state.device.device_id() {
-            return Err(OpError::Usage(
-                "that is this device; run `handoff spawn` without --on".into(),
-            ));
+            return Err(OpError::Usage("that is this device; leave out --on".into()));
         }
         if !member.is_active() {
             return Err(OpError::Usage(format!(
                 "{device} was removed from the vault"
             )));
         }
-        crate::net::peer_id_for(&member.identity_pub)
-            .ok_or_else(|| OpError::Internal("that device's identity key is not valid".into()))
+        let peer = crate::net::peer_id_for(&member.identity_pub)
+            .ok_or_else(|| OpError::Internal("that device's identity key is not valid".into()))?;
+        Ok((member.device, peer))
     })
     .await
     .map_err(|_| OpError::Internal("the request failed inside the daemon".into()))??;
     let request = Request {
         id: crate::vault::random_array()?,
         sent_at: unix_now(),
-        ask: Ask::Start(start),
+        ask,
     };
-    let response = daemon.mesh.ask(peer, &request).await.map_err(|e| {
-        OpError::Net(crate::net::NetError::Unreachable(format!(
-            "{e}; is its daemon running and connected? (`handoff peer list`)"
-        )))
-    })?;
+    let (response, route) = daemon
+        .mesh
+        .ask(to, peer, &request, RELAY_WAIT)
+        .await
+        .map_err(|e| match e {
+            crate::net::NetError::Unreachable(why) => {
+                OpError::Net(crate::net::NetError::Unreachable(format!(
+                    "{why}; is its daemon running and connected? (`handoff peer list`)"
+                )))
+            }
+            other => OpError::Net(other),
+        })?;
     match response.outcome {
-        // What a target says is shown to the person: no control characters, bounded.
-        Outcome::Started { session } => Ok(one_line(&session, 64)),
         Outcome::Refused { why, detail } => Err(OpError::Refused(
             refusal_exit(why),
+            // What a target says is shown to the person: no control characters, bounded.
             format!("the target refused: {}", one_line(&detail, 512)),
         )),
-        _ => Err(OpError::Internal(
-            "the target answered something else".into(),
-        )),
+        outcome => Ok((outcome, route)),
     }
 }
 

@@ -47,6 +47,13 @@ pub enum Taken {
     /// It can never apply here (not sealed to this device, not from an active member of this
     /// vault, changes every member refuses): acknowledge it so it is not offered again.
     Rejected(String),
+    /// A spawn request or result (`kind`) from active member `from`, whose mailbox key sealed
+    /// it: for the owner to answer, or for the request waiting for it. Nothing was applied.
+    Spawn {
+        from: DeviceId,
+        kind: Kind,
+        body: Vec<u8>,
+    },
 }
 
 fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
@@ -267,6 +274,35 @@ impl Device {
             .set_known_heads(peer, &encode_heads(&all[keep..]), seq.unwrap_or(old_seq))?)
     }
 
+    /// Seals a spawn request or result (`kind`, `body`) to member `to`'s mailbox, for a relay.
+    pub fn seal_spawn(
+        &self,
+        to: &DeviceId,
+        kind: Kind,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, DeviceError> {
+        let state = self.state()?;
+        let member = state
+            .members
+            .get(to)
+            .filter(|m| m.is_active())
+            .ok_or_else(|| DeviceError::InvalidInput("that device is not a member".into()))?;
+        let inner = Inner {
+            vault: state.info.id,
+            sender: self.record.device_id,
+            // Spawn messages carry their own id and time; the sequence is for changes.
+            seq: 0,
+            kind,
+            body,
+        };
+        let mailbox = self.keys.secrets().1;
+        Ok(envelope::seal(
+            &mailbox,
+            &member.mailbox_pub,
+            &inner.encode(),
+        )?)
+    }
+
     /// Takes an envelope from this device's mailbox: opens, checks and applies it, persisting
     /// what it brought before returning.
     pub fn take_envelope(&mut self, sealed: &[u8]) -> Result<Taken, DeviceError> {
@@ -283,6 +319,22 @@ impl Device {
         if inner.vault != state.info.id {
             return Ok(Taken::Rejected("it belongs to another vault".into()));
         }
+        let me = self.record.device_id;
+        if matches!(inner.kind, Kind::SpawnRequest | Kind::SpawnResult) {
+            // Only from a member this document knows, active now, whose key sealed it.
+            let sender = state
+                .members
+                .get(&inner.sender)
+                .filter(|m| m.is_active() && m.mailbox_pub == sender_key && m.device != me);
+            return Ok(match sender {
+                Some(_) => Taken::Spawn {
+                    from: inner.sender,
+                    kind: inner.kind,
+                    body: inner.body,
+                },
+                None => Taken::Rejected(NOT_A_MEMBER.into()),
+            });
+        }
         if inner.kind != Kind::DocChanges {
             return Ok(Taken::Rejected(
                 "this version of handoff does not take that kind of envelope".into(),
@@ -292,7 +344,6 @@ impl Device {
         // document, or, for a sender this device has not heard of, of the document the
         // envelope's own changes make (a member added while this device was away sends the
         // changes that admit it). A removed or impostor sender is refused either way.
-        let me = self.record.device_id;
         let is_sender = |state: &VaultState| {
             state
                 .members

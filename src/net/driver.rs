@@ -39,7 +39,7 @@ mod relays;
 
 use offer::{OfferState, OpenOffer};
 
-pub use handle::{Mesh, NetView, OfferPhase, Stats};
+pub use handle::{Mesh, NetView, OfferPhase, Route, Stats};
 
 /// How long `start` waits for its listeners.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +64,8 @@ struct Shared {
     nudge: watch::Sender<u64>,
     /// Bumped whenever changes from a peer were applied.
     applied: watch::Sender<u64>,
+    /// Spawn requests sent through a relay, and what sending one needs.
+    relayed: Arc<super::spawn_ask::Relayed>,
 }
 
 impl Shared {
@@ -88,6 +90,8 @@ enum Internal {
     InboundSync(PeerId, Stream),
     InboundPair(PeerId, Stream, Hello),
     InboundSpawn(PeerId, Stream),
+    /// A spawn request or result from a member, through a relay.
+    RelayedSpawn(DeviceId, handoff_protocol::envelope::Kind, Vec<u8>),
     Members(MemberRead),
     /// A relay round ended; `retry` if a deposit should be tried again later.
     RelayRoundDone {
@@ -239,22 +243,63 @@ impl Driver {
 
     /// A member's spawn request: served when this node has a server and room for it.
     fn on_spawn_stream(&mut self, peer: PeerId, stream: Stream) {
-        let (Some(server), Some(device)) = (&self.spawn_server, self.members.get(&peer)) else {
+        let Some(device) = self.members.get(&peer).copied() else {
             return;
         };
-        let mine = self.spawn_per_peer.get(&peer).copied().unwrap_or(0);
-        if !self.swarm.behaviour().gate.is_member(&peer)
-            || self.spawn_serving.len() >= super::spawn_ask::SERVED_AT_ONCE
-            || mine >= super::spawn_ask::SERVED_PER_PEER
-        {
+        if !self.swarm.behaviour().gate.is_member(&peer) {
             return;
         }
-        *self.spawn_per_peer.entry(peer).or_default() += 1;
-        let (device, server) = (*device, server.clone());
+        let Some(server) = self.spawn_room(peer) else {
+            return;
+        };
         self.spawn_serving.spawn(async move {
             super::spawn_ask::serve(stream, device, server).await;
             peer
         });
+    }
+
+    /// A member's spawn request through a relay, served as one on a stream is; or the result
+    /// of one this device sent.
+    fn on_relayed_spawn(
+        &mut self,
+        from: DeviceId,
+        kind: handoff_protocol::envelope::Kind,
+        body: Vec<u8>,
+    ) {
+        if kind == handoff_protocol::envelope::Kind::SpawnResult {
+            self.shared.relayed.result(from, &body);
+            return;
+        }
+        let Some(peer) = self
+            .members
+            .iter()
+            .find(|(_, device)| **device == from)
+            .map(|(peer, _)| *peer)
+        else {
+            return;
+        };
+        let Some(server) = self.spawn_room(peer) else {
+            return;
+        };
+        let (host, relayed) = (self.host.clone(), self.shared.relayed.clone());
+        self.spawn_serving.spawn(async move {
+            super::spawn_ask::answer_relayed(server, host, relayed, from, peer, body).await;
+            peer
+        });
+    }
+
+    /// The server, when this node has one and room for another request of `peer`'s (counted
+    /// until its task ends); more are dropped unanswered.
+    fn spawn_room(&mut self, peer: PeerId) -> Option<Arc<dyn super::SpawnServer>> {
+        let server = self.spawn_server.clone()?;
+        let mine = self.spawn_per_peer.get(&peer).copied().unwrap_or(0);
+        if self.spawn_serving.len() >= super::spawn_ask::SERVED_AT_ONCE
+            || mine >= super::spawn_ask::SERVED_PER_PEER
+        {
+            return None;
+        }
+        *self.spawn_per_peer.entry(peer).or_default() += 1;
+        Some(server)
     }
 
     fn connected(&self) -> Vec<PeerId> {
@@ -409,6 +454,7 @@ impl Driver {
             }
             Internal::InboundPair(peer, stream, hello) => self.on_pair_stream(peer, stream, hello),
             Internal::InboundSpawn(peer, stream) => self.on_spawn_stream(peer, stream),
+            Internal::RelayedSpawn(from, kind, body) => self.on_relayed_spawn(from, kind, body),
             Internal::Members(read) => self.on_members(read),
             Internal::RelayRoundDone { retry } => {
                 self.relay_running = false;

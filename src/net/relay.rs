@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use handoff_protocol::DeviceId;
+use handoff_protocol::envelope::Kind;
 use handoff_protocol::relay::{self as proto, Refusal, Request, Response};
 use handoff_relay::wire::{read_frame, write_frame};
 use libp2p::identity::Keypair;
@@ -250,6 +252,28 @@ pub(crate) async fn deposit(
     Ok(answers)
 }
 
+/// Leaves one envelope for `to` at the first of `relays` that stores it.
+pub(crate) async fn deposit_one(
+    relays: &[RelayTarget],
+    identity: &Keypair,
+    to: PeerId,
+    envelope: Vec<u8>,
+) -> Result<(), RelayFailure> {
+    let mut last = RelayFailure::Unreachable("the vault lists no relay".into());
+    let batch = [(to, envelope)];
+    for target in relays {
+        match deposit(target, identity, &batch).await {
+            Ok(answers) => match answers.first() {
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(why)) => last = RelayFailure::Refused(*why),
+                None => last = RelayFailure::Broken("no answer".into()),
+            },
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// What to do with a delivered envelope once this device has tried to take it.
 enum Outcome {
     /// Acknowledge it: applied (bringing `new` changes), or never applicable here.
@@ -258,6 +282,9 @@ enum Outcome {
     Wait,
     /// Not taken (the store failed): leave it at the relay for next time.
     Keep,
+    /// A spawn request or result from a member: acknowledged before it is acted on (at most
+    /// once: a target that fails meanwhile never starts a session twice), then handed over.
+    Spawn(DeviceId, Kind, Vec<u8>),
 }
 
 async fn take(
@@ -272,6 +299,7 @@ async fn take(
     Ok(match taken {
         Ok(Taken::Applied(new)) => Outcome::Ack { new },
         Ok(Taken::Waiting) => Outcome::Wait,
+        Ok(Taken::Spawn { from, kind, body }) => Outcome::Spawn(from, kind, body),
         Ok(Taken::Rejected(why)) => {
             tracing::warn!(relay = %target.id, why, "dropped an envelope that cannot apply");
             Outcome::Ack { new: 0 }
@@ -284,12 +312,14 @@ async fn take(
 }
 
 /// Drains this device's mailbox at `target` and stays subscribed, applying what arrives,
-/// until the connection breaks. `applied` is called for each envelope that brought new changes.
+/// until the connection breaks. `applied` is called for each envelope that brought new changes,
+/// `spawn` with each spawn request or result from a member, once acknowledged.
 pub(crate) async fn subscribe(
     target: &RelayTarget,
     identity: &Keypair,
     host: &Arc<dyn Host>,
     applied: &(dyn Fn(usize) + Send + Sync),
+    spawn: &(dyn Fn(DeviceId, Kind, Vec<u8>) + Send + Sync),
 ) -> Result<(), RelayFailure> {
     let mut link = connect(identity.clone(), target).await?;
     let mut stream = open(&mut link, target).await?;
@@ -310,6 +340,11 @@ pub(crate) async fn subscribe(
                     applied(new);
                 }
                 new > 0
+            }
+            Outcome::Spawn(from, kind, body) => {
+                send(&mut stream, &Request::Ack { ids: vec![id] }).await?;
+                spawn(from, kind, body);
+                false
             }
             Outcome::Wait => {
                 let held: usize = waiting.iter().map(|(_, e)| e.len()).sum();
@@ -332,7 +367,9 @@ pub(crate) async fn subscribe(
                             progress = true;
                         }
                     }
-                    Outcome::Wait | Outcome::Keep => still.push((id, envelope)),
+                    Outcome::Spawn(..) | Outcome::Wait | Outcome::Keep => {
+                        still.push((id, envelope));
+                    }
                 }
             }
             waiting = still;

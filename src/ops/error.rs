@@ -138,6 +138,7 @@ pub fn device_exit(e: &DeviceError) -> Exit {
         DeviceError::TokenNotFound(_) => Exit::NotFound,
         DeviceError::AmbiguousToken { .. } | DeviceError::InvalidInput(_) => Exit::Usage,
         DeviceError::NoAccess(_) | DeviceError::KeyNeedsRotation => Exit::Locked,
+        DeviceError::RemoteHoldsNoKey => Exit::Forbidden,
         DeviceError::Inconsistent(_) => Exit::Damaged,
         DeviceError::RoleForbids { .. } => Exit::Forbidden,
         DeviceError::Leased { .. } => Exit::Leased,
@@ -163,7 +164,7 @@ pub fn net_exit(e: &NetError) -> Exit {
         NetError::OfferOpen => Exit::Conflict,
         NetError::Pair(f) => pair_exit(f),
         NetError::Stopped | NetError::HostGone => Exit::Internal,
-        NetError::Unreachable(_) => Exit::Network,
+        NetError::Unreachable(_) | NetError::NoAnswer(_) => Exit::Network,
         _ => Exit::Network,
     }
 }

@@ -232,6 +232,64 @@ impl RelayView {
     }
 }
 
+/// One audit entry as `handoff audit` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditView {
+    pub at: i64,
+    /// The member that wrote (and signed) it.
+    pub device_id: String,
+    /// That member's name now, if it is one.
+    pub device: Option<String>,
+    pub action: String,
+    pub subject: String,
+    /// What the subject names, when it is a token or member this document knows
+    /// (`anthropic/work`, a device's name).
+    pub about: Option<String>,
+    /// Signed by the member it names (`false` only for entries written before signatures).
+    pub verified: bool,
+}
+
+impl AuditView {
+    /// The audit, newest first: written by `writer` (a device id, hex) if given, at or after
+    /// `since` if given.
+    pub fn newest_first(state: &VaultState, writer: Option<&str>, since: Option<i64>) -> Vec<Self> {
+        let name = |id: &str| {
+            state
+                .members
+                .values()
+                .find(|m| m.device.to_hex() == id)
+                .map(|m| m.name.clone())
+        };
+        let about = |subject: &str| {
+            let token = state
+                .tokens
+                .values()
+                .find(|t| t.id.to_hex() == subject)
+                .map(|t| format!("{}/{}", t.service, t.label));
+            token.or_else(|| name(subject))
+        };
+        let mut entries: Vec<Self> = state
+            .audit
+            .iter()
+            .filter(|e| writer.is_none_or(|w| e.device == w))
+            .filter(|e| since.is_none_or(|s| e.at >= s))
+            .map(|e| Self {
+                at: e.at,
+                device_id: e.device.clone(),
+                device: name(&e.device),
+                action: e.action.clone(),
+                subject: e.subject.clone(),
+                about: about(&e.subject),
+                verified: e.verified,
+            })
+            .collect();
+        // The list is in writing order; a stable sort keeps that order within a second.
+        entries.reverse();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+        entries
+    }
+}
+
 /// This device's spawn policy as `spawn-policy list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnPolicyView {

@@ -170,6 +170,66 @@ pub fn find(home: &Path, query: &str) -> Option<SessionRecord> {
     }
 }
 
+/// Records which member asked for session `id` (a remote spawn), beside its record: that
+/// member may list and stop it, no other.
+pub fn note_asker(home: &Path, id: &str, asker: &str) -> Result<(), SpawnError> {
+    if !is_id(id) {
+        return Err(SpawnError::Io("not a session id".into()));
+    }
+    let dir = sessions_dir(home)?;
+    let tmp = dir.join(format!(".{id}.asker.tmp"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(asker.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{id}.asker"))))
+        .map_err(io(format!("cannot record who asked for session {id}")))
+}
+
+/// The member that asked for session `id`, if one did.
+pub fn asker(home: &Path, id: &str) -> Option<String> {
+    if !is_id(id) {
+        return None;
+    }
+    let path = home.join("sessions").join(format!("{id}.asker"));
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim().to_string())
+}
+
+/// Whether `id` has a session id's shape (so it names a file under `sessions/` and nothing else).
+fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Stops a running session: its supervisor gets SIGTERM, passes it to the agent, waits for it,
+/// removes its files and records the end. Returns once the record says it ended, or fails
+/// after `wait`. `false` when it had ended already.
+pub fn stop(home: &Path, record: &SessionRecord, wait: Duration) -> Result<bool, SpawnError> {
+    if !record.is_running() {
+        return Ok(false);
+    }
+    let pid = i32::try_from(record.supervisor_pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| SpawnError::Io("the session record has a bad pid".into()))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .map_err(|e| SpawnError::Io(format!("cannot signal the session: {e}")))?;
+    let deadline = std::time::Instant::now() + wait;
+    while find(home, &record.id).is_some_and(|r| r.is_running()) {
+        if std::time::Instant::now() > deadline {
+            return Err(SpawnError::Io(format!(
+                "session {} did not stop within {wait:?}",
+                record.id
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(true)
+}
+
 /// The CLI's end of a detached spawn's handover: one end of a socket pair whose other end is
 /// the supervisor's standard input. Only the two processes hold it, and unlike a pipe or a
 /// FIFO a socket cannot be opened again through `/proc/PID/fd` by another process of the uid.

@@ -42,6 +42,7 @@ mod oauth;
 mod peers;
 mod propagation;
 mod refused_first;
+mod relay_proc;
 mod relays;
 mod remote_spawn;
 mod rename;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use handoff_protocol::DeviceId;
@@ -32,6 +33,15 @@ pub struct NetView {
     pub online: BTreeMap<DeviceId, String>,
     /// Where the open pairing offer stands, as the driver (its one owner) last published.
     pub offer: Option<OfferPhase>,
+}
+
+/// How a request reached the member it was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A stream of its own to the member.
+    Direct,
+    /// Sealed to the member's mailbox, through a relay.
+    Relay,
 }
 
 /// Where an open pairing offer stands.
@@ -65,6 +75,7 @@ pub struct Mesh {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     shared: Arc<Shared>,
+    host: Arc<dyn Host>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -122,6 +133,7 @@ impl Mesh {
             registry: Mutex::new(registry),
             nudge: watch::channel(0).0,
             applied: watch::channel(0).0,
+            relayed: Arc::new(super::super::spawn_ask::Relayed::new(identity.clone())),
         });
         let mut helpers = tokio::task::JoinSet::new();
         helpers.spawn(accept_sync(sync_in, internal_tx.clone()));
@@ -181,11 +193,13 @@ impl Mesh {
         // Know the members before anything can connect, so the gate never refuses one.
         let read = read_members(&driver.host).await?;
         driver.on_members(read);
+        let host = driver.host.clone();
         let task = tokio::spawn(driver.run());
         Ok(Mesh {
             commands,
             control: asking,
             shared,
+            host,
             task: Some(task),
         })
     }
@@ -257,13 +271,36 @@ impl Mesh {
         self.send(Command::CancelOffer).await
     }
 
-    /// Asks member `peer` to start, list or stop agent sessions (`/handoff/spawn/1`).
+    /// Asks member `to` (PeerId `peer`) to start, list or stop agent sessions: over
+    /// `/handoff/spawn/1` when a stream to it opens, otherwise (when the vault lists a relay)
+    /// through a relay, waiting up to `relay_wait` for the result. Never both: a request that
+    /// may have reached it directly is not sent again.
     pub async fn ask(
         &self,
+        to: DeviceId,
         peer: PeerId,
         request: &handoff_protocol::spawn::Request,
-    ) -> Result<handoff_protocol::spawn::Response, NetError> {
-        super::super::spawn_ask::ask(self.control.clone(), peer, request).await
+        relay_wait: Duration,
+    ) -> Result<(handoff_protocol::spawn::Response, Route), NetError> {
+        use super::super::spawn_ask::{self, OPEN_BEFORE_RELAY, OPEN_TIMEOUT};
+        let connected = self.shared.view().online.contains_key(&to);
+        if connected || self.shared.relayed.relays().is_empty() {
+            return spawn_ask::ask(self.control.clone(), peer, request, OPEN_TIMEOUT)
+                .await
+                .map(|r| (r, Route::Direct));
+        }
+        match spawn_ask::ask(self.control.clone(), peer, request, OPEN_BEFORE_RELAY).await {
+            // No stream opened: nothing reached it.
+            Err(NetError::Unreachable(why)) => {
+                tracing::debug!(why, "no direct stream; asking through a relay");
+            }
+            other => return other.map(|r| (r, Route::Direct)),
+        }
+        self.shared
+            .relayed
+            .ask(&self.host, to, peer, request, relay_wait)
+            .await
+            .map(|r| (r, Route::Relay))
     }
 
     /// Closes every connection to `device`'s PeerId now.

@@ -42,6 +42,12 @@ impl Driver {
             ));
             self.subscriptions.insert(key, task);
         }
+        *self
+            .shared
+            .relayed
+            .relays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = relays.clone();
         self.relays = relays;
     }
 
@@ -102,7 +108,11 @@ async fn keep_subscribed(
             taken.envelopes_taken.fetch_add(1, Ordering::Relaxed);
             let _ = report.send(Internal::Sync(Report::Applied));
         };
-        if let Err(e) = relay::subscribe(&target, &identity, &host, &applied).await {
+        let to_driver = internal.clone();
+        let spawn = move |from, kind, body| {
+            let _ = to_driver.send(Internal::RelayedSpawn(from, kind, body));
+        };
+        if let Err(e) = relay::subscribe(&target, &identity, &host, &applied, &spawn).await {
             tracing::debug!(relay = %target.id, error = %e, "relay subscription ended");
         }
         if started.elapsed() > Duration::from_secs(60) {
