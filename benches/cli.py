@@ -2,7 +2,7 @@
 """End-to-end CLI timings of the release binary on a temporary home, as ratios to a baseline
 measured in the same run: `handoff --version` (process start, nothing opened).
 
-Usage: cargo build --release && python3 benches/cli.py [runs] [other-handoff-binary]
+Usage: cargo build --release --workspace && python3 benches/cli.py [runs] [other-handoff-binary]
 Bounded: `runs` (default 20) invocations per command, each under a 60 s timeout.
 
 With a second binary (say, a release build of an earlier commit), the rows are measured for
@@ -148,13 +148,67 @@ def remote_rows(tmp, home, run, median_ms):
                 raise SystemExit("the asker never reached this device")
             time.sleep(0.2)
         local = ["spawn", "claude", "--detach", "--dir", str(root), "--profile", "spawn"]
-        return [
+        rows = [
             ("daemon: spawn --detach (here)", median_ms(local)),
-            # At most 20 requests a minute per asker: a few fewer samples than the others.
-            ("spawn --on (asked over the mesh)", median_remote(other + ask, 15)),
+            # At most 20 requests a minute per asker (both rows together): fewer samples.
+            ("spawn --on (asked over the mesh)", median_remote(other + ask, 8)),
         ]
+        relayed = relay_row(tmp, home, other, ask, run)
+        if relayed is not None:
+            rows.append(relayed)
+        return rows
     finally:
         run(other + ["daemon", "stop"])
+
+
+def relay_row(tmp, home, other, ask, run):
+    """The same request through a relay on loopback, the two daemons never dialling each
+    other. Needs the relay binary (`cargo build --release --workspace`)."""
+    import json
+    relay_bin = BIN.with_name("handoff-relay")
+    if not relay_bin.is_file():
+        print(f"(no relay row: {relay_bin} not built; `cargo build --release --workspace`)")
+        return None
+    token = pathlib.Path(tmp, "relay-token")
+    token.write_text("bench relay token\n")
+    os.chmod(token, 0o600)
+    relay = subprocess.Popen(
+        [str(relay_bin), "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--db",
+         str(pathlib.Path(tmp, "relay.db")), "--access", "token", "--token-file", str(token)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        addr = None
+        for line in relay.stdout:
+            if line.startswith("listening on "):
+                addr = line.split(" ", 2)[2].strip()
+                break
+        if addr is None:
+            raise SystemExit("the relay did not start")
+        run(home + ["relay", "add", addr, "--token-file", str(token)])
+        no_dial = '[net]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\nmdns = false\ndial_known = false\n'
+        run(other + ["daemon", "stop"])
+        run(home + ["daemon", "stop"])
+        for h in ("home", "other"):
+            pathlib.Path(tmp, h, "config.toml").write_text(no_dial)
+        run(home + ["daemon", "start"])
+        run(home + ["unlock", "--for", "10m"])
+        run(other + ["daemon", "start"])
+        # A new minute, so the mesh row's requests leave the asker its whole share.
+        time.sleep(61 - time.time() % 60)
+        deadline = time.time() + 60
+        while True:
+            out = subprocess.run([str(BIN)] + other + ["--json"] + ask, capture_output=True,
+                                 timeout=120)
+            if out.returncode == 0 and json.loads(out.stdout).get("relayed"):
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"no relayed answer: {out.stderr.decode().strip()}")
+            time.sleep(0.5)
+        return ("spawn --on (through the relay)", median_remote(other + ask, 8))
+    finally:
+        relay.terminate()
+        relay.wait(timeout=30)
 
 
 def median_remote(argv, n):

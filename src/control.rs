@@ -122,8 +122,13 @@ impl RemoteSession {
     pub fn of(row: &handoff_protocol::spawn::Row) -> Self {
         use handoff_protocol::spawn::RowState;
         let text = |s: &str| crate::spawn::policy::one_line(s, 1024);
+        let session = if crate::spawn::session::is_id(&row.session) {
+            row.session.clone()
+        } else {
+            "?".into()
+        };
         Self {
-            session: text(&row.session),
+            session,
             agent: text(&row.agent),
             dir: text(&row.dir),
             started_at: row.started_at,

@@ -33,7 +33,6 @@ use crate::net::{Mesh, MeshConfig, OfferRequest};
 use crate::ops::Tier;
 use crate::ops::views::OfferView;
 use crate::ops::{Exit, OpError};
-use crate::spawn::policy::one_line;
 use crate::spawn::tree::Process;
 use clients::{Clients, Incoming};
 use handoff_protocol::spawn::{Ask, Outcome};
@@ -473,10 +472,16 @@ async fn answer(
             };
             let (outcome, route) = remote::ask_on(daemon, device, Ask::Start(start)).await?;
             match outcome {
-                Outcome::Started { session } => Ok(Response::Spawned {
-                    session: one_line(&session, 64),
-                    relayed: route == crate::net::Route::Relay,
-                }),
+                // The target's words: only a session id's shape is shown (and pasted).
+                Outcome::Started { session } if crate::spawn::session::is_id(&session) => {
+                    Ok(Response::Spawned {
+                        session,
+                        relayed: route == crate::net::Route::Relay,
+                    })
+                }
+                Outcome::Started { .. } => Err(OpError::Internal(
+                    "the target started a session but named it with something else".into(),
+                )),
                 _ => Err(answered_else()),
             }
         }

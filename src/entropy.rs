@@ -128,6 +128,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_time_without_an_rfc3339_form_shows_as_a_question_mark() {
+        assert_eq!(when(0), "1970-01-01T00:00:00Z");
+        assert_eq!(when(-1), "?");
+        assert_eq!(when(253_402_300_800), "?");
+        assert_eq!(when(i64::MAX), "?");
+    }
+
+    #[test]
     fn one_seed_gives_one_stream_and_the_guard_restores_the_os() {
         let draw = |seed| {
             let _guard = seed_thread(seed);
@@ -147,9 +155,13 @@ mod tests {
 pub fn when(at: i64) -> String {
     u64::try_from(at)
         .ok()
-        .map(|s| {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
-            humantime::format_rfc3339_seconds(t).to_string()
+        .and_then(|s| {
+            use std::fmt::Write;
+            let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s))?;
+            // Past the year 9999 there is no RFC 3339 form (a time from another device).
+            let mut text = String::new();
+            write!(text, "{}", humantime::format_rfc3339_seconds(t)).ok()?;
+            Some(text)
         })
         .unwrap_or_else(|| "?".into())
 }

@@ -171,3 +171,23 @@ impl Home {
 pub struct OwnerLock {
     _file: File,
 }
+
+/// Writes `bytes` to `path` through a fresh temporary file and a rename, mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let suffix = hex::encode(crate::vault::random_array::<8>().map_err(std::io::Error::other)?);
+    let tmp = path.with_extension(format!("tmp-{suffix}"));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}

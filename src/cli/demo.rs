@@ -9,8 +9,11 @@
 //! The desktop starts an agent (a stand-in shell script) with the credential materialized in
 //! the agent's environment only, and the agent proves it holds exactly the token by reporting
 //! its hash; then a stand-in codex refreshes its OAuth login, which comes back to the vault as
-//! the token's next version. Finally the laptop is lost, and a third device regains the vault from the
-//! desktop's export and the recovery code. The homes are removed afterwards.
+//! the token's next version. A phone paired as `remote` (no key) then asks the laptop, whose
+//! daemon now runs, for an agent session: the laptop's policy allows it and its stand-in claude
+//! gets the token in its environment (`remote`: through the real binaries). Finally the laptop
+//! is lost, and a third device regains the vault from the desktop's export and the recovery
+//! code. The homes are removed afterwards.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +29,8 @@ use crate::home::Home;
 use crate::net::{JoinRequest, LinkHints, Mesh, MeshConfig, OfferRequest, Owned, PairEvent};
 use crate::spawn::{CaughtSignals, Delivery, allowed_env, materialize, run_foreground};
 use crate::vault::{KdfParams, random_array};
+
+mod remote;
 
 /// Longest the demo waits for the mesh.
 const WAIT: Duration = Duration::from_secs(30);
@@ -101,13 +106,18 @@ pub(super) fn run(json: bool) -> Result<(), CliError> {
     runtime.block_on(flow(&dir.0, json))
 }
 
-async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
-    let started = Instant::now();
-    let step = |text: &str| {
+/// Prints one step with the time since `started` (nothing with `--json`).
+fn step_line(started: Instant, json: bool) -> impl Fn(&str) + Send + 'static {
+    move |text: &str| {
         if !json {
             say!("[{:>6.2}s] {text}", started.elapsed().as_secs_f64());
         }
-    };
+    }
+}
+
+async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
+    let started = Instant::now();
+    let step = step_line(started, json);
     let passphrase = hex(&random_array::<16>()?);
     let work_key = format!("sk-ant-demo-{}", hex(&random_array::<12>()?));
     let new = |name| NewDevice {
@@ -320,11 +330,25 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
         "both: plaintext token in any database, WAL or file of either home: {leaked}"
     ));
 
-    // Recovery: the laptop is lost; a tablet regains the vault from the desktop's export.
+    // Remote spawn: a phone asks the laptop (its daemon, the real binary) for a session.
     let export = desktop.with(|d, _| d.export());
     desktop_mesh.stop().await;
-    relay.stop().await;
+    drop(laptop_mesh);
     drop(laptop);
+    let laptop_home = root.join("laptop");
+    let remote = {
+        let root = root.to_path_buf();
+        let (passphrase, token) = (passphrase.clone(), rotated.clone());
+        let step = step_line(started, json);
+        tokio::task::spawn_blocking(move || {
+            remote::remote_spawn(&root, &laptop_home, &passphrase, &token, &step)
+        })
+        .await
+        .map_err(|_| failed("the remote spawn step stopped"))??
+    };
+
+    // Recovery: the laptop is lost; a tablet regains the vault from the desktop's export.
+    relay.stop().await;
     std::fs::remove_dir_all(root.join("laptop")).ok();
     step("laptop: lost (its home is deleted)");
     let tablet = Device::recover(
@@ -340,7 +364,8 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
         "tablet: recovered the vault from the desktop's export and the recovery code; reads both tokens: {recovered}"
     ));
 
-    let ok = sas_match && matched && refreshed && !leaked && !relay_saw && recovered;
+    let remote_ok = remote.started && remote.listed && remote.audited && remote.phone_clean;
+    let ok = sas_match && matched && refreshed && !leaked && !relay_saw && recovered && remote_ok;
     if json {
         print_json(&json!({
             "ok": ok,
@@ -349,6 +374,10 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
             "relay_saw_plaintext": relay_saw,
             "spawn_credential": matched,
             "oauth_write_back": refreshed,
+            "remote_spawn": remote.started,
+            "remote_sessions_listed": remote.listed,
+            "remote_spawn_audited": remote.audited,
+            "remote_phone_holds_no_token": remote.phone_clean,
             "plaintext_on_disk": leaked,
             "recovered": recovered,
         }));

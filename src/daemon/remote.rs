@@ -33,6 +33,8 @@ const SEEN_MAX: usize = 4096;
 const PER_MINUTE: u32 = 20;
 /// A sender's refusals audited per minute at most.
 const REFUSALS_AUDITED: u32 = 10;
+/// A sender's audit entries an hour, besides its starts, at most.
+const AUDITED_PER_HOUR: u32 = 30;
 /// Sessions running on this device at most, for a remote request to start another.
 const SESSIONS_MAX: usize = 16;
 /// Longest a started child may take to say which session it started.
@@ -50,17 +52,75 @@ pub(super) struct Target {
     rate: Mutex<HashMap<DeviceId, (i64, u32)>>,
     /// Per sender: the minute counted, and its refusals audited in it.
     refusals: Mutex<HashMap<DeviceId, (i64, u32)>>,
+    /// Per sender: the hour counted, and its audit entries in it that no start caused.
+    budget: Mutex<HashMap<DeviceId, (i64, u32)>>,
+}
+
+/// Where the request ids seen within the window are kept, so a restart forgets none.
+const SEEN_FILE: &str = "spawn-seen";
+
+/// The ids seen within the window, from the file (a line each: sender, id, sent-at).
+fn load_seen(home: &std::path::Path) -> HashMap<(DeviceId, [u8; 16]), i64> {
+    let now = unix_now();
+    let Ok(text) = crate::spawn::session::read_small(&home.join(SEEN_FILE), 64 * SEEN_MAX) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            let sender: DeviceId = parts.next()?.parse().ok()?;
+            let id: [u8; 16] = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+            let at: i64 = parts.next()?.parse().ok()?;
+            (now.saturating_sub(at) <= FRESH_RELAY + FUTURE_SKEW).then_some(((sender, id), at))
+        })
+        .take(SEEN_MAX)
+        .collect()
+}
+
+/// Writes the ids seen (0600, replaced whole); a failure is logged, the set in memory stays.
+fn save_seen(home: &std::path::Path, seen: &HashMap<(DeviceId, [u8; 16]), i64>) {
+    let text: String = seen
+        .iter()
+        .map(|((sender, id), at)| format!("{} {} {at}\n", sender.to_hex(), hex::encode(id)))
+        .collect();
+    if let Err(e) = crate::home::write_private(&home.join(SEEN_FILE), text.as_bytes()) {
+        tracing::warn!(error = %e, "cannot keep the spawn request ids seen");
+    }
 }
 
 impl Target {
     pub fn new(state: Arc<Mutex<State>>, home: PathBuf) -> Self {
+        let seen = load_seen(&home);
         Self {
             state,
             home,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(seen),
             rate: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
+            budget: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts an audit entry of `from`'s that no start caused; false when its hour's budget
+    /// is spent (or, for a refusal, its minute's).
+    fn within_audit_budget(&self, from: DeviceId, refusal: bool) -> bool {
+        let now = unix_now();
+        if refusal {
+            let minute = now / 60;
+            let mut counted = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+            counted.retain(|_, (m, _)| *m == minute);
+            let entry = counted.entry(from).or_insert((minute, 0));
+            entry.1 = entry.1.saturating_add(1);
+            if entry.1 > REFUSALS_AUDITED {
+                return false;
+            }
+        }
+        let hour = now / 3600;
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        budget.retain(|_, (h, _)| *h == hour);
+        let entry = budget.entry(from).or_insert((hour, 0));
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 <= AUDITED_PER_HOUR
     }
 
     /// Counts a request from `from`; false when it is over this minute's share.
@@ -96,6 +156,7 @@ impl Target {
             return Err(Refusal::Busy);
         }
         seen.insert((from, request.id), request.sent_at);
+        save_seen(&self.home, &seen);
         Ok(())
     }
 
@@ -209,16 +270,19 @@ impl Target {
 
     /// Lists, or stops one of, the sessions `from` asked for: a member sees and stops only its
     /// own (another's is "no such session", never "not yours").
-    fn theirs(&self, from: DeviceId, id: [u8; 16], ask: &Ask) -> Response {
+    fn theirs(&self, from: DeviceId, id: [u8; 16], ask: &Ask) -> (Response, bool) {
         let active = lock_state(&self.state)
             .device
             .state()
             .is_ok_and(|v| v.members.get(&from).is_some_and(|m| m.is_active()));
         if !active {
-            return refused(
-                id,
-                Refusal::NotAMember,
-                "your device is not a member of this vault",
+            return (
+                refused(
+                    id,
+                    Refusal::NotAMember,
+                    "your device is not a member of this vault",
+                ),
+                true,
             );
         }
         let asker = from.to_hex();
@@ -229,17 +293,24 @@ impl Target {
         let outcome = match ask {
             Ask::Stop { session: wanted } => {
                 let Some(record) = mine.iter().find(|r| &r.id == wanted) else {
-                    return refused(
-                        id,
-                        Refusal::NoSuchSession,
-                        "the target has no session of yours with that id",
-                    );
+                    let why = "the target has no session of yours with that id";
+                    return (refused(id, Refusal::NoSuchSession, why), true);
                 };
                 match session::stop(&self.home, record, STOP_WAIT) {
-                    Ok(_) => Outcome::Stopped,
+                    // Stopping one that had ended changed nothing: not audited.
+                    Ok(stopped) => {
+                        return (
+                            Response {
+                                id,
+                                outcome: Outcome::Stopped,
+                            },
+                            stopped,
+                        );
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "a requested stop failed");
-                        return refused(id, Refusal::Failed, "the session did not stop");
+                        let why = "the session did not stop";
+                        return (refused(id, Refusal::Failed, why), true);
                     }
                 }
             }
@@ -250,23 +321,18 @@ impl Target {
                     .collect(),
             ),
         };
-        Response { id, outcome }
+        // A listing changes nothing: it is logged, not audited.
+        (Response { id, outcome }, false)
     }
 
     /// Writes one audit entry for a request: what, from whom, and how it ended. Every start
-    /// and stop; of a sender's refusals, the first [`REFUSALS_AUDITED`] of each minute (the
-    /// log has the rest), so no member can flush the audit with requests it knows will be
-    /// refused.
+    /// (at most [`SESSIONS_MAX`] run at once); of a sender's stops and refusals, at most
+    /// [`AUDITED_PER_HOUR`] an hour and [`REFUSALS_AUDITED`] refusals a minute (the log has
+    /// the rest), so no member, and no relay replaying its envelopes, can flush the audit.
     fn audit(&self, from: DeviceId, ask: Option<&Ask>, outcome: &Outcome) {
-        if matches!(outcome, Outcome::Refused { .. }) {
-            let minute = unix_now() / 60;
-            let mut counted = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
-            counted.retain(|_, (m, _)| *m == minute);
-            let entry = counted.entry(from).or_insert((minute, 0));
-            entry.1 = entry.1.saturating_add(1);
-            if entry.1 > REFUSALS_AUDITED {
-                return;
-            }
+        let refusal = matches!(outcome, Outcome::Refused { .. });
+        if !matches!(outcome, Outcome::Started { .. }) && !self.within_audit_budget(from, refusal) {
+            return;
         }
         let what = match outcome {
             Outcome::Started { .. } => "spawn.remote.started".to_string(),
@@ -304,28 +370,30 @@ impl SpawnServer for Target {
         request: Result<Request, handoff_protocol::DecodeError>,
         relayed: bool,
     ) -> Response {
-        if !self.within_rate(from) {
-            let id = request.as_ref().map_or([0; 16], |r| r.id);
-            return refused(id, Refusal::Busy, refusal_line(Refusal::Busy));
-        }
         let request = match request {
             Ok(r) => r,
             Err(e) => {
+                if !self.within_rate(from) {
+                    return refused([0; 16], Refusal::Busy, refusal_line(Refusal::Busy));
+                }
                 let response = refused([0; 16], Refusal::Malformed, one_line(&e.to_string(), 256));
                 self.audit(from, None, &response.outcome);
                 return response;
             }
         };
-        let response = match self.fresh(from, &request, relayed) {
-            Err(why) => refused(request.id, why, refusal_line(why)),
+        // Freshness before the rate: a stale or replayed copy (which whoever holds the
+        // envelope can send) never spends the sender's share.
+        let (response, audited) = match self.fresh(from, &request, relayed) {
+            Err(why) => (refused(request.id, why, refusal_line(why)), true),
+            Ok(()) if !self.within_rate(from) => {
+                return refused(request.id, Refusal::Busy, refusal_line(Refusal::Busy));
+            }
             Ok(()) => match &request.ask {
-                Ask::Start(start) => self.start(from, request.id, start),
+                Ask::Start(start) => (self.start(from, request.id, start), true),
                 Ask::List | Ask::Stop { .. } => self.theirs(from, request.id, &request.ask),
             },
         };
-        // A listing changes nothing: it is logged, not audited (each audit entry is a change
-        // every member keeps).
-        if !matches!(response.outcome, Outcome::Sessions(_)) {
+        if audited {
             self.audit(from, Some(&request.ask), &response.outcome);
         }
         let why = match &response.outcome {
@@ -469,8 +537,8 @@ fn refusal_line(why: Refusal) -> String {
     }
 }
 
-/// How long the asking side waits for a result that travels through a relay (the control
-/// client's own read timeout is longer).
+/// How long the asking side waits for a result that travels through a relay, the deposit
+/// included (with the direct try before it, well inside the control client's 120 s).
 pub(crate) const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// The asking side: `spawn --on`, `session list --on`, `session stop --on` through this

@@ -51,6 +51,9 @@ const ADDRS_KEPT: usize = 8;
 const FOUND_COOLDOWN: Duration = Duration::from_secs(60);
 /// Most pairing streams read at once (each waits for its hello under a timeout).
 const HELLOS_AT_ONCE: usize = 8;
+/// Relayed spawn requests kept waiting for room, at most, and of one member.
+const BACKLOG_MAX: usize = 32;
+const BACKLOG_PER_PEER: usize = 8;
 /// How long after a broken session (on a connection that stays up) a new one starts.
 const SESSION_RETRY: Duration = Duration::from_secs(5);
 
@@ -172,6 +175,8 @@ struct Driver {
     spawn_serving: tokio::task::JoinSet<PeerId>,
     /// Requests in flight per member (each may hold only a share of the slots).
     spawn_per_peer: HashMap<PeerId, usize>,
+    /// Relayed spawn requests waiting for room: (sender, its PeerId, the request's bytes).
+    relayed_backlog: std::collections::VecDeque<(DeviceId, PeerId, Vec<u8>)>,
 }
 
 impl Driver {
@@ -214,6 +219,7 @@ impl Driver {
                     }
                     // An answer may have written to the document (its audit entry).
                     self.shared.nudge.send_modify(|n| *n = n.wrapping_add(1));
+                    self.serve_backlog();
                 }
             }
         };
@@ -279,8 +285,39 @@ impl Driver {
             return;
         };
         let Some(server) = self.spawn_room(peer) else {
+            // Acknowledged at the relay already: kept here (bounded) until there is room,
+            // never dropped for being one too many.
+            let theirs = self.relayed_backlog.iter().filter(|r| r.1 == peer).count();
+            if self.relayed_backlog.len() < BACKLOG_MAX && theirs < BACKLOG_PER_PEER {
+                self.relayed_backlog.push_back((from, peer, body));
+            } else {
+                tracing::warn!("dropped a relayed spawn request: too many wait already");
+            }
             return;
         };
+        self.serve_relayed(server, from, peer, body);
+    }
+
+    /// Serves the relayed requests that wait, as far as there is room.
+    fn serve_backlog(&mut self) {
+        for _ in 0..self.relayed_backlog.len() {
+            let Some((from, peer, body)) = self.relayed_backlog.pop_front() else {
+                return;
+            };
+            match self.spawn_room(peer) {
+                Some(server) => self.serve_relayed(server, from, peer, body),
+                None => self.relayed_backlog.push_back((from, peer, body)),
+            }
+        }
+    }
+
+    fn serve_relayed(
+        &mut self,
+        server: Arc<dyn super::SpawnServer>,
+        from: DeviceId,
+        peer: PeerId,
+        body: Vec<u8>,
+    ) {
         let (host, relayed) = (self.host.clone(), self.shared.relayed.clone());
         self.spawn_serving.spawn(async move {
             super::spawn_ask::answer_relayed(server, host, relayed, from, peer, body).await;

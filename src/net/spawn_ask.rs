@@ -179,6 +179,7 @@ impl Relayed {
         request: &Request,
         wait: Duration,
     ) -> Result<Response, NetError> {
+        let deadline = tokio::time::Instant::now() + wait;
         let relays = self.relays();
         if relays.is_empty() {
             return Err(NetError::Unreachable(
@@ -204,14 +205,19 @@ impl Relayed {
             waiting.insert(request.id, (to, tx));
         }
         let _waiting = Waiting(self, request.id);
-        relay::deposit_one(&relays, &self.identity, peer, sealed)
-            .await
-            .map_err(|e| NetError::Unreachable(format!("it is not connected, and {e}")))?;
-        match tokio::time::timeout(wait, rx).await {
+        let deposited = tokio::time::timeout(
+            wait,
+            relay::deposit_one(&relays, &self.identity, peer, sealed),
+        )
+        .await
+        .map_err(|_| NetError::Unreachable("no relay took the request in time".into()))?;
+        deposited.map_err(|e| NetError::Unreachable(format!("it is not connected, and {e}")))?;
+        // One deadline for the whole wait, from before the deposit.
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(response)) => Ok(response),
             _ => Err(NetError::NoAnswer(format!(
-                "no answer through the relay within {}s (it may be offline; the relay keeps \
-                 the request for it)",
+                "no answer through the relay within {}s; it may be offline, and may still \
+                 start the session when it takes the request (`session list --on`)",
                 wait.as_secs()
             ))),
         }

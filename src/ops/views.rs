@@ -8,6 +8,7 @@ use crate::device::{Device, DeviceError, PeerSeen, Removed};
 use crate::doc::{Relay, Token, VaultState};
 use crate::net::{PairEvent, PairFailure};
 use crate::ops::error::pair_exit;
+use crate::spawn::policy::one_line;
 
 /// A token as commands show it: never its secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -273,13 +274,14 @@ impl AuditView {
             .iter()
             .filter(|e| writer.is_none_or(|w| e.device == w))
             .filter(|e| since.is_none_or(|s| e.at >= s))
+            // Every text is another member's words: one line, nothing a terminal acts on.
             .map(|e| Self {
                 at: e.at,
-                device_id: e.device.clone(),
-                device: name(&e.device),
-                action: e.action.clone(),
-                subject: e.subject.clone(),
-                about: about(&e.subject),
+                device_id: one_line(&e.device, 64),
+                device: name(&e.device).map(|n| one_line(&n, 256)),
+                action: one_line(&e.action, 256),
+                subject: one_line(&e.subject, 1024),
+                about: about(&e.subject).map(|a| one_line(&a, 512)),
                 verified: e.verified,
             })
             .collect();

@@ -8,7 +8,6 @@
 //! allows nothing. Writing it takes the passphrase every time (tier 3).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -150,7 +149,8 @@ impl Policy {
         let bytes =
             serde_json::to_vec_pretty(&stored).map_err(|e| PolicyError::Invalid(e.to_string()))?;
         let path = Self::path(home);
-        write_private(&path, &bytes).map_err(|source| PolicyError::File { path, source })
+        crate::home::write_private(&path, &bytes)
+            .map_err(|source| PolicyError::File { path, source })
     }
 
     /// HMAC-SHA256 under the policy key of the format version and the rules' JSON (one
@@ -294,7 +294,12 @@ fn detail(line: &str) -> String {
 /// `text` as one line of at most `max` bytes: no control characters, cut on a character
 /// boundary (marked `...`) when longer. For words that come from another device.
 pub(crate) fn one_line(text: &str, max: usize) -> String {
-    let mut out: String = text.chars().filter(|c| !c.is_control()).collect();
+    // Control characters, and the bidirectional overrides and isolates that reorder what a
+    // terminal shows.
+    let shown = |c: &char| {
+        !c.is_control() && !matches!(*c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    let mut out: String = text.chars().filter(shown).collect();
     if out.len() > max {
         let mut cut = max.saturating_sub(3);
         while !out.is_char_boundary(cut) {
@@ -306,29 +311,16 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     out
 }
 
-/// Writes `bytes` to `path` through a fresh temporary file and a rename, mode 0600.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let suffix = hex::encode(crate::vault::random_array::<8>().map_err(std::io::Error::other)?);
-    let tmp = path.with_extension(format!("tmp-{suffix}"));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_from_another_device_lose_what_a_terminal_acts_on() {
+        let hostile = "ok\r\x1b[1A\x1b[2Kfake\u{202e}txt.exe\u{2066}x\n";
+        assert_eq!(one_line(hostile, 100), "ok[1A[2Kfaketxt.exex");
+        assert_eq!(one_line("ééé", 5), "é...");
+    }
 
     fn start(dir: &Path) -> Start {
         Start {

@@ -177,15 +177,7 @@ pub fn note_asker(home: &Path, id: &str, asker: &str) -> Result<(), SpawnError> 
         return Err(SpawnError::Io("not a session id".into()));
     }
     let dir = sessions_dir(home)?;
-    let tmp = dir.join(format!(".{id}.asker.tmp"));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(asker.as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{id}.asker"))))
+    crate::home::write_private(&dir.join(format!("{id}.asker")), asker.as_bytes())
         .map_err(io(format!("cannot record who asked for session {id}")))
 }
 
@@ -194,13 +186,34 @@ pub fn asker(home: &Path, id: &str) -> Option<String> {
     if !is_id(id) {
         return None;
     }
-    let path = home.join("sessions").join(format!("{id}.asker"));
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = read_small(&home.join("sessions").join(format!("{id}.asker")), 64).ok()?;
     Some(text.trim().to_string())
 }
 
-/// Whether `id` has a session id's shape (so it names a file under `sessions/` and nothing else).
-fn is_id(id: &str) -> bool {
+/// Reads a small text file of this home's: a regular file (never a FIFO or a symlink an
+/// agent put there), at most `max` bytes.
+pub fn read_small(path: &Path, max: usize) -> std::io::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(max as u64).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: opening a FIFO returns at once, a symlink fails.
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
+}
+
+/// Whether `id` has a session id's shape (so it names a file under `sessions/` and nothing else,
+/// and is safe to print in a command line to paste).
+pub fn is_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 

@@ -3,7 +3,7 @@
 use crate::support::TestHome;
 
 #[test]
-fn the_demo_pairs_syncs_relays_spawns_and_recovers_on_loopback() {
+fn the_demo_pairs_syncs_relays_spawns_remotely_and_recovers_on_loopback() {
     let home = TestHome::new();
     let out = home.run(&["--json", "demo"]);
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -15,4 +15,8 @@ fn the_demo_pairs_syncs_relays_spawns_and_recovers_on_loopback() {
     assert_eq!(report["spawn_credential"], true);
     assert_eq!(report["plaintext_on_disk"], false);
     assert_eq!(report["recovered"], true);
+    assert_eq!(report["remote_spawn"], true);
+    assert_eq!(report["remote_sessions_listed"], true);
+    assert_eq!(report["remote_spawn_audited"], true);
+    assert_eq!(report["remote_phone_holds_no_token"], true);
 }

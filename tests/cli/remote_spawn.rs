@@ -462,6 +462,35 @@ fn through_the_relay_only_a_request_starts_a_session_and_stale_or_replayed_ones_
     });
     let me = laptop.device_id();
     audited(lap, &me, "spawn.remote.refused.replayed", "claude");
+    // Again after the laptop's daemon restarted, unlocked: the ids it saw are kept on disk.
+    lap.ok(&["daemon", "stop"]);
+    laptop.start_daemon();
+    lap.ok(&["unlock", "--for", "1h"]);
+    relay = relay.restart_with(|db| {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute(
+            "INSERT INTO envelopes (mailbox, stored_at, body) VALUES (?1, strftime('%s','now'), ?2)",
+            rusqlite::params![captured.1, captured.2],
+        )
+        .unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while audit(lap)
+        .iter()
+        .filter(|e| e["action"] == "spawn.remote.refused.replayed")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second replay was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !laptop.record().exists(),
+        "a replayed request started an agent"
+    );
 
     // A request older than the laptop's window when the relay delivers it.
     lap.ok(&["daemon", "stop"]);

@@ -183,6 +183,7 @@ impl Mesh {
             spawn_server: server,
             spawn_serving: tokio::task::JoinSet::new(),
             spawn_per_peer: HashMap::new(),
+            relayed_backlog: std::collections::VecDeque::new(),
         };
         driver.static_peers = driver
             .config
