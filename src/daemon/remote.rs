@@ -28,13 +28,17 @@ use crate::spawn::{Agent, resolve_command};
 
 /// Request ids remembered for replay, at most (a flood is refused as busy, never forgotten).
 const SEEN_MAX: usize = 4096;
+/// Of them, one sender's at most: its whole rate over the longest window, and some.
+const SEEN_PER_SENDER: usize = 400;
 /// Requests answered per sender and minute; beyond, `busy` and nothing audited (each answer
 /// is a document change every member keeps).
 const PER_MINUTE: u32 = 20;
 /// A sender's refusals audited per minute at most.
 const REFUSALS_AUDITED: u32 = 10;
-/// A sender's audit entries an hour, besides its starts, at most.
+/// A sender's audit entries an hour, besides its starts and copies, at most.
 const AUDITED_PER_HOUR: u32 = 30;
+/// Stale or replayed copies of a sender's requests audited an hour, at most.
+const COPIES_AUDITED: u32 = 6;
 /// Sessions running on this device at most, for a remote request to start another.
 const SESSIONS_MAX: usize = 16;
 /// Longest a started child may take to say which session it started.
@@ -54,6 +58,8 @@ pub(super) struct Target {
     refusals: Mutex<HashMap<DeviceId, (i64, u32)>>,
     /// Per sender: the hour counted, and its audit entries in it that no start caused.
     budget: Mutex<HashMap<DeviceId, (i64, u32)>>,
+    /// Per sender: the hour counted, and the stale or replayed copies audited in it.
+    copies: Mutex<HashMap<DeviceId, (i64, u32)>>,
 }
 
 /// Where the request ids seen within the window are kept, so a restart forgets none.
@@ -62,16 +68,21 @@ const SEEN_FILE: &str = "spawn-seen";
 /// The ids seen within the window, from the file (a line each: sender, id, sent-at).
 fn load_seen(home: &std::path::Path) -> HashMap<(DeviceId, [u8; 16]), i64> {
     let now = unix_now();
-    let Ok(text) = crate::spawn::session::read_small(&home.join(SEEN_FILE), 64 * SEEN_MAX) else {
+    let Ok(text) = crate::spawn::session::read_small(&home.join(SEEN_FILE), 128 * SEEN_MAX) else {
         return HashMap::new();
     };
+    // Any line that is not one this daemon wrote, or whose time is outside the window (one in
+    // the future would never leave), is dropped.
     text.lines()
         .filter_map(|line| {
             let mut parts = line.split(' ');
             let sender: DeviceId = parts.next()?.parse().ok()?;
             let id: [u8; 16] = hex::decode(parts.next()?).ok()?.try_into().ok()?;
             let at: i64 = parts.next()?.parse().ok()?;
-            (now.saturating_sub(at) <= FRESH_RELAY + FUTURE_SKEW).then_some(((sender, id), at))
+            let age = now.checked_sub(at)?;
+            (-FUTURE_SKEW..=FRESH_RELAY + FUTURE_SKEW)
+                .contains(&age)
+                .then_some(((sender, id), at))
         })
         .take(SEEN_MAX)
         .collect()
@@ -98,13 +109,24 @@ impl Target {
             rate: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
             budget: Mutex::new(HashMap::new()),
+            copies: Mutex::new(HashMap::new()),
         }
     }
 
     /// Counts an audit entry of `from`'s that no start caused; false when its hour's budget
     /// is spent (or, for a refusal, its minute's).
-    fn within_audit_budget(&self, from: DeviceId, refusal: bool) -> bool {
+    fn within_audit_budget(&self, from: DeviceId, refusal: bool, copy: bool) -> bool {
         let now = unix_now();
+        if copy {
+            // A stale or replayed copy may come from whoever holds the envelope (a relay):
+            // its own small bucket, so it never spends the sender's.
+            let hour = now / 3600;
+            let mut copies = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
+            copies.retain(|_, (h, _)| *h == hour);
+            let entry = copies.entry(from).or_insert((hour, 0));
+            entry.1 = entry.1.saturating_add(1);
+            return entry.1 <= COPIES_AUDITED;
+        }
         if refusal {
             let minute = now / 60;
             let mut counted = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
@@ -133,7 +155,7 @@ impl Target {
         entry.1 <= PER_MINUTE
     }
 
-    /// Refuses a stale, future or replayed request; remembers a fresh one.
+    /// Refuses a stale, future or replayed request (remembers nothing: see [`Self::remember`]).
     fn fresh(&self, from: DeviceId, request: &Request, relayed: bool) -> Result<(), Refusal> {
         let mut window = if relayed { FRESH_RELAY } else { FRESH_DIRECT };
         // The person may narrow it, never widen it.
@@ -147,12 +169,24 @@ impl Target {
         if age > window || age < -FUTURE_SKEW {
             return Err(Refusal::Stale);
         }
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains_key(&(from, request.id)) {
+            return Err(Refusal::Replayed);
+        }
+        Ok(())
+    }
+
+    /// Remembers a fresh request's id, on disk too, for as long as a copy of it could be
+    /// fresh; `Busy` when the sender holds its share of the set already (or the set is full).
+    fn remember(&self, from: DeviceId, request: &Request) -> Result<(), Refusal> {
+        let now = unix_now();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.retain(|_, at| now.saturating_sub(*at) <= FRESH_RELAY + FUTURE_SKEW);
         if seen.contains_key(&(from, request.id)) {
             return Err(Refusal::Replayed);
         }
-        if seen.len() >= SEEN_MAX {
+        let theirs = seen.keys().filter(|(sender, _)| *sender == from).count();
+        if theirs >= SEEN_PER_SENDER || seen.len() >= SEEN_MAX {
             return Err(Refusal::Busy);
         }
         seen.insert((from, request.id), request.sent_at);
@@ -331,7 +365,16 @@ impl Target {
     /// the rest), so no member, and no relay replaying its envelopes, can flush the audit.
     fn audit(&self, from: DeviceId, ask: Option<&Ask>, outcome: &Outcome) {
         let refusal = matches!(outcome, Outcome::Refused { .. });
-        if !matches!(outcome, Outcome::Started { .. }) && !self.within_audit_budget(from, refusal) {
+        let copy = matches!(
+            outcome,
+            Outcome::Refused {
+                why: Refusal::Stale | Refusal::Replayed,
+                ..
+            }
+        );
+        if !matches!(outcome, Outcome::Started { .. })
+            && !self.within_audit_budget(from, refusal, copy)
+        {
             return;
         }
         let what = match outcome {
@@ -383,11 +426,17 @@ impl SpawnServer for Target {
         };
         // Freshness before the rate: a stale or replayed copy (which whoever holds the
         // envelope can send) never spends the sender's share.
-        let (response, audited) = match self.fresh(from, &request, relayed) {
-            Err(why) => (refused(request.id, why, refusal_line(why)), true),
-            Ok(()) if !self.within_rate(from) => {
+        let checked = self.fresh(from, &request, relayed).and_then(|()| {
+            if !self.within_rate(from) {
+                return Err(Refusal::Busy);
+            }
+            self.remember(from, &request)
+        });
+        let (response, audited) = match checked {
+            Err(Refusal::Busy) => {
                 return refused(request.id, Refusal::Busy, refusal_line(Refusal::Busy));
             }
+            Err(why) => (refused(request.id, why, refusal_line(why)), true),
             Ok(()) => match &request.ask {
                 Ask::Start(start) => (self.start(from, request.id, start), true),
                 Ask::List | Ask::Stop { .. } => self.theirs(from, request.id, &request.ask),
@@ -601,5 +650,43 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Refused { .. } => "refused",
         Outcome::Sessions(_) => "sessions",
         Outcome::Stopped => "stopped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seen_ids_come_back_from_disk_and_nothing_else_does() {
+        let home = tempfile::tempdir().unwrap();
+        let (a, b) = (DeviceId::from_bytes([1; 16]), DeviceId::from_bytes([2; 16]));
+        let now = unix_now();
+        let mut seen = HashMap::new();
+        seen.insert((a, [7; 16]), now - 10);
+        seen.insert((b, [8; 16]), now);
+        save_seen(home.path(), &seen);
+        assert_eq!(load_seen(home.path()), seen);
+
+        // What another process of the user's may have put there instead: garbage, a time in
+        // the future (it would never leave), one long gone, bytes that are not UTF-8.
+        let mut hostile = format!(
+            "{} {} {}\nnot a line\n{} {} {}\n{} {} {}\n",
+            a.to_hex(),
+            hex::encode([7u8; 16]),
+            now - 10,
+            a.to_hex(),
+            hex::encode([9u8; 16]),
+            now + 100_000,
+            b.to_hex(),
+            hex::encode([8u8; 16]),
+            now - 100_000,
+        )
+        .into_bytes();
+        hostile.extend_from_slice(b"\xff\xfe\n");
+        std::fs::write(home.path().join(SEEN_FILE), hostile).unwrap();
+        let loaded = load_seen(home.path());
+        assert_eq!(loaded.len(), 1, "{loaded:?}");
+        assert!(loaded.contains_key(&(a, [7; 16])));
     }
 }

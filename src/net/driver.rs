@@ -276,6 +276,10 @@ impl Driver {
             self.shared.relayed.result(from, &body);
             return;
         }
+        if self.spawn_server.is_none() {
+            tracing::info!("a spawn request came through a relay; this node serves none");
+            return;
+        }
         let Some(peer) = self
             .members
             .iter()

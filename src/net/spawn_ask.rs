@@ -205,21 +205,25 @@ impl Relayed {
             waiting.insert(request.id, (to, tx));
         }
         let _waiting = Waiting(self, request.id);
-        let deposited = tokio::time::timeout(
-            wait,
-            relay::deposit_one(&relays, &self.identity, peer, sealed),
-        )
-        .await
-        .map_err(|_| NetError::Unreachable("no relay took the request in time".into()))?;
-        deposited.map_err(|e| NetError::Unreachable(format!("it is not connected, and {e}")))?;
-        // One deadline for the whole wait, from before the deposit.
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(response)) => Ok(response),
-            _ => Err(NetError::NoAnswer(format!(
+        let no_answer = || {
+            NetError::NoAnswer(format!(
                 "no answer through the relay within {}s; it may be offline, and may still \
                  start the session when it takes the request (`session list --on`)",
                 wait.as_secs()
-            ))),
+            ))
+        };
+        // One deadline for the deposit and the wait. A deposit cut short may have been
+        // stored: that is no answer, not unreachable (asking again could start two).
+        let deposited = tokio::time::timeout_at(
+            deadline,
+            relay::deposit_one(&relays, &self.identity, peer, sealed),
+        )
+        .await
+        .map_err(|_| no_answer())?;
+        deposited.map_err(|e| NetError::Unreachable(format!("it is not connected, and {e}")))?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            _ => Err(no_answer()),
         }
     }
 

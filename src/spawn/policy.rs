@@ -297,7 +297,15 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     // Control characters, and the bidirectional overrides and isolates that reorder what a
     // terminal shows.
     let shown = |c: &char| {
-        !c.is_control() && !matches!(*c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        !c.is_control()
+            && !matches!(
+                *c,
+                '\u{200b}'..='\u{200f}'
+                    | '\u{2028}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{061c}'
+                    | '\u{feff}'
+            )
     };
     let mut out: String = text.chars().filter(shown).collect();
     if out.len() > max {
@@ -317,7 +325,7 @@ mod tests {
 
     #[test]
     fn words_from_another_device_lose_what_a_terminal_acts_on() {
-        let hostile = "ok\r\x1b[1A\x1b[2Kfake\u{202e}txt.exe\u{2066}x\n";
+        let hostile = "ok\r\x1b[1A\x1b[2Kfake\u{202e}txt.exe\u{2066}x\u{200f}\u{2028}\n";
         assert_eq!(one_line(hostile, 100), "ok[1A[2Kfaketxt.exex");
         assert_eq!(one_line("ééé", 5), "é...");
     }

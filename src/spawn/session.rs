@@ -143,6 +143,9 @@ pub fn save(home: &Path, record: &SessionRecord) -> Result<(), SpawnError> {
         .map_err(io(format!("cannot record session {}", record.id)))
 }
 
+/// Largest session record read.
+const RECORD_MAX: usize = 64 * 1024;
+
 /// Every recorded session, newest first.
 pub fn list(home: &Path) -> Vec<SessionRecord> {
     let Ok(entries) = std::fs::read_dir(home.join("sessions")) else {
@@ -151,8 +154,9 @@ pub fn list(home: &Path) -> Vec<SessionRecord> {
     let mut records: Vec<SessionRecord> = entries
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        // Small regular files only: a FIFO or a symlink an agent left never stalls a listing.
+        .filter_map(|e| read_small(&e.path(), RECORD_MAX).ok())
+        .filter_map(|text| serde_json::from_str(&text).ok())
         .collect();
     records.sort_by_key(|r| std::cmp::Reverse(r.started_at));
     records
@@ -201,9 +205,9 @@ pub fn read_small(path: &Path, max: usize) -> std::io::Result<String> {
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    let mut text = String::new();
-    file.take(max as u64).read_to_string(&mut text)?;
-    Ok(text)
+    let mut bytes = Vec::new();
+    file.take(max as u64).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `O_NOFOLLOW | O_NONBLOCK`: opening a FIFO returns at once, a symlink fails.

@@ -123,19 +123,25 @@ pub(super) fn remote_spawn(
     let loopback = b"[net]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n";
     write_private(&laptop.join("config.toml"), loopback, 0o600)?;
     let phone = root.join("phone");
-    let result = (|| {
+    // Whatever happens below, both daemons are stopped on the way out.
+    let _stop = Stopping {
+        h: &h,
+        homes: [laptop.to_path_buf(), phone.clone()],
+    };
+    (|| {
         h.ok(laptop, &["daemon", "start"])?;
         h.ok(laptop, &["unlock", "--for", "10m"])?;
         // The phone pairs as `remote`: the laptop admits it without a key.
-        let mut offer = h
-            .command(
+        let mut offer = Reaped(
+            h.command(
                 laptop,
                 &["--json", "peer", "add", "--role", "remote", "--yes"],
             )
             .spawn()
-            .map_err(|e| CliError::Internal(e.to_string()))?;
+            .map_err(|e| CliError::Internal(e.to_string()))?,
+        );
         let mut first = String::new();
-        if let Some(out) = offer.stdout.as_mut() {
+        if let Some(out) = offer.0.stdout.as_mut() {
             use std::io::BufRead;
             std::io::BufReader::new(out)
                 .read_line(&mut first)
@@ -159,7 +165,7 @@ pub(super) fn remote_spawn(
                 "phone",
             ],
         )?;
-        let _ = offer.wait();
+        let _ = offer.0.wait();
         write_private(&phone.join("config.toml"), loopback, 0o600)?;
         h.ok(&phone, &["daemon", "start"])?;
         step("phone: paired as a remote device (it holds no key to any token)");
@@ -241,11 +247,9 @@ pub(super) fn remote_spawn(
         step(&format!(
             "phone: `session list --on laptop` shows it: {listed}; its audit shows the laptop's signed entry: {audited}"
         ));
-        let phone_clean = !std::fs::read_dir(&phone)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path()).ok())
+        let phone_clean = !files_under(&phone)
+            .iter()
+            .filter_map(|path| std::fs::read(path).ok())
             .any(|bytes| bytes.windows(token.len()).any(|w| w == token.as_bytes()));
         Ok(Shown {
             started,
@@ -253,8 +257,45 @@ pub(super) fn remote_spawn(
             audited,
             phone_clean,
         })
-    })();
-    let _ = h.run(&phone, &["daemon", "stop"]);
-    let _ = h.run(laptop, &["daemon", "stop"]);
-    result
+    })()
+}
+
+/// Stops the daemons of `homes` when dropped.
+struct Stopping<'a> {
+    h: &'a Handoff,
+    homes: [PathBuf; 2],
+}
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        for home in &self.homes {
+            let _ = self.h.run(home, &["daemon", "stop"]);
+        }
+    }
+}
+
+/// A child killed and reaped when dropped (it has ended by then when all went well).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every regular file under `dir`, however deep.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                Ok(t) if t.is_file() => found.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    found
 }
