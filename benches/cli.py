@@ -205,18 +205,22 @@ def relay_row(tmp, home, other, ask, run):
             if time.time() > deadline:
                 raise SystemExit(f"no relayed answer: {out.stderr.decode().strip()}")
             time.sleep(0.5)
-        return ("spawn --on (through the relay)", median_remote(other + ask, 8))
+        # Every sample must have gone through the relay (a direct connection would be faster).
+        return ("spawn --on (through the relay)",
+                median_remote(other + ["--json"] + ask, 8, must_contain=b'"relayed":true'))
     finally:
         relay.terminate()
         relay.wait(timeout=30)
 
 
-def median_remote(argv, n):
+def median_remote(argv, n, must_contain=None):
     samples = []
     for _ in range(min(RUNS, n)):
         start = time.perf_counter()
-        subprocess.run([str(BIN)] + argv, capture_output=True, check=True, timeout=60)
+        out = subprocess.run([str(BIN)] + argv, capture_output=True, check=True, timeout=120)
         samples.append((time.perf_counter() - start) * 1000)
+        if must_contain is not None and must_contain not in out.stdout.replace(b" ", b""):
+            raise SystemExit(f"a sample did not go the way it measures: {out.stdout!r}")
     return statistics.median(samples)
 
 

@@ -204,18 +204,8 @@ fn a_remote_device_starts_an_agent_by_the_targets_policy_and_never_holds_the_tok
     assert!(out.fails_with(10).contains("policy"), "{out:?}");
 
     laptop.allow_phone(&root);
-    let out = ask(&phone, &["--dir", app, "--profile", "work"]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let started: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(started["relayed"], false, "{out:?}");
-    let session = started["session"].as_str().unwrap().to_string();
-
     // The stand-in runs on the laptop, in that directory, with the work token only.
-    let text = laptop.started_agent();
-    assert!(
-        text.contains(&format!("ENV:ANTHROPIC_API_KEY={SECRET}")),
-        "{text}"
-    );
+    let (session, text) = start_work(&laptop, &phone, app, false);
     let real = std::fs::canonicalize(root.join("app")).unwrap();
     assert!(text.contains(&format!("PWD:{}", real.display())), "{text}");
     assert!(!text.contains("PERSONAL"), "{text}");
@@ -366,6 +356,35 @@ fn newest(db: &std::path::Path) -> i64 {
     waiting_at(db).last().map_or(0, |r| r.0)
 }
 
+/// The phone asks for claude with the work profile in `app` and it starts (`relayed`: through
+/// the relay); the session id, and what the stand-in recorded (the work token in its
+/// environment).
+fn start_work(laptop: &Laptop, phone: &TestHome, app: &str, relayed: bool) -> (String, String) {
+    let out = ask(phone, &["--dir", app, "--profile", "work"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let started: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(started["relayed"], relayed, "{out:?}");
+    let text = laptop.started_agent();
+    assert!(
+        text.contains(&format!("ENV:ANTHROPIC_API_KEY={SECRET}")),
+        "{text}"
+    );
+    (started["session"].as_str().unwrap().to_string(), text)
+}
+
+/// Puts a copy of `envelope` (id, mailbox, body) back at the relay, as a relay that delivers
+/// twice would, and restarts it so the laptop's subscription takes it again.
+fn redeliver(relay: RelayProc, envelope: &(i64, Vec<u8>, Vec<u8>)) -> RelayProc {
+    relay.restart_with(|db| {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute(
+            "INSERT INTO envelopes (mailbox, stored_at, body) VALUES (?1, strftime('%s','now'), ?2)",
+            rusqlite::params![envelope.1, envelope.2],
+        )
+        .unwrap();
+    })
+}
+
 /// Starts the phone's `spawn --on` in the background (it waits for the relay's answer).
 fn ask_in_background(phone: &TestHome, app: &str) -> std::process::Child {
     phone
@@ -418,16 +437,7 @@ fn through_the_relay_only_a_request_starts_a_session_and_stale_or_replayed_ones_
     laptop.allow_phone(&root);
 
     // Started through the relay, the token in the agent's environment.
-    let out = ask(&phone, &["--dir", app, "--profile", "work"]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let started: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(started["relayed"], true, "{out:?}");
-    let session = started["session"].as_str().unwrap().to_string();
-    let text = laptop.started_agent();
-    assert!(
-        text.contains(&format!("ENV:ANTHROPIC_API_KEY={SECRET}")),
-        "{text}"
-    );
+    let (session, _) = start_work(&laptop, &phone, app, true);
     let status: Value = serde_json::from_str(&phone.ok(&["--json", "status"])).unwrap();
     assert_eq!(
         status["online"], 0,
@@ -452,28 +462,14 @@ fn through_the_relay_only_a_request_starts_a_session_and_stale_or_replayed_ones_
     laptop.start_daemon();
     let out = crate::support::finish(asking, Duration::from_secs(120));
     assert!(out.fails_with(3).contains("locked"), "{out:?}");
-    relay = relay.restart_with(|db| {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute(
-            "INSERT INTO envelopes (mailbox, stored_at, body) VALUES (?1, strftime('%s','now'), ?2)",
-            rusqlite::params![captured.1, captured.2],
-        )
-        .unwrap();
-    });
+    relay = redeliver(relay, &captured);
     let me = laptop.device_id();
     audited(lap, &me, "spawn.remote.refused.replayed", "claude");
     // Again after the laptop's daemon restarted, unlocked: the ids it saw are kept on disk.
     lap.ok(&["daemon", "stop"]);
     laptop.start_daemon();
     lap.ok(&["unlock", "--for", "1h"]);
-    relay = relay.restart_with(|db| {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute(
-            "INSERT INTO envelopes (mailbox, stored_at, body) VALUES (?1, strftime('%s','now'), ?2)",
-            rusqlite::params![captured.1, captured.2],
-        )
-        .unwrap();
-    });
+    relay = redeliver(relay, &captured);
     let deadline = Instant::now() + Duration::from_secs(40);
     while audit(lap)
         .iter()
