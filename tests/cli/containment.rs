@@ -105,6 +105,9 @@ impl Lab {
             ("unlock", words("unlock --for 1h")),
             // Starting an agent on another device is as much as starting one here.
             ("remote", words("spawn claude --on somebody --dir /")),
+            // And so is stopping, or reading, what this person started there.
+            ("remote-stop", words("session stop --on somebody 0badc0de")),
+            ("remote-list", words("session list --on somebody")),
             (
                 "policy",
                 words(&format!(
