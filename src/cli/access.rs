@@ -44,7 +44,12 @@ fn direct(ctx: &Context, op: Op) -> Result<Outcome, CliError> {
         None
     };
     let mut device = Device::open(ctx.home.clone())?;
-    let key = passphrase.map(|p| device.unlock(&p)).transpose()?;
+    let key = passphrase
+        .map(|p| {
+            let _shown = super::output::Waiting::deriving(ctx.json);
+            device.unlock(&p)
+        })
+        .transpose()?;
     // What the daemon does at unlock: a rotation owed, tokens to re-seal, records from before
     // signatures to vouch for.
     if let Some(key) = &key

@@ -302,13 +302,16 @@ pub(super) fn unlock(ctx: &Context, duration: Option<String>) -> Result<(), CliE
         ));
     };
     let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
+    let deriving = super::output::Waiting::deriving(ctx.json);
     let response = super::access::call(
         &mut client,
         &Request::Unlock {
             passphrase,
             seconds,
         },
-    )?;
+    );
+    drop(deriving);
+    let response = response?;
     match response {
         Response::Pong {
             unlocked_until: Some(until),

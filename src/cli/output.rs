@@ -72,7 +72,17 @@ pub struct Waiting {
 }
 
 impl Waiting {
+    /// Key derivation from the passphrase (Argon2id at 64 MiB: a moment here, seconds on a
+    /// slow CPU), shown at once.
+    pub fn deriving(json: bool) -> Self {
+        Self::shown(json, "Unlocking (Argon2id, 64 MiB)".into(), true)
+    }
+
     pub fn start(json: bool, what: String) -> Self {
+        Self::shown(json, what, false)
+    }
+
+    fn shown(json: bool, what: String, at_once: bool) -> Self {
         use std::io::IsTerminal;
         if json || !std::io::stderr().is_terminal() {
             return Self {
@@ -83,7 +93,10 @@ impl Waiting {
         let (done, stop) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let started = std::time::Instant::now();
-            let mut shown = false;
+            let mut shown = at_once;
+            if at_once {
+                eprint!("\r{what}...");
+            }
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(std::time::Duration::from_secs(1))
             {

@@ -88,7 +88,9 @@ impl Offerer {
         let device = Device::open(ctx.home.clone())?;
         crate::ops::require_adder(&device)?;
         let passphrase = input::passphrase(ctx.passphrase_file.as_deref())?;
+        let deriving = super::output::Waiting::deriving(ctx.json);
         let key = device.unlock(&passphrase)?;
+        drop(deriving);
         let offer_key = key.duplicate();
         let host = Owned::new(device, Some(key));
         let runtime = runtime()?;

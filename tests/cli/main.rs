@@ -29,6 +29,7 @@ mod wait;
 
 mod cleanup;
 mod containment;
+mod contrib;
 mod daemon;
 mod damage;
 mod demo;
@@ -40,6 +41,7 @@ mod lan;
 mod migration;
 mod oauth;
 mod peers;
+mod progress;
 mod propagation;
 mod refused_first;
 mod relay_proc;
