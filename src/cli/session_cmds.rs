@@ -198,25 +198,29 @@ fn state(r: &SessionRecord) -> String {
     }
 }
 
-/// This device's daemon, which asks other devices (`what` needs it).
-pub(super) fn asking_daemon(ctx: &Context, what: &str) -> Result<crate::control::Client, CliError> {
-    crate::control::Client::connect(&ctx.home.socket_path()).ok_or_else(|| {
+/// Sends `request` (for `what`, asking member `device`) through this device's daemon, with a
+/// progress line on a terminal while the answer is awaited.
+pub(super) fn ask_through_daemon(
+    ctx: &Context,
+    what: &str,
+    device: &str,
+    request: &crate::control::Request,
+) -> Result<crate::control::Response, CliError> {
+    let mut client = crate::control::Client::connect(&ctx.home.socket_path()).ok_or_else(|| {
         CliError::NotRunning(format!(
             "{what} asks through this device's daemon, and none runs: `handoff daemon start`"
         ))
-    })
+    })?;
+    let _waiting = super::output::Waiting::start(ctx.json, format!("Waiting for {device}"));
+    super::access::call(&mut client, request)
 }
 
 /// `session list --on DEVICE`: the sessions this device started there.
 pub(super) fn list_on(ctx: &Context, device: &str) -> Result<(), CliError> {
-    let mut client = asking_daemon(ctx, "session list --on")?;
     let request = crate::control::Request::SessionsOn {
         device: device.to_string(),
     };
-    let waiting = super::output::Waiting::start(ctx.json, format!("Waiting for {device}"));
-    let answer = super::access::call(&mut client, &request);
-    drop(waiting);
-    let rows = match answer? {
+    let rows = match ask_through_daemon(ctx, "session list --on", device, &request)? {
         crate::control::Response::RemoteSessions { rows } => rows,
         other => return Err(super::access::unexpected_response(&other)),
     };
@@ -250,15 +254,11 @@ pub(super) fn list_on(ctx: &Context, device: &str) -> Result<(), CliError> {
 
 /// `session stop --on DEVICE ID`: stops a session this device started there.
 pub(super) fn stop_on(ctx: &Context, device: &str, id: &str) -> Result<(), CliError> {
-    let mut client = asking_daemon(ctx, "session stop --on")?;
     let request = crate::control::Request::StopOn {
         device: device.to_string(),
         session: id.to_string(),
     };
-    let waiting = super::output::Waiting::start(ctx.json, format!("Waiting for {device}"));
-    let answer = super::access::call(&mut client, &request);
-    drop(waiting);
-    match answer? {
+    match ask_through_daemon(ctx, "session stop --on", device, &request)? {
         crate::control::Response::Done => {
             if ctx.json {
                 print_json(&json!({"stopped": id, "on": device}));

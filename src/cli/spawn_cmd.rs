@@ -229,7 +229,6 @@ fn spawn_on(ctx: &Context, device: String, req: SpawnArgs) -> Result<(), CliErro
         .iter()
         .map(|a| text("an argument", a))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut client = super::session_cmds::asking_daemon(ctx, "spawn --on")?;
     let request = crate::control::Request::SpawnOn {
         device: device.clone(),
         agent: req.agent.clone(),
@@ -238,10 +237,7 @@ fn spawn_on(ctx: &Context, device: String, req: SpawnArgs) -> Result<(), CliErro
         service: req.service.clone(),
         args,
     };
-    let waiting = super::output::Waiting::start(ctx.json, format!("Waiting for {device}"));
-    let answer = super::access::call(&mut client, &request);
-    drop(waiting);
-    match answer? {
+    match super::session_cmds::ask_through_daemon(ctx, "spawn --on", &device, &request)? {
         crate::control::Response::Spawned { session, relayed } => {
             if ctx.json {
                 super::print_json(

@@ -52,14 +52,41 @@ pub(super) struct Target {
     pub home: PathBuf,
     /// (sender, request id) → when it was sent, for the freshness window.
     seen: Mutex<HashMap<(DeviceId, [u8; 16]), i64>>,
-    /// Per sender: the minute counted, and its requests so far.
-    rate: Mutex<HashMap<DeviceId, (i64, u32)>>,
-    /// Per sender: the minute counted, and its refusals audited in it.
-    refusals: Mutex<HashMap<DeviceId, (i64, u32)>>,
-    /// Per sender: the hour counted, and its audit entries in it that no start caused.
-    budget: Mutex<HashMap<DeviceId, (i64, u32)>>,
-    /// Per sender: the hour counted, and the stale or replayed copies audited in it.
-    copies: Mutex<HashMap<DeviceId, (i64, u32)>>,
+    /// Per sender and minute, its requests.
+    rate: PerSender,
+    /// Per sender and minute, its refusals audited.
+    refusals: PerSender,
+    /// Per sender and hour, its audit entries that no start caused.
+    budget: PerSender,
+    /// Per sender and hour, the stale or replayed copies of its requests audited.
+    copies: PerSender,
+}
+
+/// A count per sender within a window of time (a minute, an hour), forgotten when it turns.
+struct PerSender(Mutex<HashMap<DeviceId, (i64, u32)>>);
+
+impl PerSender {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    /// Counts one more for `from` in this window of `seconds`; whether it stays within `max`.
+    fn count(&self, from: DeviceId, seconds: i64, max: u32) -> bool {
+        let window = unix_now() / seconds;
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.retain(|_, (w, _)| *w == window);
+        let entry = counts.entry(from).or_insert((window, 0));
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 <= max
+    }
+}
+
+/// Whether `from` is an active member of the vault as `state` holds it now.
+fn is_active(state: &State, from: &DeviceId) -> bool {
+    state
+        .device
+        .state()
+        .is_ok_and(|v| v.members.get(from).is_some_and(|m| m.is_active()))
 }
 
 /// Where the request ids seen within the window are kept, so a restart forgets none.
@@ -106,53 +133,30 @@ impl Target {
             state,
             home,
             seen: Mutex::new(seen),
-            rate: Mutex::new(HashMap::new()),
-            refusals: Mutex::new(HashMap::new()),
-            budget: Mutex::new(HashMap::new()),
-            copies: Mutex::new(HashMap::new()),
+            rate: PerSender::new(),
+            refusals: PerSender::new(),
+            budget: PerSender::new(),
+            copies: PerSender::new(),
         }
     }
 
     /// Counts an audit entry of `from`'s that no start caused; false when its hour's budget
     /// is spent (or, for a refusal, its minute's).
     fn within_audit_budget(&self, from: DeviceId, refusal: bool, copy: bool) -> bool {
-        let now = unix_now();
         if copy {
             // A stale or replayed copy may come from whoever holds the envelope (a relay):
             // its own small bucket, so it never spends the sender's.
-            let hour = now / 3600;
-            let mut copies = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
-            copies.retain(|_, (h, _)| *h == hour);
-            let entry = copies.entry(from).or_insert((hour, 0));
-            entry.1 = entry.1.saturating_add(1);
-            return entry.1 <= COPIES_AUDITED;
+            return self.copies.count(from, 3600, COPIES_AUDITED);
         }
-        if refusal {
-            let minute = now / 60;
-            let mut counted = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
-            counted.retain(|_, (m, _)| *m == minute);
-            let entry = counted.entry(from).or_insert((minute, 0));
-            entry.1 = entry.1.saturating_add(1);
-            if entry.1 > REFUSALS_AUDITED {
-                return false;
-            }
+        if refusal && !self.refusals.count(from, 60, REFUSALS_AUDITED) {
+            return false;
         }
-        let hour = now / 3600;
-        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
-        budget.retain(|_, (h, _)| *h == hour);
-        let entry = budget.entry(from).or_insert((hour, 0));
-        entry.1 = entry.1.saturating_add(1);
-        entry.1 <= AUDITED_PER_HOUR
+        self.budget.count(from, 3600, AUDITED_PER_HOUR)
     }
 
     /// Counts a request from `from`; false when it is over this minute's share.
     fn within_rate(&self, from: DeviceId) -> bool {
-        let minute = unix_now() / 60;
-        let mut rate = self.rate.lock().unwrap_or_else(PoisonError::into_inner);
-        rate.retain(|_, (m, _)| *m == minute);
-        let entry = rate.entry(from).or_insert((minute, 0));
-        entry.1 = entry.1.saturating_add(1);
-        entry.1 <= PER_MINUTE
+        self.rate.count(from, 60, PER_MINUTE)
     }
 
     /// Refuses a stale, future or replayed request (remembers nothing: see [`Self::remember`]).
@@ -201,11 +205,7 @@ impl Target {
         let key = {
             let mut state = lock_state(&self.state);
             state.expire();
-            let active = state
-                .device
-                .state()
-                .is_ok_and(|v| v.members.get(&from).is_some_and(|m| m.is_active()));
-            if !active {
+            if !is_active(&state, &from) {
                 return refuse(
                     Refusal::NotAMember,
                     "your device is not a member of this vault",
@@ -305,11 +305,7 @@ impl Target {
     /// Lists, or stops one of, the sessions `from` asked for: a member sees and stops only its
     /// own (another's is "no such session", never "not yours").
     fn theirs(&self, from: DeviceId, id: [u8; 16], ask: &Ask) -> (Response, bool) {
-        let active = lock_state(&self.state)
-            .device
-            .state()
-            .is_ok_and(|v| v.members.get(&from).is_some_and(|m| m.is_active()));
-        if !active {
+        if !is_active(&lock_state(&self.state), &from) {
             return (
                 refused(
                     id,
