@@ -8,10 +8,12 @@
 //! # Layout
 //! - [`input`]: reading passphrases, tokens and recovery codes; [`output`]: writing results.
 //! - `vault_cmds`: `init`, `status`, `export`, `import`, `recover`.
-//! - `token_cmds`: `token add|list|show|rm|default`.
+//! - `token_cmds`: `token add|list|show|rm|default|check|rename`; `resolve_cmd`: `token
+//!   resolve|history`.
 //! - `peer_cmds`: `peer add|join|list|remove`.
 //! - `relay_cmds`: `relay add|list|rm`.
 //! - `audit_cmd`: `audit`.
+//! - `reference_cmds`: `completions`, `man`.
 //! - `demo`: the end-to-end demonstration on temporary homes.
 
 /// `println!` for command output: a reader that went away ends output quietly (see
@@ -30,7 +32,9 @@ pub mod input;
 pub mod output;
 mod peer_cmds;
 mod policy_cmds;
+mod reference_cmds;
 mod relay_cmds;
+mod resolve_cmd;
 mod session_cmds;
 mod spawn_cmd;
 mod supervising;
@@ -142,6 +146,17 @@ pub enum Command {
     Daemon(DaemonCommand),
     /// Run the whole flow end to end on temporary homes, with built-in sample values.
     Demo,
+    /// Print a shell completion script (e.g. `source <(handoff completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: handoff_relay::reference::Shell,
+    },
+    /// Print the manual page; with --out, write a page per command into DIR.
+    Man {
+        /// An existing directory for handoff.1, handoff-token.1, ...
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +291,25 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DURATION", default_value = "0s")]
         within: humantime::Duration,
     },
+    /// A conflicted token's versions (writer, time, label, kind); with --keep, keep one.
+    Resolve {
+        /// Token id, id prefix, or SERVICE/LABEL.
+        id: String,
+        /// The version to keep: its code, its number in the list, or the device that wrote it.
+        #[arg(long, value_name = "VERSION")]
+        keep: Option<String>,
+        /// Also print each version's secret (asks for the passphrase).
+        #[arg(long, conflicts_with = "keep")]
+        reveal: bool,
+    },
+    /// Every version a token ever had, oldest first, including those a resolve replaced.
+    History {
+        /// Token id, id prefix, or SERVICE/LABEL.
+        id: String,
+        /// Also print each version's secret (asks for the passphrase).
+        #[arg(long)]
+        reveal: bool,
+    },
     /// Give a token another label (its secret stays as it is).
     Rename {
         /// Token id, id prefix, or SERVICE/LABEL.
@@ -375,6 +409,12 @@ impl CliError {
 
 /// Runs one parsed command; returns the exit code on success (0, or a spawned agent's own).
 pub fn run(cli: Cli) -> Result<i32, CliError> {
+    // The reference needs no home.
+    match &cli.command {
+        Command::Completions { shell } => return reference_cmds::completions(*shell).map(|()| 0),
+        Command::Man { out } => return reference_cmds::man(out.as_deref()).map(|()| 0),
+        _ => {}
+    }
     let ctx = Context {
         home: crate::home::Home::locate(cli.home).map_err(DeviceError::from)?,
         json: cli.json,
@@ -432,6 +472,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             DaemonCommand::Install { print } => daemon_cmds::install(&ctx, print),
             DaemonCommand::Uninstall => daemon_cmds::uninstall(&ctx),
         },
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("run above"),
         #[cfg(feature = "demo")]
         Command::Demo => demo::run(ctx.json),
         #[cfg(not(feature = "demo"))]

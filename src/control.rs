@@ -26,7 +26,7 @@ use crate::ops::views::{OfferView, PairStep};
 use crate::ops::{Op, Outcome, Secret, Tier};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 /// Largest request frame but an import's: the largest token with room to spare.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest import request: the largest document the vault accepts, with its envelope.

@@ -7,6 +7,8 @@
 //! before returning, so whatever a caller reports as done is on disk. Operations that read a
 //! token or seal one need an [`Unlocked`] vault key, made from the passphrase.
 
+mod conflicts;
+pub use conflicts::version_code;
 mod members;
 pub mod oauth;
 mod peers;

@@ -19,6 +19,7 @@ mod records;
 pub mod schema;
 mod trust;
 mod verified;
+mod versions;
 pub use verified::MAX_REMEMBERED as MAX_REMEMBERED_SIGNATURES;
 
 use automerge::transaction::{CommitOptions, Transactable};

@@ -24,7 +24,10 @@ use crate::spawn::policy::Policy;
 use crate::spawn::writeback::Ticket;
 use crate::spawn::{Agent, Delivery, choose_token, delivery_for};
 pub use error::{Exit, OpError};
-use views::{AuditView, PeerView, RelayView, RemovedView, SpawnPolicyView, StatusView, TokenView};
+use views::{
+    AuditView, PeerView, RelayView, RemovedView, SpawnPolicyView, StatusView, TokenView,
+    VersionView,
+};
 
 /// Secret bytes held by an operation or its outcome: zeroized when dropped, never in `Debug`.
 pub type Secret = Zeroizing<Vec<u8>>;
@@ -57,6 +60,18 @@ pub enum Op {
     RenameToken {
         query: String,
         label: String,
+    },
+    /// A token's versions: the valid ones its record holds now (several after concurrent
+    /// writes), or with `history` every valid one it ever held; with `reveal`, each secret.
+    TokenVersions {
+        query: String,
+        history: bool,
+        reveal: bool,
+    },
+    /// Settles a conflicted token: keeps the version `keep` names as its next version.
+    ResolveToken {
+        query: String,
+        keep: String,
     },
     Export,
     Import {
@@ -110,6 +125,11 @@ pub enum Outcome {
     Status(StatusView),
     Tokens(Vec<TokenView>),
     Token(TokenView),
+    /// A token and versions of it (secrets only when asked to reveal them).
+    Versions {
+        token: TokenView,
+        versions: Vec<VersionView>,
+    },
     Secret {
         token: TokenView,
         #[serde(with = "secret_bytes")]
@@ -166,12 +186,15 @@ impl Op {
             | Op::ListPeers
             | Op::ListRelays
             | Op::Audit { .. }
+            | Op::TokenVersions { reveal: false, .. }
             | Op::SpawnPolicy => Tier::Open,
             Op::AddToken { .. }
             | Op::Reveal { .. }
             | Op::RemoveToken { .. }
             | Op::SetDefault { .. }
             | Op::RenameToken { .. }
+            | Op::TokenVersions { reveal: true, .. }
+            | Op::ResolveToken { .. }
             | Op::RenameDevice { .. }
             | Op::Import { .. }
             | Op::Credential { .. } => Tier::Person,
@@ -191,6 +214,7 @@ impl Op {
             self,
             Op::AddToken { .. }
                 | Op::Reveal { .. }
+                | Op::TokenVersions { reveal: true, .. }
                 | Op::RemovePeer { .. }
                 | Op::Credential { .. }
                 | Op::SetSpawnPolicy { .. }
@@ -202,7 +226,7 @@ impl Op {
     /// an agent that cannot take it.
     pub fn check(&self, device: &Device) -> Result<(), OpError> {
         match self {
-            Op::Reveal { query } => {
+            Op::Reveal { query } | Op::TokenVersions { query, .. } => {
                 device.find_token(&device.state()?, query)?;
             }
             Op::AddToken {
@@ -299,6 +323,35 @@ fn run(
         }
         Op::RenameToken { query, label } => {
             let token = device.rename_token(&query, &label)?;
+            Outcome::Token(TokenView::of(&device.state()?, &token))
+        }
+        Op::TokenVersions {
+            query,
+            history,
+            reveal,
+        } => {
+            let (token, versions) = if history {
+                device.token_history(&query)?
+            } else {
+                device.token_versions(&query)?
+            };
+            let state = device.state()?;
+            let mut views = Vec::with_capacity(versions.len());
+            for (i, version) in versions.iter().enumerate() {
+                let mut view = VersionView::of(&state, version, i + 1);
+                if reveal && version.ciphertext.is_some() {
+                    let secret = device.open_version(key()?, version)?;
+                    view.secret = Some(Zeroizing::new(expose(&secret).to_vec()));
+                }
+                views.push(view);
+            }
+            Outcome::Versions {
+                token: TokenView::of(&state, &token),
+                versions: views,
+            }
+        }
+        Op::ResolveToken { query, keep } => {
+            let token = device.resolve_token(&query, &keep)?;
             Outcome::Token(TokenView::of(&device.state()?, &token))
         }
         Op::Export => Outcome::Exported(device.export()),
@@ -484,6 +537,8 @@ impl Op {
             Op::RemoveToken { .. } => "RemoveToken",
             Op::SetDefault { .. } => "SetDefault",
             Op::RenameToken { .. } => "RenameToken",
+            Op::TokenVersions { .. } => "TokenVersions",
+            Op::ResolveToken { .. } => "ResolveToken",
             Op::Export => "Export",
             Op::Import { .. } => "Import",
             Op::ListPeers => "ListPeers",
@@ -507,6 +562,7 @@ impl Outcome {
             Outcome::Status(_) => "Status",
             Outcome::Tokens(_) => "Tokens",
             Outcome::Token(_) => "Token",
+            Outcome::Versions { .. } => "Versions",
             Outcome::Secret { .. } => "Secret",
             Outcome::Exported(_) => "Exported",
             Outcome::Imported(_) => "Imported",

@@ -28,6 +28,9 @@ pub mod descriptors;
 pub mod listen;
 pub mod wire;
 
+#[cfg(feature = "reference")]
+pub mod reference;
+
 #[cfg(feature = "server")]
 mod config;
 #[cfg(feature = "server")]

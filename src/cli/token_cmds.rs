@@ -1,4 +1,4 @@
-//! `token add|list|show|rm|default|rename`.
+//! `token add|list|show|rm|default|check|rename` (`resolve` and `history` are in `resolve_cmd`).
 
 use serde_json::json;
 
@@ -105,6 +105,12 @@ pub(super) fn run(ctx: &Context, cmd: TokenCommand) -> Result<(), CliError> {
             }
         }
         TokenCommand::Check { id, within } => check(ctx, id, *within)?,
+        TokenCommand::Resolve { id, keep, reveal } => {
+            super::resolve_cmd::run(ctx, id, keep, reveal, false)?;
+        }
+        TokenCommand::History { id, reveal } => {
+            super::resolve_cmd::run(ctx, id, None, reveal, true)?
+        }
         TokenCommand::Rename { id, label } => {
             let was = id.clone();
             let rename = Op::RenameToken { query: id, label };
@@ -296,6 +302,12 @@ fn list(ctx: &Context, tokens: &[TokenView]) {
             writer(t)
         );
     }
+    if let Some(t) = tokens.iter().find(|t| t.conflict) {
+        say!(
+            "A token marked (conflict) was edited on two devices at once: `handoff token resolve {}` shows its versions.",
+            &t.id[..8]
+        );
+    }
 }
 
 fn show(ctx: &Context, t: &TokenView) {
@@ -309,7 +321,10 @@ fn show(ctx: &Context, t: &TokenView) {
     say!("kind     {}", t.kind);
     say!("default  {}", if t.default { "yes" } else { "no" });
     if t.conflict {
-        say!("conflict concurrent edits left several values; the newest is shown");
+        say!(
+            "conflict concurrent edits left several versions; the newest is shown (see them all: `handoff token resolve {}`)",
+            &t.id[..8]
+        );
     }
     say!("created  {} by {}", when(t.created_at), t.created_by);
     say!(

@@ -179,15 +179,26 @@ impl Device {
             .ciphertext
             .as_deref()
             .ok_or_else(|| DeviceError::TokenNotFound(query.to_string()))?;
-        let dek = self.dek(&state, &token.epoch, key)?;
+        let secret = self.open_sealed(&state, key, &token, sealed)?;
+        Ok((token, secret))
+    }
+
+    /// Opens `sealed`, the ciphertext of (a version of) `token`.
+    pub(super) fn open_sealed(
+        &self,
+        state: &VaultState,
+        key: &Unlocked,
+        token: &Token,
+        sealed: &[u8],
+    ) -> Result<SecretBytes, DeviceError> {
+        let dek = self.dek(state, &token.epoch, key)?;
         let binding = TokenBinding {
             vault: &state.info.id,
             token: &token.id,
             epoch: &token.epoch,
             service: token.service.as_str(),
         };
-        let secret = dek.open_token(binding, sealed)?;
-        Ok((token, secret))
+        Ok(dek.open_token(binding, sealed)?)
     }
 
     /// Deletes a token: the record stays as a tombstone, its ciphertext is dropped. If it was

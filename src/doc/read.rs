@@ -22,7 +22,7 @@ mod signed;
 use crate::vault::SignedWrap;
 use handoff_protocol::binding::{genesis_statement, member_statement};
 pub(super) use signed::{
-    Writers, audit_is_valid, default_is_valid, lease_is_valid, version_is_valid,
+    Writers, audit_is_valid, default_is_valid, lease_is_valid, signed_version, version_is_valid,
 };
 use signed::{read_audit_entry, read_default, read_token};
 
@@ -116,6 +116,11 @@ impl<'a> Fields<'a> {
     /// Each field's name and the id of the op that wrote its current value.
     pub(super) fn ids(&self) -> impl Iterator<Item = (&str, &ObjId)> {
         self.entries.iter().map(|(k, e)| (k.as_str(), &e.id))
+    }
+
+    /// The map's own object id.
+    pub(super) fn id(&self) -> &ObjId {
+        &self.obj
     }
 
     pub(super) fn root(doc: &'a AutoCommit) -> Self {

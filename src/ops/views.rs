@@ -97,6 +97,61 @@ impl TokenView {
     }
 }
 
+/// One version of a token, as `token resolve` and `token history` list it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    /// Its place in the listing (1 first): what `--keep` can name.
+    pub number: usize,
+    /// The short code of what its writer signed, the same on every device.
+    pub code: String,
+    /// The record's version counter when it was written.
+    pub version: u64,
+    pub service: String,
+    pub label: String,
+    pub kind: String,
+    pub deleted: bool,
+    pub written_at: i64,
+    pub written_by: String,
+    /// The writer's device name, if it is a member.
+    pub written_by_name: Option<String>,
+    /// Its secret, only when asked to reveal it.
+    #[serde(default, with = "crate::ops::secret_bytes::optional")]
+    pub secret: Option<crate::ops::Secret>,
+}
+
+impl VersionView {
+    pub fn of(state: &VaultState, t: &Token, number: usize) -> Self {
+        Self {
+            number,
+            code: crate::device::version_code(&state.info.id, t),
+            version: t.version,
+            service: t.service.as_str().into(),
+            label: t.label.clone(),
+            kind: t.kind.as_str().into(),
+            deleted: t.deleted,
+            written_at: t.updated_at,
+            written_by: t.updated_by.clone(),
+            written_by_name: t
+                .updated_by
+                .parse()
+                .ok()
+                .and_then(|d| state.members.get(&d))
+                .map(|m| m.name.clone()),
+            secret: None,
+        }
+    }
+}
+
+/// Names the version, never its secret.
+impl std::fmt::Debug for VersionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionView")
+            .field("code", &self.code)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A member as `status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberView {

@@ -19,7 +19,8 @@ pub struct RelayProc {
     port: u16,
 }
 
-fn binary() -> PathBuf {
+/// The `handoff-relay` binary beside `handoff`.
+pub fn binary() -> PathBuf {
     let handoff = Path::new(crate::support::binary());
     let relay = handoff.with_file_name("handoff-relay");
     assert!(

@@ -178,7 +178,7 @@ pub(in crate::doc) fn lease_is_valid(
 }
 
 /// A token version, if it is signed by a member that may write tokens, under its own actor.
-fn signed_version(
+pub(in crate::doc) fn signed_version(
     id: TokenId,
     f: &Fields<'_>,
     writers: &Writers<'_>,
