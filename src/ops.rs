@@ -186,14 +186,19 @@ impl Op {
             | Op::ListPeers
             | Op::ListRelays
             | Op::Audit { .. }
-            | Op::TokenVersions { reveal: false, .. }
+            | Op::TokenVersions {
+                reveal: false,
+                history: false,
+                ..
+            }
             | Op::SpawnPolicy => Tier::Open,
             Op::AddToken { .. }
             | Op::Reveal { .. }
             | Op::RemoveToken { .. }
             | Op::SetDefault { .. }
             | Op::RenameToken { .. }
-            | Op::TokenVersions { reveal: true, .. }
+            // History decodes every change of the document: not for any client to loop on.
+            | Op::TokenVersions { .. }
             | Op::ResolveToken { .. }
             | Op::RenameDevice { .. }
             | Op::Import { .. }
@@ -340,8 +345,12 @@ fn run(
             for (i, version) in versions.iter().enumerate() {
                 let mut view = VersionView::of(&state, version, i + 1);
                 if reveal && version.ciphertext.is_some() {
-                    let secret = device.open_version(key()?, version)?;
-                    view.secret = Some(Zeroizing::new(expose(&secret).to_vec()));
+                    // One version this device cannot open (an epoch from before it joined, a
+                    // ciphertext that does not open) says so; the others are still shown.
+                    match device.open_version(key()?, version) {
+                        Ok(secret) => view.secret = Some(Zeroizing::new(expose(&secret).to_vec())),
+                        Err(e) => view.unopened = Some(e.to_string()),
+                    }
                 }
                 views.push(view);
             }
@@ -351,8 +360,12 @@ fn run(
             }
         }
         Op::ResolveToken { query, keep } => {
-            let token = device.resolve_token(&query, &keep)?;
-            Outcome::Token(TokenView::of(&device.state()?, &token))
+            let before = device.state()?;
+            let (token, kept) = device.resolve_token(&query, &keep)?;
+            Outcome::Versions {
+                token: TokenView::of(&device.state()?, &token),
+                versions: vec![VersionView::of(&before, &kept, 1)],
+            }
         }
         Op::Export => Outcome::Exported(device.export()),
         Op::Import { data } => Outcome::Imported(device.import(&data)?),

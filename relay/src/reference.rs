@@ -71,10 +71,9 @@ fn write_pages(
     file.write_all(&page)?;
     file.as_file().sync_all()?;
     // A manual page is for every reader of the directory, like any installed one.
-    std::fs::set_permissions(
-        file.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
+    // On the open file, not its name: nothing can swap the name for a link meanwhile.
+    file.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     file.persist(&path).map_err(|e| e.error)?;
     written.push(path);
     Ok(())

@@ -75,14 +75,19 @@ impl Waiting {
     /// Key derivation from the passphrase (Argon2id at 64 MiB: a moment here, seconds on a
     /// slow CPU), shown at once.
     pub fn deriving(json: bool) -> Self {
-        Self::shown(json, "Unlocking (Argon2id, 64 MiB)".into(), true)
+        Self::shown(json, "Unlocking (Argon2id, 64 MiB)".into(), true, None)
     }
 
     pub fn start(json: bool, what: String) -> Self {
-        Self::shown(json, what, false)
+        Self::shown(json, what, false, None)
     }
 
-    fn shown(json: bool, what: String, at_once: bool) -> Self {
+    /// The same, with the time left until `deadline` (Unix seconds): a pairing code's expiry.
+    pub fn until(json: bool, what: String, deadline: i64) -> Self {
+        Self::shown(json, what, false, Some(deadline))
+    }
+
+    fn shown(json: bool, what: String, at_once: bool, deadline: Option<i64>) -> Self {
         use std::io::IsTerminal;
         if json || !std::io::stderr().is_terminal() {
             return Self {
@@ -100,7 +105,11 @@ impl Waiting {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(std::time::Duration::from_secs(1))
             {
-                eprint!("\r{what}... {}s", started.elapsed().as_secs());
+                let left = deadline.map_or_else(String::new, |at| {
+                    let secs = at.saturating_sub(crate::entropy::unix_now()).max(0);
+                    format!(" (the code is valid {}m {:02}s more)", secs / 60, secs % 60)
+                });
+                eprint!("\r{what}... {}s{left}\x1b[K", started.elapsed().as_secs());
                 shown = true;
             }
             if shown {

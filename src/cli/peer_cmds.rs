@@ -202,14 +202,17 @@ pub(super) fn add(ctx: &Context, args: &AddArgs) -> Result<(), CliError> {
         say!("(from another network, add --addr with one of these)");
         say!("Waiting for the new device...");
     }
-    let result = follow(ctx, &mut offerer, args.yes);
+    let result = follow(ctx, &mut offerer, args.yes, offer.expires_at);
     offerer.finish();
     result
 }
 
-fn follow(ctx: &Context, offerer: &mut Offerer, yes: bool) -> Result<(), CliError> {
+fn follow(ctx: &Context, offerer: &mut Offerer, yes: bool, expires: i64) -> Result<(), CliError> {
     loop {
-        match offerer.next()? {
+        let waiting = super::output::Waiting::until(ctx.json, "Waiting".into(), expires);
+        let step = offerer.next();
+        drop(waiting);
+        match step? {
             PairStep::Sas { sas } => {
                 if ctx.json {
                     print_json(&json!({ "sas": sas }));
@@ -303,11 +306,21 @@ pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
     let pending = PendingJoin::prepare(ctx.home.clone(), &new)?;
     let quiet = ctx.json;
     let yes = args.yes;
+    // While a step goes on, a line on a terminal counts the seconds; cleared before anything
+    // else is written or asked.
+    let waiting = Arc::new(std::sync::Mutex::new(None::<super::output::Waiting>));
+    let stop_waiting = {
+        let waiting = waiting.clone();
+        move || drop(waiting.lock().map(|mut w| w.take()))
+    };
+    let on_step = waiting.clone();
+    let before_confirm = stop_waiting.clone();
     let request = JoinRequest {
         code,
         hints,
         mdns: !args.no_mdns,
         confirm: Box::new(move |sas| {
+            before_confirm();
             if quiet {
                 print_json(&json!({ "sas": sas }));
             } else {
@@ -316,12 +329,19 @@ pub(super) fn join(ctx: &Context, args: JoinArgs) -> Result<(), CliError> {
             yes || input::confirm("Do the words match? [y/N] ").unwrap_or(false)
         }),
         progress: Box::new(move |line| {
+            let Ok(mut shown) = on_step.lock() else {
+                return;
+            };
+            drop(shown.take());
             if !quiet {
                 say!("{line}");
+                *shown = Some(super::output::Waiting::start(quiet, "waiting".into()));
             }
         }),
     };
-    let device = runtime()?.block_on(crate::net::join(pending, request))?;
+    let joined = runtime()?.block_on(crate::net::join(pending, request));
+    stop_waiting();
+    let device = joined?;
     let state = device.state()?;
     let role = state
         .members

@@ -18,18 +18,24 @@ pub(super) fn run(
 ) -> Result<(), CliError> {
     if let Some(keep) = keep {
         let resolve = Op::ResolveToken { query: id, keep };
-        let token = run_op!(ctx, resolve, Outcome::Token(t) => t);
+        let (token, kept) = run_op!(
+            ctx,
+            resolve,
+            Outcome::Versions { token, versions } => (token, versions)
+        );
+        let kept = kept.first();
         if ctx.json {
             print_json(&json!({
                 "id": token.id, "service": token.service, "label": token.label,
-                "conflict": token.conflict,
+                "conflict": token.conflict, "kept": kept.map(|v| &v.code),
             }));
         } else {
             say!(
-                "Kept {}/{} ({}): every device that syncs this change shows it alone.",
+                "Kept version {} ({}/{}, written by {}): every device that syncs this change shows it alone.",
+                kept.map_or("?", |v| v.code.as_str()),
                 token.service,
-                token.label,
-                &token.id[..8]
+                one_line(&token.label),
+                kept.map_or_else(|| "?".into(), writer)
             );
             say!(
                 "The other versions stay in its history: `handoff token history {}`.",
@@ -66,8 +72,7 @@ pub(super) fn run(
             .map_err(|e| CliError::Internal(format!("cannot write to stdout: {e}")))?;
         return Ok(());
     }
-    show(&token, &versions, history);
-    Ok(())
+    show(&token, &versions, history)
 }
 
 /// `--json` output: borrowed, so a revealed secret is copied only into the zeroizing buffer.
@@ -93,6 +98,8 @@ struct Version<'a> {
     written_by: Writer<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unopened: Option<&'a str>,
 }
 
 #[derive(serde::Serialize)]
@@ -120,35 +127,45 @@ impl<'a> Version<'a> {
                 .secret
                 .as_ref()
                 .map(|s| std::str::from_utf8(s).unwrap_or("(not UTF-8)")),
+            unopened: v.unopened.as_deref(),
         }
     }
 }
 
-fn show(token: &TokenView, versions: &[VersionView], history: bool) {
+/// Another member's words, on one line (labels and names are short; errors a little longer).
+fn one_line(text: &str) -> String {
+    crate::spawn::policy::one_line(text, 200)
+}
+
+/// Who wrote a version: its device's name or id.
+fn writer(v: &VersionView) -> String {
+    v.written_by_name
+        .as_deref()
+        .map_or_else(|| v.written_by.chars().take(8).collect(), one_line)
+}
+
+fn show(token: &TokenView, versions: &[VersionView], history: bool) -> Result<(), CliError> {
     let short = &token.id[..8];
+    let label = one_line(&token.label);
+    let n = versions.len();
     if history {
         say!(
-            "{}/{} ({short}): {} versions, oldest first.",
-            token.service,
-            token.label,
-            versions.len()
+            "{}/{label} ({short}): {n} versions, oldest first.",
+            token.service
         );
     } else if token.conflict {
         say!(
-            "{}/{} ({short}) has {} versions from concurrent edits; newest first (1 is shown now):",
-            token.service,
-            token.label,
-            versions.len()
+            "{}/{label} ({short}) has {n} versions from concurrent edits; newest first (the first is shown now):",
+            token.service
         );
     } else {
         say!(
-            "{}/{} ({short}) has no conflict: one version.",
-            token.service,
-            token.label
+            "{}/{label} ({short}) has no conflict: one version.",
+            token.service
         );
     }
     say!(
-        "{:<3} {:<9} {:<8} {:<21} {:<16} {:<12} LABEL",
+        "{:<3} {:<13} {:<8} {:<21} {:<16} {:<12} LABEL",
         "#",
         "CODE",
         "VERSION",
@@ -157,32 +174,36 @@ fn show(token: &TokenView, versions: &[VersionView], history: bool) {
         "KIND"
     );
     for v in versions {
-        let by = v
-            .written_by_name
-            .clone()
-            .unwrap_or_else(|| v.written_by.chars().take(8).collect());
         let label = if v.deleted {
-            format!("{} (deleted)", v.label)
+            format!("{} (deleted)", one_line(&v.label))
         } else {
-            v.label.clone()
+            one_line(&v.label)
         };
         say!(
-            "{:<3} {:<9} {:<8} {:<21} {:<16} {:<12} {}",
+            "{:<3} {:<13} {:<8} {:<21} {:<16} {:<12} {label}",
             v.number,
             v.code,
             v.version,
             when(v.written_at),
-            by,
-            v.kind,
-            label
+            writer(v),
+            v.kind
         );
         if let Some(secret) = &v.secret {
-            say!("    secret {}", String::from_utf8_lossy(secret));
+            // Into zeroizing memory, as it is: the bytes the agent would get.
+            let mut line = zeroize::Zeroizing::new(Vec::with_capacity(secret.len() + 11));
+            line.extend_from_slice(b"    secret ");
+            line.extend_from_slice(secret);
+            write_stdout_line(&line)
+                .map_err(|e| CliError::Internal(format!("cannot write to stdout: {e}")))?;
+        }
+        if let Some(why) = &v.unopened {
+            say!("    secret cannot be opened here: {}", one_line(why));
         }
     }
     if token.conflict && !history {
         say!(
-            "Keep one with `handoff token resolve {short} --keep CODE` (or its number, or the device that wrote it)."
+            "Keep one with `handoff token resolve {short} --keep CODE` (or the name of the device that wrote it)."
         );
     }
+    Ok(())
 }

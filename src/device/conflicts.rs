@@ -11,11 +11,11 @@ use crate::doc::schema::Token;
 use crate::entropy::unix_now;
 use crate::vault::SecretBytes;
 
-/// A version's code: the first 8 hex digits of the SHA-256 of what its writer signed.
+/// A version's code: the first 12 hex digits of the SHA-256 of what its writer signed.
 pub fn version_code(vault: &VaultId, t: &Token) -> String {
     let statement = handoff_protocol::binding::token_version_statement(vault, &t.signed_fields());
     let digest = Sha256::digest(statement);
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Device {
@@ -45,11 +45,14 @@ impl Device {
         self.open_sealed(&state, key, t, sealed)
     }
 
-    /// Settles a conflicted token: the version `keep` names (its number in the listing, 1 the
-    /// newest; its code or a prefix of it; or the device that wrote it) becomes the record's
-    /// next version, signed by this device. Returns the token as it now reads and the version
-    /// kept.
-    pub fn resolve_token(&mut self, query: &str, keep: &str) -> Result<Token, DeviceError> {
+    /// Settles a conflicted token: the version `keep` names (see [`Self::pick_version`])
+    /// becomes the record's next version, signed by this device. Returns the token as it now
+    /// reads and the version kept.
+    pub fn resolve_token(
+        &mut self,
+        query: &str,
+        keep: &str,
+    ) -> Result<(Token, Token), DeviceError> {
         let state = self.state()?;
         self.require_token_writer(&state)?;
         let (token, versions) = self.token_versions(query)?;
@@ -60,6 +63,7 @@ impl Device {
             )));
         }
         let chosen = self.pick_version(&state, &versions, keep)?;
+        super::check_label(&chosen.label)?;
         let label_taken = state
             .live_tokens()
             .any(|t| t.id != token.id && t.service == chosen.service && t.label == chosen.label);
@@ -78,63 +82,50 @@ impl Device {
         self.audit("token.resolve", &token.id.to_hex())?;
         self.doc.commit("token.resolve", |m| self.keys.sign(m));
         self.persist()?;
-        let state = self.state()?;
-        state
+        let now = self.state()?;
+        let resolved = now
             .tokens
             .get(&token.id)
             .cloned()
-            .ok_or(DeviceError::Inconsistent("the resolved token vanished"))
+            .ok_or(DeviceError::Inconsistent("the resolved token vanished"))?;
+        Ok((resolved, chosen.clone()))
     }
 
+    /// The version `keep` names: a code (or a prefix of 6+ hex digits of one) or the device
+    /// that wrote it; refused unless exactly one version answers to it. No position in a list:
+    /// a member can re-sign its version between the listing and the resolve and so reorder it.
     fn pick_version<'v>(
         &self,
         state: &crate::doc::VaultState,
         versions: &'v [Token],
         keep: &str,
     ) -> Result<&'v Token, DeviceError> {
-        let listed = || {
-            versions
-                .iter()
-                .map(|t| version_code(&state.info.id, t))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if let Ok(n) = keep.parse::<usize>()
-            && keep.len() <= 2
-        {
-            return n
-                .checked_sub(1)
-                .and_then(|i| versions.get(i))
-                .ok_or_else(|| {
-                    DeviceError::InvalidInput(format!(
-                        "there is no version {n}: the token has {} (codes {})",
-                        versions.len(),
-                        listed()
-                    ))
-                });
-        }
-        let code = keep.to_ascii_lowercase();
-        let by_code: Vec<&Token> = versions
+        let codes: Vec<String> = versions
             .iter()
-            .filter(|t| code.len() >= 4 && version_code(&state.info.id, t).starts_with(&code))
+            .map(|t| version_code(&state.info.id, t))
             .collect();
-        let found: Vec<&Token> = if by_code.is_empty() {
-            let writer = self.find_member(state, keep).map(|m| m.device.to_hex());
-            versions
-                .iter()
-                .filter(|t| writer.as_ref().is_ok_and(|w| *w == t.updated_by))
-                .collect()
-        } else {
-            by_code
-        };
+        let listed = || codes.join(", ");
+        let code = keep.to_ascii_lowercase();
+        let by_code = code.len() >= 6 && code.chars().all(|c| c.is_ascii_hexdigit());
+        let mut found: Vec<&Token> = versions
+            .iter()
+            .zip(&codes)
+            .filter(|(_, c)| by_code && c.starts_with(&code))
+            .map(|(t, _)| t)
+            .collect();
+        if let Ok(writer) = self.find_member(state, keep) {
+            let writer = writer.device.to_hex();
+            found.extend(versions.iter().filter(|t| t.updated_by == writer));
+        }
+        found.dedup_by(|a, b| std::ptr::eq(*a, *b));
         match found.as_slice() {
             [one] => Ok(one),
             [] => Err(DeviceError::InvalidInput(format!(
-                "no version of this token is '{keep}': give a code ({}), a number from the list, or the device that wrote it",
+                "no version of this token is '{keep}': give one's code ({}) or the device that wrote it",
                 listed()
             ))),
             _ => Err(DeviceError::InvalidInput(format!(
-                "'{keep}' names several versions: give one's code ({})",
+                "'{keep}' names several versions: give one's whole code ({})",
                 listed()
             ))),
         }

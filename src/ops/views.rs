@@ -100,9 +100,9 @@ impl TokenView {
 /// One version of a token, as `token resolve` and `token history` list it.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct VersionView {
-    /// Its place in the listing (1 first): what `--keep` can name.
+    /// Its place in the listing (1 first).
     pub number: usize,
-    /// The short code of what its writer signed, the same on every device.
+    /// The code of what its writer signed, the same on every device: what `--keep` names.
     pub code: String,
     /// The record's version counter when it was written.
     pub version: u64,
@@ -117,6 +117,9 @@ pub struct VersionView {
     /// Its secret, only when asked to reveal it.
     #[serde(default, with = "crate::ops::secret_bytes::optional")]
     pub secret: Option<crate::ops::Secret>,
+    /// Why its secret could not be revealed, when it was asked for.
+    #[serde(default)]
+    pub unopened: Option<String>,
 }
 
 impl VersionView {
@@ -138,6 +141,7 @@ impl VersionView {
                 .and_then(|d| state.members.get(&d))
                 .map(|m| m.name.clone()),
             secret: None,
+            unopened: None,
         }
     }
 }

@@ -108,6 +108,17 @@ impl Lab {
             // And so is stopping, or reading, what this person started there.
             ("remote-stop", words("session stop --on somebody 0badc0de")),
             ("remote-list", words("session list --on somebody")),
+            // Settling a conflict writes a version; the secrets of every version, or the
+            // whole history (which decodes the document), are the person's.
+            (
+                "resolve",
+                words("token resolve openai-codex/default --keep somebody"),
+            ),
+            (
+                "versions",
+                words("token resolve openai-codex/default --reveal"),
+            ),
+            ("history", words("token history openai-codex/default")),
             (
                 "policy",
                 words(&format!(
