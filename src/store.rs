@@ -25,7 +25,9 @@ pub enum StoreError {
     Corrupt { path: String, detail: String },
     #[error("the database was written by a newer handoff (schema {0}); upgrade handoff")]
     TooNew(u32),
-    #[error("this home holds no vault yet: run `handoff init` (or `handoff recover`)")]
+    #[error(
+        "this home holds no vault yet: run `handoff init` for a new one, `handoff peer join` to join yours from another device, or `handoff recover`"
+    )]
     NotInitialized,
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),

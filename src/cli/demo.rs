@@ -260,8 +260,11 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     // desktop comes back to find it at the relay.
     desktop_mesh.stop().await;
     step("desktop: offline");
+    // Apart, both rename one token: a conflict for the person to settle when they meet.
+    desktop.with(|d, _| d.rename_token("openai/personal", "desktop-name"))?;
     let rotated = format!("sk-ant-demo-rotated-{}", hex(&random_array::<12>()?));
     laptop.with(|d, k| {
+        d.rename_token("openai/personal", "laptop-name")?;
         let k = k.ok_or_else(|| failed("the laptop is locked"))?;
         d.add_token(
             k,
@@ -293,6 +296,17 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     )
     .await?;
     step("desktop: back; drained its mailbox at the relay and reads the rotated key");
+    let (versions, settled) = desktop.with(|d, _| {
+        let query = "openai/laptop-name";
+        let (_, versions) = d.token_versions(query)?;
+        let (token, _) = d.resolve_token(query, "laptop")?;
+        Ok::<_, CliError>((versions.len(), token))
+    })?;
+    let resolved = versions == 2 && !settled.conflicted && settled.label == "laptop-name";
+    step(&format!(
+        "desktop: openai/personal was renamed on both while apart; `token resolve` listed {versions} versions and kept the laptop's: {}/{}, conflict: {}",
+        settled.service, settled.label, settled.conflicted
+    ));
     let relay_db = std::fs::read(root.join("relay.db")).unwrap_or_default();
     let relay_wal = std::fs::read(root.join("relay.db-wal")).unwrap_or_default();
     let relay_saw = [&relay_db, &relay_wal].iter().any(|bytes| {
@@ -359,13 +373,20 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     )?;
     let key = tablet.unlock(passphrase.as_bytes())?;
     let recovered = reveals(&tablet, &key, "anthropic/work", &rotated)
-        && reveals(&tablet, &key, "openai/personal", &personal);
+        && reveals(&tablet, &key, "openai/laptop-name", &personal);
     step(&format!(
         "tablet: recovered the vault from the desktop's export and the recovery code; reads both tokens: {recovered}"
     ));
 
     let remote_ok = remote.started && remote.listed && remote.audited && remote.phone_clean;
-    let ok = sas_match && matched && refreshed && !leaked && !relay_saw && recovered && remote_ok;
+    let ok = sas_match
+        && matched
+        && refreshed
+        && resolved
+        && !leaked
+        && !relay_saw
+        && recovered
+        && remote_ok;
     if json {
         print_json(&json!({
             "ok": ok,
@@ -374,6 +395,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
             "relay_saw_plaintext": relay_saw,
             "spawn_credential": matched,
             "oauth_write_back": refreshed,
+            "conflict_resolved": resolved,
             "remote_spawn": remote.started,
             "remote_sessions_listed": remote.listed,
             "remote_spawn_audited": remote.audited,

@@ -29,7 +29,7 @@ fn read_file(path: &Path, what: &'static str, max: usize) -> Result<Zeroizing<Ve
     let meta = std::fs::metadata(path).map_err(file_err)?;
     if meta.permissions().mode() & 0o077 != 0 {
         eprintln!(
-            "warning: {} is readable by other users; consider chmod 600",
+            "warning: other users of this machine can read {0}: run `chmod 600 {0}`",
             path.display()
         );
     }

@@ -274,7 +274,9 @@ impl Device {
 fn check_secret(service: Service, secret: &[u8]) -> Result<(), DeviceError> {
     use crate::doc::TokenKind;
     if secret.is_empty() {
-        return Err(DeviceError::InvalidInput("the token is empty".into()));
+        return Err(DeviceError::InvalidInput(
+            "the token is empty (type it at the prompt, pipe it in, or give --from-file F)".into(),
+        ));
     }
     let max = handoff_protocol::sealed_token::MAX_PLAINTEXT;
     if secret.len() > max {

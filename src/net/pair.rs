@@ -92,6 +92,11 @@ pub enum PairFailure {
         "could not find the device running `handoff peer add` ({0}); give its address with --addr"
     )]
     NotFound(String),
+    /// Addresses were known (given or found) and none answered.
+    #[error(
+        "could not reach the device running `handoff peer add` ({0}): is it still waiting there? It serves one code until the code expires or a device pairs; run it again for a new code"
+    )]
+    Unreachable(String),
     #[error("pairing failed: {0}")]
     Local(String),
 }

@@ -15,6 +15,7 @@ fn the_demo_pairs_syncs_relays_spawns_remotely_and_recovers_on_loopback() {
     assert_eq!(report["spawn_credential"], true);
     assert_eq!(report["plaintext_on_disk"], false);
     assert_eq!(report["recovered"], true);
+    assert_eq!(report["conflict_resolved"], true);
     assert_eq!(report["remote_spawn"], true);
     assert_eq!(report["remote_sessions_listed"], true);
     assert_eq!(report["remote_spawn_audited"], true);

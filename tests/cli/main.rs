@@ -36,6 +36,7 @@ mod demo;
 mod durability;
 mod export_recover;
 mod hardening;
+mod hints;
 mod hostile;
 mod lan;
 mod migration;

@@ -85,7 +85,7 @@ pub async fn join(pending: PendingJoin, request: JoinRequest) -> Result<Device, 
     let mut last_error = String::from("no address could be dialled");
     let (them, adder_addr) = loop {
         let Some(addr) = untried.next() else {
-            return Err(PairFailure::NotFound(last_error).into());
+            return Err(PairFailure::Unreachable(last_error).into());
         };
         let opts = match hints.peer {
             Some(peer) => DialOpts::peer_id(peer)
