@@ -62,9 +62,8 @@ pub(super) fn start(ctx: &Context, args: StartArgs) -> Result<(), CliError> {
     if args.foreground {
         return Ok(crate::daemon::run(ctx.home.clone(), &options)?);
     }
-    // Open the vault once here, so a damaged store or a busy home fails with its own exit
-    // code and message rather than as "the daemon exited".
-    drop(crate::device::Device::open(ctx.home.clone())?);
+    // The vault is loaded once, by the daemon: a damaged store or a busy home fails there, and
+    // its exit code and last line come back from the log as this command's.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -75,6 +74,7 @@ pub(super) fn start(ctx: &Context, args: StartArgs) -> Result<(), CliError> {
             path: log_path(ctx),
             source,
         })?;
+    let logged_before = log.metadata().map_or(0, |m| m.len());
     let err_log = log.try_clone().map_err(|source| CliError::File {
         what: "cannot open",
         path: log_path(ctx),
@@ -118,15 +118,7 @@ pub(super) fn start(ctx: &Context, args: StartArgs) -> Result<(), CliError> {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(log_path(ctx)).unwrap_or_default();
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| l.starts_with("error: "))
-                .unwrap_or("see the log");
-            return Err(CliError::Internal(format!(
-                "the daemon exited ({status}): {last}"
-            )));
+            return Err(exited(ctx, status, logged_before));
         }
         if Instant::now() > deadline {
             return Err(CliError::Internal(format!(
@@ -135,6 +127,28 @@ pub(super) fn start(ctx: &Context, args: StartArgs) -> Result<(), CliError> {
             )));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Why the daemon that was just started exited: its own exit code and the error line it
+/// logged in this run (what the log held before it started is not this run's).
+fn exited(ctx: &Context, status: std::process::ExitStatus, logged_before: u64) -> CliError {
+    let log = std::fs::read(log_path(ctx)).unwrap_or_default();
+    let run = log
+        .get(usize::try_from(logged_before).unwrap_or(usize::MAX)..)
+        .unwrap_or_default();
+    let run = String::from_utf8_lossy(run);
+    let last = run.lines().rev().find_map(|l| l.strip_prefix("error: "));
+    match (status.code().and_then(|c| u8::try_from(c).ok()), last) {
+        (Some(exit), Some(line)) if exit != 0 => CliError::Remote {
+            exit,
+            message: format!("the daemon could not start: {line}"),
+            passphrase: false,
+        },
+        _ => CliError::Internal(format!(
+            "the daemon exited ({status}): {}",
+            last.unwrap_or("see the log")
+        )),
     }
 }
 
