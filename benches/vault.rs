@@ -234,6 +234,41 @@ fn token_add_1000(c: &mut Criterion) {
     g.finish();
 }
 
+/// How the cost of a write grows with the vault: the full validation each write ends with
+/// (`rebuild`, every signature already known, as on a device) and a whole `token add`, at 100,
+/// 1,000 and 5,000 tokens, against handing out the cached state (`baseline`, a clone) of the
+/// smallest. Flat per-add times would mean incremental validation; today they grow with the
+/// vault (issue "Sync at the speed of the wire").
+fn state_by_size(c: &mut Criterion) {
+    let sizes = [100, 1000, 5000];
+    let vaults: Vec<_> = sizes.iter().map(|&n| (n, vault_with_writer(n))).collect();
+    let mut g = c.benchmark_group("state_by_size");
+    g.sample_size(10)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    let small = VaultDoc::load_trusted(&vaults[0].1.0, &vaults[0].1.2).unwrap();
+    g.bench_function("baseline", |b| b.iter(|| small.state().unwrap()));
+    for (n, (bytes, _, me, writer)) in &vaults {
+        let doc = VaultDoc::load_trusted(bytes, me).unwrap();
+        g.bench_function(format!("rebuild_{n:04}"), |b| {
+            b.iter(|| doc.rebuild_state().unwrap())
+        });
+        // A fresh copy per add (its load is not timed), so the vault is the size named.
+        let mut i = 0;
+        g.bench_function(format!("add_{n:04}"), |b| {
+            b.iter_batched_ref(
+                || VaultDoc::load_trusted(bytes, me).unwrap(),
+                |doc| {
+                    i += 1;
+                    add_one(doc, writer, i);
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
 /// The same vault as written before signatures (schema 1), from the same genesis: each
 /// token's fields directly in its record, unsigned, one change per add, so reading it checks
 /// no signature. The baseline of what verifying the signatures at load costs.
@@ -404,6 +439,7 @@ criterion_group!(
     dek_wrap,
     document_1000,
     token_add_1000,
+    state_by_size,
     first_sync_1000,
     unlock
 );

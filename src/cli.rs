@@ -146,17 +146,8 @@ pub enum Command {
     Daemon(DaemonCommand),
     /// Run the whole flow end to end on temporary homes, with built-in sample values.
     Demo,
-    /// Print a shell completion script (e.g. `source <(handoff completions bash)`).
-    Completions {
-        #[arg(value_enum)]
-        shell: handoff_relay::reference::Shell,
-    },
-    /// Print the manual page; with --out, write a page per command into DIR.
-    Man {
-        /// An existing directory for handoff.1, handoff-token.1, ...
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-    },
+    #[command(flatten)]
+    Reference(handoff_relay::reference::ReferenceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -410,11 +401,10 @@ impl CliError {
 /// Runs one parsed command; returns the exit code on success (0, or a spawned agent's own).
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     // The reference needs no home.
-    match &cli.command {
-        Command::Completions { shell } => return reference_cmds::completions(*shell).map(|()| 0),
-        Command::Man { out } => return reference_cmds::man(out.as_deref()).map(|()| 0),
-        _ => {}
-    }
+    let command = match cli.command {
+        Command::Reference(what) => return reference_cmds::run(what).map(|()| 0),
+        command => command,
+    };
     let ctx = Context {
         home: crate::home::Home::locate(cli.home).map_err(DeviceError::from)?,
         json: cli.json,
@@ -422,7 +412,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             .passphrase_file
             .or_else(|| crate::home::env_path("HANDOFF_PASSPHRASE_FILE")),
     };
-    match cli.command {
+    match command {
         Command::Init { name, vault_name } => vault_cmds::init(&ctx, name, &vault_name),
         Command::Status => vault_cmds::status(&ctx),
         Command::Token(cmd) => token_cmds::run(&ctx, cmd),
@@ -472,7 +462,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             DaemonCommand::Install { print } => daemon_cmds::install(&ctx, print),
             DaemonCommand::Uninstall => daemon_cmds::uninstall(&ctx),
         },
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("run above"),
+        Command::Reference(_) => unreachable!("run above"),
         #[cfg(feature = "demo")]
         Command::Demo => demo::run(ctx.json),
         #[cfg(not(feature = "demo"))]

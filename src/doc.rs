@@ -223,6 +223,12 @@ impl VaultDoc {
         Ok(state)
     }
 
+    /// The whole document validated from scratch, past the cached result: what each write and
+    /// each incoming message costs today (the vault bench times it at several sizes).
+    pub fn rebuild_state(&self) -> Result<VaultState, DocError> {
+        read::read_state(&self.doc, Some(&self.anchors), &self.verified)
+    }
+
     /// Forgets the validated state: the document is about to change.
     fn touched(&mut self) {
         self.valid.take();

@@ -29,17 +29,6 @@ enum AccessMode {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print a shell completion script (e.g. `source <(handoff-relay completions bash)`).
-    Completions {
-        #[arg(value_enum)]
-        shell: handoff_relay::reference::Shell,
-    },
-    /// Print the manual page; with --out, write a page per command into DIR.
-    Man {
-        /// An existing directory for handoff-relay.8, handoff-relay-serve.8, ... (section 8).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-    },
     /// Run the relay.
     Serve {
         /// Listen on this multiaddr (repeatable; default all interfaces, any port, TCP and QUIC).
@@ -85,6 +74,8 @@ enum Command {
         #[arg(long, default_value_t = Limits::default().max_pending)]
         max_pending: u32,
     },
+    #[command(flatten)]
+    Reference(handoff_relay::reference::ReferenceCommand),
 }
 
 fn main() -> ExitCode {
@@ -116,20 +107,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     use handoff_relay::reference::{self, Section};
     let command = match cli.command {
-        Command::Completions { shell } => {
-            let mut script = Vec::new();
-            reference::completions(Cli::command(), shell, &mut script);
-            return write_out(&script);
-        }
-        Command::Man { out: None } => {
-            return write_out(&reference::man_page(Cli::command(), Section::Admin)?);
-        }
-        Command::Man { out: Some(dir) } => {
-            anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
-            let pages = reference::man_pages(Cli::command(), Section::Admin, &dir)
-                .with_context(|| format!("cannot write manual pages into {}", dir.display()))?;
-            println!("Wrote {} manual pages into {}.", pages.len(), dir.display());
-            return Ok(());
+        Command::Reference(what) => {
+            return Ok(reference::run(Cli::command(), Section::Admin, what)?);
         }
         serve => serve,
     };
@@ -226,16 +205,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         relay.stop().await;
         Ok(())
     })
-}
-
-/// Writes `bytes` to stdout; a reader that went away (`| head`) is no failure.
-fn write_out(bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("cannot write to stdout")
-        }
-        _ => Ok(()),
-    }
 }

@@ -6,6 +6,82 @@ use std::path::{Path, PathBuf};
 
 pub use clap_complete::Shell;
 
+/// The reference subcommands both binaries have (flattened into each one's commands).
+#[derive(Debug, clap::Subcommand)]
+pub enum ReferenceCommand {
+    /// Print a shell completion script (e.g. `source <(handoff completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page; with --out, write a page per command into DIR.
+    Man {
+        /// An existing directory for the pages (one per command).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Why a reference could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("cannot write manual pages into {dir}: {source}")]
+    Pages {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+/// Runs `what` for the binary `cmd` defines: a script or a page on stdout, or the pages into
+/// a directory (then says how many).
+pub fn run(
+    cmd: clap::Command,
+    section: Section,
+    what: ReferenceCommand,
+) -> Result<(), ReferenceError> {
+    match what {
+        ReferenceCommand::Completions { shell } => {
+            let mut script = Vec::new();
+            completions(cmd, shell, &mut script);
+            write_out(&script)
+        }
+        ReferenceCommand::Man { out: None } => {
+            let page = man_page(cmd, section).map_err(ReferenceError::Stdout)?;
+            write_out(&page)
+        }
+        ReferenceCommand::Man { out: Some(dir) } => {
+            if !dir.is_dir() {
+                return Err(ReferenceError::NotADirectory(dir));
+            }
+            let top = cmd.get_name().to_string();
+            let pages = man_pages(cmd, section, &dir).map_err(|source| ReferenceError::Pages {
+                dir: dir.clone(),
+                source,
+            })?;
+            let note = format!(
+                "Wrote {} manual pages into {} (read one with `man -l {}`).\n",
+                pages.len(),
+                dir.display(),
+                dir.join(format!("{top}.{}", section.number())).display()
+            );
+            write_out(note.as_bytes())
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is no failure.
+fn write_out(bytes: &[u8]) -> Result<(), ReferenceError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(ReferenceError::Stdout(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `shell`'s completion script for `cmd` to `out`.
 pub fn completions(mut cmd: clap::Command, shell: Shell, out: &mut dyn Write) {
     let name = cmd.get_name().to_string();

@@ -10,6 +10,15 @@ use crate::net::{PairEvent, PairFailure};
 use crate::ops::error::pair_exit;
 use crate::spawn::policy::one_line;
 
+/// The name of the member whose device id (hex) is `device`, if it is one.
+fn member_name(state: &VaultState, device: &str) -> Option<String> {
+    device
+        .parse()
+        .ok()
+        .and_then(|d| state.members.get(&d))
+        .map(|m| m.name.clone())
+}
+
 /// A token as commands show it: never its secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenView {
@@ -62,12 +71,7 @@ impl TokenView {
             created_by: t.created_by.clone(),
             updated_at: t.updated_at,
             updated_by: t.updated_by.clone(),
-            updated_by_name: t
-                .updated_by
-                .parse()
-                .ok()
-                .and_then(|d| state.members.get(&d))
-                .map(|m| m.name.clone()),
+            updated_by_name: member_name(state, &t.updated_by),
             verified: t.verified,
             expires_at: t.expires_at,
             refreshed_at: t.refreshed_at,
@@ -77,12 +81,7 @@ impl TokenView {
                 .filter(|l| l.live(crate::entropy::unix_now()))
                 .map(|l| LeaseView {
                     holder: l.holder.clone(),
-                    holder_name: l
-                        .holder
-                        .parse()
-                        .ok()
-                        .and_then(|d| state.members.get(&d))
-                        .map(|m| m.name.clone()),
+                    holder_name: member_name(state, &l.holder),
                     session: l.session.clone(),
                     until: l.until,
                 }),
@@ -134,12 +133,7 @@ impl VersionView {
             deleted: t.deleted,
             written_at: t.updated_at,
             written_by: t.updated_by.clone(),
-            written_by_name: t
-                .updated_by
-                .parse()
-                .ok()
-                .and_then(|d| state.members.get(&d))
-                .map(|m| m.name.clone()),
+            written_by_name: member_name(state, &t.updated_by),
             secret: None,
             unopened: None,
         }

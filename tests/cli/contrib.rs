@@ -10,11 +10,7 @@ use crate::support::TestHome;
 
 /// `systemd-analyze`, or `None` after saying loudly that the check is skipped.
 fn analyzer() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("systemd-analyze"))
-            .find(|p| p.is_file())
-    });
+    let found = crate::support::tool("systemd-analyze");
     if found.is_none() {
         assert!(
             std::env::var_os("HANDOFF_REQUIRE_SYSTEMD_ANALYZE").is_none(),

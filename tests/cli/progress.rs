@@ -7,11 +7,7 @@ use crate::support::TestHome;
 /// `args` on `home` under a pseudo-terminal (`script`), not started yet; `None` (after saying
 /// so) where `script` is missing.
 fn terminal_command(home: &TestHome, args: &[&str]) -> Option<std::process::Command> {
-    let script = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("script"))
-            .find(|p| p.is_file())
-    });
+    let script = crate::support::tool("script");
     let Some(script) = script else {
         eprintln!("SKIPPED: `script` (util-linux) is not installed; no pseudo-terminal test");
         return None;

@@ -5,18 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::TestHome;
+use crate::support::{TestHome, tool};
 
 fn handoff() -> PathBuf {
     PathBuf::from(crate::support::binary())
-}
-
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 /// `man`, or `None` after saying loudly that the pages are not rendered.

@@ -51,6 +51,15 @@ pub struct TestHome {
     daemon: bool,
 }
 
+/// A program on PATH (`man`, `systemd-analyze`, `script`), if this machine has it.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_handoff")
 }
