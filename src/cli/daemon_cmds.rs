@@ -138,8 +138,13 @@ fn exited(ctx: &Context, status: std::process::ExitStatus, logged_before: u64) -
         .get(usize::try_from(logged_before).unwrap_or(usize::MAX)..)
         .unwrap_or_default();
     let run = String::from_utf8_lossy(run);
-    let last = run.lines().rev().find_map(|l| l.strip_prefix("error: "));
-    match (status.code().and_then(|c| u8::try_from(c).ok()), last) {
+    // The log is this user's, so anything running as them can write to it: one plain line.
+    let last = run
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(|l| crate::spawn::policy::one_line(l, 400));
+    match (status.code().and_then(|c| u8::try_from(c).ok()), &last) {
         (Some(exit), Some(line)) if exit != 0 => CliError::Remote {
             exit,
             message: format!("the daemon could not start: {line}"),
@@ -147,7 +152,7 @@ fn exited(ctx: &Context, status: std::process::ExitStatus, logged_before: u64) -
         },
         _ => CliError::Internal(format!(
             "the daemon exited ({status}): {}",
-            last.unwrap_or("see the log")
+            last.as_deref().unwrap_or("see the log")
         )),
     }
 }
