@@ -44,6 +44,9 @@ impl VaultDoc {
             return Ok(Vec::new());
         };
         let parent = ObjectId::Id(OpId(counter, actor));
+        // Reading the changes commits pending ops implicitly: drop any first, as every path
+        // that reads changes does (such a change would carry no attestation).
+        self.settle();
         let current = Key::Map("current".into());
         // Each version is a map made under `current`; its id is the op that made it.
         let mut made = Vec::new();
