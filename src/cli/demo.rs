@@ -234,9 +234,9 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     .await?;
     step("desktop: reads anthropic/work (its own wrap of the epoch key came with the pairing)");
     let personal = format!("sk-proj-demo-{}", hex(&random_array::<12>()?));
-    desktop.with(|d, k| {
+    let personal_id = desktop.with(|d, k| {
         let k = k.ok_or_else(|| failed("the desktop is locked"))?;
-        d.add_token(
+        let id = d.add_token(
             k,
             Service::Openai,
             "personal",
@@ -244,7 +244,7 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
             true,
             false,
         )?;
-        Ok::<_, CliError>(())
+        Ok::<_, CliError>(id.to_hex())
     })?;
     desktop_mesh.changed();
     until(
@@ -297,9 +297,9 @@ async fn flow(root: &std::path::Path, json: bool) -> Result<(), CliError> {
     .await?;
     step("desktop: back; drained its mailbox at the relay and reads the rotated key");
     let (versions, settled) = desktop.with(|d, _| {
-        let query = "openai/laptop-name";
-        let (_, versions) = d.token_versions(query)?;
-        let (token, _) = d.resolve_token(query, "laptop")?;
+        // By id: which label shows until it is settled depends on the two writes' times.
+        let (_, versions) = d.token_versions(&personal_id)?;
+        let (token, _) = d.resolve_token(&personal_id, "laptop")?;
         Ok::<_, CliError>((versions.len(), token))
     })?;
     let resolved = versions == 2 && !settled.conflicted && settled.label == "laptop-name";
