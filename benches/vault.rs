@@ -234,11 +234,12 @@ fn token_add_1000(c: &mut Criterion) {
     g.finish();
 }
 
-/// How the cost of a write grows with the vault: the full validation each write ends with
-/// (`rebuild`, every signature already known, as on a device) and a whole `token add`, at 100,
-/// 1,000 and 5,000 tokens, against handing out the cached state (`baseline`, a clone) of the
-/// smallest. Flat per-add times would mean incremental validation; today they grow with the
-/// vault (issue "Sync at the speed of the wire").
+/// How the cost of a write grows with the vault, at 100, 1,000 and 5,000 tokens: a whole
+/// validation (`rebuild`, every signature already known, as on a device: what load, import and
+/// recovery cost), a whole `token add` on the writer (`add`: seal, sign, commit, the state
+/// updated from what the change touched), and the same add arriving from a peer (`ingest`:
+/// applied to a fork, judged, kept), against handing out the kept state (`baseline`) of the
+/// smallest. Flat `add` and `ingest` times are what incremental validation is for.
 fn state_by_size(c: &mut Criterion) {
     let sizes = [100, 1000, 5000];
     let vaults: Vec<_> = sizes.iter().map(|&n| (n, vault_with_writer(n))).collect();
@@ -262,6 +263,18 @@ fn state_by_size(c: &mut Criterion) {
                     i += 1;
                     add_one(doc, writer, i);
                 },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+        // One add made on a copy, as a peer's change chunk.
+        let mut peer = VaultDoc::load_trusted(bytes, me).unwrap();
+        peer.mark_saved();
+        add_one(&mut peer, writer, 0);
+        let chunk = peer.take_unsaved().unwrap();
+        g.bench_function(format!("ingest_{n:04}"), |b| {
+            b.iter_batched_ref(
+                || VaultDoc::load_trusted(bytes, me).unwrap(),
+                |doc| assert_eq!(doc.ingest(&chunk).unwrap(), 2),
                 criterion::BatchSize::PerIteration,
             )
         });

@@ -429,7 +429,7 @@ impl Device {
         &self.record.name
     }
 
-    pub fn state(&self) -> Result<VaultState, DeviceError> {
+    pub fn state(&self) -> Result<std::sync::Arc<VaultState>, DeviceError> {
         Ok(self.doc.state()?)
     }
 

@@ -14,9 +14,14 @@
 
 mod chunks;
 mod contain;
+mod follow;
 mod read;
 mod records;
 pub mod schema;
+mod sync;
+#[cfg(test)]
+mod tests;
+mod touched;
 mod trust;
 mod verified;
 mod versions;
@@ -32,9 +37,13 @@ pub use schema::{
     TrustAnchors, UnknownName, VaultInfo, VaultState,
 };
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
 use crate::entropy::unix_now;
 use crate::vault::SignedWrap;
-use trust::check_fork;
+use follow::Validated;
+use trust::Next;
 
 /// Errors of the document layer.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +99,13 @@ pub struct VaultDoc {
     doc: AutoCommit,
     anchors: TrustAnchors,
     saved_heads: Vec<ChangeHash>,
-    /// The validated state of the document as it is now. Every write clears it (each write
-    /// method starts with [`Self::touched`]); a validated fork that replaces the document
-    /// brings its own.
-    valid: std::sync::OnceLock<VaultState>,
+    /// The validated state of the document as committed, kept up to date by each commit and
+    /// each validated fork that replaces the document (reading only what their changes
+    /// touched); empty until first read, and after a change it could not follow that way.
+    valid: OnceLock<Validated>,
+    /// The state with writes pending, not yet committed: read whole, once per write (each
+    /// write method starts with [`Self::touched`]).
+    pending: OnceLock<Arc<VaultState>>,
     /// The signatures already checked, shared with the forks incoming changes are tried on.
     verified: std::sync::Arc<verified::Verified>,
 }
@@ -130,7 +142,8 @@ impl VaultDoc {
             doc,
             anchors: TrustAnchors::of(info),
             saved_heads: Vec::new(),
-            valid: std::sync::OnceLock::new(),
+            valid: OnceLock::new(),
+            pending: OnceLock::new(),
             verified: Default::default(),
         };
         this.put_member(founder)?;
@@ -187,7 +200,7 @@ impl VaultDoc {
         for chunk in &changes {
             chunks::check_framing(chunk)?;
         }
-        let (mut doc, state) = contain::contained(|| {
+        let (mut doc, state, audit) = contain::contained(|| {
             let mut doc = AutoCommit::load(snapshot)
                 .map_err(|e| DocError::Damaged(e.to_string()))?
                 .with_actor(actor_for(device));
@@ -195,15 +208,19 @@ impl VaultDoc {
                 doc.load_incremental(chunk)
                     .map_err(|e| DocError::Damaged(e.to_string()))?;
             }
-            let state = read::read_state(&doc, anchors, &verified)?;
-            Ok((doc, state))
+            let (state, audit) = read::read_whole(&doc, anchors, &verified)?;
+            Ok((doc, state, audit))
         })?;
         let saved_heads = doc.get_heads();
         Ok(Self {
             doc,
             anchors: TrustAnchors::of(&state.info),
             saved_heads,
-            valid: state.into(),
+            valid: OnceLock::from(Validated {
+                state: Arc::new(state),
+                audit,
+            }),
+            pending: OnceLock::new(),
             verified,
         })
     }
@@ -213,25 +230,44 @@ impl VaultDoc {
         &self.anchors
     }
 
-    /// The whole document, typed and validated (once per version of the document).
-    pub fn state(&self) -> Result<VaultState, DocError> {
-        if let Some(state) = self.valid.get() {
-            return Ok(state.clone());
+    /// The whole document, typed and validated. Shared, not copied: what a write changes is
+    /// updated in place once no reader holds the state any more.
+    pub fn state(&self) -> Result<Arc<VaultState>, DocError> {
+        if self.doc.pending_ops() > 0 {
+            if let Some(state) = self.pending.get() {
+                return Ok(state.clone());
+            }
+            let state = Arc::new(read::read_state(
+                &self.doc,
+                Some(&self.anchors),
+                &self.verified,
+            )?);
+            return Ok(self.pending.get_or_init(|| state).clone());
         }
-        let state = read::read_state(&self.doc, Some(&self.anchors), &self.verified)?;
-        let _ = self.valid.set(state.clone());
-        Ok(state)
+        Ok(self.validated()?.state.clone())
     }
 
-    /// The whole document validated from scratch, past the cached result: what each write and
-    /// each incoming message costs today (the vault bench times it at several sizes).
+    /// The validated state of the committed document, read whole if it is not known yet.
+    fn validated(&self) -> Result<&Validated, DocError> {
+        if let Some(valid) = self.valid.get() {
+            return Ok(valid);
+        }
+        let (state, audit) = read::read_whole(&self.doc, Some(&self.anchors), &self.verified)?;
+        Ok(self.valid.get_or_init(|| Validated {
+            state: Arc::new(state),
+            audit,
+        }))
+    }
+
+    /// The whole document validated from scratch, past the state kept up to date: what load,
+    /// import and recovery cost (the vault bench times it beside a write at several sizes).
     pub fn rebuild_state(&self) -> Result<VaultState, DocError> {
         read::read_state(&self.doc, Some(&self.anchors), &self.verified)
     }
 
-    /// Forgets the validated state: the document is about to change.
+    /// Forgets the state read with writes pending: the document is about to change.
     fn touched(&mut self) {
-        self.valid.take();
+        self.pending.take();
     }
 
     /// The full document in the standard Automerge binary format.
@@ -280,21 +316,21 @@ impl VaultDoc {
     pub fn ingest_if(
         &mut self,
         data: &[u8],
-        admit: impl FnOnce(&VaultState) -> bool,
+        admit: impl FnOnce(&BTreeMap<DeviceId, Member>) -> bool,
     ) -> Result<Option<usize>, DocError> {
         self.settle();
         check_size(data.len())?;
         chunks::check_framing(data)?;
-        let before = self.state()?;
         let heads = self.doc.get_heads();
         // What was already waiting (a store from before changes stopped being queued).
         let waiting = self.doc.get_missing_deps(&[]).len();
         let actor = self.doc.get_actor().clone();
         let mut fork = self.doc.fork().with_actor(actor);
+        let valid = self.validated()?;
         let anchors = &self.anchors;
         let verified = &*self.verified;
         // Parse and validate inside the containment; the fork is dropped on any failure.
-        let (fork, count, state) = contain::contained(move || {
+        let (fork, judged, whole) = contain::contained(move || {
             fork.load_incremental(data)
                 .map_err(|e| DocError::Damaged(e.to_string()))?;
             // Changes waiting for one this document lacks are not kept: unchecked, they would
@@ -302,135 +338,21 @@ impl VaultDoc {
             if fork.get_missing_deps(&[]).len() > waiting {
                 return Err(DocError::Waiting);
             }
-            let (count, state) = check_fork(&mut fork, anchors, verified, &heads, &before)?;
-            Ok((fork, count, state))
+            let (judged, whole) = Self::judge_fork(&mut fork, anchors, verified, &heads, valid);
+            Ok((fork, judged, whole))
         })?;
-        if !admit(&state) {
+        self.cross_check(&judged, whole.as_ref());
+        let (count, next) = judged?;
+        let members = match &next {
+            Next::Whole(state, _) => &state.members,
+            Next::Delta(_) => &self.validated()?.state.members,
+        };
+        if !admit(members) {
             return Ok(None);
         }
         self.doc = fork;
-        self.valid = state.into();
+        self.take_next(next);
         Ok(Some(count))
-    }
-
-    /// The next Automerge sync message for a peer, or `None` when it has nothing to learn.
-    /// Without `with_changes`, the message says only what this document has and needs (its
-    /// heads, a summary, requests), so a peer that refuses our changes can still send us its
-    /// own. The peer's side of the state comes from its messages, so the engine runs contained
-    /// here too: on a failure the session starts afresh instead of the process going down.
-    pub fn sync_message(
-        &mut self,
-        state: &mut automerge::sync::State,
-        with_changes: bool,
-    ) -> Option<Vec<u8>> {
-        use automerge::sync::SyncDoc;
-        self.settle();
-        let doc = &mut self.doc;
-        let generated = contain::contained(|| {
-            Ok(doc.sync().generate_sync_message(state).map(|mut message| {
-                if !with_changes {
-                    message.changes = Vec::<Vec<u8>>::new().into();
-                }
-                message.encode()
-            }))
-        });
-        generated.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "could not build a sync message; starting the session afresh");
-            *state = automerge::sync::State::new();
-            None
-        })
-    }
-
-    /// A sync message that asks the peer for every change it holds, and to forget which it
-    /// sent already: after [`DocError::Incomplete`], so that the next message is judged on
-    /// the peer's whole document. (An empty `have` is how Automerge itself asks for
-    /// everything when it has lost track.)
-    pub fn ask_everything(&mut self) -> Vec<u8> {
-        self.settle();
-        let mut flags = automerge::sync::MessageFlags::new();
-        flags.set(automerge::sync::MessageFlags::SUPPORTS_SYNC_RESET);
-        flags.set(automerge::sync::MessageFlags::SYNC_RESET);
-        automerge::sync::Message {
-            heads: self.doc.get_heads(),
-            need: Vec::new(),
-            have: vec![automerge::sync::Have::default()],
-            changes: Vec::<Vec<u8>>::new().into(),
-            flags: Some(flags),
-            version: automerge::sync::MessageVersion::V1,
-        }
-        .encode()
-    }
-
-    /// Receives a peer's sync message on a fork and keeps the fork only if it validates as
-    /// [`ingest`](Self::ingest) does; on any error neither the document nor `state` changes.
-    /// Returns how many changes were new.
-    pub fn receive_sync(
-        &mut self,
-        state: &mut automerge::sync::State,
-        message: &[u8],
-    ) -> Result<usize, DocError> {
-        use automerge::sync::SyncDoc;
-        self.settle();
-        check_size(message.len())?;
-        let message = contain::contained(|| {
-            automerge::sync::Message::decode(message)
-                .map_err(|e| DocError::Damaged(format!("unreadable sync message ({e})")))
-        })?;
-        if message.changes.is_empty() {
-            // Heads, needs and bloom filters only: the document cannot change, so there is
-            // nothing to validate and no fork to make. The state changes only on success.
-            let doc = &mut self.doc;
-            let mut next = state.clone();
-            contain::contained(|| {
-                doc.sync()
-                    .receive_sync_message(&mut next, message)
-                    .map_err(|e| DocError::Damaged(e.to_string()))
-            })?;
-            *state = next;
-            return Ok(0);
-        }
-        let before = self.state()?;
-        let heads = self.doc.get_heads();
-        let waiting = self.doc.get_missing_deps(&[]).len();
-        let actor = self.doc.get_actor().clone();
-        let mut fork = self.doc.fork().with_actor(actor);
-        let mut next = state.clone();
-        let anchors = &self.anchors;
-        let verified = &*self.verified;
-        let (fork, next, count, valid) = contain::contained(move || {
-            for chunk in message.changes.iter() {
-                chunks::check_framing(chunk)?;
-            }
-            let theirs = message.heads.clone();
-            fork.sync()
-                .receive_sync_message(&mut next, message)
-                .map_err(|e| DocError::Damaged(e.to_string()))?;
-            if fork.get_missing_deps(&[]).len() > waiting {
-                return Err(DocError::Incomplete {
-                    refused: Box::new(DocError::Waiting),
-                });
-            }
-            let (count, valid) = check_fork(&mut fork, anchors, verified, &heads, &before)
-                .map_err(|refused| {
-                    // Only the sender's heads count: changes queued earlier for parents
-                    // that never came say nothing of this message.
-                    if theirs
-                        .iter()
-                        .all(|h| fork.get_change_meta_by_hash(h).is_some())
-                    {
-                        refused
-                    } else {
-                        DocError::Incomplete {
-                            refused: Box::new(refused),
-                        }
-                    }
-                })?;
-            Ok((fork, next, count, valid))
-        })?;
-        self.doc = fork;
-        self.valid = valid.into();
-        *state = next;
-        Ok(count)
     }
 
     /// The entry `by` wrote under `member`'s removals, as this document holds it whether or not
@@ -499,6 +421,7 @@ impl VaultDoc {
             return;
         };
         let Some(change) = self.doc.get_change_by_hash(&hash) else {
+            self.valid.take();
             return;
         };
         let attestation = trust::attestation(&self.anchors.vault, &change, sign);
@@ -506,6 +429,7 @@ impl VaultDoc {
             // Only a bug can get here; the change stays unattested, and peers refuse it.
             tracing::error!(error = %e, "could not attest a change");
         }
+        self.follow(&[change]);
     }
 
     /// The attestation `commit` makes for `change` (for tests that write changes by hand).

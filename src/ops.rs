@@ -232,7 +232,7 @@ impl Op {
     pub fn check(&self, device: &Device) -> Result<(), OpError> {
         match self {
             Op::Reveal { query } | Op::TokenVersions { query, .. } => {
-                device.find_token(&device.state()?, query)?;
+                device.find_token(&*device.state()?, query)?;
             }
             Op::AddToken {
                 service,
@@ -241,13 +241,13 @@ impl Op {
                 ..
             } => {
                 crate::device::check_label(label)?;
-                Device::check_label_free(&device.state()?, *service, label)?;
+                Device::check_label_free(&*device.state()?, *service, label)?;
             }
             Op::RemovePeer { query } => {
-                device.removable(&device.state()?, query)?;
+                device.removable(&*device.state()?, query)?;
             }
             Op::SetSpawnPolicy { device: query, .. } => {
-                device.find_member(&device.state()?, query)?;
+                device.find_member(&*device.state()?, query)?;
             }
             Op::Credential {
                 agent,
@@ -291,7 +291,7 @@ fn run(
             let state = device.state()?;
             Outcome::Status(StatusView::of(device, &state))
         }
-        Op::ListTokens => Outcome::Tokens(TokenView::all(&device.state()?)),
+        Op::ListTokens => Outcome::Tokens(TokenView::all(&*device.state()?)),
         Op::ShowToken { query } => {
             let state = device.state()?;
             Outcome::Token(TokenView::of(&state, device.find_token(&state, &query)?))
@@ -314,21 +314,21 @@ fn run(
         Op::Reveal { query } => {
             let (token, secret) = device.reveal(key()?, &query)?;
             Outcome::Secret {
-                token: TokenView::of(&device.state()?, &token),
+                token: TokenView::of(&*device.state()?, &token),
                 secret: Zeroizing::new(expose(&secret).to_vec()),
             }
         }
         Op::RemoveToken { query } => {
             let token = device.remove_token(&query)?;
-            Outcome::Token(TokenView::of(&device.state()?, &token))
+            Outcome::Token(TokenView::of(&*device.state()?, &token))
         }
         Op::SetDefault { query } => {
             let token = device.set_default(&query)?;
-            Outcome::Token(TokenView::of(&device.state()?, &token))
+            Outcome::Token(TokenView::of(&*device.state()?, &token))
         }
         Op::RenameToken { query, label } => {
             let token = device.rename_token(&query, &label)?;
-            Outcome::Token(TokenView::of(&device.state()?, &token))
+            Outcome::Token(TokenView::of(&*device.state()?, &token))
         }
         Op::TokenVersions {
             query,
@@ -363,20 +363,20 @@ fn run(
             let before = device.state()?;
             let (token, kept) = device.resolve_token(&query, &keep)?;
             Outcome::Versions {
-                token: TokenView::of(&device.state()?, &token),
+                token: TokenView::of(&*device.state()?, &token),
                 versions: vec![VersionView::of(&before, &kept, 1)],
             }
         }
         Op::Export => Outcome::Exported(device.export()),
         Op::Import { data } => Outcome::Imported(device.import(&data)?),
-        Op::ListPeers => Outcome::Peers(PeerView::all(device, &device.state()?, around.online)?),
+        Op::ListPeers => Outcome::Peers(PeerView::all(device, &*device.state()?, around.online)?),
         Op::RenameDevice { name } => {
             device.rename_self(&name)?;
-            Outcome::Peers(PeerView::all(device, &device.state()?, around.online)?)
+            Outcome::Peers(PeerView::all(device, &*device.state()?, around.online)?)
         }
         Op::RemovePeer { query } => {
             let removed = device.remove_member(key()?, &query)?;
-            Outcome::Removed(RemovedView::of(&device.state()?, &removed))
+            Outcome::Removed(RemovedView::of(&*device.state()?, &removed))
         }
         Op::AddRelay { addrs, token } => {
             let relay = device.add_relay(&addrs, token.as_deref().map(Vec::as_slice))?;
@@ -395,7 +395,7 @@ fn run(
         }
         Op::SpawnPolicy => {
             let (policy, checked) = Policy::load(device.home().root(), given)?;
-            Outcome::SpawnPolicy(SpawnPolicyView::of(&device.state()?, &policy, checked))
+            Outcome::SpawnPolicy(SpawnPolicyView::of(&*device.state()?, &policy, checked))
         }
         Op::SetSpawnPolicy {
             device: query,

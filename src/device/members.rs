@@ -181,7 +181,7 @@ impl Device {
             .push(self.sign_removal(&state, &member.device, after_seq));
         self.doc.put_member(&member)?;
         // Rotate as if the removal were already read: the new epoch excludes the device.
-        let mut after = state.clone();
+        let mut after = (*state).clone();
         after.members.insert(member.device, member.clone());
         let (epoch, resealed) = self.rotate(key, &after)?;
         // The removed device knew how members find each other on a LAN: no longer.

@@ -9,13 +9,15 @@
 //! Noise handshake authenticated must be that member's), and applied like a sync message: on a
 //! fork, validated, persisted before the caller acknowledges it to the relay.
 
+use std::collections::BTreeMap;
+
 use automerge::ChangeHash;
 use handoff_protocol::DeviceId;
 use handoff_protocol::envelope::{Inner, Kind};
 
 use super::{Device, DeviceError};
 use crate::addr::Multiaddr;
-use crate::doc::schema::{Member, Relay, VaultState};
+use crate::doc::schema::{Member, Relay};
 use crate::entropy::unix_now;
 use crate::vault::{envelope, random_array};
 
@@ -70,7 +72,7 @@ fn decode_heads(bytes: &[u8]) -> Vec<ChangeHash> {
 impl Device {
     /// The relays this vault lists (signed by an admin).
     pub fn relays(&self) -> Result<Vec<Relay>, DeviceError> {
-        Ok(self.state()?.relays.into_values().collect())
+        Ok(self.state()?.relays.values().cloned().collect())
     }
 
     /// Lists a relay for every member (admins only: members will leave envelopes there).
@@ -344,13 +346,12 @@ impl Device {
         // document, or, for a sender this device has not heard of, of the document the
         // envelope's own changes make (a member added while this device was away sends the
         // changes that admit it). A removed or impostor sender is refused either way.
-        let is_sender = |state: &VaultState| {
-            state
-                .members
+        let is_sender = |members: &BTreeMap<DeviceId, Member>| {
+            members
                 .get(&inner.sender)
                 .is_some_and(|m| m.is_active() && m.mailbox_pub == sender_key && m.device != me)
         };
-        if state.members.contains_key(&inner.sender) && !is_sender(&state) {
+        if state.members.contains_key(&inner.sender) && !is_sender(&state.members) {
             return Ok(Taken::Rejected(NOT_A_MEMBER.into()));
         }
         let new = match self.doc.ingest_if(&inner.body, is_sender) {
@@ -364,7 +365,7 @@ impl Device {
             // Changes that wait for others still to come: the envelope stays at the relay.
             Err(crate::doc::DocError::Waiting) => return Ok(Taken::Waiting),
             Err(e) => {
-                if is_sender(&state) {
+                if is_sender(&state.members) {
                     self.vouch_for_refused(&e);
                 }
                 return Ok(Taken::Rejected(e.to_string()));

@@ -142,6 +142,8 @@ impl Device {
             self.write_default(&state, service, Some(&token.id))?;
         }
         self.audit(action, &token.id.to_hex())?;
+        // Let go of the state first, so the commit updates it in place instead of copying it.
+        drop(state);
         self.doc.commit(action, |m| self.keys.sign(m));
         self.persist()?;
         Ok(token.id)

@@ -5,7 +5,7 @@
 //! runs on the fork before anything is kept, so a document that passes here is the only kind
 //! the rest of handoff ever sees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{AutoCommit, ObjId, ObjType, ReadDoc, Value};
 use handoff_protocol::dek_wrap::Recipient;
@@ -13,17 +13,20 @@ use handoff_protocol::{DekWrap, DeviceId, EpochId, TokenId, VaultId};
 
 use super::DocError;
 use super::schema::{
-    Epoch, Member, Removal, Role, SCHEMA_OLDEST, SCHEMA_VERSION, Service, Token, TrustAnchors,
-    VaultInfo, VaultState, limits,
+    AuditEntry, Epoch, Member, Removal, Role, SCHEMA_OLDEST, SCHEMA_VERSION, Service, Token,
+    TrustAnchors, VaultInfo, VaultState, limits,
 };
 use super::verified::Verified;
 
+mod delta;
 mod signed;
 use crate::vault::SignedWrap;
+pub(super) use delta::Delta;
 use handoff_protocol::binding::{genesis_statement, member_statement};
 pub(super) use signed::{
     Writers, audit_is_valid, default_is_valid, lease_is_valid, signed_version, version_is_valid,
 };
+
 use signed::{read_audit_entry, read_default, read_token};
 
 /// One field of a map: its winning value, its object id, and whether writes conflict there.
@@ -153,7 +156,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The id of a child object of the given type, without reading its fields.
-    fn object_id(&self, key: &str, ty: ObjType) -> Result<ObjId, DocError> {
+    pub(super) fn object_id(&self, key: &str, ty: ObjType) -> Result<ObjId, DocError> {
         match self.entries.get(key) {
             Some(Entry {
                 value: Value::Object(t),
@@ -269,6 +272,16 @@ pub(super) fn read_state(
     anchors: Option<&TrustAnchors>,
     verified: &Verified,
 ) -> Result<VaultState, DocError> {
+    read_whole(doc, anchors, verified).map(|(state, _)| state)
+}
+
+/// As [`read_state`], with the audit entries read by object id, for later reads of only what
+/// new changes touched (`delta`).
+pub(super) fn read_whole(
+    doc: &AutoCommit,
+    anchors: Option<&TrustAnchors>,
+    verified: &Verified,
+) -> Result<(VaultState, AuditCache), DocError> {
     let root = Fields::root(doc);
     let schema_version = root.u64("schema")?;
     if !(SCHEMA_OLDEST..=SCHEMA_VERSION).contains(&schema_version) {
@@ -352,69 +365,31 @@ pub(super) fn read_state(
     let mut tokens = BTreeMap::new();
     let mut unverified_tokens = Vec::new();
     for key in token_keys {
-        let id: TokenId = tokens_obj.key_as(&key)?;
-        let Some(token) = read_token(id, &tokens_obj.object(&key, ObjType::Map)?, &writers)? else {
-            unverified_tokens.push(id);
-            continue;
-        };
-        if !epochs.contains_key(&token.epoch) {
-            return Err(schema(
-                &tokens_obj.sub(&key),
-                "names an epoch that does not exist",
-            ));
-        }
-        tokens.insert(id, token);
-    }
-
-    let defaults_obj = root.object("defaults", ObjType::Map)?;
-    if defaults_obj.keys().len() > limits::DEFAULTS_MAX {
-        return Err(schema("defaults", "has too many entries"));
-    }
-    let mut defaults = BTreeMap::new();
-    let mut default_versions = BTreeMap::new();
-    for key in defaults_obj.keys() {
-        let Some((token, version)) = read_default(&key, &defaults_obj, &writers)? else {
-            continue;
-        };
-        default_versions.insert(key.clone(), version);
-        let Ok(service) = key.parse::<Service>() else {
-            continue; // a service from a newer version: keep it, do not use it
-        };
-        // A concurrent delete can leave a default pointing at a deleted token: not an error.
-        if let Some(id) = token
-            && tokens
-                .get(&id)
-                .is_some_and(|t: &Token| !t.deleted && t.service == service)
-        {
-            defaults.insert(service, id);
+        let id = token_key(&key)?;
+        match read_record(
+            id,
+            &tokens_obj.object(&key, ObjType::Map)?,
+            &writers,
+            &epochs,
+        )? {
+            Slot::Valid(token) => {
+                tokens.insert(id, token);
+            }
+            Slot::Unverified => unverified_tokens.push(id),
+            Slot::Absent => {}
         }
     }
 
+    let (defaults, default_versions) = read_defaults(&root, &|id| tokens.get(id), &writers)?;
     let relays = read_relays(
         &info.id,
         &root.object("relays", ObjType::Map)?,
         &members,
         verified,
     )?;
+    let audit = read_audit(doc, &root, &writers, &AuditCache::new(), None)?;
 
-    let audit_obj = root.object_id("audit", ObjType::List)?;
-    let audit_len = doc.length(&audit_obj);
-    // Concurrent appends can briefly exceed the bound by what each side appended.
-    if audit_len > limits::AUDIT_MAX * 2 {
-        return Err(schema("audit", "has too many entries"));
-    }
-    let mut audit = Vec::with_capacity(audit_len);
-    for i in 0..audit_len {
-        let entry = match doc.get(&audit_obj, i)? {
-            Some((Value::Object(ObjType::Map), id)) => Fields::new(doc, id, format!("audit.{i}")),
-            _ => return Err(schema(&format!("audit.{i}"), "is not a map")),
-        };
-        if let Some(entry) = read_audit_entry(&entry, &writers)? {
-            audit.push(entry);
-        }
-    }
-
-    Ok(VaultState {
+    let state = VaultState {
         info,
         members,
         unverified,
@@ -425,7 +400,152 @@ pub(super) fn read_state(
         default_versions,
         schema: schema_version,
         relays,
-        audit,
+        audit: audit.entries,
+    };
+    Ok((state, audit.cache))
+}
+
+/// A token record's key as its id: the 32 lowercase hex digits this build writes, so that one
+/// id has one record (and `delta` finds it under the one key).
+pub(super) fn token_key(key: &str) -> Result<TokenId, DocError> {
+    key.parse::<TokenId>()
+        .ok()
+        .filter(|id| id.to_string() == key)
+        .ok_or_else(|| schema(&format!("tokens.{key}"), "is not a valid id"))
+}
+
+/// What a token record reads as: absent, present with no valid version, or a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::doc) enum Slot<T> {
+    Absent,
+    Unverified,
+    Valid(T),
+}
+
+impl<T> Slot<T> {
+    pub(in crate::doc) fn as_ref(&self) -> Slot<&T> {
+        match self {
+            Slot::Absent => Slot::Absent,
+            Slot::Unverified => Slot::Unverified,
+            Slot::Valid(t) => Slot::Valid(t),
+        }
+    }
+}
+
+/// What token record `id` reads as in `state`.
+pub(in crate::doc) fn slot_of<'a>(state: &'a VaultState, id: &TokenId) -> Slot<&'a Token> {
+    match state.tokens.get(id) {
+        Some(token) => Slot::Valid(token),
+        None if state.unverified_tokens.contains(id) => Slot::Unverified,
+        None => Slot::Absent,
+    }
+}
+
+/// One token record, read against the members and epochs.
+pub(super) fn read_record(
+    id: TokenId,
+    record: &Fields<'_>,
+    writers: &Writers<'_>,
+    epochs: &BTreeMap<EpochId, Epoch>,
+) -> Result<Slot<Token>, DocError> {
+    let Some(token) = read_token(id, record, writers)? else {
+        return Ok(Slot::Unverified);
+    };
+    if !epochs.contains_key(&token.epoch) {
+        return Err(schema(&record.path, "names an epoch that does not exist"));
+    }
+    Ok(Slot::Valid(token))
+}
+
+/// The defaults, by service, and each default record's version, against the tokens `token`
+/// finds.
+pub(super) fn read_defaults<'t>(
+    root: &Fields<'_>,
+    token: &dyn Fn(&TokenId) -> Option<&'t Token>,
+    writers: &Writers<'_>,
+) -> Result<Defaults, DocError> {
+    let defaults_obj = root.object("defaults", ObjType::Map)?;
+    if defaults_obj.keys().len() > limits::DEFAULTS_MAX {
+        return Err(schema("defaults", "has too many entries"));
+    }
+    let mut defaults = BTreeMap::new();
+    let mut default_versions = BTreeMap::new();
+    for key in defaults_obj.keys() {
+        let Some((id, version)) = read_default(&key, &defaults_obj, writers)? else {
+            continue;
+        };
+        default_versions.insert(key.clone(), version);
+        let Ok(service) = key.parse::<Service>() else {
+            continue; // a service from a newer version: keep it, do not use it
+        };
+        // A concurrent delete can leave a default pointing at a deleted token: not an error.
+        if let Some(id) = id
+            && token(&id).is_some_and(|t| !t.deleted && t.service == service)
+        {
+            defaults.insert(service, id);
+        }
+    }
+    Ok((defaults, default_versions))
+}
+
+/// Each audit entry read so far, by its object id: `None` for one whose signature does not
+/// verify. Valid for as long as the members are.
+pub(in crate::doc) type AuditCache = HashMap<ObjId, Option<AuditEntry>>;
+
+/// The audit log as read: its valid entries in order, the cache of every entry it holds now,
+/// and the position and id of each entry that was read (not taken from a cache).
+#[derive(Debug, Clone)]
+pub(in crate::doc) struct AuditRead {
+    pub(in crate::doc) entries: Vec<AuditEntry>,
+    pub(in crate::doc) cache: AuditCache,
+    pub(in crate::doc) read: Vec<(usize, ObjId)>,
+}
+
+/// The defaults, by service, and each default record's version counter, by service name.
+pub(super) type Defaults = (BTreeMap<Service, TokenId>, BTreeMap<String, u64>);
+
+/// The audit log, in order, re-reading only the entries `cache` lacks or `stale` names (all of
+/// them when `stale` is `None`).
+pub(super) fn read_audit(
+    doc: &AutoCommit,
+    root: &Fields<'_>,
+    writers: &Writers<'_>,
+    cache: &AuditCache,
+    stale: Option<&HashSet<ObjId>>,
+) -> Result<AuditRead, DocError> {
+    let audit_obj = root.object_id("audit", ObjType::List)?;
+    let audit_len = doc.length(&audit_obj);
+    // Concurrent appends can briefly exceed the bound by what each side appended.
+    if audit_len > limits::AUDIT_MAX * 2 {
+        return Err(schema("audit", "has too many entries"));
+    }
+    let mut audit = Vec::with_capacity(audit_len);
+    let mut now = AuditCache::with_capacity(audit_len);
+    let mut read = Vec::new();
+    for item in doc.list_range(&audit_obj, ..) {
+        let i = item.index;
+        if !matches!(item.value, automerge::ValueRef::Object(ObjType::Map)) {
+            return Err(schema(&format!("audit.{i}"), "is not a map"));
+        }
+        let id = item.id();
+        let known = stale
+            .is_some_and(|stale| !stale.contains(&id))
+            .then(|| cache.get(&id))
+            .flatten();
+        let entry = match known {
+            Some(entry) => entry.clone(),
+            None => {
+                read.push((i, id.clone()));
+                read_audit_entry(&Fields::new(doc, id.clone(), format!("audit.{i}")), writers)?
+            }
+        };
+        audit.extend(entry.clone());
+        now.insert(id, entry);
+    }
+    Ok(AuditRead {
+        entries: audit,
+        cache: now,
+        read,
     })
 }
 

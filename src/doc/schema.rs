@@ -587,7 +587,7 @@ impl TrustAnchors {
 }
 
 /// Everything in the document, typed and validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultState {
     pub info: VaultInfo,
     /// Members whose record is signed along a chain from the trust anchors.

@@ -3,27 +3,104 @@
 //! and nothing trusted is taken away. A refusal for changes by a removed member says what this
 //! device could vouch for (see ARCHITECTURE.md, "How an incoming sync message flows").
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, Value};
-use handoff_protocol::DeviceId;
 use handoff_protocol::dek_wrap::Recipient;
+use handoff_protocol::{DeviceId, TokenId};
 
-use super::read::{self, Fields, Writers};
-use super::schema::{self, Member, Role, TrustAnchors, VaultState};
+use super::read::{self, AuditCache, Delta, Fields, Slot, Writers};
+use super::schema::{self, Member, Role, Token, TrustAnchors, VaultState};
+use super::touched::{Touched, touched_by};
 use super::{DocError, fork_vault_id};
+
+/// The state a fork's changes lead to: read whole, or as the records they touched beside the
+/// state before them.
+#[derive(Debug)]
+pub(super) enum Next {
+    Whole(Box<VaultState>, AuditCache),
+    Delta(Delta),
+}
+
+/// The state after new changes, as the checks see it.
+enum After<'a> {
+    Whole(&'a VaultState),
+    /// Everything but what `touched` names is as it was in `before`.
+    Delta {
+        before: &'a VaultState,
+        delta: &'a Delta,
+        touched: &'a Touched,
+    },
+}
+
+impl After<'_> {
+    /// The sections new changes leave as they were when they touch only records: the members,
+    /// the epochs, the vault and the schema.
+    fn base(&self) -> &VaultState {
+        match self {
+            After::Whole(state) => state,
+            After::Delta { before, .. } => before,
+        }
+    }
+
+    /// Which token records and audit entries to look at: all (`None`), or the touched ones.
+    fn scope(&self) -> Option<&Touched> {
+        match self {
+            After::Whole(_) => None,
+            After::Delta { touched, .. } => Some(touched),
+        }
+    }
+
+    fn token(&self, id: &TokenId) -> Slot<&Token> {
+        match self {
+            After::Whole(state) => read::slot_of(state, id),
+            After::Delta { before, delta, .. } => delta.token(before, id),
+        }
+    }
+
+    fn default_versions(&self) -> &std::collections::BTreeMap<String, u64> {
+        match self {
+            After::Whole(state) => &state.default_versions,
+            After::Delta { delta, .. } => &delta.default_versions,
+        }
+    }
+
+    fn audit(&self) -> &[schema::AuditEntry] {
+        match self {
+            After::Whole(state) => &state.audit,
+            After::Delta { before, delta, .. } => delta.audit(before),
+        }
+    }
+
+    /// The token records whose standing may differ from `before`'s.
+    fn compared(&self, before: &VaultState) -> BTreeSet<TokenId> {
+        match self {
+            After::Whole(state) => before
+                .tokens
+                .keys()
+                .chain(&before.unverified_tokens)
+                .chain(&state.unverified_tokens)
+                .copied()
+                .collect(),
+            After::Delta { delta, .. } => delta.tokens.keys().copied().collect(),
+        }
+    }
+}
 
 /// Validates a fork that outside changes were applied to: one vault record, this vault, valid
 /// against the pinned anchors, every new change named as written by a verified member (within a
-/// removed member's bound). Returns how many changes are new since `before`, and the fork's
-/// validated state.
+/// removed member's bound). Returns how many changes are new since `before` (whose audit
+/// entries `cache` holds), and the state the fork's changes lead to. Changes that wrote only in
+/// token records, defaults and audit entries are judged on those records alone, unless `whole`
+/// asks for the whole document to be read.
 pub(super) fn check_fork(
     fork: &mut AutoCommit,
     anchors: &TrustAnchors,
     verified: &super::verified::Verified,
     heads: &[ChangeHash],
-    before: &VaultState,
-) -> Result<(usize, VaultState), DocError> {
+    (before, cache): (&VaultState, &AuditCache),
+    whole: bool,
+) -> Result<(usize, Next), DocError> {
     let ours = anchors.vault;
     if fork.get_all(automerge::ROOT, "vault")?.len() != 1 {
         return Err(DocError::Schema {
@@ -31,19 +108,52 @@ pub(super) fn check_fork(
             problem: "was written by two different vaults",
         });
     }
-    let state = read::read_state(fork, Some(anchors), verified).map_err(|e| {
-        match (e, fork_vault_id(fork)) {
-            (DocError::AnchorsMoved, Some(found)) if found != ours => DocError::WrongVault {
-                expected: ours,
-                found,
-            },
-            (other, _) => other,
-        }
-    })?;
-    check_no_regression(before, &state)?;
     let new_changes = fork.get_changes(heads);
+    let touched = if whole {
+        None
+    } else {
+        touched_by(fork, &new_changes)
+    };
+    let next = if let Some(touched) = touched {
+        let delta = Delta::read(fork, before, cache, &touched, verified)?;
+        let after = After::Delta {
+            before,
+            delta: &delta,
+            touched: &touched,
+        };
+        judge(fork, before, &after, &new_changes, verified)?;
+        Next::Delta(delta)
+    } else {
+        let (state, cache) =
+            read::read_whole(fork, Some(anchors), verified).map_err(|e| {
+                match (e, fork_vault_id(fork)) {
+                    (DocError::AnchorsMoved, Some(found)) if found != ours => {
+                        DocError::WrongVault {
+                            expected: ours,
+                            found,
+                        }
+                    }
+                    (other, _) => other,
+                }
+            })?;
+        check_no_regression(before, &state)?;
+        judge(fork, before, &After::Whole(&state), &new_changes, verified)?;
+        Next::Whole(Box::new(state), cache)
+    };
+    Ok((new_changes.len(), next))
+}
+
+/// The checks on each new change and on what it wrote, against the state it leads to.
+fn judge(
+    fork: &mut AutoCommit,
+    before: &VaultState,
+    after: &After<'_>,
+    new_changes: &[automerge::Change],
+    verified: &super::verified::Verified,
+) -> Result<(), DocError> {
+    let state = after.base();
     let mut new_ops = NewOps::default();
-    for change in &new_changes {
+    for change in new_changes {
         let author = state
             .members
             .values()
@@ -55,7 +165,7 @@ pub(super) fn check_fork(
         if !allowed {
             return Err(DocError::ForeignAuthor {
                 actor: change.actor_id().to_hex_string(),
-                owed: held_past_bounds(fork, &state, &new_changes),
+                owed: held_past_bounds(fork, state, new_changes),
             });
         }
         // An honest change's ops count on from the last op it saw: a change that starts
@@ -74,10 +184,9 @@ pub(super) fn check_fork(
         }
         new_ops.add(change);
     }
-    check_attested(&state, before, &new_changes, verified)?;
-    check_writes(fork, &state, before, &new_ops, verified)?;
-    check_authority(fork, &state, &new_changes, &new_ops)?;
-    Ok((new_changes.len(), state))
+    check_attested(state, before, new_changes, verified)?;
+    check_writes(fork, before, after, &new_ops, verified)?;
+    check_authority(fork, state, after.scope(), new_changes, &new_ops)
 }
 
 /// The attestation of `change`, which its writer signs with `sign` (see `VaultDoc::commit`):
@@ -203,24 +312,42 @@ fn refuse(problem: &'static str) -> DocError {
 /// that wrote it instead.
 fn check_writes(
     fork: &AutoCommit,
-    state: &VaultState,
     before: &VaultState,
+    after: &After<'_>,
     new: &NewOps,
     verified: &super::verified::Verified,
 ) -> Result<(), DocError> {
     let is_new = |id: &ObjId| new.contains(id);
     let root = Fields::root(fork);
+    let state = after.base();
     let writers = Writers {
         vault: &state.info.id,
         members: &state.members,
         verified,
     };
-    let tokens = root.object("tokens", ObjType::Map)?;
-    for (key, record_id) in tokens.ids() {
-        let record = tokens.object(key, ObjType::Map)?;
-        let existed = key.parse().is_ok_and(|id| {
-            before.tokens.contains_key(&id) || before.unverified_tokens.contains(&id)
-        });
+    let records: Vec<(String, ObjId)> = match after.scope() {
+        None => root
+            .object("tokens", ObjType::Map)?
+            .ids()
+            .map(|(key, id)| (key.to_string(), id.clone()))
+            .collect(),
+        Some(touched) => {
+            let tokens = root.object_id("tokens", ObjType::Map)?;
+            let mut records = Vec::new();
+            for key in &touched.tokens {
+                if let Some((_, id)) = fork.get(&tokens, key.as_str())? {
+                    records.push((key.clone(), id));
+                }
+            }
+            records
+        }
+    };
+    // Every record is a map: the read that made `after` refused anything else.
+    for (key, record_id) in &records {
+        let record = Fields::new(fork, record_id.clone(), format!("tokens.{key}"));
+        let existed = key
+            .parse()
+            .is_ok_and(|id| read::slot_of(before, &id) != Slot::Absent);
         if existed && is_new(record_id) {
             return Err(refuse("a token record was replaced"));
         }
@@ -252,32 +379,32 @@ fn check_writes(
             }
         }
     }
-    for id in before.tokens.keys().chain(&before.unverified_tokens) {
-        if !state.tokens.contains_key(id) && !state.unverified_tokens.contains(id) {
+    for id in after.compared(before) {
+        let (was, now) = (read::slot_of(before, &id), after.token(&id));
+        if was != Slot::Absent && now == Slot::Absent {
             return Err(refuse("a token record was removed"));
         }
-    }
-    for (id, token) in &before.tokens {
-        let now = state.tokens.get(id);
-        if token.verified && !now.is_some_and(|t| t.verified) {
-            return Err(refuse("a token lost its signed versions"));
+        if let Slot::Valid(token) = was {
+            let now = match now {
+                Slot::Valid(now) => Some(now),
+                _ => None,
+            };
+            if token.verified && !now.is_some_and(|t| t.verified) {
+                return Err(refuse("a token lost its signed versions"));
+            }
+            if token.deleted && !now.is_some_and(|t| t.deleted) {
+                return Err(refuse("a deleted token was written again"));
+            }
         }
-        if token.deleted && !now.is_some_and(|t| t.deleted) {
-            return Err(refuse("a deleted token was written again"));
+        if now == Slot::Unverified && was != Slot::Unverified {
+            return Err(refuse(
+                "a token version is not signed by a member allowed to write it",
+            ));
         }
-    }
-    if state
-        .unverified_tokens
-        .iter()
-        .any(|id| !before.unverified_tokens.contains(id))
-    {
-        return Err(refuse(
-            "a token version is not signed by a member allowed to write it",
-        ));
     }
     let defaults = root.object("defaults", ObjType::Map)?;
     for key in before.default_versions.keys() {
-        if !state.default_versions.contains_key(key) {
+        if !after.default_versions().contains_key(key) {
             return Err(refuse("a default lost its signed versions"));
         }
     }
@@ -302,10 +429,21 @@ fn check_writes(
         .get(automerge::ROOT, "audit")?
         .map(|(_, id)| id)
         .ok_or_else(|| refuse("the audit log was removed"))?;
-    for i in 0..fork.length(&audit) {
-        let Some((Value::Object(ObjType::Map), id)) = fork.get(&audit, i)? else {
-            continue; // read_state refused anything else
-        };
+    // The entries new changes can have written in: all, or those the read of `after` re-read
+    // (which include every entry an op landed in).
+    let entries: Vec<(usize, ObjId)> = match after {
+        After::Whole(_) => fork
+            .list_range(&audit, ..)
+            .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
+            .map(|item| (item.index, item.id()))
+            .collect(),
+        After::Delta { delta, .. } => delta
+            .audit
+            .as_ref()
+            .map(|audit| audit.read.clone())
+            .unwrap_or_default(),
+    };
+    for (i, id) in entries {
         let entry = Fields::new(fork, id.clone(), format!("audit.{i}"));
         if (is_new(&id) || entry.any_written(&is_new)) && !read::audit_is_valid(&entry, &writers)? {
             return Err(refuse(
@@ -316,7 +454,7 @@ fn check_writes(
     // Entries leave only to keep the log at its bound, oldest first (each writer trims the
     // front): every entry that went was older than every entry that stayed.
     let mut left: HashMap<&schema::AuditEntry, usize> = HashMap::new();
-    for entry in &state.audit {
+    for entry in after.audit() {
         *left.entry(entry).or_default() += 1;
     }
     let (mut kept_one, mut removed) = (false, false);
@@ -330,7 +468,7 @@ fn check_writes(
             _ => removed = true,
         }
     }
-    if removed && state.audit.len() < schema::limits::AUDIT_MAX {
+    if removed && after.audit().len() < schema::limits::AUDIT_MAX {
         return Err(refuse("audit entries were removed"));
     }
     if state.schema < before.schema {
@@ -357,11 +495,12 @@ fn check_writes(
 fn check_authority(
     fork: &AutoCommit,
     state: &VaultState,
+    scope: Option<&Touched>,
     new_changes: &[automerge::Change],
     new: &NewOps,
 ) -> Result<(), DocError> {
     use automerge::legacy::{Key, ObjectId, OpType};
-    let places = Places::of(fork)?;
+    let places = Places::of(fork, scope)?;
     for change in new_changes {
         let actor = change.actor_id();
         let Some(author) = state.members.values().find(|m| m.actor == actor.to_bytes()) else {
@@ -498,7 +637,9 @@ enum Place {
 }
 
 impl Places {
-    fn of(fork: &AutoCommit) -> Result<Self, DocError> {
+    /// The places of the objects new changes can have written in: every token record, or only
+    /// the touched ones (an op in any other record would have touched it).
+    fn of(fork: &AutoCommit, scope: Option<&Touched>) -> Result<Self, DocError> {
         let mut places = HashMap::new();
         let mut put = |id: &ObjId, place| {
             if let ObjId::Id(counter, actor, _) = id {
@@ -547,8 +688,20 @@ impl Places {
         for (_, id) in root.object("relays", ObjType::Map)?.ids() {
             put(id, Place::AdminOnly);
         }
-        for (_, id) in root.object("tokens", ObjType::Map)?.ids() {
-            put(id, Place::TokenRecord);
+        match scope {
+            None => {
+                for (_, id) in root.object("tokens", ObjType::Map)?.ids() {
+                    put(id, Place::TokenRecord);
+                }
+            }
+            Some(touched) => {
+                let tokens = root.object_id("tokens", ObjType::Map)?;
+                for key in &touched.tokens {
+                    if let Some((_, id)) = fork.get(&tokens, key.as_str())? {
+                        put(&id, Place::TokenRecord);
+                    }
+                }
+            }
         }
         Ok(Places(places))
     }

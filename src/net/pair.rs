@@ -555,7 +555,7 @@ async fn serve_inner(
     let key = offer.key.duplicate();
     let (member, welcome) = on_device(&host, move |d, _| {
         let mut joiner = joiner;
-        joiner.name = unique_name(&d.state()?, &proposed);
+        joiner.name = unique_name(&*d.state()?, &proposed);
         let member = d.admit(&key, &joiner)?;
         d.note_holds_all(&member.device)?;
         let anchors = d.anchors().clone();

@@ -1,0 +1,128 @@
+//! Automerge's sync protocol on the vault document: the messages this device sends, and a
+//! peer's messages received on a fork that is kept only if it validates, as `ingest` does.
+
+use super::{DocError, VaultDoc, check_size, chunks, contain};
+
+impl VaultDoc {
+    /// The next Automerge sync message for a peer, or `None` when it has nothing to learn.
+    /// Without `with_changes`, the message says only what this document has and needs (its
+    /// heads, a summary, requests), so a peer that refuses our changes can still send us its
+    /// own. The peer's side of the state comes from its messages, so the engine runs contained
+    /// here too: on a failure the session starts afresh instead of the process going down.
+    pub fn sync_message(
+        &mut self,
+        state: &mut automerge::sync::State,
+        with_changes: bool,
+    ) -> Option<Vec<u8>> {
+        use automerge::sync::SyncDoc;
+        self.settle();
+        let doc = &mut self.doc;
+        let generated = contain::contained(|| {
+            Ok(doc.sync().generate_sync_message(state).map(|mut message| {
+                if !with_changes {
+                    message.changes = Vec::<Vec<u8>>::new().into();
+                }
+                message.encode()
+            }))
+        });
+        generated.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not build a sync message; starting the session afresh");
+            *state = automerge::sync::State::new();
+            None
+        })
+    }
+
+    /// A sync message that asks the peer for every change it holds, and to forget which it
+    /// sent already: after [`DocError::Incomplete`], so that the next message is judged on
+    /// the peer's whole document. (An empty `have` is how Automerge itself asks for
+    /// everything when it has lost track.)
+    pub fn ask_everything(&mut self) -> Vec<u8> {
+        self.settle();
+        let mut flags = automerge::sync::MessageFlags::new();
+        flags.set(automerge::sync::MessageFlags::SUPPORTS_SYNC_RESET);
+        flags.set(automerge::sync::MessageFlags::SYNC_RESET);
+        automerge::sync::Message {
+            heads: self.doc.get_heads(),
+            need: Vec::new(),
+            have: vec![automerge::sync::Have::default()],
+            changes: Vec::<Vec<u8>>::new().into(),
+            flags: Some(flags),
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode()
+    }
+
+    /// Receives a peer's sync message on a fork and keeps the fork only if it validates as
+    /// [`ingest`](Self::ingest) does; on any error neither the document nor `state` changes.
+    /// Returns how many changes were new.
+    pub fn receive_sync(
+        &mut self,
+        state: &mut automerge::sync::State,
+        message: &[u8],
+    ) -> Result<usize, DocError> {
+        use automerge::sync::SyncDoc;
+        self.settle();
+        check_size(message.len())?;
+        let message = contain::contained(|| {
+            automerge::sync::Message::decode(message)
+                .map_err(|e| DocError::Damaged(format!("unreadable sync message ({e})")))
+        })?;
+        if message.changes.is_empty() {
+            // Heads, needs and bloom filters only: the document cannot change, so there is
+            // nothing to validate and no fork to make. The state changes only on success.
+            let doc = &mut self.doc;
+            let mut next = state.clone();
+            contain::contained(|| {
+                doc.sync()
+                    .receive_sync_message(&mut next, message)
+                    .map_err(|e| DocError::Damaged(e.to_string()))
+            })?;
+            *state = next;
+            return Ok(0);
+        }
+        let heads = self.doc.get_heads();
+        let waiting = self.doc.get_missing_deps(&[]).len();
+        let actor = self.doc.get_actor().clone();
+        let mut fork = self.doc.fork().with_actor(actor);
+        let mut next = state.clone();
+        let valid = self.validated()?;
+        let anchors = &self.anchors;
+        let verified = &*self.verified;
+        let (fork, next, judged, whole) = contain::contained(move || {
+            for chunk in message.changes.iter() {
+                chunks::check_framing(chunk)?;
+            }
+            let theirs = message.heads.clone();
+            fork.sync()
+                .receive_sync_message(&mut next, message)
+                .map_err(|e| DocError::Damaged(e.to_string()))?;
+            if fork.get_missing_deps(&[]).len() > waiting {
+                return Err(DocError::Incomplete {
+                    refused: Box::new(DocError::Waiting),
+                });
+            }
+            let (judged, whole) = Self::judge_fork(&mut fork, anchors, verified, &heads, valid);
+            // Only the sender's heads count: changes queued earlier for parents that never
+            // came say nothing of this message.
+            let complete = theirs
+                .iter()
+                .all(|h| fork.get_change_meta_by_hash(h).is_some());
+            let judged = judged.map_err(|refused| {
+                if complete {
+                    refused
+                } else {
+                    DocError::Incomplete {
+                        refused: Box::new(refused),
+                    }
+                }
+            });
+            Ok((fork, next, judged, whole))
+        })?;
+        self.cross_check(&judged, whole.as_ref());
+        let (count, valid) = judged?;
+        self.doc = fork;
+        self.take_next(valid);
+        *state = next;
+        Ok(count)
+    }
+}

@@ -1,0 +1,217 @@
+//! The state a write or an incoming change leads to, read from what it touched, against the
+//! whole document read again (a debug build also checks every commit and every judged fork
+//! this way; these name the paths that must be taken).
+
+use std::collections::BTreeMap;
+
+use handoff_protocol::binding::{genesis_statement, token_version_statement};
+use handoff_protocol::{EpochId, TokenId, VaultId};
+
+use super::schema::{Epoch, Member, Role, Service, Token, TokenKind, VaultInfo, limits};
+use super::touched::touched_by;
+use super::trust::{Next, check_fork};
+use super::{VaultDoc, read};
+use crate::vault::epoch::TokenBinding;
+use crate::vault::{Dek, DeviceKeys, VaultSecret, random_array};
+
+struct Vault {
+    doc: VaultDoc,
+    keys: DeviceKeys,
+    dek: Dek,
+    epoch: EpochId,
+}
+
+fn vault() -> Vault {
+    let keys = DeviceKeys::generate().unwrap();
+    let me = keys.device_id();
+    let id = VaultId::from_bytes(random_array().unwrap());
+    let info = VaultInfo {
+        id,
+        name: "test".into(),
+        created_at: 0,
+        founder: me,
+        discovery_secret: [0; 32],
+        recovery_pub: VaultSecret::generate().unwrap().public(),
+        recovery_sign_pub: keys.identity_public(),
+        genesis_sig: keys
+            .sign(&genesis_statement(&id, &me, &keys.identity_public()))
+            .to_vec(),
+    };
+    let secret = VaultSecret::generate().unwrap();
+    let mut founder = Member::new(
+        &keys,
+        secret.public(),
+        "laptop",
+        Role::Admin,
+        &me.to_hex(),
+        0,
+    );
+    crate::device::sign_member(&mut founder, &id, &me.to_hex(), |m| keys.sign(m));
+    let epoch = Epoch {
+        id: EpochId::from_bytes(random_array().unwrap()),
+        generation: 1,
+        created_by: me.to_hex(),
+        created_at: 0,
+        wraps: BTreeMap::new(),
+        untrusted: Vec::new(),
+        current_eligible: true,
+    };
+    let doc = VaultDoc::create(&info, &founder, &epoch, |m| keys.sign(m)).unwrap();
+    Vault {
+        doc,
+        keys,
+        dek: Dek::generate().unwrap(),
+        epoch: epoch.id,
+    }
+}
+
+impl Vault {
+    fn add(&mut self, label: &str) -> TokenId {
+        let id = TokenId::from_bytes(random_array().unwrap());
+        let me = self.keys.device_id().to_hex();
+        let vault = self.doc.anchors().vault;
+        let at = TokenBinding {
+            vault: &vault,
+            token: &id,
+            epoch: &self.epoch,
+            service: "openai",
+        };
+        let token = Token {
+            id,
+            service: Service::Openai,
+            label: label.into(),
+            kind: TokenKind::ApiKey,
+            epoch: self.epoch,
+            ciphertext: Some(self.dek.seal_token(at, b"sk-test").unwrap()),
+            created_at: 0,
+            created_by: me.clone(),
+            updated_at: 0,
+            updated_by: me.clone(),
+            deleted: false,
+            version: 1,
+            verified: true,
+            conflicted: false,
+            expires_at: None,
+            refreshed_at: None,
+            lease: None,
+        };
+        let sig = self
+            .keys
+            .sign(&token_version_statement(&vault, &token.signed_fields()));
+        self.doc.put_token(&token, &sig).unwrap();
+        let keys = &self.keys;
+        self.doc
+            .audit(&keys.device_id(), "token.add", label, |m| keys.sign(m))
+            .unwrap();
+        self.doc.commit("token.add", |m| keys.sign(m));
+        id
+    }
+
+    /// Whether the kept state survived the last write (followed, not forgotten).
+    fn followed(&self) -> bool {
+        self.doc.valid.get().is_some()
+    }
+}
+
+#[test]
+fn a_token_write_is_followed_from_what_it_touched_and_reads_as_the_whole_document() {
+    let mut v = vault();
+    v.doc.state().unwrap();
+    let id = v.add("work");
+    assert!(v.followed(), "a token add is followed, not read whole");
+    let state = v.doc.state().unwrap();
+    assert_eq!(*state, v.doc.rebuild_state().unwrap());
+    assert_eq!(state.tokens[&id].label, "work");
+    assert_eq!(state.audit.last().unwrap().action, "token.add");
+
+    // A write outside the records read one by one is read whole next time.
+    let me = v.keys.device_id();
+    v.doc.put_member_name(&me, "desk").unwrap();
+    let keys = &v.keys;
+    v.doc.commit("rename", |m| keys.sign(m));
+    assert!(!v.followed());
+    assert_eq!(v.doc.state().unwrap().members[&me].name, "desk");
+}
+
+#[test]
+fn the_audit_log_trimmed_at_its_bound_reads_the_same_both_ways() {
+    let mut v = vault();
+    v.doc.state().unwrap();
+    for i in 0..limits::AUDIT_MAX + 3 {
+        let keys = &v.keys;
+        v.doc
+            .audit(&keys.device_id(), "token.use", &format!("t{i}"), |m| {
+                keys.sign(m)
+            })
+            .unwrap();
+        v.doc.commit("audit", |m| keys.sign(m));
+    }
+    assert!(v.followed());
+    let state = v.doc.state().unwrap();
+    assert_eq!(state.audit.len(), limits::AUDIT_MAX);
+    assert_eq!(state.audit[0].subject, "t3");
+    assert_eq!(*state, v.doc.rebuild_state().unwrap());
+}
+
+#[test]
+fn an_incoming_token_write_is_judged_on_its_record_and_a_member_write_whole() {
+    let mut a = vault();
+    let me = a.keys.device_id();
+    for i in 0..20 {
+        a.add(&format!("t{i}"));
+    }
+    let saved = a.doc.save();
+    let mut b = Vault {
+        doc: VaultDoc::load_trusted(&saved, &me).unwrap(),
+        keys: {
+            let (identity, mailbox) = a.keys.secrets();
+            DeviceKeys::from_secrets(&identity, &mailbox)
+        },
+        dek: Dek::generate().unwrap(),
+        epoch: a.epoch,
+    };
+    b.doc.mark_saved();
+    let id = b.add("from-b");
+    let chunk = b.doc.take_unsaved().unwrap();
+
+    let judged = |doc: &mut VaultDoc, chunk: &[u8], whole: bool| {
+        let heads = doc.heads();
+        let before = doc.rebuild_state().unwrap();
+        let (_, audit) = read::read_whole(&doc.doc, Some(&doc.anchors), &doc.verified).unwrap();
+        let mut fork = doc.doc.fork();
+        fork.load_incremental(chunk).unwrap();
+        let (count, next) = check_fork(
+            &mut fork,
+            &doc.anchors,
+            &doc.verified,
+            &heads,
+            (&before, &audit),
+            whole,
+        )
+        .unwrap();
+        let changes = fork.get_changes(&heads);
+        (count, next, touched_by(&fork, &changes))
+    };
+    let (count, next, touched) = judged(&mut a.doc, &chunk, false);
+    assert_eq!(count, 2, "the change and its attestation");
+    assert!(matches!(next, Next::Delta(_)), "judged on what it touched");
+    let touched = touched.unwrap();
+    assert_eq!(touched.tokens.len(), 1);
+    assert!(touched.tokens.contains(&id.to_hex()));
+    assert!(touched.audit_changed);
+
+    assert_eq!(a.doc.ingest(&chunk).unwrap(), 2);
+    assert!(a.followed());
+    let state = a.doc.state().unwrap();
+    assert_eq!(state.tokens[&id].label, "from-b");
+    assert_eq!(*state, a.doc.rebuild_state().unwrap());
+
+    // A member's rename touches `members`: judged whole.
+    b.doc.put_member_name(&me, "renamed").unwrap();
+    let keys = &b.keys;
+    b.doc.commit("rename", |m| keys.sign(m));
+    let chunk = b.doc.take_unsaved().unwrap();
+    let (_, next, touched) = judged(&mut a.doc, &chunk, false);
+    assert!(matches!(next, Next::Whole(..)));
+    assert!(touched.is_none());
+}
