@@ -2,14 +2,16 @@
 //! the same mesh code the daemon hosts, with real stores in temp dirs. Each figure is printed
 //! beside a baseline measured in the same run:
 //!
-//! - add-to-readable latency (p50, p99 over `HANDOFF_BENCH_ADDS` adds, default 200, connection
-//!   up): a token added on one device until the other holds it, against the round trip of a
-//!   bare libp2p stream (Noise + Yamux) carrying the same bytes;
+//! - add-to-readable latency (p50, p99 over `HANDOFF_BENCH_ADDS` adds, default 100, connection
+//!   up), at each vault size in `HANDOFF_BENCH_SIZES` (default 10 and 5,000 tokens, filled
+//!   before the adds, so the figure is the cost at that size, not while the vault grows): a
+//!   token added on one device until the other holds it, against the round trip of a bare
+//!   libp2p stream (Noise + Yamux) carrying the same bytes;
 //! - bytes per single-token change: sync payload and the TCP payload bytes the kernel counts
 //!   (Noise, Yamux and the frames), against the Automerge change itself;
-//! - a new member's first sync of a 1,000-token vault: pairing into it (the welcome carries
-//!   the vault), and a member catching up on 1,000 tokens over a sync session, against
-//!   sending the document's bytes once over a bare stream.
+//! - a new member's first sync of a vault of the largest size: pairing into it (the welcome
+//!   carries the vault), and a member catching up on it over a sync session, against sending
+//!   the document's bytes once over a bare stream.
 //!
 //! Run: `cargo bench --bench mesh`. Bounded: every wait has a deadline.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -221,12 +223,43 @@ async fn run() {
     let adds: usize = std::env::var("HANDOFF_BENCH_ADDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(200)
-        .max(100);
-    println!("mesh benchmarks on loopback (TCP, Noise, Yamux), {adds} adds");
+        .unwrap_or(100)
+        .max(50);
+    let sizes: Vec<usize> = std::env::var("HANDOFF_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 5000]);
+    println!("mesh benchmarks on loopback (TCP, Noise, Yamux), {adds} adds per vault size");
+    for &size in &sizes {
+        add_to_readable(size, adds).await;
+    }
+    first_sync(sizes.iter().copied().max().unwrap_or(1000)).await;
+}
 
-    // --- add-to-readable latency and bytes per change ---
+/// Fills `node`'s vault with `n` tokens through the device, as the daemon adds them; how long
+/// that took.
+fn fill(node: &Node, n: usize, prefix: &str) -> Duration {
+    let started = Instant::now();
+    for i in 0..n {
+        node.host.with(|d, k| {
+            d.add_token(
+                k.unwrap(),
+                Service::Anthropic,
+                &format!("{prefix}{i}"),
+                KEY.as_bytes(),
+                false,
+                false,
+            )
+            .unwrap()
+        });
+    }
+    started.elapsed()
+}
+
+/// Add-to-readable latency and bytes per change with `size` tokens in the vault already.
+async fn add_to_readable(size: usize, adds: usize) {
     let a = Node::founder(loopback(false)).await;
+    let filled = fill(&a, size, "bulk");
     let (dir, device, _, _) = pair(&a, "beta").await;
     let key = device.unlock(common::PASSPHRASE).unwrap();
     let b = Node::start(dir, device, key, loopback(false)).await;
@@ -274,7 +307,10 @@ async fn run() {
     let p50 = percentile(&mut latencies, 0.5);
     let p99 = percentile(&mut latencies, 0.99);
     let local50 = percentile(&mut local, 0.5);
-    println!("\nadd-to-readable latency ({adds} adds, connection up):");
+    println!(
+        "\nadd-to-readable latency, {size} tokens in the vault (filling them took {:.1} s), {adds} adds, connection up:",
+        filled.as_secs_f64()
+    );
     println!(
         "  baseline: bare stream round trip of {} bytes  p50 {}  p99 {}",
         payload.len(),
@@ -306,26 +342,15 @@ async fn run() {
     );
     a.mesh.stop().await;
     b.mesh.stop().await;
+}
 
-    // --- first sync of a 1,000-token vault ---
+/// A new member's first sync of a vault of `size` tokens: pairing into it, and a member that
+/// joined when it was empty catching up by sync.
+async fn first_sync(size: usize) {
     let a = Node::founder(loopback(false)).await;
     // c joins now and then goes away while the vault grows.
     let (c_dir, c_device, _, _) = pair(&a, "gamma").await;
-    let started = Instant::now();
-    for i in 0..1000 {
-        a.host.with(|d, k| {
-            d.add_token(
-                k.unwrap(),
-                Service::Anthropic,
-                &format!("bulk{i}"),
-                KEY.as_bytes(),
-                false,
-                false,
-            )
-            .unwrap()
-        });
-    }
-    let filled = started.elapsed();
+    let filled = fill(&a, size, "bulk");
     let snapshot = a.host.with(|d, _| d.export());
 
     let mut bare = Bare::connect(true).await;
@@ -350,7 +375,7 @@ async fn run() {
     let catch_up_sync = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received - sync_before;
 
     println!(
-        "\nfirst sync of a 1,000-token vault ({} byte document; filling it took {:.1} s):",
+        "\nfirst sync of a {size}-token vault ({} byte document; filling it took {:.1} s):",
         snapshot.len(),
         filled.as_secs_f64()
     );
@@ -366,7 +391,7 @@ async fn run() {
         pair_bytes as f64 / snapshot.len() as f64
     );
     println!(
-        "  a member catching up on 1,000 tokens by sync      {} (x{:.1}), {} bytes of sync messages, {} on the wire (x{:.2} of the document)",
+        "  a member catching up on {size} tokens by sync      {} (x{:.1}), {} bytes of sync messages, {} on the wire (x{:.2} of the document)",
         ms(catch_up),
         catch_up.as_secs_f64() / base.as_secs_f64(),
         catch_up_sync,

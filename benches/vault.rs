@@ -278,6 +278,17 @@ fn state_by_size(c: &mut Criterion) {
                 criterion::BatchSize::PerIteration,
             )
         });
+        // The engine's own share of an ingest: copying the document for the fork, and
+        // applying the chunk.
+        let mut raw = AutoCommit::load(bytes).unwrap();
+        g.bench_function(format!("engine_fork_{n:04}"), |b| b.iter(|| raw.fork()));
+        g.bench_function(format!("engine_apply_{n:04}"), |b| {
+            b.iter_batched_ref(
+                || AutoCommit::load(bytes).unwrap(),
+                |doc| doc.load_incremental(&chunk).unwrap(),
+                criterion::BatchSize::PerIteration,
+            )
+        });
     }
     g.finish();
 }

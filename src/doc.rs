@@ -106,6 +106,9 @@ pub struct VaultDoc {
     /// The state with writes pending, not yet committed: read whole, once per write (each
     /// write method starts with [`Self::touched`]).
     pending: OnceLock<Arc<VaultState>>,
+    /// Each actor's highest op counter in the committed document (see `trust::judge`), found
+    /// when first needed.
+    tops: Option<trust::Tops>,
     /// The signatures already checked, shared with the forks incoming changes are tried on.
     verified: std::sync::Arc<verified::Verified>,
 }
@@ -144,6 +147,7 @@ impl VaultDoc {
             saved_heads: Vec::new(),
             valid: OnceLock::new(),
             pending: OnceLock::new(),
+            tops: None,
             verified: Default::default(),
         };
         this.put_member(founder)?;
@@ -200,7 +204,7 @@ impl VaultDoc {
         for chunk in &changes {
             chunks::check_framing(chunk)?;
         }
-        let (mut doc, state, audit) = contain::contained(|| {
+        let (mut doc, state, audit, misspelled) = contain::contained(|| {
             let mut doc = AutoCommit::load(snapshot)
                 .map_err(|e| DocError::Damaged(e.to_string()))?
                 .with_actor(actor_for(device));
@@ -208,8 +212,8 @@ impl VaultDoc {
                 doc.load_incremental(chunk)
                     .map_err(|e| DocError::Damaged(e.to_string()))?;
             }
-            let (state, audit) = read::read_whole(&doc, anchors, &verified)?;
-            Ok((doc, state, audit))
+            let (state, audit, misspelled) = read::read_whole(&doc, anchors, &verified)?;
+            Ok((doc, state, audit, misspelled))
         })?;
         let saved_heads = doc.get_heads();
         Ok(Self {
@@ -219,8 +223,10 @@ impl VaultDoc {
             valid: OnceLock::from(Validated {
                 state: Arc::new(state),
                 audit,
+                misspelled,
             }),
             pending: OnceLock::new(),
+            tops: None,
             verified,
         })
     }
@@ -252,10 +258,12 @@ impl VaultDoc {
         if let Some(valid) = self.valid.get() {
             return Ok(valid);
         }
-        let (state, audit) = read::read_whole(&self.doc, Some(&self.anchors), &self.verified)?;
+        let (state, audit, misspelled) =
+            read::read_whole(&self.doc, Some(&self.anchors), &self.verified)?;
         Ok(self.valid.get_or_init(|| Validated {
             state: Arc::new(state),
             audit,
+            misspelled,
         }))
     }
 
@@ -325,8 +333,13 @@ impl VaultDoc {
         // What was already waiting (a store from before changes stopped being queued).
         let waiting = self.doc.get_missing_deps(&[]).len();
         let actor = self.doc.get_actor().clone();
+        self.ensure_tops();
         let mut fork = self.doc.fork().with_actor(actor);
         let valid = self.validated()?;
+        let current = &self.doc;
+        let no_tops = trust::Tops::new();
+        let tops = self.tops.as_ref().unwrap_or(&no_tops);
+        let heads = &heads;
         let anchors = &self.anchors;
         let verified = &*self.verified;
         // Parse and validate inside the containment; the fork is dropped on any failure.
@@ -338,13 +351,14 @@ impl VaultDoc {
             if fork.get_missing_deps(&[]).len() > waiting {
                 return Err(DocError::Waiting);
             }
-            let (judged, whole) = Self::judge_fork(&mut fork, anchors, verified, &heads, valid);
+            let (judged, whole) =
+                Self::judge_fork(&mut fork, anchors, verified, heads, (current, valid, tops));
             Ok((fork, judged, whole))
         })?;
         self.cross_check(&judged, whole.as_ref());
         let (count, next) = judged?;
         let members = match &next {
-            Next::Whole(state, _) => &state.members,
+            Next::Whole(state, ..) => &state.members,
             Next::Delta(_) => &self.validated()?.state.members,
         };
         if !admit(members) {
@@ -352,6 +366,7 @@ impl VaultDoc {
         }
         self.doc = fork;
         self.take_next(next);
+        self.raise_tops(heads);
         Ok(Some(count))
     }
 
@@ -428,6 +443,12 @@ impl VaultDoc {
         if let Err(e) = self.doc.apply_changes([attestation]) {
             // Only a bug can get here; the change stays unattested, and peers refuse it.
             tracing::error!(error = %e, "could not attest a change");
+        }
+        if let Some(tops) = &mut self.tops {
+            let top = tops
+                .entry(change.actor_id().to_bytes().to_vec())
+                .or_default();
+            *top = (*top).max(change.max_op());
         }
         self.follow(&[change]);
     }

@@ -244,8 +244,10 @@ impl Device {
             .members
             .values()
             .filter_map(|m| {
+                // Only removed members have a bound; finding what is held reads every change.
+                let bound = m.write_bound()?;
                 let held = self.doc.last_seq(&m.actor);
-                (held > m.write_bound()?).then_some((m.device, held))
+                (held > bound).then_some((m.device, held))
             })
             .collect();
         self.vouch_for(&owed)

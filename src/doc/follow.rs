@@ -9,7 +9,7 @@ use automerge::{AutoCommit, ChangeHash};
 
 use super::read::{self, Delta};
 use super::schema::{TrustAnchors, VaultState};
-use super::trust::{Next, check_fork};
+use super::trust::{Next, Tops, check_fork};
 use super::{DocError, VaultDoc, touched, verified};
 
 /// A validated state and the audit entries it was read from, by object id.
@@ -17,6 +17,8 @@ use super::{DocError, VaultDoc, touched, verified};
 pub(super) struct Validated {
     pub(super) state: Arc<VaultState>,
     pub(super) audit: read::AuditCache,
+    /// A token record's key is misspelled: every change is read whole.
+    pub(super) misspelled: bool,
 }
 
 /// What judging a fork gave: how many changes were new and the state they lead to.
@@ -27,10 +29,10 @@ impl VaultDoc {
     /// they touched. When they wrote anywhere else, or what they touched does not read, the
     /// state is forgotten: the next read is whole, and reports what is wrong.
     pub(super) fn follow(&mut self, changes: &[automerge::Change]) {
-        let Some(mut valid) = self.valid.take() else {
+        let Some(mut valid) = self.valid.take().filter(|v| !v.misspelled) else {
             return;
         };
-        let Some(touched) = touched::touched_by(&self.doc, changes) else {
+        let Some(touched) = touched::touched_by(&self.doc, None, changes) else {
             return;
         };
         let Ok(delta) = Delta::read(
@@ -57,12 +59,22 @@ impl VaultDoc {
         anchors: &TrustAnchors,
         verified: &verified::Verified,
         heads: &[ChangeHash],
-        valid: &Validated,
+        (current, valid, tops): (&AutoCommit, &Validated, &Tops),
     ) -> (Judged, Option<Judged>) {
-        let before = (&*valid.state, &valid.audit);
-        let judged = check_fork(fork, anchors, verified, heads, before, false);
+        let before = (current, &*valid.state, &valid.audit);
+        let judged = check_fork(
+            fork,
+            anchors,
+            verified,
+            heads,
+            before,
+            tops,
+            valid.misspelled,
+        );
         #[cfg(debug_assertions)]
-        let whole = Some(check_fork(fork, anchors, verified, heads, before, true));
+        let whole = Some(check_fork(
+            fork, anchors, verified, heads, before, tops, true,
+        ));
         #[cfg(not(debug_assertions))]
         let whole = None;
         (judged, whole)
@@ -78,7 +90,7 @@ impl VaultDoc {
             return;
         };
         let after = |next: &Next| match next {
-            Next::Whole(state, _) => (**state).clone(),
+            Next::Whole(state, ..) => (**state).clone(),
             Next::Delta(delta) => {
                 let mut state = (*valid.state).clone();
                 let mut audit = valid.audit.clone();
@@ -112,14 +124,47 @@ impl VaultDoc {
         }
     }
 
+    /// Each actor's highest op counter in the committed document, found from every change's
+    /// metadata the first time.
+    pub(super) fn ensure_tops(&mut self) {
+        if self.tops.is_none() {
+            let mut tops = Tops::new();
+            for change in self.doc.get_changes_meta(&[]) {
+                let top = tops.entry(change.actor.to_bytes().to_vec()).or_default();
+                *top = (*top).max(change.max_op);
+            }
+            self.tops = Some(tops);
+        }
+    }
+
+    /// Counts the changes since `heads` (just taken, or just made here) in [`Self::ensure_tops`].
+    pub(super) fn raise_tops(&mut self, heads: &[ChangeHash]) {
+        if self.tops.is_none() {
+            return;
+        }
+        let raised: Vec<(Vec<u8>, u64)> = self
+            .doc
+            .get_changes_meta(heads)
+            .iter()
+            .map(|c| (c.actor.to_bytes().to_vec(), c.max_op))
+            .collect();
+        if let Some(tops) = &mut self.tops {
+            for (actor, max_op) in raised {
+                let top = tops.entry(actor).or_default();
+                *top = (*top).max(max_op);
+            }
+        }
+    }
+
     /// Takes the state a judged fork leads to, once the fork has replaced the document.
     pub(super) fn take_next(&mut self, next: Next) {
         self.pending.take();
         match next {
-            Next::Whole(state, audit) => {
+            Next::Whole(state, audit, misspelled) => {
                 self.valid = OnceLock::from(Validated {
                     state: Arc::new(*state),
                     audit,
+                    misspelled,
                 });
             }
             // Judged against the state kept here, so it is there to update.

@@ -272,16 +272,18 @@ pub(super) fn read_state(
     anchors: Option<&TrustAnchors>,
     verified: &Verified,
 ) -> Result<VaultState, DocError> {
-    read_whole(doc, anchors, verified).map(|(state, _)| state)
+    read_whole(doc, anchors, verified).map(|(state, ..)| state)
 }
 
 /// As [`read_state`], with the audit entries read by object id, for later reads of only what
-/// new changes touched (`delta`).
+/// new changes touched (`delta`); and whether a token record's key is an id spelled otherwise
+/// than this build writes it (upper-case hex, which only a crafted change writes: two keys can
+/// then name one id, and only a whole read judges such a document).
 pub(super) fn read_whole(
     doc: &AutoCommit,
     anchors: Option<&TrustAnchors>,
     verified: &Verified,
-) -> Result<(VaultState, AuditCache), DocError> {
+) -> Result<(VaultState, AuditCache, bool), DocError> {
     let root = Fields::root(doc);
     let schema_version = root.u64("schema")?;
     if !(SCHEMA_OLDEST..=SCHEMA_VERSION).contains(&schema_version) {
@@ -364,8 +366,10 @@ pub(super) fn read_whole(
     }
     let mut tokens = BTreeMap::new();
     let mut unverified_tokens = Vec::new();
+    let mut misspelled = false;
     for key in token_keys {
-        let id = token_key(&key)?;
+        let id: TokenId = tokens_obj.key_as(&key)?;
+        misspelled |= id.to_string() != key;
         match read_record(
             id,
             &tokens_obj.object(&key, ObjType::Map)?,
@@ -402,11 +406,11 @@ pub(super) fn read_whole(
         relays,
         audit: audit.entries,
     };
-    Ok((state, audit.cache))
+    Ok((state, audit.cache, misspelled))
 }
 
-/// A token record's key as its id: the 32 lowercase hex digits this build writes, so that one
-/// id has one record (and `delta` finds it under the one key).
+/// A touched token record's key as its id: the 32 lowercase hex digits this build writes
+/// (`touched.rs` names no other), so that one id has one record.
 pub(super) fn token_key(key: &str) -> Result<TokenId, DocError> {
     key.parse::<TokenId>()
         .ok()

@@ -34,10 +34,36 @@ struct Place {
     path: Vec<(ObjId, Prop)>,
 }
 
+/// The deepest object an honest write lands in: a token version's or lease's map
+/// (`tokens.ID.current`), below the root's section and the record. Deeper objects are read
+/// whole, so that no change makes finding its ops' places cost more than its ops.
+const DEEPEST: usize = 3;
+
 /// The records `changes` (applied to `doc`) wrote in, or `None` when an op landed outside the
-/// records read one by one.
-pub(super) fn touched_by(doc: &AutoCommit, changes: &[automerge::Change]) -> Option<Touched> {
-    use automerge::legacy::{Key, ObjectId, OpType};
+/// records read one by one, or may have changed what it does not land in.
+///
+/// An op's `pred` names the ops it overwrites, and Automerge takes it at its word wherever
+/// those ops are: a put in one record that names another record's ops as its predecessors
+/// deletes them. So against `before` (the document the changes were applied to), every
+/// predecessor must be a value at the op's own key, or an op of the changes themselves
+/// (whose places count as touched already). Without `before` (this device's own commit,
+/// whose ops Automerge made from what it saw), predecessors are not checked.
+pub(super) fn touched_by(
+    doc: &AutoCommit,
+    before: Option<&AutoCommit>,
+    changes: &[automerge::Change],
+) -> Option<Touched> {
+    use automerge::legacy::{ElementId, Key, ObjectId, OpType};
+    // Each actor's op counters the changes use.
+    let batch: Vec<(&automerge::ActorId, u64, u64)> = changes
+        .iter()
+        .map(|c| (c.actor_id(), c.start_op().get(), c.max_op()))
+        .collect();
+    let in_batch = |op: &automerge::legacy::OpId| {
+        batch
+            .iter()
+            .any(|(actor, start, end)| **actor == op.1 && (*start..=*end).contains(&op.0))
+    };
     let section = |key: &str| match doc.get(automerge::ROOT, key) {
         Ok(Some((_, id))) => Some(id),
         _ => None,
@@ -55,7 +81,16 @@ pub(super) fn touched_by(doc: &AutoCommit, changes: &[automerge::Change]) -> Opt
             };
             if last.as_ref().is_none_or(|place| place.op != *target) {
                 let (obj, _) = doc.import(&format!("{}@{}", target.0, target.1)).ok()?;
-                let path = doc.parents(&obj).ok()?.path();
+                let mut path: Vec<(ObjId, Prop)> = doc
+                    .parents(&obj)
+                    .ok()?
+                    .take(DEEPEST + 1)
+                    .map(|p| (p.obj, p.prop))
+                    .collect();
+                if path.len() > DEEPEST {
+                    return None;
+                }
+                path.reverse();
                 last = Some(Place {
                     op: target.clone(),
                     obj,
@@ -63,6 +98,32 @@ pub(super) fn touched_by(doc: &AutoCommit, changes: &[automerge::Change]) -> Opt
                 });
             }
             let Place { obj, path, .. } = last.as_ref()?;
+            if let Some(before) = before {
+                let foreign: Vec<&automerge::legacy::OpId> =
+                    op.pred.iter().filter(|p| !in_batch(p)).collect();
+                if !foreign.is_empty() {
+                    let at_key: Vec<ObjId> = match &op.key {
+                        Key::Map(key) => before
+                            .get_all(obj, key.as_str())
+                            .ok()?
+                            .into_iter()
+                            .map(|(_, id)| id)
+                            .collect(),
+                        // A list op overwrites or deletes the element it names, and only it.
+                        Key::Seq(ElementId::Id(element)) => {
+                            vec![ObjId::Id(element.0, element.1.clone(), 0)]
+                        }
+                        Key::Seq(ElementId::Head) => return None,
+                    };
+                    let all_there = foreign.iter().all(|p| {
+                        let id = ObjId::Id(p.0, p.1.clone(), 0);
+                        at_key.contains(&id)
+                    });
+                    if !all_there {
+                        return None;
+                    }
+                }
+            }
             // `path` runs from the root down to `obj`: each object with the key under it.
             let top = path.get(1).map_or(obj, |(o, _)| o);
             if *top == tokens {

@@ -18,9 +18,13 @@ use super::{DocError, fork_vault_id};
 /// state before them.
 #[derive(Debug)]
 pub(super) enum Next {
-    Whole(Box<VaultState>, AuditCache),
+    /// With whether a token key is misspelled (`read::read_whole`).
+    Whole(Box<VaultState>, AuditCache, bool),
     Delta(Delta),
 }
+
+/// Each actor's highest op counter in a document.
+pub(super) type Tops = HashMap<Vec<u8>, u64>;
 
 /// The state after new changes, as the checks see it.
 enum After<'a> {
@@ -90,7 +94,8 @@ impl After<'_> {
 /// Validates a fork that outside changes were applied to: one vault record, this vault, valid
 /// against the pinned anchors, every new change named as written by a verified member (within a
 /// removed member's bound). Returns how many changes are new since `before` (whose audit
-/// entries `cache` holds), and the state the fork's changes lead to. Changes that wrote only in
+/// entries `cache` holds; `current` is the document the fork was made from), and the state
+/// the fork's changes lead to. `tops` holds each actor's highest op counter in `current`. Changes that wrote only in
 /// token records, defaults and audit entries are judged on those records alone, unless `whole`
 /// asks for the whole document to be read.
 pub(super) fn check_fork(
@@ -98,7 +103,8 @@ pub(super) fn check_fork(
     anchors: &TrustAnchors,
     verified: &super::verified::Verified,
     heads: &[ChangeHash],
-    (before, cache): (&VaultState, &AuditCache),
+    (current, before, cache): (&AutoCommit, &VaultState, &AuditCache),
+    tops: &Tops,
     whole: bool,
 ) -> Result<(usize, Next), DocError> {
     let ours = anchors.vault;
@@ -112,21 +118,21 @@ pub(super) fn check_fork(
     let touched = if whole {
         None
     } else {
-        touched_by(fork, &new_changes)
+        touched_by(fork, Some(current), &new_changes)
     };
-    let next = if let Some(touched) = touched {
-        let delta = Delta::read(fork, before, cache, &touched, verified)?;
-        let after = After::Delta {
-            before,
-            delta: &delta,
-            touched: &touched,
-        };
-        judge(fork, before, &after, &new_changes, verified)?;
-        Next::Delta(delta)
-    } else {
-        let (state, cache) =
-            read::read_whole(fork, Some(anchors), verified).map_err(|e| {
-                match (e, fork_vault_id(fork)) {
+    let next =
+        if let Some(touched) = touched {
+            let delta = Delta::read(fork, before, cache, &touched, verified)?;
+            let after = After::Delta {
+                before,
+                delta: &delta,
+                touched: &touched,
+            };
+            judge(fork, before, &after, &new_changes, tops, verified)?;
+            Next::Delta(delta)
+        } else {
+            let (state, cache, misspelled) = read::read_whole(fork, Some(anchors), verified)
+                .map_err(|e| match (e, fork_vault_id(fork)) {
                     (DocError::AnchorsMoved, Some(found)) if found != ours => {
                         DocError::WrongVault {
                             expected: ours,
@@ -134,12 +140,18 @@ pub(super) fn check_fork(
                         }
                     }
                     (other, _) => other,
-                }
-            })?;
-        check_no_regression(before, &state)?;
-        judge(fork, before, &After::Whole(&state), &new_changes, verified)?;
-        Next::Whole(Box::new(state), cache)
-    };
+                })?;
+            check_no_regression(before, &state)?;
+            judge(
+                fork,
+                before,
+                &After::Whole(&state),
+                &new_changes,
+                tops,
+                verified,
+            )?;
+            Next::Whole(Box::new(state), cache, misspelled)
+        };
     Ok((new_changes.len(), next))
 }
 
@@ -149,10 +161,12 @@ fn judge(
     before: &VaultState,
     after: &After<'_>,
     new_changes: &[automerge::Change],
+    tops: &Tops,
     verified: &super::verified::Verified,
 ) -> Result<(), DocError> {
     let state = after.base();
     let mut new_ops = NewOps::default();
+    let mut batch_tops: HashMap<&[u8], u64> = HashMap::new();
     for change in new_changes {
         let author = state
             .members
@@ -182,6 +196,17 @@ fn judge(
                 "a change's op counter does not follow its dependencies",
             ));
         }
+        // And from above every op its writer made before (its own earlier changes are among
+        // what an honest change saw): a change that skips them could reuse their op ids.
+        let actor = change.actor_id().to_bytes();
+        let top = batch_tops.get(actor).or_else(|| tops.get(actor)).copied();
+        if top.is_some_and(|top| change.start_op().get() <= top) {
+            return Err(refuse(
+                "a change's op counter does not follow its writer's earlier changes",
+            ));
+        }
+        let top = batch_tops.entry(actor).or_default();
+        *top = (*top).max(change.max_op());
         new_ops.add(change);
     }
     check_attested(state, before, new_changes, verified)?;
