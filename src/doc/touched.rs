@@ -10,7 +10,7 @@
 //! vault, members, epochs, relays, or an object that is not under the document's own `tokens`,
 //! `defaults` or `audit`) leaves only a whole read sound.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{AutoCommit, ObjId, Prop, ReadDoc};
 use handoff_protocol::TokenId;
@@ -54,15 +54,24 @@ pub(super) fn touched_by(
     changes: &[automerge::Change],
 ) -> Option<Touched> {
     use automerge::legacy::{ElementId, Key, ObjectId, OpType};
-    // Each actor's op counters the changes use.
-    let batch: Vec<(&automerge::ActorId, u64, u64)> = changes
-        .iter()
-        .map(|c| (c.actor_id(), c.start_op().get(), c.max_op()))
-        .collect();
-    let in_batch = |op: &automerge::legacy::OpId| {
+    // Each actor's op counter ranges the changes use, in order, to look an op up by halving.
+    let mut batch: HashMap<&automerge::ActorId, Vec<(u64, u64)>> = HashMap::new();
+    for c in changes {
         batch
-            .iter()
-            .any(|(actor, start, end)| **actor == op.1 && (*start..=*end).contains(&op.0))
+            .entry(c.actor_id())
+            .or_default()
+            .push((c.start_op().get(), c.max_op()));
+    }
+    for ranges in batch.values_mut() {
+        ranges.sort_unstable();
+    }
+    // (Overlapping ranges, which only a crafted batch has, can make an op of the batch look
+    // foreign here: then it must be a value at its key, or the batch is read whole.)
+    let in_batch = |op: &automerge::legacy::OpId| {
+        batch.get(&op.1).is_some_and(|ranges| {
+            let after = ranges.partition_point(|(start, _)| *start <= op.0);
+            after > 0 && ranges[after - 1].1 >= op.0
+        })
     };
     let section = |key: &str| match doc.get(automerge::ROOT, key) {
         Ok(Some((_, id))) => Some(id),
@@ -98,6 +107,11 @@ pub(super) fn touched_by(
                 });
             }
             let Place { obj, path, .. } = last.as_ref()?;
+            // A list key only on the audit list, a map key everywhere else: Automerge walks a
+            // whole map for a key of the other kind, applying predecessors on the way.
+            if (*obj == audit) != matches!(op.key, Key::Seq(_)) {
+                return None;
+            }
             if let Some(before) = before {
                 let foreign: Vec<&automerge::legacy::OpId> =
                     op.pred.iter().filter(|p| !in_batch(p)).collect();
@@ -109,9 +123,15 @@ pub(super) fn touched_by(
                             .into_iter()
                             .map(|(_, id)| id)
                             .collect(),
-                        // A list op overwrites or deletes the element it names, and only it.
+                        // A delete on the list removes the entry it names, and only it: one
+                        // that is an entry of this list.
                         Key::Seq(ElementId::Id(element)) => {
-                            vec![ObjId::Id(element.0, element.1.clone(), 0)]
+                            let entry = ObjId::Id(element.0, element.1.clone(), 0);
+                            let parent = before.parents(&entry).ok()?.next()?;
+                            if parent.obj != *obj {
+                                return None;
+                            }
+                            vec![entry]
                         }
                         Key::Seq(ElementId::Head) => return None,
                     };
