@@ -44,6 +44,9 @@ pub const OFFER_LIFETIME: Duration = Duration::from_secs(600);
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stranger has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused attempt's stream stays open for its last messages to reach the prober,
+/// unless the prober hangs up first.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 /// A hello's frame payload: tag, version, nameplate, SPAKE2 message.
 const HELLO_LEN: usize = 1 + 1 + 2 + proto::SPAKE2_LEN;
 /// How long a joiner looks for the adder on the LAN.
@@ -453,6 +456,17 @@ pub(super) async fn serve(
         let _ = send(&mut stream, &PairMessage::Refused(e.refusal())).await;
     }
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    if result.is_err() {
+        // The prober is disconnected next: let what was written reach it first, until it
+        // hangs up (as a joiner does on a refusal) or for a moment at most. Closing the
+        // connection at once can drop frames still queued in it.
+        let mut byte = [0u8; 1];
+        let _ = tokio::time::timeout(
+            REFUSAL_GRACE,
+            futures::AsyncReadExt::read(&mut stream, &mut byte),
+        )
+        .await;
+    }
     match result {
         Ok(member) => {
             let _ = offer.events.send(PairEvent::Paired {
