@@ -329,19 +329,9 @@ impl VaultDoc {
         self.settle();
         check_size(data.len())?;
         chunks::check_framing(data)?;
-        let heads = self.doc.get_heads();
-        // What was already waiting (a store from before changes stopped being queued).
-        let waiting = self.doc.get_missing_deps(&[]).len();
-        let actor = self.doc.get_actor().clone();
-        self.ensure_tops();
-        let mut fork = self.doc.fork().with_actor(actor);
-        let valid = self.validated()?;
-        let current = &self.doc;
-        let no_tops = trust::Tops::new();
-        let tops = self.tops.as_ref().unwrap_or(&no_tops);
-        let heads = &heads;
-        let anchors = &self.anchors;
-        let verified = &*self.verified;
+        let (trial, bench) = self.trial()?;
+        let (heads, waiting, mut fork) = (trial.heads, trial.waiting, trial.fork);
+        let before = &heads;
         // Parse and validate inside the containment; the fork is dropped on any failure.
         let (fork, judged, whole) = contain::contained(move || {
             fork.load_incremental(data)
@@ -351,8 +341,7 @@ impl VaultDoc {
             if fork.get_missing_deps(&[]).len() > waiting {
                 return Err(DocError::Waiting);
             }
-            let (judged, whole) =
-                Self::judge_fork(&mut fork, anchors, verified, heads, (current, valid, tops));
+            let (judged, whole) = Self::judge_fork(&mut fork, before, &bench);
             Ok((fork, judged, whole))
         })?;
         self.cross_check(&judged, whole.as_ref());
@@ -366,7 +355,7 @@ impl VaultDoc {
         }
         self.doc = fork;
         self.take_next(next);
-        self.raise_tops(heads);
+        self.raise_tops(&heads);
         Ok(Some(count))
     }
 
@@ -444,12 +433,7 @@ impl VaultDoc {
             // Only a bug can get here; the change stays unattested, and peers refuse it.
             tracing::error!(error = %e, "could not attest a change");
         }
-        if let Some(tops) = &mut self.tops {
-            let top = tops
-                .entry(change.actor_id().to_bytes().to_vec())
-                .or_default();
-            *top = (*top).max(change.max_op());
-        }
+        self.raise_top(&change);
         self.follow(&[change]);
     }
 

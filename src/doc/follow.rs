@@ -24,6 +24,25 @@ pub(super) struct Validated {
 /// What judging a fork gave: how many changes were new and the state they lead to.
 pub(super) type Judged = Result<(usize, Next), DocError>;
 
+/// A fork to try outside changes on: the document's heads and how many changes already
+/// waited before it, and the fork.
+pub(super) struct Trial {
+    pub(super) heads: Vec<ChangeHash>,
+    pub(super) waiting: usize,
+    pub(super) fork: AutoCommit,
+}
+
+/// What a fork is judged against: the document it was made from, its validated state, each
+/// actor's highest op counter in it, the pinned anchors and the signatures checked so far.
+#[derive(Clone, Copy)]
+pub(super) struct Bench<'a> {
+    current: &'a AutoCommit,
+    valid: &'a Validated,
+    tops: &'a Tops,
+    anchors: &'a TrustAnchors,
+    verified: &'a verified::Verified,
+}
+
 impl VaultDoc {
     /// Brings the validated state up to `changes`, just committed here, reading only what
     /// they touched. When they wrote anywhere else, or what they touched does not read, the
@@ -56,11 +75,16 @@ impl VaultDoc {
     /// disagreement fails loudly instead of passing for a refusal.
     pub(super) fn judge_fork(
         fork: &mut AutoCommit,
-        anchors: &TrustAnchors,
-        verified: &verified::Verified,
         heads: &[ChangeHash],
-        (current, valid, tops): (&AutoCommit, &Validated, &Tops),
+        bench: &Bench<'_>,
     ) -> (Judged, Option<Judged>) {
+        let Bench {
+            current,
+            valid,
+            tops,
+            anchors,
+            verified,
+        } = *bench;
         let before = (current, &*valid.state, &valid.audit);
         let judged = check_fork(
             fork,
@@ -124,9 +148,11 @@ impl VaultDoc {
         }
     }
 
-    /// Each actor's highest op counter in the committed document, found from every change's
-    /// metadata the first time.
-    pub(super) fn ensure_tops(&mut self) {
+    /// A fork of the committed document to try outside changes on, and what judging it
+    /// needs. Each actor's highest op counter is found from every change's metadata the first
+    /// time.
+    pub(super) fn trial(&mut self) -> Result<(Trial, Bench<'_>), DocError> {
+        self.settle();
         if self.tops.is_none() {
             let mut tops = Tops::new();
             for change in self.doc.get_changes_meta(&[]) {
@@ -134,6 +160,40 @@ impl VaultDoc {
                 *top = (*top).max(change.max_op);
             }
             self.tops = Some(tops);
+        }
+        let heads = self.doc.get_heads();
+        // What was already waiting (a store from before changes stopped being queued).
+        let waiting = self.doc.get_missing_deps(&[]).len();
+        let actor = self.doc.get_actor().clone();
+        let fork = self.doc.fork().with_actor(actor);
+        self.validated()?;
+        let (Some(valid), Some(tops)) = (self.valid.get(), self.tops.as_ref()) else {
+            return Err(DocError::Damaged("the document's state was lost".into()));
+        };
+        let bench = Bench {
+            current: &self.doc,
+            valid,
+            tops,
+            anchors: &self.anchors,
+            verified: &self.verified,
+        };
+        Ok((
+            Trial {
+                heads,
+                waiting,
+                fork,
+            },
+            bench,
+        ))
+    }
+
+    /// Counts the changes this device just committed in the op counters judging needs.
+    pub(super) fn raise_top(&mut self, change: &automerge::Change) {
+        if let Some(tops) = &mut self.tops {
+            let top = tops
+                .entry(change.actor_id().to_bytes().to_vec())
+                .or_default();
+            *top = (*top).max(change.max_op());
         }
     }
 

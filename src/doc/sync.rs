@@ -1,7 +1,7 @@
 //! Automerge's sync protocol on the vault document: the messages this device sends, and a
 //! peer's messages received on a fork that is kept only if it validates, as `ingest` does.
 
-use super::{DocError, VaultDoc, check_size, chunks, contain, trust};
+use super::{DocError, VaultDoc, check_size, chunks, contain};
 
 impl VaultDoc {
     /// The next Automerge sync message for a peer, or `None` when it has nothing to learn.
@@ -80,19 +80,10 @@ impl VaultDoc {
             *state = next;
             return Ok(0);
         }
-        let heads = self.doc.get_heads();
-        let waiting = self.doc.get_missing_deps(&[]).len();
-        let actor = self.doc.get_actor().clone();
-        self.ensure_tops();
-        let mut fork = self.doc.fork().with_actor(actor);
         let mut next = state.clone();
-        let valid = self.validated()?;
-        let current = &self.doc;
-        let no_tops = trust::Tops::new();
-        let tops = self.tops.as_ref().unwrap_or(&no_tops);
-        let heads = &heads;
-        let anchors = &self.anchors;
-        let verified = &*self.verified;
+        let (trial, bench) = self.trial()?;
+        let (heads, waiting, mut fork) = (trial.heads, trial.waiting, trial.fork);
+        let before = &heads;
         let (fork, next, judged, whole) = contain::contained(move || {
             for chunk in message.changes.iter() {
                 chunks::check_framing(chunk)?;
@@ -106,8 +97,7 @@ impl VaultDoc {
                     refused: Box::new(DocError::Waiting),
                 });
             }
-            let (judged, whole) =
-                Self::judge_fork(&mut fork, anchors, verified, heads, (current, valid, tops));
+            let (judged, whole) = Self::judge_fork(&mut fork, before, &bench);
             // Only the sender's heads count: changes queued earlier for parents that never
             // came say nothing of this message.
             let complete = theirs
@@ -128,7 +118,7 @@ impl VaultDoc {
         let (count, valid) = judged?;
         self.doc = fork;
         self.take_next(valid);
-        self.raise_tops(heads);
+        self.raise_tops(&heads);
         *state = next;
         Ok(count)
     }
