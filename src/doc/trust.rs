@@ -3,93 +3,20 @@
 //! and nothing trusted is taken away. A refusal for changes by a removed member says what this
 //! device could vouch for (see ARCHITECTURE.md, "How an incoming sync message flows").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, Value};
+use handoff_protocol::DeviceId;
 use handoff_protocol::dek_wrap::Recipient;
-use handoff_protocol::{DeviceId, TokenId};
 
 use super::read::{self, AuditCache, Delta, Fields, Slot, Writers};
-use super::schema::{self, Member, Role, Token, TrustAnchors, VaultState};
+use super::schema::{self, Member, Role, TrustAnchors, VaultState};
 use super::touched::{Touched, touched_by};
 use super::{DocError, fork_vault_id};
 
-/// The state a fork's changes lead to: read whole, or as the records they touched beside the
-/// state before them.
-#[derive(Debug)]
-pub(super) enum Next {
-    /// With whether a token key is misspelled (`read::read_whole`).
-    Whole(Box<VaultState>, AuditCache, bool),
-    Delta(Delta),
-}
-
-/// Each actor's highest op counter in a document.
-pub(super) type Tops = HashMap<Vec<u8>, u64>;
-
-/// The state after new changes, as the checks see it.
-enum After<'a> {
-    Whole(&'a VaultState),
-    /// Everything but what `touched` names is as it was in `before`.
-    Delta {
-        before: &'a VaultState,
-        delta: &'a Delta,
-        touched: &'a Touched,
-    },
-}
-
-impl After<'_> {
-    /// The sections new changes leave as they were when they touch only records: the members,
-    /// the epochs, the vault and the schema.
-    fn base(&self) -> &VaultState {
-        match self {
-            After::Whole(state) => state,
-            After::Delta { before, .. } => before,
-        }
-    }
-
-    /// Which token records and audit entries to look at: all (`None`), or the touched ones.
-    fn scope(&self) -> Option<&Touched> {
-        match self {
-            After::Whole(_) => None,
-            After::Delta { touched, .. } => Some(touched),
-        }
-    }
-
-    fn token(&self, id: &TokenId) -> Slot<&Token> {
-        match self {
-            After::Whole(state) => read::slot_of(state, id),
-            After::Delta { before, delta, .. } => delta.token(before, id),
-        }
-    }
-
-    fn default_versions(&self) -> &std::collections::BTreeMap<String, u64> {
-        match self {
-            After::Whole(state) => &state.default_versions,
-            After::Delta { delta, .. } => &delta.default_versions,
-        }
-    }
-
-    fn audit(&self) -> &[schema::AuditEntry] {
-        match self {
-            After::Whole(state) => &state.audit,
-            After::Delta { before, delta, .. } => delta.audit(before),
-        }
-    }
-
-    /// The token records whose standing may differ from `before`'s.
-    fn compared(&self, before: &VaultState) -> BTreeSet<TokenId> {
-        match self {
-            After::Whole(state) => before
-                .tokens
-                .keys()
-                .chain(&before.unverified_tokens)
-                .chain(&state.unverified_tokens)
-                .copied()
-                .collect(),
-            After::Delta { delta, .. } => delta.tokens.keys().copied().collect(),
-        }
-    }
-}
+mod after;
+use after::After;
+pub(in crate::doc) use after::{Next, Tops};
 
 /// Validates a fork that outside changes were applied to: one vault record, this vault, valid
 /// against the pinned anchors, every new change named as written by a verified member (within a
