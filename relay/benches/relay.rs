@@ -26,11 +26,16 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
 const WAIT: Duration = Duration::from_secs(300);
 const CLIENTS: usize = 8;
-const DEPOSITS: usize = 4000;
+const DEPOSITS: usize = 8000;
+/// Deposits each client has sent ahead of their answers: one (each waits for its `Stored`),
+/// and a window, as a node leaving several envelopes for one member does.
+const WINDOWS: [usize; 2] = [1, 16];
 const ENVELOPE: usize = 1024;
 const LATENCY_SAMPLES: usize = 200;
 const QUEUED: usize = 10_000;
 const IDLE_CONNECTIONS: usize = 1000;
+/// Connections the relay lets one client hold at once.
+const CONNECTIONS_PER_CLIENT: usize = 8;
 const RELAY: StreamProtocol = StreamProtocol::new("/handoff/relay/1");
 const BARE: StreamProtocol = StreamProtocol::new("/bench/ack/1");
 
@@ -148,17 +153,25 @@ async fn bare_server() -> (Multiaddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
-/// `CLIENTS` clients sending `DEPOSITS` frames in all, each waiting for its answer; frames/s.
-async fn throughput(clients: Vec<Client>, recipient: PeerId) -> f64 {
+/// `CLIENTS` clients sending `DEPOSITS` frames in all, each with up to `window` sent ahead
+/// of their answers (which come in order); frames/s.
+async fn throughput(clients: Vec<Client>, recipient: PeerId, window: usize) -> f64 {
     let per = DEPOSITS / clients.len();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, mut c) in clients.into_iter().enumerate() {
         tasks.spawn(async move {
+            let mut answered = 0;
             for n in 0..per {
+                if n >= answered + window {
+                    stored_or_acked(&recv(&mut c.stream).await);
+                    answered += 1;
+                }
                 send(&mut c.stream, &deposit(&recipient, i * per + n)).await;
-                let answer = recv(&mut c.stream).await;
-                assert!(answer.len() == 1 || answer[0] == 0x82, "stored or acked");
+            }
+            while answered < per {
+                stored_or_acked(&recv(&mut c.stream).await);
+                answered += 1;
             }
         });
     }
@@ -166,6 +179,13 @@ async fn throughput(clients: Vec<Client>, recipient: PeerId) -> f64 {
         done.unwrap();
     }
     (per * CLIENTS) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn stored_or_acked(answer: &[u8]) {
+    assert!(
+        answer.len() == 1 || answer[0] == 0x82,
+        "stored or acked, not {answer:?}"
+    );
 }
 
 /// SQLite with synchronous = FULL committing one 1 KiB row per transaction: rows/s.
@@ -219,29 +239,33 @@ async fn run() {
     println!("relay benchmarks on loopback (TCP, Noise, Yamux)\n");
 
     // --- sustained deposits ---
-    let recipient = PeerId::random();
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(relay_client(&addr).await);
-    }
-    let deposits = throughput(clients, recipient).await;
     let (bare_addr, bare_task) = bare_server().await;
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(client(&bare_addr, BARE).await);
-    }
-    let bare = throughput(clients, recipient).await;
-    let single = sqlite_single_commits(dir.path());
     println!(
         "sustained deposits of {ENVELOPE}-byte envelopes, {CLIENTS} clients, {DEPOSITS} in all:"
     );
-    println!("  baseline: bare acknowledgements, nothing stored   {bare:>8.0} /s");
-    println!("  baseline: SQLite FULL, one commit per row          {single:>8.0} /s");
-    println!(
-        "  relay, stored durably before each Stored          {deposits:>8.0} /s (x{:.2} of bare, x{:.1} of one commit per row)",
-        deposits / bare,
-        deposits / single
-    );
+    let single = sqlite_single_commits(dir.path());
+    println!("  baseline: SQLite FULL, one commit per row                 {single:>8.0} /s");
+    for window in WINDOWS {
+        // A mailbox of its own for each run: the last run's envelopes are still queued.
+        let recipient = PeerId::random();
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(client(&bare_addr, BARE).await);
+        }
+        let bare = throughput(clients, recipient, window).await;
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(relay_client(&addr).await);
+        }
+        let deposits = throughput(clients, recipient, window).await;
+        println!("  {window:>2} in flight per client:");
+        println!("    baseline: bare acknowledgements, nothing stored       {bare:>8.0} /s");
+        println!(
+            "    relay, stored durably before each Stored              {deposits:>8.0} /s (x{:.2} of bare, x{:.1} of one commit per row)",
+            deposits / bare,
+            deposits / single
+        );
+    }
 
     // --- delivery latency to a subscriber ---
     let mut subscriber = relay_client(&addr).await;
@@ -269,7 +293,7 @@ async fn run() {
     let mut rtts = Vec::with_capacity(LATENCY_SAMPLES);
     for n in 0..LATENCY_SAMPLES {
         let started = Instant::now();
-        send(&mut bare_client.stream, &deposit(&recipient, n)).await;
+        send(&mut bare_client.stream, &deposit(&subscriber.peer, n)).await;
         let _ = recv(&mut bare_client.stream).await;
         rtts.push(started.elapsed());
     }
@@ -327,7 +351,6 @@ async fn run() {
         let _ = recv(&mut filler.stream).await;
     }
     let queued = rss_mib(pid);
-    let mut many = swarm();
     let relay_peer = addr
         .iter()
         .find_map(|p| match p {
@@ -335,25 +358,39 @@ async fn run() {
             _ => None,
         })
         .unwrap();
-    for _ in 0..IDLE_CONNECTIONS {
-        many.dial(
-            DialOpts::peer_id(relay_peer)
-                .addresses(vec![addr.clone()])
-                .condition(PeerCondition::Always)
-                .build(),
-        )
-        .unwrap();
-    }
-    let mut up = 0;
-    tokio::time::timeout(WAIT, async {
-        while up < IDLE_CONNECTIONS {
-            if let SwarmEvent::ConnectionEstablished { .. } = many.select_next_some().await {
-                up += 1;
-            }
+    // The relay holds a few connections per client and a few handshakes per address at once:
+    // distinct clients, each connecting CONNECTIONS_PER_CLIENT times, one handshake at a time.
+    let mut idle_clients = Vec::new();
+    for _ in 0..IDLE_CONNECTIONS / CONNECTIONS_PER_CLIENT {
+        let mut one = swarm();
+        for _ in 0..CONNECTIONS_PER_CLIENT {
+            one.dial(
+                DialOpts::peer_id(relay_peer)
+                    .addresses(vec![addr.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .unwrap();
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    match one.select_next_some().await {
+                        SwarmEvent::ConnectionEstablished { .. } => break,
+                        SwarmEvent::OutgoingConnectionError { error, .. } => {
+                            panic!("the relay refused an idle connection: {error}")
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .await
+            .unwrap();
         }
-    })
-    .await
-    .unwrap();
+        idle_clients.push(tokio::spawn(async move {
+            loop {
+                one.select_next_some().await;
+            }
+        }));
+    }
     let connected = rss_mib(pid);
     println!("\nrelay process memory (RSS):");
     println!("  baseline: idle                                   {idle:>7.1} MiB");
@@ -366,7 +403,9 @@ async fn run() {
         connected / idle,
         (connected - queued) * 1024.0 / IDLE_CONNECTIONS as f64
     );
-    drop(many);
+    for c in idle_clients {
+        c.abort();
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

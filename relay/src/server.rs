@@ -1,8 +1,10 @@
 //! The relay's libp2p node: transports, a connection cap, and one task per stream.
 //!
 //! Each stream starts with a hello (version and access check), then carries deposits, a
-//! subscription and acks. A deposit is answered `Stored` only once it is durable, and wakes the
-//! recipient's subscription at once if it has one. A subscription first sends what is queued,
+//! subscription and acks. Deposits are answered in order, each `Stored` only once it is
+//! durable, by a task of their own: a client may send the next before the last is answered,
+//! and deposits waiting together share one commit. The commit wakes the recipient's
+//! subscription at once if it has one. A subscription first sends what is queued,
 //! oldest first, then each new envelope as it arrives; whatever is not acknowledged is sent
 //! again on the next subscription. A stream that sends garbage or an oversized frame gets its
 //! connection closed; every other client goes on being served.
@@ -21,7 +23,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::storage::{SqliteStorage, Storage, Store};
+use crate::storage::{Deposited, SqliteStorage, Storage, Store};
 use crate::wire;
 use crate::{Access, Limits, RelayConfig, RelayError};
 
@@ -39,6 +41,9 @@ const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const PENDING_PER_ADDRESS: u32 = 8;
 /// Connections one client (PeerId) may hold at once.
 const PER_PEER_CONNECTIONS: u32 = 8;
+/// Deposits one stream may have waiting for their answers: past this, the reader waits (the
+/// rest stay in the stream) until one is answered.
+const PIPELINE: usize = 32;
 /// How often expired envelopes and idle rate buckets are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -69,6 +74,20 @@ struct Subscriber {
     task: tokio::task::AbortHandle,
 }
 
+/// The live subscription of each mailbox.
+type Subscribers = Mutex<HashMap<Vec<u8>, Subscriber>>;
+
+/// Wakes `mailbox`'s live subscription, if it has one: called by the store's thread for each
+/// mailbox a commit stored envelopes for, so no client's pace delays another's delivery.
+fn wake(subscribers: &Subscribers, mailbox: &[u8]) {
+    let subscribers = subscribers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(subscriber) = subscribers.get(mailbox) {
+        subscriber.notify.notify_one();
+    }
+}
+
 /// What every stream task shares.
 struct Shared {
     store: Store,
@@ -76,7 +95,7 @@ struct Shared {
     limits: Limits,
     metrics: Arc<Metrics>,
     /// The live subscription of each mailbox.
-    subscribers: Mutex<HashMap<Vec<u8>, Subscriber>>,
+    subscribers: Arc<Subscribers>,
     buckets: Mutex<HashMap<PeerId, Bucket>>,
     disconnect: mpsc::UnboundedSender<PeerId>,
 }
@@ -147,16 +166,6 @@ impl Shared {
         }
     }
 
-    fn wake(&self, mailbox: &[u8]) {
-        let subscribers = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(subscriber) = subscribers.get(mailbox) {
-            subscriber.notify.notify_one();
-        }
-    }
-
     fn admits(&self, peer: &PeerId, token: &[u8]) -> Result<(), Refusal> {
         match &self.access {
             Access::Open => Ok(()),
@@ -219,7 +228,11 @@ impl Relay {
         let mut storage = SqliteStorage::open(&config.db)?;
         make_private(&config.db);
         let keypair = identity(&mut storage)?;
-        let (store, store_thread) = Store::start(storage, config.limits)?;
+        let subscribers = Arc::new(Subscribers::default());
+        let woken = subscribers.clone();
+        let (store, store_thread) = Store::start(storage, config.limits, move |mailbox| {
+            wake(&woken, mailbox);
+        })?;
         let metrics = Arc::new(Metrics::new(store.totals.clone()));
         // Counted before the handshake: connections that never finish one cannot pin the
         // relay's descriptors, and each lasts at most the swarm's connection timeout.
@@ -282,7 +295,7 @@ impl Relay {
             access: config.access.clone(),
             limits: config.limits,
             metrics,
-            subscribers: Mutex::new(HashMap::new()),
+            subscribers,
             buckets: Mutex::new(HashMap::new()),
             disconnect,
         });
@@ -403,11 +416,12 @@ async fn run(
     shared.store.shutdown();
 }
 
-async fn write_frame<S: AsyncWrite + Unpin>(
+/// One response written but not flushed: a run of them goes out with one flush.
+async fn write_unflushed<S: AsyncWrite + Unpin>(
     stream: &mut S,
     response: &Response,
 ) -> std::io::Result<()> {
-    wire::write_frame(stream, &response.encode(), proto::MAX_FRAME).await
+    wire::write_unflushed(stream, &response.encode(), proto::MAX_FRAME).await
 }
 
 /// One frame of at most `max` bytes, `None` at a clean end of stream; once a frame has begun
@@ -424,8 +438,16 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
     let (mut reader, mut writer) = stream.split();
     let (out, mut responses) = mpsc::channel::<Response>(16);
     let writing = tokio::spawn(async move {
-        while let Some(response) = responses.recv().await {
-            if write_frame(&mut writer, &response).await.is_err() {
+        // What is queued together goes out with one flush.
+        while let Some(first) = responses.recv().await {
+            let mut next = Some(first);
+            while let Some(response) = next {
+                if write_unflushed(&mut writer, &response).await.is_err() {
+                    return;
+                }
+                next = responses.try_recv().ok();
+            }
+            if writer.flush().await.is_err() {
                 return;
             }
         }
@@ -459,6 +481,11 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
     }
     let mailbox = peer.to_bytes();
     let mut subscription: Option<(AbortOnDrop, Arc<Notify>)> = None;
+    // Deposits are answered in order by their own task, so the client may send the next
+    // before the last is committed and deposits from many streams share one transaction.
+    let (owe, owed) = mpsc::channel::<Owed>(PIPELINE);
+    let mut answering = tokio::spawn(answer(shared.clone(), owed, out.clone()));
+    let mut garbage = false;
     loop {
         let request = match read_frame(&mut reader, proto::MAX_FRAME).await {
             Ok(Some(bytes)) => Request::decode(&bytes),
@@ -470,26 +497,16 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
         };
         match request {
             Ok(Request::Deposit { to, envelope }) => {
-                let answer = if !shared.allow_deposit(peer) {
-                    Err(Refusal::RateLimited)
+                let owed = if !shared.allow_deposit(peer) {
+                    Owed::Refused(Refusal::RateLimited)
                 } else if PeerId::from_bytes(&to).is_err() {
                     // No one could ever drain it.
-                    Err(Refusal::Malformed)
+                    Owed::Refused(Refusal::Malformed)
                 } else {
-                    shared.store.deposit(to.clone(), envelope, unix_now()).await
+                    let answer = shared.store.submit(to, envelope, unix_now()).await;
+                    Owed::Deposit { answer }
                 };
-                let response = match answer {
-                    Ok(id) => {
-                        shared.metrics.deposits.inc();
-                        shared.wake(&to);
-                        Response::Stored { id }
-                    }
-                    Err(why) => {
-                        shared.metrics.refused(why);
-                        Response::Refused(why)
-                    }
-                };
-                if out.send(response).await.is_err() {
+                if owe.send(owed).await.is_err() {
                     break;
                 }
             }
@@ -513,19 +530,59 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, stream: Stream) {
             }
             Ok(Request::Hello { .. }) | Err(_) => {
                 tracing::debug!("closed a relay connection that sent garbage");
-                shared.metrics.refused(Refusal::Malformed);
-                let _ = out.send(Response::Refused(Refusal::Malformed)).await;
-                let _ = shared.disconnect.send(peer);
+                let _ = owe.send(Owed::Refused(Refusal::Malformed)).await;
+                garbage = true;
                 break;
             }
         }
     }
+    drop(owe);
+    if garbage {
+        // The connection closes once its answers, the refusal last, are out, or after a
+        // while if the client does not read them.
+        let _ = tokio::time::timeout(FRAME_TIMEOUT, &mut answering).await;
+        let _ = shared.disconnect.send(peer);
+    }
+    let _ = answering.await;
     if let Some((task, notify)) = subscription {
         drop(task);
         shared.unsubscribe(&mailbox, &notify);
     }
     drop(out);
     let _ = writing.await;
+}
+
+/// What a stream owes its client, in the order its requests came.
+enum Owed {
+    /// A deposit queued for its commit.
+    Deposit {
+        answer: Deposited,
+    },
+    Refused(Refusal),
+}
+
+/// Answers a stream's deposits in order, each once its commit is done. If the client is gone,
+/// what it still had under way is counted all the same (its commits happen regardless).
+async fn answer(shared: Arc<Shared>, mut owed: mpsc::Receiver<Owed>, out: mpsc::Sender<Response>) {
+    let mut listening = true;
+    while let Some(next) = owed.recv().await {
+        let response = match next {
+            Owed::Deposit { answer } => match answer.await {
+                Ok(id) => {
+                    shared.metrics.deposits.inc();
+                    Response::Stored { id }
+                }
+                Err(why) => Response::Refused(why),
+            },
+            Owed::Refused(why) => Response::Refused(why),
+        };
+        if let Response::Refused(why) = response {
+            shared.metrics.refused(why);
+        }
+        if listening {
+            listening = out.send(response).await.is_ok();
+        }
+    }
 }
 
 /// A task that ends with whatever owns it (a stream task aborted at shutdown takes its

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use handoff_protocol::relay::Refusal;
 use rusqlite::{Connection, OpenFlags, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::Limits;
 
@@ -295,8 +295,15 @@ pub struct Totals {
 /// An envelope as stored: its id and bytes.
 pub type Stored = (u64, Vec<u8>);
 
-/// A deposit waiting for the store's thread, and where its answer goes.
-type Waiting = (Vec<u8>, Vec<u8>, i64, oneshot::Sender<Result<u64, Refusal>>);
+/// A deposit waiting for the store's thread: its mailbox, body and time, where its answer
+/// goes, and its share of the queue's byte budget (given back once it is written).
+type Waiting = (
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    oneshot::Sender<Result<u64, Refusal>>,
+    OwnedSemaphorePermit,
+);
 
 /// Requests to the store's thread.
 enum Op {
@@ -305,6 +312,7 @@ enum Op {
         body: Vec<u8>,
         at: i64,
         reply: oneshot::Sender<Result<u64, Refusal>>,
+        room: OwnedSemaphorePermit,
     },
     Pending {
         mailbox: Vec<u8>,
@@ -327,20 +335,46 @@ enum Op {
 
 /// Most deposits written in one transaction.
 const BATCH_MAX: usize = 512;
+/// Bytes of deposit bodies the store's queue holds at most: past this, depositors wait for
+/// room before their deposit is queued, so a flood of deposits from many streams at once
+/// costs bounded memory.
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A deposit handed to the store's thread: awaiting it gives the envelope's id once it is
+/// durable, or why it was refused.
+#[derive(Debug)]
+pub struct Deposited(oneshot::Receiver<Result<u64, Refusal>>);
+
+impl std::future::Future for Deposited {
+    type Output = Result<u64, Refusal>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(Refusal::Internal)))
+    }
+}
 
 /// The async handle on the store's thread. Dropping every handle stops the thread once it
 /// has answered what was queued.
 #[derive(Debug, Clone)]
 pub struct Store {
     ops: mpsc::UnboundedSender<Op>,
+    room: Arc<Semaphore>,
     pub totals: Arc<Totals>,
 }
 
 impl Store {
     /// Starts the thread that owns `storage`, with the quota `limits`.
+    /// `stored` is called on the store's thread with each mailbox a commit stored envelopes
+    /// for, right after the commit.
     pub fn start<S: Storage>(
         mut storage: S,
         limits: Limits,
+        stored: impl Fn(&[u8]) + Send + 'static,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StorageError> {
         let usage: HashMap<Vec<u8>, Usage> = storage.usage()?.into_iter().collect();
         let totals = Arc::new(Totals::default());
@@ -356,26 +390,38 @@ impl Store {
             limits,
             usage,
             totals: totals.clone(),
+            stored: Box::new(stored),
         };
         let thread = std::thread::Builder::new()
             .name("relay-store".into())
             .spawn(move || owner.run(rx))
             .map_err(|_| StorageError::Stopped)?;
-        Ok((Store { ops, totals }, thread))
+        let room = Arc::new(Semaphore::new(QUEUE_BYTES));
+        Ok((Store { ops, room, totals }, thread))
     }
 
-    /// Stores an envelope for `mailbox`: its id once durable, or why not.
-    pub async fn deposit(&self, mailbox: Vec<u8>, body: Vec<u8>, at: i64) -> Result<u64, Refusal> {
+    /// Queues an envelope for `mailbox` once the queue has room for it, without waiting for
+    /// it to be written: deposits queued together share one transaction, so a client may
+    /// have several under way. The answer is its id once durable, or why not.
+    pub async fn submit(&self, mailbox: Vec<u8>, body: Vec<u8>, at: i64) -> Deposited {
         let (reply, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Deposit {
+        let share = u32::try_from(body.len().clamp(1, QUEUE_BYTES)).unwrap_or(u32::MAX);
+        // The semaphore is never closed; if it were, the dropped reply answers Internal.
+        if let Ok(room) = self.room.clone().acquire_many_owned(share).await {
+            let _ = self.ops.send(Op::Deposit {
                 mailbox,
                 body,
                 at,
                 reply,
-            })
-            .map_err(|_| Refusal::Internal)?;
-        rx.await.unwrap_or(Err(Refusal::Internal))
+                room,
+            });
+        }
+        Deposited(rx)
+    }
+
+    /// Stores an envelope for `mailbox`: its id once durable, or why not.
+    pub async fn deposit(&self, mailbox: Vec<u8>, body: Vec<u8>, at: i64) -> Result<u64, Refusal> {
+        self.submit(mailbox, body, at).await.await
     }
 
     pub async fn pending(
@@ -424,12 +470,16 @@ impl Store {
     }
 }
 
+/// What the store's thread calls with each mailbox a commit stored envelopes for.
+type OnStored = dyn Fn(&[u8]) + Send;
+
 /// The store's thread.
 struct Owner<S> {
     storage: S,
     limits: Limits,
     usage: HashMap<Vec<u8>, Usage>,
     totals: Arc<Totals>,
+    stored: Box<OnStored>,
 }
 
 impl<S: Storage> Owner<S> {
@@ -455,9 +505,10 @@ impl<S: Storage> Owner<S> {
                     body,
                     at,
                     reply,
+                    room,
                 } => {
                     // Take every deposit already waiting: one transaction for all of them.
-                    let mut batch: Vec<Waiting> = vec![(mailbox, body, at, reply)];
+                    let mut batch: Vec<Waiting> = vec![(mailbox, body, at, reply, room)];
                     while batch.len() < BATCH_MAX {
                         match rx.try_recv() {
                             Ok(Op::Deposit {
@@ -465,7 +516,8 @@ impl<S: Storage> Owner<S> {
                                 body,
                                 at,
                                 reply,
-                            }) => batch.push((mailbox, body, at, reply)),
+                                room,
+                            }) => batch.push((mailbox, body, at, reply, room)),
                             Ok(other) => later.push_back(other),
                             Err(_) => break,
                         }
@@ -536,7 +588,9 @@ impl<S: Storage> Owner<S> {
         let mut tentative: HashMap<Vec<u8>, Usage> = HashMap::new();
         let mut accepted = Vec::new();
         let mut answers = Vec::with_capacity(batch.len());
-        for (mailbox, body, at, reply) in batch {
+        let mut rooms = Vec::with_capacity(batch.len());
+        for (mailbox, body, at, reply, room) in batch {
+            rooms.push(room);
             let size = charged(body.len());
             let current = tentative
                 .get(&mailbox)
@@ -582,9 +636,11 @@ impl<S: Storage> Owner<S> {
         } else {
             self.storage.insert(&rows)
         };
+        drop(rows);
         match &stored {
             Ok(_) => {
                 for (mailbox, usage) in tentative {
+                    (self.stored)(&mailbox);
                     self.usage.insert(mailbox, usage);
                 }
                 let bytes: u64 = accepted.iter().map(|(_, b, _)| charged(b.len())).sum();
@@ -603,6 +659,9 @@ impl<S: Storage> Owner<S> {
             };
             let _ = reply.send(answer);
         }
+        // The bodies are written or refused: their room in the queue is free again.
+        drop(accepted);
+        drop(rooms);
     }
 }
 
@@ -623,7 +682,8 @@ mod tests {
     async fn quotas_hold_across_batches_restarts_and_acks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.db");
-        let (store, thread) = Store::start(SqliteStorage::open(&path).unwrap(), limits()).unwrap();
+        let (store, thread) =
+            Store::start(SqliteStorage::open(&path).unwrap(), limits(), |_| {}).unwrap();
         let a = b"mailbox-a".to_vec();
         let b = b"mailbox-b".to_vec();
         let mut ids = Vec::new();
@@ -653,7 +713,8 @@ mod tests {
         thread.join().unwrap();
 
         // A restart finds what was stored, and the quotas with it.
-        let (store, _thread) = Store::start(SqliteStorage::open(&path).unwrap(), limits()).unwrap();
+        let (store, _thread) =
+            Store::start(SqliteStorage::open(&path).unwrap(), limits(), |_| {}).unwrap();
         assert_eq!(store.totals.envelopes.load(Ordering::Relaxed), 4);
         assert_eq!(
             store.deposit(a.clone(), vec![1; 5], 10).await,

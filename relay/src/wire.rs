@@ -19,9 +19,18 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(
     payload: &[u8],
     max: usize,
 ) -> io::Result<()> {
-    let bytes = frame::encode(payload, max).map_err(invalid)?;
-    stream.write_all(&bytes).await?;
+    write_unflushed(stream, payload, max).await?;
     stream.flush().await
+}
+
+/// Writes one frame without flushing: a run of frames can go out with one flush.
+pub async fn write_unflushed<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    payload: &[u8],
+    max: usize,
+) -> io::Result<()> {
+    let bytes = frame::encode(payload, max).map_err(invalid)?;
+    stream.write_all(&bytes).await
 }
 
 /// Reads one frame; `None` when the stream ended cleanly between frames.

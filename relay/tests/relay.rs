@@ -2,7 +2,8 @@
 //! process. Devices that are never online together converge through it, across relay
 //! restarts and a SIGKILL between deposit and delivery; the relay's database, log and metrics
 //! hold no token, vault id or sender; mailboxes are private; refusals are typed; garbage
-//! closes only the connection that sent it; a subscribed recipient gets a deposit at once.
+//! closes only the connection that sent it; a subscribed recipient gets a deposit at once;
+//! deposits sent ahead of their answers are answered in order.
 
 #![allow(clippy::unwrap_used)] // a panic is the failure report
 
@@ -359,6 +360,69 @@ async fn a_subscribed_recipient_gets_a_deposit_at_once() {
             .await,
         Some(Response::Refused(Refusal::Malformed))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_sent_ahead_of_their_answers_are_answered_in_order() {
+    const SENT: u8 = 100;
+    const BAD: u8 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(dir.path(), None, &[]);
+    let mut recipient = Client::new();
+    recipient.connect(&relay.addr).await;
+    let mut sender = Client::new();
+    sender.connect(&relay.addr).await;
+    let (mut out, _) = sender.hello(TOKEN).await;
+    // Every deposit written before any answer is read, more than the relay reads ahead; one
+    // in the middle names no PeerId and is refused in its place.
+    let answers = sender
+        .drive(async {
+            for n in 0..SENT {
+                let to = if n == BAD {
+                    vec![7; 20]
+                } else {
+                    recipient.peer.to_bytes()
+                };
+                support::send(
+                    &mut out,
+                    &Request::Deposit {
+                        to,
+                        envelope: vec![n; 64],
+                    },
+                )
+                .await;
+            }
+            let mut answers = Vec::new();
+            for _ in 0..SENT {
+                answers.push(support::recv(&mut out).await);
+            }
+            answers
+        })
+        .await;
+    let mut ids = Vec::new();
+    for (n, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Some(Response::Refused(Refusal::Malformed)) if n == usize::from(BAD) => {}
+            Some(Response::Stored { id }) if n != usize::from(BAD) => ids.push(id),
+            other => panic!("deposit {n} was answered {other:?}"),
+        }
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "answers out of order: {ids:?}"
+    );
+    // What was stored is what was sent, in the order sent, under the ids answered.
+    let (mut inbox, _) = recipient.hello(TOKEN).await;
+    recipient.send_only(&mut inbox, &Request::Subscribe).await;
+    let expected = (0..SENT).filter(|&n| n != BAD);
+    for (n, id) in expected.zip(ids) {
+        match recipient.next(&mut inbox).await {
+            Some(Response::Deliver { id: got, envelope }) => {
+                assert_eq!((got, envelope), (id, vec![n; 64]));
+            }
+            other => panic!("expected delivery {n}, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,8 @@ use crate::device::Taken;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long one answer from a relay may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deposits sent ahead of their answers (a relay reads at least 32 ahead per stream).
+const DEPOSIT_WINDOW: usize = 16;
 /// Most bytes of envelopes held in memory while their changes wait for others.
 const WAITING_MAX_BYTES: usize = 16 * 1024 * 1024;
 
@@ -157,9 +159,14 @@ async fn connect(keypair: Keypair, target: &RelayTarget) -> Result<Link, RelayFa
 }
 
 async fn send(stream: &mut Stream, request: &Request) -> Result<(), RelayFailure> {
-    write_frame(stream, &request.encode(), proto::MAX_FRAME)
-        .await
-        .map_err(|e| RelayFailure::Broken(e.to_string()))
+    // A relay that stops reading must not hold the node's relay work for ever.
+    tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        write_frame(stream, &request.encode(), proto::MAX_FRAME),
+    )
+    .await
+    .map_err(|_| RelayFailure::Broken("the relay stopped reading".into()))?
+    .map_err(|e| RelayFailure::Broken(e.to_string()))
 }
 
 /// The next response; `None` when the relay closed the stream.
@@ -228,8 +235,13 @@ pub(crate) async fn deposit(
         }
         other => other?,
     };
+    // Up to DEPOSIT_WINDOW deposits go ahead of their answers (which come in order), so a
+    // member's envelopes share the relay's commits instead of waiting out one each.
     let mut answers = Vec::with_capacity(batch.len());
-    for (to, envelope) in batch {
+    for (sent, (to, envelope)) in batch.iter().enumerate() {
+        if sent >= answers.len() + DEPOSIT_WINDOW {
+            answers.push(deposit_answer(&mut stream).await?);
+        }
         send(
             &mut stream,
             &Request::Deposit {
@@ -238,18 +250,23 @@ pub(crate) async fn deposit(
             },
         )
         .await?;
-        match recv(&mut stream, Some(ANSWER_TIMEOUT)).await? {
-            Some(Response::Stored { id }) => answers.push(Ok(id)),
-            Some(Response::Refused(why)) => answers.push(Err(why)),
-            _ => {
-                return Err(RelayFailure::Broken(
-                    "the relay did not answer a deposit".into(),
-                ));
-            }
-        }
+    }
+    while answers.len() < batch.len() {
+        answers.push(deposit_answer(&mut stream).await?);
     }
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
     Ok(answers)
+}
+
+/// The relay's answer to the oldest deposit not yet answered.
+async fn deposit_answer(stream: &mut Stream) -> Result<Result<u64, Refusal>, RelayFailure> {
+    match recv(stream, Some(ANSWER_TIMEOUT)).await? {
+        Some(Response::Stored { id }) => Ok(Ok(id)),
+        Some(Response::Refused(why)) => Ok(Err(why)),
+        _ => Err(RelayFailure::Broken(
+            "the relay did not answer a deposit".into(),
+        )),
+    }
 }
 
 /// Leaves one envelope for `to` at the first of `relays` that stores it.
