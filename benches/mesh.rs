@@ -284,8 +284,10 @@ async fn add_to_readable(size: usize, adds: usize) {
         })
         .await;
         latencies.push(started.elapsed());
-        // Let the last acknowledgements settle so each add is measured on a quiet mesh.
+        // Let the last acknowledgements settle so each add is measured on a quiet mesh: same
+        // heads, then a pause for the answer to the answer, which carries nothing new.
         a.converged_with(&b).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let sync_bytes = a.mesh.stats().bytes_sent + a.mesh.stats().bytes_received - sync_before;
     let wire_bytes = a.transport_bytes() - wire_before;

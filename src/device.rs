@@ -449,17 +449,15 @@ impl Device {
             // with the next change).
             return Ok(());
         };
-        if self.store.append_change(&chunk)? {
+        // The checked signatures ride in the same transaction: only a cache, but saving them
+        // apart would cost a second disk flush per change.
+        let checked = self.doc.take_verified();
+        let compact =
+            self.store
+                .append_change(&chunk, &checked, crate::doc::MAX_REMEMBERED_SIGNATURES)?;
+        if compact {
             let snapshot = self.doc.save();
             self.store.compact(&snapshot)?;
-        }
-        // Only a cache: failing to keep it costs a verification at the next open.
-        let checked = self.doc.take_verified();
-        if let Err(e) = self
-            .store
-            .remember_verified(&checked, crate::doc::MAX_REMEMBERED_SIGNATURES)
-        {
-            tracing::warn!(error = %e, "could not save which signatures were checked");
         }
         Ok(())
     }

@@ -365,40 +365,42 @@ impl Store {
         Ok(out)
     }
 
-    /// Saves digests of signatures checked since the last save; past `max` rows the table
-    /// starts over (superseded records' signatures would pile up).
-    pub fn remember_verified(&self, digests: &[[u8; 32]], max: usize) -> Result<(), StoreError> {
-        if digests.is_empty() {
-            return Ok(());
-        }
+    /// Appends a change chunk and the digests of the signatures checked since the last save,
+    /// in one transaction (one disk flush): past `max` rows the digests' table starts over
+    /// (superseded records' signatures would pile up). Returns whether the change log is now
+    /// long enough to compact.
+    pub fn append_change(
+        &self,
+        chunk: &[u8],
+        verified: &[[u8; 32]],
+        max: usize,
+    ) -> Result<bool, StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        let rows: i64 = tx
-            .query_row("SELECT count(*) FROM verified_sigs", [], |r| r.get(0))
+        tx.prepare_cached("INSERT INTO doc_changes (bytes) VALUES (?1)")
+            .and_then(|mut insert| insert.execute([chunk]))
             .map_err(|e| self.err(e))?;
-        if usize::try_from(rows).unwrap_or(usize::MAX) + digests.len() > max {
-            tx.execute("DELETE FROM verified_sigs", [])
+        if !verified.is_empty() {
+            let rows: i64 = tx
+                .prepare_cached("SELECT count(*) FROM verified_sigs")
+                .and_then(|mut count| count.query_row([], |r| r.get(0)))
                 .map_err(|e| self.err(e))?;
-        }
-        {
+            if usize::try_from(rows).unwrap_or(usize::MAX) + verified.len() > max {
+                tx.execute("DELETE FROM verified_sigs", [])
+                    .map_err(|e| self.err(e))?;
+            }
             let mut insert = tx
-                .prepare("INSERT OR IGNORE INTO verified_sigs (digest) VALUES (?1)")
+                .prepare_cached("INSERT OR IGNORE INTO verified_sigs (digest) VALUES (?1)")
                 .map_err(|e| self.err(e))?;
-            for d in digests {
+            for d in verified {
                 insert.execute([&d[..]]).map_err(|e| self.err(e))?;
             }
         }
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// Appends a change chunk. Returns whether the log is now long enough to compact.
-    pub fn append_change(&self, chunk: &[u8]) -> Result<bool, StoreError> {
-        self.conn
-            .execute("INSERT INTO doc_changes (bytes) VALUES (?1)", [chunk])
+        // The log is emptied whole when it is compacted, so its sequence numbers have no gaps.
+        let rows: i64 = tx
+            .prepare_cached("SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM doc_changes")
+            .and_then(|mut count| count.query_row([], |r| r.get(0)))
             .map_err(|e| self.err(e))?;
-        let rows: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM doc_changes", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
         Ok(rows >= COMPACT_AFTER)
     }
 

@@ -498,7 +498,9 @@ async fn a_phones_forged_deletion_is_refused_over_the_mesh() {
         handoff_protocol::binding::token_version_statement(&state.info.id, &gone.signed_fields());
     doc.put_token(&gone, &keys.sign(&statement)).unwrap();
     doc.commit("token.rm", |m| keys.sign(m));
-    store.append_change(&doc.take_unsaved().unwrap()).unwrap();
+    store
+        .append_change(&doc.take_unsaved().unwrap(), &[], 0)
+        .unwrap();
     drop(store);
     let phone = handoff::device::Device::open(home).unwrap();
     let key = phone.unlock(common::PASSPHRASE).unwrap();

@@ -4,8 +4,8 @@
 //!
 //! Only successes are kept, as a digest of the key, the statement and the signature: a hit
 //! means exactly this key signed exactly this statement, which no later change can make false.
-//! The device saves them in its store (`Store::remember_verified`), as trusted as the pinned
-//! anchors beside them, so that opening the vault costs no verification either.
+//! The device saves them in its store with each change (`Store::append_change`), as trusted as
+//! the pinned anchors beside them, so that opening the vault costs no verification either.
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -32,7 +32,9 @@ fn tamper(home: &TestHome, edit: impl FnOnce(&mut VaultDoc, &VaultState, &Device
     let state = doc.state().unwrap();
     edit(&mut doc, &state, &keys);
     doc.commit("tamper", |m| keys.sign(m));
-    store.append_change(&doc.take_unsaved().unwrap()).unwrap();
+    store
+        .append_change(&doc.take_unsaved().unwrap(), &[], 0)
+        .unwrap();
 }
 
 /// Runs a reveal (through the daemon, on a daemon-mode home) that must fail with exit 8 and
