@@ -208,8 +208,10 @@ impl VaultDoc {
             let mut doc = AutoCommit::load(snapshot)
                 .map_err(|e| DocError::Damaged(e.to_string()))?
                 .with_actor(actor_for(device));
-            for chunk in changes {
-                doc.load_incremental(chunk)
+            // One call for the whole tail: Automerge applies its changes as one batch, where a
+            // call per chunk would pay for a pass over the whole document each time.
+            if !changes.is_empty() {
+                doc.load_incremental(&changes.concat())
                     .map_err(|e| DocError::Damaged(e.to_string()))?;
             }
             let (state, audit, misspelled) = read::read_whole(&doc, anchors, &verified)?;
