@@ -267,17 +267,14 @@ fn list(ctx: &Context, tokens: &[TokenView]) {
         say!("No tokens yet. Add one with `handoff token add SERVICE`.");
         return;
     }
+    use std::fmt::Write as _;
     let now = crate::entropy::unix_now();
-    say!(
+    // The table is written in one go: a write per row costs more than the rest at thousands.
+    let mut table = String::with_capacity(160 * (tokens.len() + 1));
+    let _ = writeln!(
+        table,
         "{:<10} {:<20} {:<20} {:<12} {:<8} {:<21} {:<16} {:<10} BY",
-        "ID",
-        "SERVICE",
-        "LABEL",
-        "KIND",
-        "DEFAULT",
-        "UPDATED",
-        "EXPIRES",
-        "REFRESHED"
+        "ID", "SERVICE", "LABEL", "KIND", "DEFAULT", "UPDATED", "EXPIRES", "REFRESHED"
     );
     for t in tokens {
         let label = if t.conflict {
@@ -289,7 +286,8 @@ fn list(ctx: &Context, tokens: &[TokenView]) {
             .refreshed_at
             .map(|at| format!("{} ago", span(at, now)))
             .unwrap_or_default();
-        say!(
+        let _ = writeln!(
+            table,
             "{:<10} {:<20} {:<20} {:<12} {:<8} {:<21} {:<16} {:<10} {}",
             &t.id[..8],
             t.service,
@@ -302,6 +300,7 @@ fn list(ctx: &Context, tokens: &[TokenView]) {
             writer(t)
         );
     }
+    crate::cli::output::text(format_args!("{table}"));
     if let Some(t) = tokens.iter().find(|t| t.conflict) {
         say!(
             "A token marked (conflict) was edited on two devices at once: `handoff token resolve {}` shows its versions.",
