@@ -382,14 +382,7 @@ impl Device {
                 "the stored identity key does not match the device id",
             ));
         }
-        let (snapshot, changes) = store.doc_parts()?;
-        let doc = VaultDoc::load_known(
-            &snapshot,
-            changes.iter().map(Vec::as_slice),
-            &record.device_id,
-            Some(&record.anchors),
-            store.verified_digests()?,
-        )?;
+        let doc = Self::load_doc(&store, &record)?;
         Ok(Self {
             home,
             _lock: lock,
@@ -400,6 +393,28 @@ impl Device {
             syncing: BTreeMap::new(),
             openings: 0,
         })
+    }
+
+    /// The document as the store holds it, checked against the pinned anchors.
+    fn load_doc(store: &Store, record: &DeviceRecord) -> Result<VaultDoc, DeviceError> {
+        let (snapshot, changes) = store.doc_parts()?;
+        Ok(VaultDoc::load_known(
+            &snapshot,
+            changes.iter().map(Vec::as_slice),
+            &record.device_id,
+            Some(&record.anchors),
+            store.verified_digests()?,
+        )?)
+    }
+
+    /// Loads the document again from the store when it could not take back refused changes
+    /// (see [`VaultDoc::is_lost`]): what was saved is what counts.
+    pub(crate) fn reload_if_lost(&mut self) -> Result<(), DeviceError> {
+        if self.doc.is_lost() {
+            tracing::warn!("loading the vault again after refused changes could not be taken back");
+            self.doc = Self::load_doc(&self.store, &self.record)?;
+        }
+        Ok(())
     }
 
     pub fn home(&self) -> &Home {

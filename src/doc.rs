@@ -111,6 +111,10 @@ pub struct VaultDoc {
     tops: Option<trust::Tops>,
     /// The signatures already checked, shared with the forks incoming changes are tried on.
     verified: std::sync::Arc<verified::Verified>,
+    /// How many more incoming messages go to forks, after a refusal taken back in place.
+    forks_owed: u32,
+    /// Refused changes could not be taken back: the document must be loaded again.
+    lost: bool,
 }
 
 /// The Automerge actor a device writes with: its device id.
@@ -149,6 +153,8 @@ impl VaultDoc {
             pending: OnceLock::new(),
             tops: None,
             verified: Default::default(),
+            forks_owed: 0,
+            lost: false,
         };
         this.put_member(founder)?;
         this.put_epoch(epoch)?;
@@ -230,7 +236,15 @@ impl VaultDoc {
             pending: OnceLock::new(),
             tops: None,
             verified,
+            forks_owed: 0,
+            lost: false,
         })
+    }
+
+    /// Whether refused changes could not be taken back (see [`follow`]): the document must not
+    /// be used, and is loaded again from what was saved.
+    pub fn is_lost(&self) -> bool {
+        self.lost
     }
 
     /// The anchors this document is checked against.

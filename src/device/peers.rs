@@ -252,7 +252,10 @@ impl Device {
             return Err(SyncRefusal::NotAMember(*peer));
         }
         let session = self.syncing.entry(*peer).or_default();
-        let new = match self.doc.receive_sync(&mut session.state, message) {
+        let received = self.doc.receive_sync(&mut session.state, message);
+        self.reload_if_lost()?;
+        let session = self.syncing.entry(*peer).or_default();
+        let new = match received {
             Ok(new) => {
                 // Only new changes end a run of incomplete messages: a peer cannot reset the
                 // count with messages that carry none.

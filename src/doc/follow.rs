@@ -10,7 +10,10 @@ use automerge::{AutoCommit, ChangeHash};
 use super::read::{self, Delta};
 use super::schema::{TrustAnchors, VaultState};
 use super::trust::{Next, Tops, check_fork};
-use super::{DocError, VaultDoc, touched, verified};
+use super::{DocError, VaultDoc, contain, touched, verified};
+
+/// How many incoming messages after a refusal are tried on forks instead of in place.
+pub(super) const FORKS_AFTER_REFUSAL: u32 = 64;
 
 /// A validated state and the audit entries it was read from, by object id.
 #[derive(Debug)]
@@ -36,7 +39,7 @@ pub(super) struct Trial {
 /// actor's highest op counter in it, the pinned anchors and the signatures checked so far.
 #[derive(Clone, Copy)]
 pub(super) struct Bench<'a> {
-    current: &'a AutoCommit,
+    current: touched::Before<'a>,
     valid: &'a Validated,
     tops: &'a Tops,
     anchors: &'a TrustAnchors,
@@ -153,14 +156,7 @@ impl VaultDoc {
     /// time.
     pub(super) fn trial(&mut self) -> Result<(Trial, Bench<'_>), DocError> {
         self.settle();
-        if self.tops.is_none() {
-            let mut tops = Tops::new();
-            for change in self.doc.get_changes_meta(&[]) {
-                let top = tops.entry(change.actor.to_bytes().to_vec()).or_default();
-                *top = (*top).max(change.max_op);
-            }
-            self.tops = Some(tops);
-        }
+        self.ensure_tops();
         let heads = self.doc.get_heads();
         // What was already waiting (a store from before changes stopped being queued).
         let waiting = self.doc.get_missing_deps(&[]).len();
@@ -171,7 +167,7 @@ impl VaultDoc {
             return Err(DocError::Damaged("the document's state was lost".into()));
         };
         let bench = Bench {
-            current: &self.doc,
+            current: touched::Before::Doc(&self.doc),
             valid,
             tops,
             anchors: &self.anchors,
@@ -185,6 +181,121 @@ impl VaultDoc {
             },
             bench,
         ))
+    }
+
+    /// Each actor's highest op counter, found from every change's metadata the first time.
+    fn ensure_tops(&mut self) {
+        if self.tops.is_none() {
+            let mut tops = Tops::new();
+            for change in self.doc.get_changes_meta(&[]) {
+                let top = tops.entry(change.actor.to_bytes().to_vec()).or_default();
+                *top = (*top).max(change.max_op);
+            }
+            self.tops = Some(tops);
+        }
+    }
+
+    /// Whether the next incoming changes may be tried on the document itself: not for the
+    /// next messages after a refusal made it rebuild itself (each asking counts one), so that
+    /// a peer sending refused changes costs a fork per message, not a rebuild.
+    pub(super) fn in_place_allowed(&mut self) -> bool {
+        if self.forks_owed == 0 {
+            return true;
+        }
+        self.forks_owed -= 1;
+        false
+    }
+
+    /// Tries `apply`'s changes on the document itself, judged as on a fork against the state
+    /// before them (read as of the heads it had): kept if they validate, and otherwise taken
+    /// back by rebuilding the document at those heads, since Automerge cannot undo changes.
+    /// Copying the whole document for every message is what this saves; a refusal costs a
+    /// pass over its history instead, and sends the next [`FORKS_AFTER_REFUSAL`] messages to
+    /// forks. `finish` turns the judgement into the result (the sync path names an incomplete
+    /// message there); `apply` may leave changes waiting for parents only as `waiting` did.
+    pub(super) fn try_in_place<T>(
+        &mut self,
+        apply: impl FnOnce(&mut AutoCommit) -> Result<T, DocError>,
+        finish: impl FnOnce(&mut AutoCommit, Judged, &T) -> Judged,
+    ) -> Result<(usize, T), DocError> {
+        self.settle();
+        self.ensure_tops();
+        self.validated()?;
+        let heads = self.doc.get_heads();
+        let waiting = self.doc.get_missing_deps(&[]).len();
+        let outcome = self.judge_in_place(&heads, waiting, apply, finish);
+        match outcome {
+            Ok(((count, next), applied)) => {
+                self.take_next(next);
+                self.raise_tops(&heads);
+                Ok((count, applied))
+            }
+            Err(e) => {
+                self.rebuild_at(&heads);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::try_in_place`]'s trial: the changes applied and judged, the document not yet
+    /// taken back on a refusal.
+    fn judge_in_place<T>(
+        &mut self,
+        heads: &[ChangeHash],
+        waiting: usize,
+        apply: impl FnOnce(&mut AutoCommit) -> Result<T, DocError>,
+        finish: impl FnOnce(&mut AutoCommit, Judged, &T) -> Judged,
+    ) -> Result<((usize, Next), T), DocError> {
+        let doc = &mut self.doc;
+        let applied = contain::contained(|| {
+            let applied = apply(doc)?;
+            // Changes waiting for one this document lacks are not kept: unchecked, they would
+            // be applied with it later, and one crafted among them could block it for ever.
+            if doc.get_missing_deps(&[]).len() > waiting {
+                return Err(DocError::Incomplete {
+                    refused: Box::new(DocError::Waiting),
+                });
+            }
+            Ok(applied)
+        })?;
+        let (Some(valid), Some(tops)) = (self.valid.get(), self.tops.as_ref()) else {
+            return Err(DocError::Damaged("the document's state was lost".into()));
+        };
+        let bench = Bench {
+            current: touched::Before::At(heads),
+            valid,
+            tops,
+            anchors: &self.anchors,
+            verified: &self.verified,
+        };
+        let doc = &mut self.doc;
+        let (judged, whole) = contain::contained(|| Ok(Self::judge_fork(doc, heads, &bench)))?;
+        self.cross_check(&judged, whole.as_ref());
+        let judged = finish(&mut self.doc, judged, &applied)?;
+        Ok((judged, applied))
+    }
+
+    /// Takes back every change since `heads` by rebuilding the document from its history up
+    /// to them; if even that fails, the document is marked lost for its owner to load again.
+    fn rebuild_at(&mut self, heads: &[ChangeHash]) {
+        self.forks_owed = FORKS_AFTER_REFUSAL;
+        let actor = self.doc.get_actor().clone();
+        let doc = &mut self.doc;
+        let rebuilt = contain::contained(|| {
+            let mut rebuilt = doc
+                .fork_at(heads)
+                .map_err(|e| DocError::Damaged(e.to_string()))?;
+            Ok((rebuilt.get_heads() == heads).then_some(rebuilt))
+        });
+        match rebuilt {
+            Ok(Some(doc)) => self.doc = doc.with_actor(actor),
+            _ => {
+                tracing::error!(
+                    "could not take back refused changes; the vault must be loaded again"
+                );
+                self.lost = true;
+            }
+        }
     }
 
     /// Counts the changes this device just committed in the op counters judging needs.

@@ -1,5 +1,5 @@
 //! Automerge's sync protocol on the vault document: the messages this device sends, and a
-//! peer's messages received on a fork that is kept only if it validates, as `ingest` does.
+//! peer's messages, whose changes are kept only if they validate, as `ingest` does.
 
 use super::{DocError, VaultDoc, check_size, chunks, contain};
 
@@ -52,9 +52,10 @@ impl VaultDoc {
         .encode()
     }
 
-    /// Receives a peer's sync message on a fork and keeps the fork only if it validates as
+    /// Receives a peer's sync message and keeps its changes only if they validate as
     /// [`ingest`](Self::ingest) does; on any error neither the document nor `state` changes.
-    /// Returns how many changes were new.
+    /// Tried on the document itself, or on a fork for a while after a refusal (see
+    /// [`Self::try_in_place`]). Returns how many changes were new.
     pub fn receive_sync(
         &mut self,
         state: &mut automerge::sync::State,
@@ -80,6 +81,25 @@ impl VaultDoc {
             *state = next;
             return Ok(0);
         }
+        if self.in_place_allowed() {
+            let mut next = state.clone();
+            let theirs = message.heads.clone();
+            let (count, ()) = self.try_in_place(
+                |doc| {
+                    for chunk in message.changes.iter() {
+                        chunks::check_framing(chunk)?;
+                    }
+                    doc.sync()
+                        .receive_sync_message(&mut next, message)
+                        .map_err(|e| DocError::Damaged(e.to_string()))
+                },
+                |doc, judged, ()| {
+                    judged.map_err(|refused| incomplete_unless(doc, &theirs, refused))
+                },
+            )?;
+            *state = next;
+            return Ok(count);
+        }
         let mut next = state.clone();
         let (trial, bench) = self.trial()?;
         let (heads, waiting, mut fork) = (trial.heads, trial.waiting, trial.fork);
@@ -98,20 +118,7 @@ impl VaultDoc {
                 });
             }
             let (judged, whole) = Self::judge_fork(&mut fork, before, &bench);
-            // Only the sender's heads count: changes queued earlier for parents that never
-            // came say nothing of this message.
-            let complete = theirs
-                .iter()
-                .all(|h| fork.get_change_meta_by_hash(h).is_some());
-            let judged = judged.map_err(|refused| {
-                if complete {
-                    refused
-                } else {
-                    DocError::Incomplete {
-                        refused: Box::new(refused),
-                    }
-                }
-            });
+            let judged = judged.map_err(|refused| incomplete_unless(&mut fork, &theirs, refused));
             Ok((fork, next, judged, whole))
         })?;
         self.cross_check(&judged, whole.as_ref());
@@ -121,5 +128,25 @@ impl VaultDoc {
         self.raise_tops(&heads);
         *state = next;
         Ok(count)
+    }
+}
+
+/// A refusal of a message whose sender's heads are not all in `doc` now says the message was
+/// incomplete: only the sender's heads count, since changes queued earlier for parents that
+/// never came say nothing of this message.
+fn incomplete_unless(
+    doc: &mut automerge::AutoCommit,
+    theirs: &[automerge::ChangeHash],
+    refused: DocError,
+) -> DocError {
+    if theirs
+        .iter()
+        .all(|h| doc.get_change_meta_by_hash(h).is_some())
+    {
+        refused
+    } else {
+        DocError::Incomplete {
+            refused: Box::new(refused),
+        }
     }
 }

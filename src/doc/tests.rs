@@ -8,7 +8,7 @@ use handoff_protocol::binding::{genesis_statement, token_version_statement};
 use handoff_protocol::{EpochId, TokenId, VaultId};
 
 use super::schema::{Epoch, Member, Role, Service, Token, TokenKind, VaultInfo, limits};
-use super::touched::touched_by;
+use super::touched::{Before, touched_by};
 use super::trust::{Next, check_fork};
 use super::{VaultDoc, read};
 use crate::vault::epoch::TokenBinding;
@@ -188,13 +188,17 @@ fn an_incoming_token_write_is_judged_on_its_record_and_a_member_write_whole() {
             &doc.anchors,
             &doc.verified,
             &heads,
-            (&doc.doc, &before, &audit),
+            (Before::Doc(&doc.doc), &before, &audit),
             &Default::default(),
             whole,
         )
         .unwrap();
         let changes = fork.get_changes(&heads);
-        (count, next, touched_by(&fork, Some(&doc.doc), &changes))
+        (
+            count,
+            next,
+            touched_by(&fork, Some(Before::Doc(&doc.doc)), &changes),
+        )
     };
     let (count, next, touched) = judged(&mut a.doc, &chunk, false);
     assert_eq!(count, 2, "the change and its attestation");
@@ -376,7 +380,7 @@ fn what_an_op_reaches_beyond_its_own_place_is_read_whole() {
             author: None,
         })
     };
-    let touched = |change: automerge::Change| touched_by(doc, Some(doc), &[change]);
+    let touched = |change: automerge::Change| touched_by(doc, Some(Before::Doc(doc)), &[change]);
     let label = || Key::Map("label".into());
     let put = || OpType::Put(ScalarValue::Str("x".into()));
 
@@ -405,4 +409,95 @@ fn what_an_op_reaches_beyond_its_own_place_is_read_whole() {
     let seq_in_map = craft(&version, Key::Seq(ElementId::Head), put(), Vec::new());
     assert!(touched(seq_in_map).is_none());
     assert!(touched(craft(&audit, label(), put(), Vec::new())).is_none());
+}
+
+/// Sync messages are tried on the document itself: a refused one is taken back by rebuilding
+/// it at its old heads, byte for byte as it was, and the next messages go to forks (a good
+/// one among them is taken); a good one in place is followed from what it touched.
+#[test]
+fn a_message_refused_in_place_leaves_the_document_as_it_was() {
+    let mut a = vault();
+    a.add("first");
+    let mut peer = Vault {
+        doc: VaultDoc::load_trusted(&a.doc.save(), &a.keys.device_id()).unwrap(),
+        keys: DeviceKeys::from_secrets(&a.keys.secrets().0, &a.keys.secrets().1),
+        dek: Dek::generate().unwrap(),
+        epoch: a.epoch,
+    };
+    // Two sessions' states, brought to the same heads first.
+    let (mut ours, mut theirs) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let mut exchange = |a: &mut VaultDoc, peer: &mut VaultDoc| -> Result<usize, super::DocError> {
+        let mut taken = 0;
+        for _ in 0..10 {
+            let mut quiet = true;
+            if let Some(m) = a.sync_message(&mut ours, true) {
+                peer.receive_sync(&mut theirs, &m).unwrap();
+                quiet = false;
+            }
+            if let Some(m) = peer.sync_message(&mut theirs, true) {
+                taken += a.receive_sync(&mut ours, &m)?;
+                quiet = false;
+            }
+            if quiet {
+                break;
+            }
+        }
+        Ok(taken)
+    };
+    exchange(&mut a.doc, &mut peer.doc).unwrap();
+
+    // The peer writes a token version signed by nobody.
+    let state = peer.doc.state().unwrap();
+    let mut forged = state.live_tokens().next().unwrap().clone();
+    forged.label = "stolen".into();
+    forged.version += 1;
+    peer.doc.put_token(&forged, &[0u8; 64]).unwrap();
+    let keys = &peer.keys;
+    peer.doc.commit("forged", |m| keys.sign(m));
+    let (saved, before) = (a.doc.save(), a.doc.state().unwrap());
+    assert!(exchange(&mut a.doc, &mut peer.doc).is_err());
+    assert_eq!(a.doc.save(), saved, "the refused change was kept");
+    assert_eq!(a.doc.state().unwrap(), before);
+    assert_eq!(a.doc.forks_owed, super::follow::FORKS_AFTER_REFUSAL);
+    assert!(!a.doc.is_lost());
+
+    // A good write from a fresh copy: taken on a fork, then (once owed forks are spent) in
+    // place, and both followed as a whole read sees them.
+    let mut honest = Vault {
+        doc: VaultDoc::load_trusted(&saved, &a.keys.device_id()).unwrap(),
+        ..peer
+    };
+    honest.add("second");
+    let (mut ours, mut theirs) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let mut sync = |a: &mut VaultDoc, peer: &mut VaultDoc| {
+        for _ in 0..10 {
+            if let Some(m) = peer.sync_message(&mut theirs, true) {
+                a.receive_sync(&mut ours, &m).unwrap();
+            }
+            match a.sync_message(&mut ours, true) {
+                Some(m) => peer.receive_sync(&mut theirs, &m).unwrap(),
+                None => break,
+            };
+        }
+    };
+    sync(&mut a.doc, &mut honest.doc);
+    assert!(a.doc.forks_owed < super::follow::FORKS_AFTER_REFUSAL);
+    a.doc.forks_owed = 0;
+    honest.add("third");
+    sync(&mut a.doc, &mut honest.doc);
+    let labels: Vec<String> = a
+        .doc
+        .state()
+        .unwrap()
+        .live_tokens()
+        .map(|t| t.label.clone())
+        .collect();
+    for label in ["first", "second", "third"] {
+        assert!(
+            labels.contains(&label.to_string()),
+            "{label} missing: {labels:?}"
+        );
+    }
+    assert!(a.followed());
+    assert_eq!(a.doc.forks_owed, 0);
 }

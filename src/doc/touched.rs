@@ -26,6 +26,33 @@ pub(super) struct Touched {
     pub(super) audit_changed: bool,
 }
 
+/// The document as it was before the changes: a copy of it that they were not applied to,
+/// or the document they were applied to, read as of its heads from before them.
+#[derive(Clone, Copy)]
+pub(super) enum Before<'a> {
+    Doc(&'a AutoCommit),
+    At(&'a [automerge::ChangeHash]),
+}
+
+impl Before<'_> {
+    /// The ids of every value at `key` of `obj` before the changes (`doc` holds them).
+    fn ids_at(self, doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<Vec<ObjId>> {
+        let all = match self {
+            Before::Doc(before) => before.get_all(obj, key),
+            Before::At(heads) => doc.get_all_at(obj, key, heads),
+        };
+        Some(all.ok()?.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// The object `obj` was in before the changes, with its key there.
+    fn parent(self, doc: &AutoCommit, obj: &ObjId) -> Option<automerge::Parent> {
+        match self {
+            Before::Doc(before) => before.parents(obj).ok()?.next(),
+            Before::At(heads) => doc.parents_at(obj, heads).ok()?.next(),
+        }
+    }
+}
+
 /// Where an op wrote: its object (by the op that made it, and as an id of `doc`), and the
 /// path from the root down to it, each object with the key under it.
 struct Place {
@@ -50,7 +77,7 @@ const DEEPEST: usize = 3;
 /// whose ops Automerge made from what it saw), predecessors are not checked.
 pub(super) fn touched_by(
     doc: &AutoCommit,
-    before: Option<&AutoCommit>,
+    before: Option<Before<'_>>,
     changes: &[automerge::Change],
 ) -> Option<Touched> {
     use automerge::legacy::{ElementId, Key, ObjectId, OpType};
@@ -117,17 +144,12 @@ pub(super) fn touched_by(
                     op.pred.iter().filter(|p| !in_batch(p)).collect();
                 if !foreign.is_empty() {
                     let at_key: Vec<ObjId> = match &op.key {
-                        Key::Map(key) => before
-                            .get_all(obj, key.as_str())
-                            .ok()?
-                            .into_iter()
-                            .map(|(_, id)| id)
-                            .collect(),
+                        Key::Map(key) => before.ids_at(doc, obj, key.as_str())?,
                         // A delete on the list removes the entry it names, and only it: one
                         // that is an entry of this list.
                         Key::Seq(ElementId::Id(element)) => {
                             let entry = ObjId::Id(element.0, element.1.clone(), 0);
-                            let parent = before.parents(&entry).ok()?.next()?;
+                            let parent = before.parent(doc, &entry)?;
                             if parent.obj != *obj {
                                 return None;
                             }

@@ -11,7 +11,7 @@ use handoff_protocol::dek_wrap::Recipient;
 
 use super::read::{self, AuditCache, Delta, Fields, Slot, Writers};
 use super::schema::{self, Member, Role, TrustAnchors, VaultState};
-use super::touched::{Touched, touched_by};
+use super::touched::{Before, Touched, touched_by};
 use super::{DocError, fork_vault_id};
 
 mod after;
@@ -21,8 +21,9 @@ pub(in crate::doc) use after::{Next, Tops};
 /// Validates a fork that outside changes were applied to: one vault record, this vault, valid
 /// against the pinned anchors, every new change named as written by a verified member (within a
 /// removed member's bound). Returns how many changes are new since `before` (whose audit
-/// entries `cache` holds; `current` is the document the fork was made from), and the state
-/// the fork's changes lead to. `tops` holds each actor's highest op counter in `current`. Changes that wrote only in
+/// entries `cache` holds; `current` is the document before the changes: the one the fork was
+/// made from, or the fork itself as of `heads`), and the state the fork's changes lead to.
+/// `tops` holds each actor's highest op counter before them. Changes that wrote only in
 /// token records, defaults and audit entries are judged on those records alone, unless `whole`
 /// asks for the whole document to be read.
 pub(super) fn check_fork(
@@ -30,7 +31,7 @@ pub(super) fn check_fork(
     anchors: &TrustAnchors,
     verified: &super::verified::Verified,
     heads: &[ChangeHash],
-    (current, before, cache): (&AutoCommit, &VaultState, &AuditCache),
+    (current, before, cache): (Before<'_>, &VaultState, &AuditCache),
     tops: &Tops,
     whole: bool,
 ) -> Result<(usize, Next), DocError> {
