@@ -44,6 +44,10 @@ use crate::vault::{
 /// How long a command waits for another process that owns the home.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// How many incoming messages are judged on forks after the document had to be loaded again
+/// (see [`Device::reload_if_lost`]).
+const FORKS_AFTER_LOSS: u32 = 4096;
+
 /// Errors of device operations; each maps to one exit code in the CLI.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -408,11 +412,14 @@ impl Device {
     }
 
     /// Loads the document again from the store when it could not take back refused changes
-    /// (see [`VaultDoc::is_lost`]): what was saved is what counts.
+    /// (see [`VaultDoc::is_lost`]): what was saved is what counts; until then, and for good if
+    /// the store cannot be read, the document refuses every use.
     pub(crate) fn reload_if_lost(&mut self) -> Result<(), DeviceError> {
         if self.doc.is_lost() {
             tracing::warn!("loading the vault again after refused changes could not be taken back");
             self.doc = Self::load_doc(&self.store, &self.record)?;
+            // Whatever made it lost stays away from the document itself for a long while.
+            self.doc.owe_forks(FORKS_AFTER_LOSS);
         }
         Ok(())
     }

@@ -247,6 +247,16 @@ impl VaultDoc {
         self.lost
     }
 
+    /// Refuses every read, write, save and message of a lost document.
+    fn usable(&self) -> Result<(), DocError> {
+        if self.lost {
+            return Err(DocError::Damaged(
+                "refused changes could not be taken back; the vault must be loaded again".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The anchors this document is checked against.
     pub fn anchors(&self) -> &TrustAnchors {
         &self.anchors
@@ -255,6 +265,7 @@ impl VaultDoc {
     /// The whole document, typed and validated. Shared, not copied: what a write changes is
     /// updated in place once no reader holds the state any more.
     pub fn state(&self) -> Result<Arc<VaultState>, DocError> {
+        self.usable()?;
         if self.doc.pending_ops() > 0 {
             if let Some(state) = self.pending.get() {
                 return Ok(state.clone());
@@ -302,6 +313,9 @@ impl VaultDoc {
 
     /// Changes made since the last call (or load), for the store to append; `None` if none.
     pub fn take_unsaved(&mut self) -> Option<Vec<u8>> {
+        if self.lost {
+            return None;
+        }
         self.settle();
         let heads = self.doc.get_heads();
         if heads == self.saved_heads {
@@ -342,6 +356,7 @@ impl VaultDoc {
         data: &[u8],
         admit: impl FnOnce(&BTreeMap<DeviceId, Member>) -> bool,
     ) -> Result<Option<usize>, DocError> {
+        self.usable()?;
         self.settle();
         check_size(data.len())?;
         chunks::check_framing(data)?;

@@ -195,15 +195,56 @@ impl VaultDoc {
         }
     }
 
-    /// Whether the next incoming changes may be tried on the document itself: not for the
-    /// next messages after a refusal made it rebuild itself (each asking counts one), so that
-    /// a peer sending refused changes costs a fork per message, not a rebuild.
-    pub(super) fn in_place_allowed(&mut self) -> bool {
-        if self.forks_owed == 0 {
-            return true;
+    /// Whether `chunks` (a sync message's changes) may be tried on the document itself. Not
+    /// for the next messages after a refusal made it rebuild itself (each asking counts one),
+    /// so that a peer sending refused changes costs a copy per message, not a rebuild; and
+    /// only when each new change can be applied at once and starts above every op its writer
+    /// made here (what judging refuses anyway), read from the changes' headers: a message
+    /// that fails either is judged on a fork, where refusing it costs no rebuild. A document
+    /// holding changes that wait for parents keeps using forks (a rebuild would drop them).
+    pub(super) fn in_place_allowed<'c>(&mut self, chunks: impl Iterator<Item = &'c [u8]>) -> bool {
+        if self.forks_owed > 0 {
+            self.forks_owed -= 1;
+            return false;
         }
-        self.forks_owed -= 1;
-        false
+        self.ensure_tops();
+        if !self.doc.get_missing_deps(&[]).is_empty() {
+            return false;
+        }
+        let mut changes = Vec::new();
+        for chunk in chunks {
+            let Ok(parts) = super::chunks::split(chunk) else {
+                return false;
+            };
+            for (kind, part) in parts {
+                // A whole document (a large catch-up) is judged on a fork.
+                if !super::chunks::is_change(kind) {
+                    return false;
+                }
+                match automerge::Change::try_from(part) {
+                    Ok(change) => changes.push(change),
+                    Err(_) => return false,
+                }
+            }
+        }
+        let batch: std::collections::HashSet<ChangeHash> =
+            changes.iter().map(automerge::Change::hash).collect();
+        let (doc, Some(tops)) = (&mut self.doc, self.tops.as_ref()) else {
+            return false;
+        };
+        changes.iter().all(|change| {
+            if doc.get_change_meta_by_hash(&change.hash()).is_some() {
+                return true;
+            }
+            let parents_here = change
+                .deps()
+                .iter()
+                .all(|d| batch.contains(d) || doc.get_change_meta_by_hash(d).is_some());
+            let above = tops
+                .get(change.actor_id().to_bytes())
+                .is_none_or(|top| change.start_op().get() > *top);
+            parents_here && above
+        })
     }
 
     /// Tries `apply`'s changes on the document itself, judged as on a fork against the state
@@ -212,7 +253,7 @@ impl VaultDoc {
     /// Copying the whole document for every message is what this saves; a refusal costs a
     /// pass over its history instead, and sends the next [`FORKS_AFTER_REFUSAL`] messages to
     /// forks. `finish` turns the judgement into the result (the sync path names an incomplete
-    /// message there); `apply` may leave changes waiting for parents only as `waiting` did.
+    /// message there). A panic anywhere in the trial takes the changes back before it goes on.
     pub(super) fn try_in_place<T>(
         &mut self,
         apply: impl FnOnce(&mut AutoCommit) -> Result<T, DocError>,
@@ -222,17 +263,24 @@ impl VaultDoc {
         self.ensure_tops();
         self.validated()?;
         let heads = self.doc.get_heads();
+        let actor = self.doc.get_actor().clone();
         let waiting = self.doc.get_missing_deps(&[]).len();
-        let outcome = self.judge_in_place(&heads, waiting, apply, finish);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.judge_in_place(&heads, waiting, apply, finish)
+        }));
         match outcome {
-            Ok(((count, next), applied)) => {
+            Ok(Ok(((count, next), applied))) => {
                 self.take_next(next);
                 self.raise_tops(&heads);
                 Ok((count, applied))
             }
-            Err(e) => {
-                self.rebuild_at(&heads);
+            Ok(Err(e)) => {
+                self.rebuild_at(&heads, actor);
                 Err(e)
+            }
+            Err(panic) => {
+                self.rebuild_at(&heads, actor);
+                std::panic::resume_unwind(panic)
             }
         }
     }
@@ -271,15 +319,16 @@ impl VaultDoc {
         let doc = &mut self.doc;
         let (judged, whole) = contain::contained(|| Ok(Self::judge_fork(doc, heads, &bench)))?;
         self.cross_check(&judged, whole.as_ref());
-        let judged = finish(&mut self.doc, judged, &applied)?;
+        let doc = &mut self.doc;
+        let judged = contain::contained(|| finish(doc, judged, &applied))?;
         Ok((judged, applied))
     }
 
     /// Takes back every change since `heads` by rebuilding the document from its history up
-    /// to them; if even that fails, the document is marked lost for its owner to load again.
-    fn rebuild_at(&mut self, heads: &[ChangeHash]) {
+    /// to them, writing as `actor` again; if even that fails, the document is marked lost for
+    /// its owner to load again, and refuses to be used until then.
+    fn rebuild_at(&mut self, heads: &[ChangeHash], actor: automerge::ActorId) {
         self.forks_owed = FORKS_AFTER_REFUSAL;
-        let actor = self.doc.get_actor().clone();
         let doc = &mut self.doc;
         let rebuilt = contain::contained(|| {
             let mut rebuilt = doc
@@ -296,6 +345,12 @@ impl VaultDoc {
                 self.lost = true;
             }
         }
+    }
+
+    /// Sends the next `n` incoming messages to forks (a document just loaded again after one
+    /// it could not take back).
+    pub(crate) fn owe_forks(&mut self, n: u32) {
+        self.forks_owed = self.forks_owed.max(n);
     }
 
     /// Counts the changes this device just committed in the op counters judging needs.

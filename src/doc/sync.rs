@@ -15,6 +15,9 @@ impl VaultDoc {
         with_changes: bool,
     ) -> Option<Vec<u8>> {
         use automerge::sync::SyncDoc;
+        if self.is_lost() {
+            return None;
+        }
         self.settle();
         let doc = &mut self.doc;
         let generated = contain::contained(|| {
@@ -62,6 +65,7 @@ impl VaultDoc {
         message: &[u8],
     ) -> Result<usize, DocError> {
         use automerge::sync::SyncDoc;
+        self.usable()?;
         self.settle();
         check_size(message.len())?;
         let message = contain::contained(|| {
@@ -81,14 +85,14 @@ impl VaultDoc {
             *state = next;
             return Ok(0);
         }
-        if self.in_place_allowed() {
+        for chunk in message.changes.iter() {
+            chunks::check_framing(chunk)?;
+        }
+        if self.in_place_allowed(message.changes.iter()) {
             let mut next = state.clone();
             let theirs = message.heads.clone();
             let (count, ()) = self.try_in_place(
                 |doc| {
-                    for chunk in message.changes.iter() {
-                        chunks::check_framing(chunk)?;
-                    }
                     doc.sync()
                         .receive_sync_message(&mut next, message)
                         .map_err(|e| DocError::Damaged(e.to_string()))

@@ -290,10 +290,10 @@ fn predecessors_named_outside_an_ops_own_key_are_judged_whole() {
 /// A member's change that depends only on an old change of the vault, so that its op
 /// counters start below ops its writer made since: it would reuse their ids. Refused, and
 /// nothing changes.
-#[test]
-fn a_change_that_skips_its_writers_earlier_changes_is_refused() {
+/// A change (and its attestation) by `a`'s own actor whose ops start right after an early
+/// change of its, reusing the op counters of the three tokens added since.
+fn change_skipping_earlier_ones(a: &mut Vault) -> Vec<u8> {
     use automerge::legacy::{Key, ObjectId, Op, OpId, OpType};
-    let mut a = vault();
     a.doc.state().unwrap();
     let early = a.doc.heads();
     for i in 0..3 {
@@ -329,10 +329,41 @@ fn a_change_that_skips_its_writers_earlier_changes_is_refused() {
     let attestation = VaultDoc::attestation(&a.doc.anchors().vault, &change, |m| keys.sign(m));
     let mut chunk = change.raw_bytes().to_vec();
     chunk.extend_from_slice(attestation.raw_bytes());
+    chunk
+}
+
+#[test]
+fn a_change_that_skips_its_writers_earlier_changes_is_refused() {
+    let mut a = vault();
+    let chunk = change_skipping_earlier_ones(&mut a);
     // (Automerge 0.12 fails on this one itself, inside the containment, before the check.)
     let before = a.doc.state().unwrap();
     assert!(a.doc.ingest(&chunk).is_err());
     assert_eq!(a.doc.state().unwrap(), before);
+}
+
+/// The same change in a sync message is judged on a fork, not in place: its op counters do
+/// not start above its writer's, which its header says, so refusing it costs no rebuild
+/// (which Automerge could not even make of a document holding it).
+#[test]
+fn a_message_whose_ops_reuse_counters_is_judged_on_a_fork() {
+    let mut a = vault();
+    let chunk = change_skipping_earlier_ones(&mut a);
+    let message = automerge::sync::Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: vec![chunk].into(),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    };
+    let (saved, before) = (a.doc.save(), a.doc.state().unwrap());
+    let mut state = automerge::sync::State::new();
+    assert!(a.doc.receive_sync(&mut state, &message.encode()).is_err());
+    assert_eq!(a.doc.save(), saved);
+    assert_eq!(a.doc.state().unwrap(), before);
+    assert_eq!(a.doc.forks_owed, 0, "it was tried in place");
+    assert!(!a.doc.is_lost());
 }
 
 /// `touched_by` alone, on changes built by hand (not applied: Automerge 0.12 fails on some of

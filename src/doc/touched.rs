@@ -26,6 +26,11 @@ pub(super) struct Touched {
     pub(super) audit_changed: bool,
 }
 
+/// How many values a batch's ops overwrite outside it, found by reading the document as of
+/// its old heads, before the batch is read whole instead (an honest write overwrites one or
+/// two: a record's current version, a default).
+const READS_AT_HEADS_MAX: usize = 64;
+
 /// The document as it was before the changes: a copy of it that they were not applied to,
 /// or the document they were applied to, read as of its heads from before them.
 #[derive(Clone, Copy)]
@@ -44,11 +49,13 @@ impl Before<'_> {
         Some(all.ok()?.into_iter().map(|(_, id)| id).collect())
     }
 
-    /// The object `obj` was in before the changes, with its key there.
+    /// The object `obj` was in before the changes. An object's parent is where the op that
+    /// made it put it, whatever the heads, so the document the changes were applied to is
+    /// asked as it is (a read as of old heads would walk the whole list).
     fn parent(self, doc: &AutoCommit, obj: &ObjId) -> Option<automerge::Parent> {
         match self {
             Before::Doc(before) => before.parents(obj).ok()?.next(),
-            Before::At(heads) => doc.parents_at(obj, heads).ok()?.next(),
+            Before::At(_) => doc.parents(obj).ok()?.next(),
         }
     }
 }
@@ -106,6 +113,7 @@ pub(super) fn touched_by(
     };
     let (tokens, defaults, audit) = (section("tokens")?, section("defaults")?, section("audit")?);
     let mut touched = Touched::default();
+    let mut reads_at_heads = 0;
     for change in changes {
         let actor = change.actor_id();
         let start = change.start_op().get();
@@ -144,7 +152,17 @@ pub(super) fn touched_by(
                     op.pred.iter().filter(|p| !in_batch(p)).collect();
                 if !foreign.is_empty() {
                     let at_key: Vec<ObjId> = match &op.key {
-                        Key::Map(key) => before.ids_at(doc, obj, key.as_str())?,
+                        Key::Map(key) => {
+                            // Each read as of old heads costs a pass over the change graph:
+                            // past a bound, a batch is read whole instead.
+                            if matches!(before, Before::At(_)) {
+                                reads_at_heads += 1;
+                                if reads_at_heads > READS_AT_HEADS_MAX {
+                                    return None;
+                                }
+                            }
+                            before.ids_at(doc, obj, key.as_str())?
+                        }
                         // A delete on the list removes the entry it names, and only it: one
                         // that is an entry of this list.
                         Key::Seq(ElementId::Id(element)) => {
