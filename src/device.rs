@@ -20,7 +20,7 @@ pub use members::{Joiner, PendingJoin, Removed, Upkeep};
 pub use peers::{PeerSeen, SyncRefusal};
 pub use relaying::{Outgoing, Taken};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,11 +107,48 @@ pub enum DeviceError {
     },
 }
 
-/// The device's vault key, unwrapped by the passphrase; zeroized when dropped.
+/// The device's vault key, unwrapped by the passphrase, and the epoch keys it unwrapped since;
+/// all zeroized when dropped (locking drops them together).
 #[derive(Debug)]
-pub struct Unlocked(VaultSecret);
+pub struct Unlocked(VaultSecret, DekCache);
+
+/// Epoch keys unwrapped with an [`Unlocked`] key, by epoch and the wrap they came from: an
+/// X25519 agreement per write (and per change taken, for upkeep) otherwise.
+#[derive(Debug, Default)]
+struct DekCache(std::sync::Mutex<HashMap<(EpochId, Vec<u8>), Dek>>);
+
+/// Past this many epoch keys the cache starts over (a vault rotates a few times a year).
+const DEKS_CACHED: usize = 64;
 
 impl Unlocked {
+    fn new(key: VaultSecret) -> Self {
+        Unlocked(key, DekCache::default())
+    }
+
+    /// The epoch key `wrap` holds for `epoch`, unwrapped by `unwrap` the first time only.
+    fn dek(
+        &self,
+        epoch: &EpochId,
+        wrap: &[u8],
+        unwrap: impl FnOnce(&VaultSecret) -> Result<Dek, VaultError>,
+    ) -> Result<Dek, VaultError> {
+        let mut cache = self
+            .1
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (*epoch, wrap.to_vec());
+        if let Some(dek) = cache.get(&key) {
+            return Ok(dek.duplicate());
+        }
+        let dek = unwrap(&self.0)?;
+        if cache.len() >= DEKS_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, dek.duplicate());
+        Ok(dek)
+    }
+
     /// The vault public key this key opens for (what a write-back's stash is sealed to).
     pub fn public(&self) -> [u8; 32] {
         self.0.public()
@@ -120,7 +157,7 @@ impl Unlocked {
     /// A second handle on the same key (for work that outlives the caller's hold on it, such
     /// as an open pairing offer); zeroized when dropped like the first.
     pub fn duplicate(&self) -> Unlocked {
-        Unlocked(VaultSecret::from_bytes(*self.0.to_bytes()))
+        Unlocked::new(VaultSecret::from_bytes(*self.0.to_bytes()))
     }
 
     /// A key for one purpose (`domain`), derived from the vault key with HKDF-SHA256: only a
@@ -135,7 +172,7 @@ impl Unlocked {
 
     #[cfg(test)]
     pub(crate) fn for_tests(bytes: [u8; 32]) -> Unlocked {
-        Unlocked(VaultSecret::from_bytes(bytes))
+        Unlocked::new(VaultSecret::from_bytes(bytes))
     }
 }
 
@@ -457,7 +494,7 @@ impl Device {
 
     /// Unwraps this device's vault key with the passphrase (runs Argon2id).
     pub fn unlock(&self, passphrase: &[u8]) -> Result<Unlocked, DeviceError> {
-        Ok(Unlocked(
+        Ok(Unlocked::new(
             self.record
                 .wrapped_key
                 .open(passphrase, &self.record.device_id)?,
@@ -506,7 +543,9 @@ impl Device {
             }
             return Err(DeviceError::NoAccess(*epoch));
         };
-        Ok(Dek::unwrap(&wrap.wrap, &key.0, &state.info.id, epoch, &me)?)
+        Ok(key.dek(epoch, &wrap.wrap, |secret| {
+            Dek::unwrap(&wrap.wrap, secret, &state.info.id, epoch, &me)
+        })?)
     }
 
     /// Drops what an operation that failed wrote but did not commit.

@@ -51,6 +51,11 @@ impl Dek {
         Self(SecretBox::new(Box::new(bytes)))
     }
 
+    /// A second copy of the same key, zeroized when dropped like the first.
+    pub(crate) fn duplicate(&self) -> Self {
+        Self::from_bytes(*self.0.expose_secret())
+    }
+
     fn token_key(&self) -> Zeroizing<[u8; 32]> {
         hkdf32(&[], self.0.expose_secret(), TOKEN_DOMAIN)
     }
