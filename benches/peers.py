@@ -162,6 +162,7 @@ def syncthing_figures(writes, runs):
             (a.folder / "warmup").write_bytes(b"warmup")
             a.rest("/rest/db/scan?folder=bench", "POST")
             until("the first file on B", lambda: (b.folder / "warmup").exists(), pause=0.01)
+            time.sleep(0.3)
             latencies = []
             for i in range(writes):
                 body = f"sk-ant-api03-bench-{i:06}".encode() * 4

@@ -452,3 +452,35 @@ fn two_sides_body() {
         }
     }
 }
+
+/// A change taken from a peer is saved in one row with the digests of the signatures checked
+/// to take it: reopening the vault finds both, and the vault reads as it did.
+#[test]
+fn a_taken_change_is_saved_with_the_signatures_it_checked() {
+    let mut a = founder();
+    let mut b = pair_as(&mut a, "b", Role::Member);
+    open(&mut a, &mut b);
+    exchange(&mut a, &mut b);
+    let home = b.device.home().clone();
+    let saved = || {
+        let store = handoff::store::Store::open(&home.root().join("handoff.db"), false).unwrap();
+        let (_, changes) = store.doc_parts().unwrap();
+        (changes.len(), store.verified_digests().unwrap().len())
+    };
+    let (rows, digests) = saved();
+    a.device
+        .add_token(&a.key, Service::Gemini, "new", b"AIzaNEW", false, false)
+        .unwrap();
+    exchange(&mut a, &mut b);
+    let (rows_after, digests_after) = saved();
+    assert_eq!(rows_after, rows + 1, "one row for the change taken");
+    assert!(
+        digests_after > digests,
+        "the signatures checked were not saved: {digests} -> {digests_after}"
+    );
+    let expected = b.device.state().unwrap();
+    let Node { device, _dir, .. } = b;
+    drop(device);
+    let reopened = Device::open(home).unwrap();
+    assert_eq!(*reopened.state().unwrap(), *expected);
+}
