@@ -632,3 +632,54 @@ fn signed_wrap(
 pub fn expose(secret: &SecretBytes) -> &[u8] {
     secret.expose_secret()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Dek, Unlocked};
+    use crate::vault::epoch::TokenBinding;
+    use handoff_protocol::{EpochId, TokenId, VaultId};
+
+    /// An epoch key is unwrapped once per epoch and wrap: the same wrap again comes from the
+    /// cache, another wrap of the same epoch (or another epoch) is unwrapped anew, and a
+    /// failed unwrap is not remembered.
+    #[test]
+    fn an_epoch_key_is_unwrapped_once_per_epoch_and_wrap() {
+        let key = Unlocked::for_tests([7; 32]);
+        let (one, two) = (EpochId::from_bytes([1; 16]), EpochId::from_bytes([2; 16]));
+        let mut unwraps = 0u8;
+        let mut dek = |epoch: &EpochId, wrap: &[u8]| {
+            key.dek(epoch, wrap, |_| {
+                unwraps += 1;
+                Ok(Dek::from_bytes([unwraps; 32]))
+            })
+            .unwrap()
+        };
+        let first = dek(&one, b"wrap a");
+        let again = dek(&one, b"wrap a");
+        let (vault, token) = (VaultId::from_bytes([3; 16]), TokenId::from_bytes([4; 16]));
+        let at = TokenBinding {
+            vault: &vault,
+            token: &token,
+            epoch: &one,
+            service: "openai",
+        };
+        let sealed = first.seal_token(at, b"sk-test").unwrap();
+        assert!(
+            again.open_token(at, &sealed).is_ok(),
+            "a different key came back"
+        );
+        dek(&one, b"wrap b");
+        dek(&two, b"wrap a");
+        assert_eq!(unwraps, 3);
+        let failed = key.dek(&one, b"wrap c", |_| {
+            Err(crate::vault::VaultError::BadSignature {
+                what: "a test wrap",
+            })
+        });
+        assert!(failed.is_err());
+        assert!(
+            key.dek(&one, b"wrap c", |_| Ok(Dek::from_bytes([9; 32])))
+                .is_ok()
+        );
+    }
+}
