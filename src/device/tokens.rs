@@ -99,12 +99,16 @@ impl Device {
         let dek = self.dek(&state, &epoch.id, key)?;
         let me = self.record.device_id.to_hex();
         let now = unix_now();
-        if !replace {
-            Self::check_label_free(&state, service, label)?;
-        }
+        // One pass over the tokens: the one this label names, which only `replace` may reuse.
         let existing = state
             .live_tokens()
             .find(|t| t.service == service && t.label == label);
+        if existing.is_some() && !replace {
+            return Err(DeviceError::DuplicateLabel {
+                service,
+                label: label.to_string(),
+            });
+        }
         let mut token = match existing {
             Some(t) => t.clone(),
             None => Token {
