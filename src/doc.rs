@@ -247,7 +247,8 @@ impl VaultDoc {
         self.lost
     }
 
-    /// Refuses every read, write, save and message of a lost document.
+    /// Refuses every read, write, persist and message of a lost document (what checks
+    /// `state` first, as every write does, is refused with it).
     fn usable(&self) -> Result<(), DocError> {
         if self.lost {
             return Err(DocError::Damaged(

@@ -120,6 +120,9 @@ impl std::fmt::Debug for DeviceRecord {
 pub struct Store {
     conn: Connection,
     path: String,
+    /// How many rows `verified_sigs` holds: counted at the first change saved, then kept by
+    /// `append_change` (counting them costs a walk of the table on every write otherwise).
+    verified_rows: std::cell::Cell<Option<usize>>,
 }
 
 impl Store {
@@ -138,6 +141,7 @@ impl Store {
         let store = Self {
             conn,
             path: display,
+            verified_rows: std::cell::Cell::new(None),
         };
         store.check_integrity()?;
         store
@@ -379,21 +383,29 @@ impl Store {
         tx.prepare_cached("INSERT INTO doc_changes (bytes) VALUES (?1)")
             .and_then(|mut insert| insert.execute([chunk]))
             .map_err(|e| self.err(e))?;
+        let mut verified_rows = self.verified_rows.get();
         if !verified.is_empty() {
-            let rows: i64 = tx
-                .prepare_cached("SELECT count(*) FROM verified_sigs")
-                .and_then(|mut count| count.query_row([], |r| r.get(0)))
-                .map_err(|e| self.err(e))?;
-            if usize::try_from(rows).unwrap_or(usize::MAX) + verified.len() > max {
+            let mut rows = match verified_rows {
+                Some(rows) => rows,
+                None => tx
+                    .query_row("SELECT count(*) FROM verified_sigs", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                    .map_err(|e| self.err(e))?,
+            };
+            if rows.saturating_add(verified.len()) > max {
                 tx.execute("DELETE FROM verified_sigs", [])
                     .map_err(|e| self.err(e))?;
+                rows = 0;
             }
             let mut insert = tx
                 .prepare_cached("INSERT OR IGNORE INTO verified_sigs (digest) VALUES (?1)")
                 .map_err(|e| self.err(e))?;
             for d in verified {
-                insert.execute([&d[..]]).map_err(|e| self.err(e))?;
+                rows += insert.execute([&d[..]]).map_err(|e| self.err(e))?;
             }
+            verified_rows = Some(rows);
         }
         // The log is emptied whole when it is compacted, so its sequence numbers have no gaps.
         let rows: i64 = tx
@@ -401,6 +413,7 @@ impl Store {
             .and_then(|mut count| count.query_row([], |r| r.get(0)))
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
+        self.verified_rows.set(verified_rows);
         Ok(rows >= COMPACT_AFTER)
     }
 

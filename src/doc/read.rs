@@ -89,31 +89,26 @@ impl<'a> Fields<'a> {
     pub(super) fn all(&self, key: &str) -> Result<Vec<(Value<'static>, ObjId)>, DocError> {
         // Without a conflict the one pass already holds the only value: asking the document
         // again costs a seek per record, which at thousands of records is most of a read.
+        let asked = || -> Result<Vec<(Value<'static>, ObjId)>, DocError> {
+            Ok(self
+                .doc
+                .get_all(&self.obj, key)?
+                .into_iter()
+                .map(|(v, id)| (v.into_owned(), id))
+                .collect())
+        };
         let all = match self.entries.get(key) {
             None => Vec::new(),
             Some(e) if !e.conflict => vec![(e.value.clone(), e.id.clone())],
-            Some(_) => self
-                .doc
-                .get_all(&self.obj, key)?
-                .into_iter()
-                .map(|(v, id)| (v.into_owned(), id))
-                .collect(),
+            Some(_) => asked()?,
         };
         #[cfg(debug_assertions)]
-        {
-            let asked: Vec<(Value<'static>, ObjId)> = self
-                .doc
-                .get_all(&self.obj, key)?
-                .into_iter()
-                .map(|(v, id)| (v.into_owned(), id))
-                .collect();
-            assert_eq!(
-                all,
-                asked,
-                "{}: the one pass and the document disagree",
-                self.sub(key)
-            );
-        }
+        assert_eq!(
+            all,
+            asked()?,
+            "{}: the one pass and the document disagree",
+            self.sub(key)
+        );
         Ok(all)
     }
 

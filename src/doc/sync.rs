@@ -109,9 +109,6 @@ impl VaultDoc {
         let (heads, waiting, mut fork) = (trial.heads, trial.waiting, trial.fork);
         let before = &heads;
         let (fork, next, judged, whole) = contain::contained(move || {
-            for chunk in message.changes.iter() {
-                chunks::check_framing(chunk)?;
-            }
             let theirs = message.heads.clone();
             fork.sync()
                 .receive_sync_message(&mut next, message)
